@@ -1,0 +1,36 @@
+"""aifactory_sim: a discrete-event simulator of an AI factory.
+
+    import aifactory_sim as af
+    sim = af.load("scenarios/pretrain-llama3-70b.yaml")
+    res = af.run(sim)
+    res.summary["ledger_gpu_h"]
+"""
+
+from __future__ import annotations
+
+from .errors import ScenarioError
+from .estimate import TrainingEstimate, estimate_training, plan_training
+from .spec import Scenario, load
+
+__version__ = "0.1.0"
+
+
+def run(scenario, *, overrides=None):  # type: ignore[no-untyped-def]
+    """Play a scenario (a Scenario, a path or a mapping) out in simulated time; a `Results`."""
+    from .engine.factory import run as _run
+
+    if not isinstance(scenario, Scenario) or overrides:
+        scenario = load(scenario, overrides)
+    return _run(scenario)
+
+
+__all__ = [
+    "Scenario",
+    "ScenarioError",
+    "TrainingEstimate",
+    "__version__",
+    "estimate_training",
+    "load",
+    "plan_training",
+    "run",
+]

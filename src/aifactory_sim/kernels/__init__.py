@@ -1,0 +1,1 @@
+"""Pure numpy physics: functions over arrays of configurations, no SimPy, no RNG, no I/O."""

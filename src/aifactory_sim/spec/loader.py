@@ -1,0 +1,127 @@
+"""Reading scenarios: YAML/JSON files or mappings, overrides by dotted path, clear errors.
+
+Every problem becomes one `ScenarioError` whose message names the field path (`training.0.
+parallel.tp`), the value given and what is allowed.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from ..errors import ScenarioError
+from .scenario import Scenario
+
+
+def _read(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        raise ScenarioError(f"no such scenario file: {path}")
+    if path.is_dir():
+        raise ScenarioError(f"{path} is a folder; give a .yaml or .json scenario file")
+    try:
+        text = path.read_text(encoding="utf-8")
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (yaml.YAMLError, json.JSONDecodeError) as exc:
+        raise ScenarioError(f"{path} is not valid YAML/JSON: {exc}") from None
+    except UnicodeDecodeError:
+        raise ScenarioError(f"{path} is not a UTF-8 text file") from None
+    if not isinstance(data, dict):
+        raise ScenarioError(f"{path} must hold a mapping of sections (name, cluster, ...)")
+    return data
+
+
+def parse_value(text: str) -> Any:
+    """A command-line value: YAML scalars and flow collections ('64', '6h', '[1, 2]', 'true')."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def set_path(data: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
+    """A copy of `data` with the field at dotted `path` set; list items by index (`training.0`)."""
+    out = copy.deepcopy(data)
+    keys = path.split(".")
+    node: Any = out
+    for i, key in enumerate(keys):
+        last = i == len(keys) - 1
+        where = ".".join(keys[: i + 1])
+        if isinstance(node, list):
+            if not key.lstrip("-").isdigit():
+                raise ScenarioError(f"{where}: a list is indexed by position, e.g. 0", path=path)
+            idx = int(key)
+            if not -len(node) <= idx < len(node):
+                raise ScenarioError(
+                    f"index {idx} is out of range: the list has {len(node)} items", path=where
+                )
+            if last:
+                node[idx] = value
+            else:
+                node = node[idx]
+        elif isinstance(node, dict):
+            if last:
+                node[key] = value
+            else:
+                if node.get(key) is None:
+                    node[key] = {}
+                node = node[key]
+        else:
+            parent = ".".join(keys[:i]) or "(top)"
+            raise ScenarioError(f"{parent} is a value, not a section: cannot set {path}")
+    return out
+
+
+def _format_error(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        msg = e["msg"].removeprefix("Value error, ")
+        if msg.startswith("[") and "] " in msg:  # a located message from a model validator
+            loc, msg = msg[1:].split("] ", 1)
+        if e["type"] == "extra_forbidden":
+            msg = "unknown field (check the spelling; see `aifactory-sim validate --help`)"
+        given = e.get("input")
+        shown = ""
+        if e["type"] not in ("extra_forbidden", "missing") and not isinstance(given, dict | list):
+            shown = f" (got {given!r})"
+        lines.append(f"{loc or '(scenario)'}: {msg}{shown}")
+    return "; ".join(dict.fromkeys(lines))
+
+
+def validate(data: dict[str, Any]) -> Scenario:
+    """A Scenario from a mapping, or a ScenarioError that names each bad field."""
+    try:
+        return Scenario.model_validate(data)
+    except ValidationError as err:
+        raise ScenarioError(_format_error(err)) from None
+    except KeyError as err:  # an unknown catalog name raised while resolving
+        raise ScenarioError(str(err.args[0])) from None
+
+
+def load(
+    source: str | Path | dict[str, Any] | Scenario,
+    overrides: dict[str, Any] | None = None,
+) -> Scenario:
+    """Load a scenario from a YAML/JSON file, a mapping or a Scenario, applying `overrides`
+    ({"training.0.parallel.dp": 64}) first."""
+    if isinstance(source, Scenario):
+        data = source.model_dump(mode="python", exclude_none=True)
+    elif isinstance(source, dict):
+        data = copy.deepcopy(source)
+    else:
+        data = _read(Path(source))
+    for path, value in (overrides or {}).items():
+        data = set_path(data, path, value)
+    return validate(data)
+
+
+def content_hash(scenario: Scenario) -> str:
+    """A stable short hash of a scenario's content (names output folders, keys sweeps)."""
+    text = json.dumps(scenario.model_dump(mode="json"), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]

@@ -1,0 +1,314 @@
+"""The scenario: a factory (cluster, power, cost, scheduler) and its training work.
+
+Field names follow shared/examples/factory.yaml, the file users write. Sections that later work
+adds (`failures`, `inference`, a job's `checkpoint` and `elastic`) are refused with a message that
+says so, never silently ignored.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from .. import catalog
+from .base import Count, GbitS, NonNegativeDurationS, PositiveDurationS, Spec
+from .hardware import GPUSpec, ModelSpec, resolve_catalog
+
+#: What a later piece of work adds; the value is shown when a scenario uses it.
+NOT_YET = {
+    "failures": "node failures, repair and restarts",
+    "inference": "serving (traffic, replicas, autoscaling)",
+    "checkpoint": "checkpointing",
+    "elastic": "elastic data-parallel width",
+}
+
+
+def _not_yet(what: str) -> str:
+    return (
+        f"`{what}` ({NOT_YET[what]}) is not supported by this version of aifactory_sim; "
+        "remove it to run the rest of the scenario"
+    )
+
+
+class NVMe(Spec):
+    """Local NVMe of one node."""
+
+    capacity_tb: float = Field(gt=0)
+    read_gb_s: float = Field(gt=0)
+    write_gb_s: float = Field(gt=0)
+
+
+class NodePool(Spec):
+    """Identical GPU nodes."""
+
+    name: str = Field(min_length=1)
+    nodes: int = Field(gt=0)
+    gpu: GPUSpec
+    gpus_per_node: int = Field(8, gt=0)
+    nic_gbit_s: GbitS = Field(
+        400.0, gt=0, description="scale-out NIC rate per GPU (Gb/s), or HDR/NDR/XDR"
+    )
+    nvme: NVMe | None = None
+
+    @field_validator("gpu", mode="before")
+    @classmethod
+    def _gpu_from_catalog(cls, value: Any) -> Any:
+        return resolve_catalog("gpu", value)
+
+    @field_validator("nic_gbit_s", mode="before")
+    @classmethod
+    def _nic_from_catalog(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.upper() in catalog.names("network"):
+            return catalog.entry("network", value.upper())["gbit_s"]
+        return value
+
+    @property
+    def gpus(self) -> int:
+        return self.nodes * self.gpus_per_node
+
+
+class Fabric(Spec):
+    """Scale-out fabric: a two-level fat tree of leaf and spine switches."""
+
+    kind: Literal["fat-tree"] = "fat-tree"
+    nodes_per_leaf: int = Field(16, gt=0)
+    oversubscription: float = Field(1.0, ge=1.0, description="leaf down- over up-link bandwidth")
+    latency_us: float = Field(5.0, ge=0, description="per-hop latency of a collective step")
+
+
+class Storage(Spec):
+    """Shared parallel file system, aggregate bandwidth."""
+
+    read_gb_s: float = Field(gt=0)
+    write_gb_s: float = Field(gt=0)
+
+
+class Cluster(Spec):
+    node_pools: list[NodePool] = Field(min_length=1)
+    fabric: Fabric = Fabric()
+    storage: Storage | None = None
+    spare_nodes: int = Field(
+        0, ge=0, description="nodes held back from scheduling (taken from the first pool)"
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> Cluster:
+        names = [p.name for p in self.node_pools]
+        if len(set(names)) != len(names):
+            raise ValueError(f"node pool names must be unique, got {names}")
+        if self.spare_nodes >= self.node_pools[0].nodes:
+            raise ValueError(
+                f"spare_nodes={self.spare_nodes} must be fewer than the first pool's "
+                f"{self.node_pools[0].nodes} nodes"
+            )
+        return self
+
+
+class Power(Spec):
+    pue: float = Field(1.2, ge=1.0)
+    usd_per_kwh: float = Field(0.08, ge=0)
+    node_overhead_w: float = Field(0.0, ge=0, description="everything in a node but the GPUs")
+
+
+class Cost(Spec):
+    node_capex_usd: float = Field(0.0, ge=0)
+    amortization_years: float = Field(4.0, gt=0)
+    cloud_usd_per_gpu_hour: float = Field(0.0, ge=0)
+
+
+class Scheduler(Spec):
+    policy: Literal["fifo", "priority"] = Field(
+        "fifo", description="fifo: by submission; priority: highest `priority` first"
+    )
+    preemption: bool = False
+    placement: Literal["pack", "spread"] = "pack"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _not_yet(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            if data.get("policy") == "priority-backfill":
+                raise ValueError(
+                    "policy 'priority-backfill' (EASY backfill) is not supported by this version;"
+                    " allowed: 'fifo', 'priority'"
+                )
+            if data.get("preemption") is True:
+                raise ValueError("preemption is not supported by this version; set it to false")
+        return data
+
+
+class Parallel(Spec):
+    tp: int = Field(1, gt=0, description="tensor-parallel width")
+    pp: int = Field(1, gt=0, description="pipeline stages")
+    dp: int = Field(1, gt=0, description="data-parallel width")
+    cp: int = Field(1, gt=0, description="context-parallel width")
+    microbatch_seqs: int = Field(1, gt=0)
+    interleave: int = Field(1, gt=0, description="virtual pipeline stages per rank")
+
+    @property
+    def gpus(self) -> int:
+        return self.tp * self.pp * self.dp * self.cp
+
+
+class DataSpec(Spec):
+    source: Literal["storage", "nvme", "synthetic"] = "synthetic"
+    bytes_per_token: float = Field(4.0, gt=0)
+
+
+class TrainingJob(Spec):
+    name: str = Field(min_length=1)
+    model: ModelSpec
+    pool: str | None = Field(None, description="node pool to run on; default: the first")
+    submit_at: NonNegativeDurationS = 0.0
+    priority: int = 0
+    tokens: Annotated[Count, Field(gt=0)]
+    seq_len: int = Field(gt=0)
+    global_batch_tokens: Annotated[Count, Field(gt=0)] | None = None
+    global_batch_seqs: int | None = Field(None, gt=0)
+    parallel: Parallel = Parallel()
+    recompute: Literal["auto", "none", "selective", "full"] = "auto"
+    zero_stage: Literal[0, 1, 2, 3] = 1
+    precision: Literal["bf16", "fp8"] = "bf16"
+    data: DataSpec = DataSpec()
+    checkpoint: Any = None
+    elastic: Any = None
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _model_from_catalog(cls, value: Any) -> Any:
+        return resolve_catalog("model", value)
+
+    @field_validator("checkpoint", "elastic")
+    @classmethod
+    def _refuse(cls, value: Any, info: Any) -> Any:
+        if value is not None:
+            raise ValueError(_not_yet(info.field_name))
+        return value
+
+    @model_validator(mode="after")
+    def _batch(self) -> TrainingJob:
+        if (self.global_batch_tokens is None) == (self.global_batch_seqs is None):
+            raise ValueError("give exactly one of global_batch_tokens and global_batch_seqs")
+        par = self.parallel
+        if self.model.heads % par.tp:
+            raise ValueError(
+                f"parallel.tp={par.tp} must divide the model's heads={self.model.heads}"
+            )
+        if par.pp * par.interleave > self.model.layers:
+            raise ValueError(
+                f"parallel.pp x interleave = {par.pp * par.interleave} exceeds the model's "
+                f"{self.model.layers} layers"
+            )
+        if self.seq_len % par.cp:
+            raise ValueError(f"seq_len={self.seq_len} must be a multiple of parallel.cp={par.cp}")
+        return self
+
+    @property
+    def batch_seqs(self) -> int:
+        """Sequences per step: global_batch_seqs, or global_batch_tokens / seq_len rounded to
+        the nearest whole number of microbatches on every data-parallel rank (at least one)."""
+        if self.global_batch_seqs is not None:
+            return self.global_batch_seqs
+        unit = self.parallel.dp * self.parallel.microbatch_seqs
+        assert self.global_batch_tokens is not None
+        return unit * max(1, round(self.global_batch_tokens / self.seq_len / unit))
+
+    @property
+    def steps(self) -> int:
+        """Optimizer steps to train `tokens` tokens (the last step may be partial: ceil)."""
+        return math.ceil(self.tokens / (self.batch_seqs * self.seq_len))
+
+
+class Scenario(Spec):
+    """A whole scenario file."""
+
+    name: str = Field("scenario", min_length=1)
+    seed: int = Field(0, ge=0)
+    duration: PositiveDurationS
+    fidelity: Literal["step", "fast", "fluid"] = Field(
+        "fast", description="step: one event per training step (reference); fast: exact skipping"
+    )
+    cluster: Cluster
+    power: Power = Power()
+    cost: Cost = Cost()
+    scheduler: Scheduler = Scheduler()
+    training: list[TrainingJob] = Field(default_factory=list)
+    failures: Any = None
+    inference: Any = None
+
+    @field_validator("failures", "inference")
+    @classmethod
+    def _refuse(cls, value: Any, info: Any) -> Any:
+        if value is not None:
+            raise ValueError(_not_yet(info.field_name))
+        return value
+
+    @field_validator("fidelity")
+    @classmethod
+    def _fluid_is_for_serving(cls, value: str) -> str:
+        if value == "fluid":
+            raise ValueError(
+                "'fluid' is the aggregate tier for serving, which this version does not have;"
+                " allowed: 'step', 'fast'"
+            )
+        return value
+
+    def pool(self, name: str | None) -> NodePool:
+        if name is None:
+            return self.cluster.node_pools[0]
+        for p in self.cluster.node_pools:
+            if p.name == name:
+                return p
+        raise KeyError(name)
+
+    @model_validator(mode="after")
+    def _jobs_fit(self) -> Scenario:
+        from ..estimate import check_job_feasible  # kernels are pure; imported lazily
+
+        names = [j.name for j in self.training]
+        if len(set(names)) != len(names):
+            raise ValueError(f"training job names must be unique, got {names}")
+        pools = [p.name for p in self.cluster.node_pools]
+        for i, job in enumerate(self.training):
+            where = f"training.{i}"
+            if job.pool is not None and job.pool not in pools:
+                raise _located(f"{where}.pool", f"unknown pool {job.pool!r}; allowed: {pools}")
+            pool = self.pool(job.pool)
+            spares = self.cluster.spare_nodes if pool is self.cluster.node_pools[0] else 0
+            par = job.parallel
+            gpn = pool.gpus_per_node
+            if par.gpus % gpn:
+                raise _located(
+                    f"{where}.parallel",
+                    f"tp x pp x dp x cp = {par.gpus} GPUs must be a whole number of "
+                    f"{gpn}-GPU nodes (jobs are placed on whole nodes)",
+                )
+            usable = (pool.nodes - spares) * gpn
+            if par.gpus > usable:
+                raise _located(
+                    f"{where}.parallel",
+                    f"tp x pp x dp x cp = {par.gpus} GPUs exceeds pool {pool.name!r}: "
+                    f"{pool.nodes} nodes x {gpn} GPUs"
+                    + (f" less {spares} spare nodes" if spares else "")
+                    + f" = {usable} schedulable GPUs",
+                )
+            domain = max(gpn, pool.gpu.nvlink_domain)
+            if gpn % par.tp and domain % par.tp:
+                raise _located(
+                    f"{where}.parallel.tp",
+                    f"tp={par.tp} must divide the {gpn} GPUs of a node"
+                    + (f" or the NVLink domain of {domain}" if domain > gpn else ""),
+                )
+            if job.precision == "fp8" and pool.gpu.fp8_tflops is None:
+                raise _located(
+                    f"{where}.precision", f"{pool.gpu.name} has no FP8 tensor cores; use bf16"
+                )
+            check_job_feasible(job, pool, where)
+        return self
+
+
+def _located(path: str, message: str) -> ValueError:
+    """A ValueError whose message leads with the field path (pydantic keeps the text)."""
+    return ValueError(f"[{path}] {message}")
