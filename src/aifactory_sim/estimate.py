@@ -9,6 +9,7 @@ Both are one vectorised call into the kernels; nothing here simulates time.
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -68,6 +69,22 @@ def gpu_kernel_args(
             cal["sequence_parallel"] if sequence_parallel is None else sequence_parallel
         ),
     }
+
+
+def ring_cross_leaf_slowdown(
+    job_nodes: ArrayLike, nodes_per_leaf_used: ArrayLike, oversubscription: ArrayLike
+) -> NDArray[np.float64]:
+    """Slowdown of a job's ring collectives when its nodes span several leaf switches.
+
+    A ring leaves each leaf once: a leaf holding m of the job's nodes carries gpn/k concurrent
+    rings (k ranks of each per node), each at k x NIC rate, over the job's share of uplinks,
+    m x gpn x NIC / oversubscription. Rings slow only when that share runs short:
+        slowdown = max(1, oversubscription / m)   (1 inside one leaf).
+    """
+    nodes = np.asarray(job_nodes, dtype=np.float64)
+    m = np.maximum(np.asarray(nodes_per_leaf_used, dtype=np.float64), 1.0)
+    spans = nodes > m
+    return np.where(spans, np.maximum(1.0, np.asarray(oversubscription) / m), 1.0)
 
 
 def _scalarise(x: Any) -> Any:
@@ -147,7 +164,9 @@ def estimate_training(
     if nodes_per_leaf is None:
         slowdown = np.ones_like(nodes, dtype=np.float64)
     else:
-        slowdown = np.where(nodes > np.asarray(nodes_per_leaf), oversubscription, 1.0)
+        slowdown = ring_cross_leaf_slowdown(
+            nodes, np.minimum(nodes, np.asarray(nodes_per_leaf)), oversubscription
+        )
     bsz = np.asarray(global_batch_seqs, dtype=np.float64)
     seq = np.asarray(seq_len, dtype=np.float64)
     common = dict(
@@ -280,15 +299,16 @@ def job_estimate(
     *,
     nodes_per_leaf: int | None = None,
     oversubscription: float = 1.0,
-    cross_leaf: bool | None = None,
+    leaves: int | None = None,
     net_latency_us: float = 5.0,
     data_gb_s: float = np.inf,
 ) -> TrainingEstimate:
-    """The estimate for one scenario job on its pool. With `cross_leaf` given (the engine knows
-    the placement), it decides whether the spine's oversubscription applies."""
+    """The estimate for one scenario job on its pool. With `leaves` given (the engine knows the
+    placement), the job's nodes per leaf decide what the spine's oversubscription costs."""
     par = job.parallel
-    if cross_leaf is not None:
-        nodes_per_leaf = None if not cross_leaf else 0
+    if leaves is not None:  # the engine knows the placement: nodes per leaf it actually used
+        nodes = par.gpus // pool.gpus_per_node
+        nodes_per_leaf = math.ceil(nodes / leaves)
     return estimate_training(
         job.model, pool.gpu, tp=par.tp, pp=par.pp, dp=par.dp, cp=par.cp, seq_len=job.seq_len,
         global_batch_seqs=job.batch_seqs, microbatch_seqs=par.microbatch_seqs,

@@ -85,4 +85,8 @@ def parse_gbit_s(value: object) -> float:
             number, prefix, bit_or_byte = m.groups()
             scale = {"": 1e-9, "k": 1e-6, "M": 1e-3, "G": 1.0, "T": 1e3}[prefix]
             return _finite(float(number) * scale * (8.0 if bit_or_byte == "B" else 1.0), "rate")
-    raise ValueError(f"cannot read {value!r} as a rate; write Gb/s as a number or '400Gb/s'")
+    raise ValueError(
+        f"cannot read {value!r} as a rate; write Gb/s as a number (400) or a number with one of "
+        "the units b/s, kb/s, Mb/s, Gb/s, Tb/s (bits) or B/s, kB/s, MB/s, GB/s, TB/s (bytes): "
+        "'400Gb/s', '50GB/s'"
+    )

@@ -66,7 +66,9 @@ def param_count(m: dict[str, Any]) -> F64:
     return layers * per_layer + embed + h
 
 
-def layer_forward_flops(m: dict[str, Any], tokens: ArrayLike, seq_len: ArrayLike) -> tuple[F64, F64]:
+def layer_forward_flops(
+    m: dict[str, Any], tokens: ArrayLike, seq_len: ArrayLike
+) -> tuple[F64, F64]:
     """Forward matrix FLOPs of one layer for `tokens` tokens: (linear part, attention core).
 
     Linear: 2 T h (h + 2 kv) QKV, 2 T h^2 projection, 2 n_ffn T h f k for the k active experts,
@@ -143,7 +145,8 @@ def memory_per_gpu(
 
     layer_params = param_count({**m, "layers": 1, "vocab": 0}) - h  # one layer, no embedding
     stage_layers = np.ceil(layers / p)
-    embed = vocab * h
+    # One stage (p = 1) holds both the embedding and an untied output layer.
+    embed = vocab * h * np.where(m["tie_embeddings"], 1.0, np.where(p == 1, 2.0, 1.0))
     stage_params = (stage_layers * layer_params + embed) / t
     weights = stage_params * WEIGHT_BYTES / np.where(zero >= 3, d, 1.0)
     grads = stage_params * GRAD_BYTES / np.where(zero >= 2, d, 1.0)
@@ -194,8 +197,8 @@ def step_time(
     `g` holds the GPU and its calibration: peak_flops, hbm_bytes_per_s, nvlink_bytes_per_s (one
     direction), gemm_efficiency, hbm_efficiency, nvlink_efficiency, net_efficiency,
     nvlink_alpha_s, flash_attention, sequence_parallel. `cross_leaf_slowdown` divides the
-    scale-out bandwidth of collectives whose ranks span leaf switches (the spine's
-    oversubscription; 1 inside a leaf).
+    scale-out bandwidth of collectives whose ranks span leaf switches (what the spine's
+    oversubscription costs them, see estimate.ring_cross_leaf_slowdown; 1 inside a leaf).
     """
     t, p, d, c = _f(tp), _f(pp), _f(dp), _f(cp)
     h, a, gkv, f = _f(m["hidden"]), _f(m["heads"]), _f(m["kv_heads"]), _f(m["ffn_hidden"])
@@ -286,9 +289,14 @@ def step_time(
     sharded = (ring_allgather_s(grad_bytes, dp_ranks, dp_bw, dp_alpha)
                + ring_allgather_s(params_gpu * WEIGHT_BYTES, dp_ranks, dp_bw, dp_alpha))
     dp_comm = np.where(zero >= 1, sharded, allreduce)
-    # Reduction overlaps the backward pass of the last microbatch (PyTorch DDP buckets,
-    # Megatron's overlap-grad-reduce); without overlap it all shows.
-    window = mb_s * 2.0 / passes_lin * np.asarray(overlap_dp, dtype=np.float64)
+    # With overlap (PyTorch DDP buckets, Megatron's overlap-grad-reduce and overlap-param-gather)
+    # the reduction hides behind the backward pass of the last microbatch, the weight all-gather
+    # (ZeRO >= 1) behind the forward of the next step's first, and with an interleaved schedule
+    # the chunks that finish early reduce during the pipeline's cool-down (half the bubble).
+    # Without overlap it all shows.
+    window = (mb_s * 2.0 / passes_lin + np.where(zero >= 1, mb_s / passes_lin, 0.0)
+              + np.where(v > 1, 0.5 * bubble_s, 0.0))
+    window = window * np.asarray(overlap_dp, dtype=np.float64)
     dp_s = np.maximum(dp_comm - window, 0.0)
     # ZeRO-3 gathers each layer's weights forward and backward of every microbatch, prefetched
     # behind compute: only what exceeds it shows.

@@ -55,7 +55,7 @@ class NodePool(Spec):
     @field_validator("gpu", mode="before")
     @classmethod
     def _gpu_from_catalog(cls, value: Any) -> Any:
-        return resolve_catalog("gpu", value)
+        return _from_catalog("gpu", value)
 
     @field_validator("nic_gbit_s", mode="before")
     @classmethod
@@ -178,7 +178,7 @@ class TrainingJob(Spec):
     @field_validator("model", mode="before")
     @classmethod
     def _model_from_catalog(cls, value: Any) -> Any:
-        return resolve_catalog("model", value)
+        return _from_catalog("model", value)
 
     @field_validator("checkpoint", "elastic")
     @classmethod
@@ -305,8 +305,28 @@ class Scenario(Spec):
                 raise _located(
                     f"{where}.precision", f"{pool.gpu.name} has no FP8 tensor cores; use bf16"
                 )
+            if job.data.source == "storage" and self.cluster.storage is None:
+                raise _located(
+                    f"{where}.data.source",
+                    "'storage' needs a cluster.storage section (read_gb_s, write_gb_s); "
+                    "allowed otherwise: 'nvme' (with the pool's nvme) or 'synthetic'",
+                )
+            if job.data.source == "nvme" and pool.nvme is None:
+                raise _located(
+                    f"{where}.data.source",
+                    f"'nvme' needs pool {pool.name!r} to describe its nvme; allowed otherwise: "
+                    "'storage' or 'synthetic'",
+                )
             check_job_feasible(job, pool, where)
         return self
+
+
+def _from_catalog(kind: str, value: Any) -> Any:
+    """resolve_catalog, with an unknown name as a ValueError so that pydantic locates it."""
+    try:
+        return resolve_catalog(kind, value)
+    except KeyError as err:
+        raise ValueError(err.args[0]) from None
 
 
 def _located(path: str, message: str) -> ValueError:

@@ -1,0 +1,58 @@
+"""What the run records: the GPU-hour ledger and time-weighted gauges.
+
+Components record through explicit calls; nothing patches SimPy. The ledger's buckets are the
+ones DESIGN.md names; each GPU-second lands in exactly one of them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+BUCKETS = (
+    "training",
+    "data_stall",
+    "checkpoint",
+    "lost_work",
+    "recovery",
+    "queued",
+    "inference_busy",
+    "inference_idle",
+    "cold_start",
+    "unallocated",
+    "down",
+)
+
+
+@dataclass
+class Telemetry:
+    """GPU-seconds per bucket, and a step-function timeseries of the cluster's state."""
+
+    total_gpus: int
+    gpu_s: dict[str, float] = field(default_factory=lambda: dict.fromkeys(BUCKETS, 0.0))
+    rows: list[tuple[float, int, int, int, int]] = field(default_factory=list)
+    events: int = 0
+
+    def add(self, bucket: str, gpu_seconds: float) -> None:
+        if gpu_seconds < 0:
+            raise ValueError(f"negative GPU-seconds for {bucket}: {gpu_seconds}")
+        self.gpu_s[bucket] += gpu_seconds
+
+    def sample(self, now: float, allocated: int, training: int, running: int, queued: int) -> None:
+        """Record the state from `now` on (a later sample at the same time replaces it)."""
+        self.events += 1
+        row = (now, allocated, training, running, queued)
+        if self.rows and self.rows[-1][0] == now:
+            self.rows[-1] = row
+        elif not self.rows or self.rows[-1][1:] != row[1:]:
+            self.rows.append(row)
+
+    def allocated_gpu_s(self, until: float) -> float:
+        """Integral of allocated GPUs over [0, until] from the samples."""
+        total = 0.0
+        for (t0, alloc, *_), (t1, *_) in zip(self.rows, [*self.rows[1:], (until,)], strict=True):
+            total += alloc * (min(t1, until) - t0)
+        return total
+
+    def close(self, until: float) -> None:
+        """Book every GPU-second nobody held as `unallocated`."""
+        self.gpu_s["unallocated"] = self.total_gpus * until - self.allocated_gpu_s(until)

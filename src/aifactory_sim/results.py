@@ -1,0 +1,182 @@
+"""What a run returns: a reproducible summary, tables, and the files they are saved to.
+
+`summary` is a nested dict of plain numbers with no wall-clock figure in it, so the same
+scenario and seed give a byte-identical `summary.json`. Run-time facts (wall time, versions)
+live in `meta`.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from .engine.telemetry import BUCKETS
+from .errors import ScenarioError
+from .spec.loader import content_hash
+
+if TYPE_CHECKING:
+    from .engine.factory import Factory
+    from .spec.scenario import Scenario
+
+#: A folder holding this file was written by aifactory_sim and may be refreshed.
+MARKER = "meta.json"
+
+
+def summary_json(summary: dict[str, Any]) -> str:
+    """The canonical text of a summary: sorted keys, fixed layout."""
+    return json.dumps(summary, sort_keys=True, indent=2, allow_nan=False) + "\n"
+
+
+class Results:
+    """Summary, tables and plots of one run."""
+
+    def __init__(
+        self,
+        scenario: Scenario,
+        summary: dict[str, Any],
+        meta: dict[str, Any],
+        jobs: pd.DataFrame,
+        timeseries: pd.DataFrame,
+        ledger: pd.DataFrame,
+    ):
+        self.scenario = scenario
+        self.summary = summary
+        self.meta = meta
+        self.jobs = jobs
+        self.timeseries = timeseries
+        self.ledger = ledger
+        self.requests = pd.DataFrame(
+            columns=["arrival_s", "first_token_s", "finish_s", "prompt_tokens", "output_tokens"]
+        )
+
+    # --- construction --------------------------------------------------------------------
+    @classmethod
+    def from_factory(cls, factory: Factory, *, wall_s: float) -> Results:
+        import aifactory_sim
+
+        sc = factory.scenario
+        tel = factory.telemetry
+        duration = sc.duration
+        ledger_h = {b: tel.gpu_s[b] / 3600.0 for b in BUCKETS}
+        jobs = {j.spec.name: j.summary() for j in factory.jobs}
+        summary: dict[str, Any] = {
+            "scenario": sc.name,
+            "seed": sc.seed,
+            "fidelity": sc.fidelity,
+            "duration_s": duration,
+            "gpus": factory.cluster.total_gpus,
+            "ledger_gpu_h": ledger_h,
+            "utilisation": {
+                "allocated": tel.allocated_gpu_s(duration) / (tel.total_gpus * duration),
+                "training": tel.gpu_s["training"] / (tel.total_gpus * duration),
+            },
+            "training": jobs,
+        }
+        meta = {
+            "scenario_hash": content_hash(sc),
+            "wall_s": wall_s,
+            "events": tel.events,
+            "version": aifactory_sim.__version__,
+            "python": platform.python_version(),
+            "numpy": np.__version__,
+        }
+        job_rows = [{"job": name, **vals} for name, vals in jobs.items()]
+        jobs_df = pd.DataFrame(job_rows)
+        ts = pd.DataFrame(
+            tel.rows,
+            columns=["time_s", "allocated_gpus", "training_gpus", "running_jobs", "queued_jobs"],
+        )
+        total_h = tel.total_gpus * duration / 3600.0
+        ledger = pd.DataFrame({
+            "bucket": list(ledger_h), "gpu_h": list(ledger_h.values()),
+        })
+        ledger["share"] = ledger["gpu_h"] / total_h
+        return cls(sc, summary, meta, jobs_df, ts, ledger)
+
+    # --- views ---------------------------------------------------------------------------
+    @property
+    def plot(self) -> Any:
+        from .plots import Plotter
+
+        return Plotter(self)
+
+    def text(self) -> str:
+        """A short human-readable summary for the terminal."""
+        s = self.summary
+        lines = [
+            f"scenario {s['scenario']}  seed {s['seed']}  {s['gpus']:,} GPUs  "
+            f"{s['duration_s'] / 86400:.2f} days  fidelity {s['fidelity']}",
+            "",
+            "GPU-hour ledger",
+        ]
+        total = sum(s["ledger_gpu_h"].values())
+        for bucket, hours in s["ledger_gpu_h"].items():
+            if hours > 0:
+                lines.append(f"  {bucket:<15}{hours:>16,.0f} GPU-h {hours / total:>7.1%}")
+        lines.append(f"  {'total':<15}{total:>16,.0f} GPU-h")
+        if s["training"]:
+            lines += ["", "training jobs"]
+            head = (f"  {'job':<20}{'state':<14}{'tokens':>12}{'step s':>9}{'MFU':>7}"
+                    f"{'start h':>9}{'finish h':>10}")
+            lines.append(head)
+            for name, j in s["training"].items():
+                step = "-" if j["step_time_s"] is None else f"{j['step_time_s']:.2f}"
+                mfu = "-" if j["mfu"] is None else f"{j['mfu']:.1%}"
+                start = "-" if j["started_at_s"] is None else f"{j['started_at_s'] / 3600:.1f}"
+                fin = "-" if j["finished_at_s"] is None else f"{j['finished_at_s'] / 3600:.1f}"
+                lines.append(
+                    f"  {name:<20}{j['state']:<14}{j['tokens_trained']:>12.3g}{step:>9}"
+                    f"{mfu:>7}{start:>9}{fin:>10}"
+                )
+        return "\n".join(lines)
+
+    # --- files ---------------------------------------------------------------------------
+    def save(self, out: str | Path, *, plots: bool = True, force: bool = False) -> Path:
+        """Write summary.json, meta.json, scenario.yaml, the tables as CSV and the plots as PNG.
+
+        An existing folder is refreshed only when it holds an earlier run of the same scenario
+        or `force` is set; anything else there is never overwritten.
+        """
+        out = Path(out)
+        if out.exists() and not out.is_dir():
+            raise ScenarioError(f"--out {out} is a file, not a folder")
+        if out.exists() and any(out.iterdir()) and not force:
+            marker = out / MARKER
+            same = False
+            if marker.exists():
+                try:
+                    same = json.loads(marker.read_text())["scenario_hash"] == self.meta[
+                        "scenario_hash"]
+                except (ValueError, KeyError):
+                    same = False
+            if not same:
+                raise ScenarioError(
+                    f"{out} already holds other files; choose another --out or pass --force "
+                    "to overwrite"
+                )
+        tmp = out.with_name(out.name + ".partial")
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+        (tmp / "summary.json").write_text(summary_json(self.summary))
+        (tmp / MARKER).write_text(json.dumps(self.meta, sort_keys=True, indent=2) + "\n")
+        (tmp / "scenario.yaml").write_text(
+            yaml.safe_dump(self.scenario.model_dump(mode="json"), sort_keys=False)
+        )
+        self.jobs.to_csv(tmp / "jobs.csv", index=False)
+        self.timeseries.to_csv(tmp / "timeseries.csv", index=False)
+        self.ledger.to_csv(tmp / "ledger.csv", index=False)
+        if plots:
+            self.plot.save_all(tmp)
+        out.mkdir(parents=True, exist_ok=True)
+        for f in tmp.iterdir():
+            f.replace(out / f.name)
+        tmp.rmdir()
+        return out
