@@ -266,3 +266,17 @@ def test_plots_draw_the_ledger_and_the_allocation():
     assert bars[-1].get_height() == pytest.approx(ledger["training"])
     fig2 = res.plot.allocation()
     assert fig2.axes[0].get_ylim()[1] >= res.summary["gpus"]
+
+
+def test_jobs_started_together_share_storage_from_their_first_step():
+    # Regression: a job whose share changed before its process resumed was interrupted early.
+    jobs = [job(f"j{i}", 1, tokens=5e8, data={"source": "storage", "bytes_per_token": 3000})
+            for i in range(4)]
+    sc = scenario(jobs, cluster={"node_pools": [{"name": "p", "nodes": 8, "gpu": "H100-SXM"}],
+                                 "storage": {"read_gb_s": 0.4, "write_gb_s": 1}})
+    res = af.run(af.load(sc)).summary["training"]
+    finish = {j["finished_at_s"] for j in res.values()}
+    assert len(finish) == 1  # identical jobs, fair shares: one finish time
+    spec = af.load(sc).training[0]
+    load_s = spec.batch_seqs * spec.seq_len * 3000 / 0.1e9  # a quarter of 0.4 GB/s each
+    assert res["j0"]["step_time_s"] == pytest.approx(load_s, rel=1e-12)

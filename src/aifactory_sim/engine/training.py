@@ -47,6 +47,7 @@ class TrainingRun:
         self.estimate: TrainingEstimate | None = None
         self.segment_start = 0.0
         self.started = self.env.event()
+        self.stepping = False  # inside the run loop, waiting on a step timeout
         self.process = self.env.process(self._life())
 
     # --- rates ---------------------------------------------------------------------------
@@ -97,7 +98,8 @@ class TrainingRun:
         self._advance(self.env.now)
         self.data_gb_s = gb_s
         self.estimate = self._estimate()
-        self.process.interrupt("rerate")
+        if self.stepping:  # else the process has yet to resume and will read the new rate
+            self.process.interrupt("rerate")
 
     def close(self, now: float) -> None:
         """At the horizon: book the running segment."""
@@ -121,6 +123,7 @@ class TrainingRun:
         self.submitted_at = env.now
         self.factory.scheduler.submit(self)
         yield self.started
+        self.stepping = True
         step_tier = self.factory.fidelity == "step"
         while self.steps_total - self.done > STEP_EPS:
             if step_tier:
@@ -133,6 +136,7 @@ class TrainingRun:
                 continue  # set_data_rate has booked the past; recompute the rest
             self._advance(env.now)
             self.done = target
+        self.stepping = False
         self.state = "finished"
         self.finished_at = env.now
         self.factory.on_finish(self)

@@ -129,8 +129,8 @@ def memory_per_gpu(
     plus the embedding (first) or output layer (last).
 
     Activations per layer and microbatch (Korthikanti et al., arXiv 2205.05198, Sec. 4,
-    generalised to GQA and gated FFNs), in bytes: 10 s b h replicated over tensor ranks (sharded
-    with sequence parallelism); sharded over them 2 s b (2h + 2 kv) for Q, K, V and the projection
+    generalised to GQA, gated FFNs and models without dropout), in bytes: 10 s b h replicated over
+    tensor ranks (8 s b h without dropout masks; sharded with sequence parallelism); sharded over them 2 s b (2h + 2 kv) for Q, K, V and the projection
     input, 4 s b f (gelu) or 6 s b f (SwiGLU) per active expert for the FFN, and 5 a s^2 b for the
     unfused attention scores (none with flash attention, none under selective recompute).
     Full recompute keeps only each layer's 2 s b h input. The first stage holds p microbatches in
@@ -154,7 +154,10 @@ def memory_per_gpu(
     states = weights + grads + optim
 
     tok = s * b / c  # tokens per rank and microbatch
-    replicated = 10.0 * tok * h / np.where(sequence_parallel, t, 1.0)
+    # Replicated: both norms' inputs, the QKV and MLP inputs (8 s b h), plus the two 1-byte
+    # dropout masks (2 s b h) when the model trains with dropout.
+    dropout = np.asarray(m.get("dropout", True), dtype=bool)
+    replicated = (8.0 + 2.0 * dropout) * tok * h / np.where(sequence_parallel, t, 1.0)
     gated = np.where(m["gated_ffn"], 1.5, 1.0)
     sharded = (2.0 * tok * (2 * h + 2 * kv) + 4.0 * gated * tok * f * k) / t
     scores = np.where(flash_attention | (rc >= 1), 0.0, 5.0 * a * s * tok / t)

@@ -72,6 +72,9 @@ class ModelSpec(Spec):
     experts: int = Field(1, gt=0)
     top_k: int = Field(1, gt=0, description="experts active per token")
     tie_embeddings: bool = False
+    dropout: bool = Field(
+        True, description="trained with dropout (GPT-3); Llama and Mixtral use none"
+    )
     source: str = ""
 
     @model_validator(mode="before")
@@ -115,4 +118,5 @@ class ModelSpec(Spec):
             "experts": self.experts,
             "top_k": self.top_k,
             "tie_embeddings": self.tie_embeddings,
+            "dropout": self.dropout,
         }
