@@ -39,6 +39,7 @@ class TrainingRun:
         self.nodes = spec.parallel.gpus // pool.gpus_per_node
         self.gpus = spec.parallel.gpus
         self.done = 0.0  # steps completed, fractional between events
+        self.run_s = 0.0  # time spent running
         self.alloc: Allocation | None = None
         self.submitted_at: float | None = None
         self.started_at: float | None = None
@@ -79,6 +80,7 @@ class TrainingRun:
         """Book [segment_start, now] at the current step time: progress and the ledger."""
         dt = now - self.segment_start
         if dt > 0:
+            self.run_s += dt
             t_step = self.step_time_s
             self.done = min(self.done + dt / t_step, float(self.steps_total))
             stall = self.stall_s / t_step
@@ -151,17 +153,23 @@ class TrainingRun:
         return float(min(self.spec.tokens, self.steps_done * self.batch_tokens))
 
     def summary(self) -> dict[str, Any]:
+        """The job's summary. Rates are means over its running time: step time is running time
+        over steps done; MFU and TFLOP/s scale by the estimate's step time over that mean (the
+        FLOPs of a step do not change)."""
         est = self.estimate
+        mean_step = self.run_s / self.done if self.done > 0 else None
+        scale = None if est is None or mean_step is None else float(est.step_time_s) / mean_step
         out: dict[str, Any] = {
             "state": self.state if self.state != "pending" else "not_submitted",
             "tokens_trained": self.tokens_trained,
             "tokens_target": float(self.spec.tokens),
             "steps_done": self.steps_done,
             "steps_total": self.steps_total,
-            "step_time_s": None if est is None else float(est.step_time_s),
-            "mfu": None if est is None else float(est.mfu),
-            "hardware_tflops_per_gpu": None if est is None else float(
-                est.hardware_tflops_per_gpu),
+            "step_time_s": mean_step,
+            "mfu": None if scale is None else float(est.mfu) * scale,  # type: ignore[union-attr]
+            "hardware_tflops_per_gpu": None if scale is None
+            else float(est.hardware_tflops_per_gpu) * scale,  # type: ignore[union-attr]
+            "running_s": self.run_s,
             "recompute": None if est is None else str(est.recompute),
             "memory_gb_per_gpu": None if est is None else float(est.memory_gb_per_gpu),
             "submitted_at_s": self.submitted_at,
