@@ -130,9 +130,10 @@ def memory_per_gpu(
 
     Activations per layer and microbatch (Korthikanti et al., arXiv 2205.05198, Sec. 4,
     generalised to GQA, gated FFNs and models without dropout), in bytes: 10 s b h replicated over
-    tensor ranks (8 s b h without dropout masks; sharded with sequence parallelism); sharded over them 2 s b (2h + 2 kv) for Q, K, V and the projection
-    input, 4 s b f (gelu) or 6 s b f (SwiGLU) per active expert for the FFN, and 5 a s^2 b for the
-    unfused attention scores (none with flash attention, none under selective recompute).
+    tensor ranks (8 s b h without dropout masks; sharded with sequence parallelism); sharded over
+    them 2 s b (2h + 2 kv) for Q, K, V and the projection input, 4 s b f (gelu) or 6 s b f
+    (SwiGLU) per active expert for the FFN, and 5 a s^2 b for the unfused attention scores (none
+    with flash attention, none under selective recompute).
     Full recompute keeps only each layer's 2 s b h input. The first stage holds p microbatches in
     flight under 1F1B, times (1 + (p-1)/(p v)) when interleaved (Korthikanti Sec. 4.2.3).
     """
