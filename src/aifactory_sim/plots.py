@@ -26,6 +26,13 @@ COLOURS = {
 }
 
 
+def _job_colours(n: int) -> list[Any]:
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab20"]
+    return [cmap(i % 20) for i in range(n)]
+
+
 def _figure(**kw: Any) -> Figure:
     from matplotlib.figure import Figure
 
@@ -65,23 +72,34 @@ class Plotter:
         return fig
 
     def allocation(self) -> Figure:
-        """GPUs allocated to training over time, against the cluster's size."""
+        """GPUs held by each training job over time, stacked, against the cluster's size."""
+        import numpy as np
+
         s = self.results.summary
-        ts = self.results.timeseries
         t_end = s["duration_s"]
         scale, unit = (86400.0, "days") if t_end > 2 * 86400 else (3600.0, "hours")
-        times = [*ts["time_s"].tolist(), t_end]
+        jobs = [(name, j) for name, j in s["training"].items() if j["started_at_s"] is not None]
+        edges = sorted({0.0, t_end, *(j["started_at_s"] for _, j in jobs),
+                        *(j["finished_at_s"] for _, j in jobs if j["finished_at_s"] is not None)})
+        edges_arr = np.asarray(edges)
+        mid = (edges_arr[:-1] + edges_arr[1:]) / 2
         fig = _figure()
         ax = fig.subplots()
-        ax.stairs(ts["training_gpus"].to_numpy(), [t / scale for t in times], fill=True,
-                  color=COLOURS["training"], alpha=0.8, label="training")
+        base = np.zeros(mid.size)
+        cmap = _job_colours(len(jobs))
+        for (name, j), colour in zip(jobs, cmap, strict=True):
+            end = t_end if j["finished_at_s"] is None else j["finished_at_s"]
+            held = np.where((mid >= j["started_at_s"]) & (mid < end), j["gpus"], 0)
+            ax.stairs(base + held, edges_arr / scale, baseline=base, fill=True, color=colour,
+                      label=name)
+            base = base + held
         ax.axhline(s["gpus"], color="k", lw=1, ls="--", label="cluster GPUs")
         ax.set_xlim(0, t_end / scale)
-        ax.set_ylim(0, s["gpus"] * 1.08)
+        ax.set_ylim(0, s["gpus"] * 1.3)  # room for the legend above the cluster line
         ax.set_xlabel(f"simulated time ({unit})")
         ax.set_ylabel("GPUs")
-        ax.set_title(f"{s['scenario']}: allocation over time")
-        ax.legend(loc="lower right")
+        ax.set_title(f"{s['scenario']}: GPUs held by training jobs")
+        ax.legend(loc="upper right", fontsize=8, ncols=3)
         return fig
 
     def save_all(self, folder: str | Path) -> list[Path]:

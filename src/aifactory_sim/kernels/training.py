@@ -298,14 +298,17 @@ def step_time(
     # (ZeRO >= 1) behind the forward of the next step's first, and with an interleaved schedule
     # the chunks that finish early reduce during the pipeline's cool-down (half the bubble).
     # Without overlap it all shows.
-    window = (mb_s * 2.0 / passes_lin + np.where(zero >= 1, mb_s / passes_lin, 0.0)
-              + np.where(v > 1, 0.5 * bubble_s, 0.0))
-    window = window * np.asarray(overlap_dp, dtype=np.float64)
-    dp_s = np.maximum(dp_comm - window, 0.0)
     # ZeRO-3 gathers each layer's weights forward and backward of every microbatch, prefetched
     # behind compute: only what exceeds it shows.
     z3 = microbatches * 2.0 * ring_allgather_s(params_gpu * WEIGHT_BYTES, dp_ranks, dp_bw, dp_alpha)
-    dp_s = dp_s + np.where(zero >= 3, np.maximum(z3 - pipeline_s, 0.0), 0.0)
+    z3 = np.where(zero >= 3, z3, 0.0)
+    # The gathers occupy the same links during the same compute, so the reduction can only hide
+    # in the compute they leave free (else slower links or more compute could shorten a step).
+    compute_window = mb_s * 2.0 / passes_lin + np.where(zero >= 1, mb_s / passes_lin, 0.0)
+    compute_window = np.minimum(compute_window, np.maximum(pipeline_s - z3, 0.0))
+    window = compute_window + np.where(v > 1, 0.5 * bubble_s, 0.0)
+    window = window * np.asarray(overlap_dp, dtype=np.float64)
+    dp_s = np.maximum(dp_comm - window, 0.0) + np.maximum(z3 - pipeline_s, 0.0)
 
     # --- optimizer: one fused Adam pass over the local (ZeRO-sharded) parameters ---
     opt_params = params_gpu / np.where(zero >= 1, dp_ranks, 1.0)
