@@ -259,10 +259,11 @@ def test_sections_not_supported_yet(path: str, value: Any, section: str) -> None
 
 def test_scheduler_features_not_supported_yet() -> None:
     msg = error_of(with_("scheduler.policy", "priority-backfill"))
-    assert msg.startswith("scheduler: ")
+    assert msg.startswith("scheduler.policy: ")
     assert "'priority-backfill'" in msg
     assert "allowed: 'fifo', 'priority'" in msg
-    assert "preemption is not supported" in error_of(with_("scheduler.preemption", True))
+    msg = error_of(with_("scheduler.preemption", True))
+    assert msg.startswith("scheduler.preemption: ") and "not supported" in msg
 
 
 def test_fluid_fidelity_refused() -> None:
@@ -371,24 +372,26 @@ def test_inline_model_shape_rules() -> None:
 
 
 def test_global_batch_tokens_rounds_to_whole_microbatches() -> None:
-    # 16M tokens (SI: 16e6, not 16 x 2^20) / 8192 = 1953.125 sequences. With dp 128 and one
-    # sequence per microbatch the unit is 128 sequences; 1953.125 / 128 = 15.26 rounds to 15
-    # microbatches per rank: 1920 sequences, 15.7M tokens.
+    # Batch sizes are quoted with binary suffixes (Llama 3's "16M tokens" = 2048 x 8192 =
+    # 2**24), so "16M" here is 16 x 2**20 = 16,777,216 tokens = 2048 sequences of 8192, which
+    # with dp 128 and one sequence per microbatch is exactly 16 microbatches per rank.
     data = with_(
         "training.0.global_batch_tokens", "16M", with_("training.0.global_batch_seqs", None)
     )
     del data["training"][0]["global_batch_seqs"]
     data = with_("training.0.parallel", {"tp": 1, "dp": 128}, data)
     job = af.load(data).training[0]
-    assert job.global_batch_tokens == 16e6
-    assert job.batch_seqs == 1920
-    assert job.batch_seqs % 128 == 0
-    assert abs(job.batch_seqs * 8192 - 16e6) <= 128 * 8192 / 2  # nearest multiple
-    assert job.steps == -(-1_000_000_000 // (1920 * 8192))
-    # Nearest, not floor: 16.7M / 8192 / 128 = 15.93 rounds up to 16 per rank, 2048 sequences;
-    # Llama 3's "16M" batch, 2048 x 8192 = 16,777,216 tokens, is exactly that.
+    assert job.global_batch_tokens == 16 * 2**20
+    assert job.batch_seqs == 2048
+    assert job.steps == -(-1_000_000_000 // (2048 * 8192))
+    # A plain number is taken as written: 16e6 / 8192 = 1953.125 sequences = 15.26 units of
+    # 128, rounded to the nearest whole number of microbatches per rank, 15: 1920 sequences.
+    si = af.load(with_("training.0.global_batch_tokens", 16e6, data)).training[0]
+    assert si.batch_seqs == 1920
+    assert abs(si.batch_seqs * 8192 - 16e6) <= 128 * 8192 / 2  # nearest multiple
+    # Nearest, not floor: 16.7e6 / 8192 / 128 = 15.93 rounds up to 16 per rank.
     assert (
-        af.load(with_("training.0.global_batch_tokens", "16.7M", data)).training[0].batch_seqs
+        af.load(with_("training.0.global_batch_tokens", 16.7e6, data)).training[0].batch_seqs
         == 2048
     )
     assert (

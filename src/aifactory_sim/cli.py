@@ -97,14 +97,19 @@ def _cmd_catalog(args: argparse.Namespace) -> int:
         if i:
             print()
         print(f"{plural}:")
-        fields = [k for k in next(iter(table.values())) if k != "source"]
+        fields = list(dict.fromkeys(k for e in table.values() for k in e if k != "source"))
         width = max(len(n) for n in table) + 2
-        print("  " + "name".ljust(width) + "".join(f"{f:>14}" for f in fields))
+        widths = [max(len(f), *(len(str(e.get(f, "-"))) for e in table.values())) + 2
+                  for f in fields]
+        print("  " + "name".ljust(width) + "".join(f"{f:>{w}}" for f, w in zip(fields, widths,
+                                                                                   strict=True)))
         for name, entry in table.items():
-            cells = "".join(f"{'-' if entry.get(f) is None else entry.get(f)!s:>14}"
-                            for f in fields)
+            cells = "".join(f"{'-' if entry.get(f) is None else entry.get(f)!s:>{w}}"
+                            for f, w in zip(fields, widths, strict=True))
             print("  " + name.ljust(width) + cells)
-        print("  sources: " + "; ".join(f"{n}: {e['source']}" for n, e in table.items()))
+        print("  sources:")
+        for name, entry in table.items():
+            print(f"    {name}: {entry['source']}")
     return 0
 
 

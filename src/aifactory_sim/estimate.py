@@ -150,8 +150,10 @@ def estimate_training(
     """Step time, throughput, MFU and memory of training `model` on `gpu`, arrays in, arrays out.
 
     `recompute="auto"` picks, per configuration, the cheapest mode that fits in HBM (none, then
-    selective, then full). Collectives whose ranks span more than `nodes_per_leaf` nodes see the
-    fabric's `oversubscription`. `data_gb_s` is the storage bandwidth the job's loader gets.
+    selective, then full). A job of more than `nodes_per_leaf` nodes spans leaf switches: its
+    scale-out collectives slow by max(1, oversubscription / nodes per leaf), what rings lose on
+    the spine (`ring_cross_leaf_slowdown`). `data_gb_s` is the storage bandwidth the job's
+    loader gets.
     """
     m = as_model(model)
     g = as_gpu(gpu)

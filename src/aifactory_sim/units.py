@@ -25,6 +25,8 @@ _DURATION_S = {
     "wk": 604800.0,
 }
 _COUNT_SCALE = {"": 1.0, "k": 1e3, "K": 1e3, "M": 1e6, "B": 1e9, "G": 1e9, "T": 1e12}
+_BINARY_SCALE = {"": 1.0, "k": 2.0**10, "K": 2.0**10, "M": 2.0**20, "B": 2.0**30, "G": 2.0**30,
+                 "T": 2.0**40}
 _NUMBER = r"([+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)"
 _DURATION_RE = re.compile(rf"^\s*{_NUMBER}\s*([a-zA-Z]*)\s*$")
 _COUNT_RE = re.compile(rf"^\s*{_NUMBER}\s*([kKMBGT]?)\s*$")
@@ -90,3 +92,15 @@ def parse_gbit_s(value: object) -> float:
         "the units b/s, kb/s, Mb/s, Gb/s, Tb/s (bits) or B/s, kB/s, MB/s, GB/s, TB/s (bytes): "
         "'400Gb/s', '50GB/s'"
     )
+
+
+def parse_batch_tokens(value: object) -> float:
+    """Tokens per training step. Papers quote batch sizes with binary suffixes (Llama 3's "16M
+    tokens" is 2048 x 8192 = 2**24), so here '16M' is 16 x 2**20; plain numbers are taken as
+    written."""
+    if isinstance(value, str):
+        m = _COUNT_RE.match(value)
+        if m and m.group(2):
+            number, suffix = m.groups()
+            return _finite(float(number) * _BINARY_SCALE[suffix], "count")
+    return parse_count(value)

@@ -30,7 +30,7 @@ class Telemetry:
     total_gpus: int
     gpu_s: dict[str, float] = field(default_factory=lambda: dict.fromkeys(BUCKETS, 0.0))
     rows: list[tuple[float, int, int, int, int]] = field(default_factory=list)
-    events: int = 0
+    events: int = 0  # SimPy events processed
 
     def add(self, bucket: str, gpu_seconds: float) -> None:
         if gpu_seconds < 0:
@@ -39,7 +39,6 @@ class Telemetry:
 
     def sample(self, now: float, allocated: int, training: int, running: int, queued: int) -> None:
         """Record the state from `now` on (a later sample at the same time replaces it)."""
-        self.events += 1
         row = (now, allocated, training, running, queued)
         if self.rows and self.rows[-1][0] == now:
             self.rows[-1] = row

@@ -55,7 +55,8 @@ def param_count(m: dict[str, Any]) -> F64:
 
     Per layer: QKV h(h + 2 h g/a) + output h^2 + FFN (2 or 3 for SwiGLU) h f E + router h E
     (if E > 1) + two norms 2h; plus the token embedding V h, an untied output V h, a final norm.
-    For GPT (g = a, f = 4h, tied) this is Megatron Eq. 2 without the position embedding.
+    No biases (Llama has none). For GPT (g = a, f = 4h, tied) this is Megatron Eq. 2 less its
+    position embedding s h and its biases (11 l h): under 0.5% for Table 1's models.
     """
     h, a, g, f = _f(m["hidden"]), _f(m["heads"]), _f(m["kv_heads"]), _f(m["ffn_hidden"])
     e, vocab, layers = _f(m["experts"]), _f(m["vocab"]), _f(m["layers"])
@@ -124,8 +125,9 @@ def memory_per_gpu(
 ) -> dict[str, F64]:
     """Bytes per GPU on the most loaded pipeline stage: weights and optimizer state, activations.
 
-    States: 2 + 4 + 12 bytes per parameter, the optimizer's 12 sharded over d from ZeRO stage 1,
-    gradients from stage 2, weights from stage 3 (ZeRO, Sec. 5). A stage holds ceil(l/p) layers
+    States: 2 + 4 + 12 bytes per parameter, the optimizer's 12 sharded over the d x c data- and
+    context-parallel ranks from ZeRO stage 1, gradients from stage 2, weights from stage 3
+    (ZeRO, Sec. 5). A stage holds ceil(l/p) layers
     plus the embedding (first) or output layer (last).
 
     Activations per layer and microbatch (Korthikanti et al., arXiv 2205.05198, Sec. 4,
@@ -149,9 +151,12 @@ def memory_per_gpu(
     # One stage (p = 1) holds both the embedding and an untied output layer.
     embed = vocab * h * np.where(m["tie_embeddings"], 1.0, np.where(p == 1, 2.0, 1.0))
     stage_params = (stage_layers * layer_params + embed) / t
-    weights = stage_params * WEIGHT_BYTES / np.where(zero >= 3, d, 1.0)
-    grads = stage_params * GRAD_BYTES / np.where(zero >= 2, d, 1.0)
-    optim = stage_params * OPTIMIZER_BYTES / np.where(zero >= 1, d, 1.0)
+    # Context-parallel ranks hold the same weights: ZeRO shards over the d x c ranks that
+    # reduce gradients together (Megatron-Core's data-parallel-with-context group).
+    shards = d * c
+    weights = stage_params * WEIGHT_BYTES / np.where(zero >= 3, shards, 1.0)
+    grads = stage_params * GRAD_BYTES / np.where(zero >= 2, shards, 1.0)
+    optim = stage_params * OPTIMIZER_BYTES / np.where(zero >= 1, shards, 1.0)
     states = weights + grads + optim
 
     tok = s * b / c  # tokens per rank and microbatch
@@ -161,7 +166,10 @@ def memory_per_gpu(
     replicated = (8.0 + 2.0 * dropout) * tok * h / np.where(sequence_parallel, t, 1.0)
     gated = np.where(m["gated_ffn"], 1.5, 1.0)
     sharded = (2.0 * tok * (2 * h + 2 * kv) + 4.0 * gated * tok * f * k) / t
-    scores = np.where(flash_attention | (rc >= 1), 0.0, 5.0 * a * s * tok / t)
+    # Unfused attention keeps the softmax output (2 a s^2 b); with dropout also its mask and
+    # output (3 a s^2 b more).
+    scores = np.where(flash_attention | (rc >= 1), 0.0,
+                      (2.0 + 3.0 * dropout) * a * s * tok / t)
     per_layer = np.where(rc == 2, 2.0 * tok * h / np.where(sequence_parallel, t, 1.0),
                          replicated + sharded + scores)
     in_flight = np.minimum(p, _f(microbatches)) * np.where(v > 1, 1.0 + (p - 1) / (p * v), 1.0)
@@ -225,14 +233,17 @@ def step_time(
     stage_flops = (stage_layers * (lin * passes_lin + att * passes_att) + logits) / t
     gemm_s = stage_flops / (_f(g["peak_flops"]) * _f(g["gemm_efficiency"]))
 
-    # Element-wise HBM traffic per layer forward (bytes): norms, dropout and residual adds
-    # (22 h per token, replicated over tensor ranks unless sequence-parallel), bias + activation
+    # Element-wise HBM traffic per layer forward (bytes): two norms (8 h per token) and two
+    # residual adds (12 h), each add fused with a dropout that also writes its mask (2 h more),
+    # replicated over tensor ranks unless sequence-parallel; bias + activation
     # on the FFN (4 f, or 6 f gated, per active expert), and the attention core: unfused, the
-    # a s scores per token are written, softmaxed, dropped out and read back (13 bytes each);
-    # flash attention only streams Q, K, V and the output.
+    # a s scores per token are written, softmaxed, dropped out and read back (13 bytes each; 8
+    # without dropout); flash attention only streams Q, K, V and the output.
     gated_bytes = np.where(m["gated_ffn"], 6.0, 4.0)
-    ew = 22.0 * tok * h / np.where(seqpar, t, 1.0) + gated_bytes * tok * f * k / t
-    att_bytes = np.where(flash, tok * (4 * h + 4 * kv) / t, 13.0 * tok * a * s / t)
+    dropout = np.asarray(m.get("dropout", True), dtype=bool)
+    ew = (20.0 + 2.0 * dropout) * tok * h / np.where(seqpar, t, 1.0) + gated_bytes * tok * f * k / t
+    score_bytes = np.where(dropout, 13.0, 8.0)
+    att_bytes = np.where(flash, tok * (4 * h + 4 * kv) / t, score_bytes * tok * a * s / t)
     # Backward moves about twice the forward's bytes; recompute adds a forward.
     stage_bytes = stage_layers * (ew * passes_lin + att_bytes * passes_att)
     mem_s = stage_bytes / (_f(g["hbm_bytes_per_s"]) * _f(g["hbm_efficiency"]))

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from ..units import parse_count, parse_duration_s, parse_gbit_s
+from ..units import parse_batch_tokens, parse_count, parse_duration_s, parse_gbit_s
 
 
 class Spec(BaseModel):
@@ -20,6 +20,8 @@ DurationS = Annotated[float, BeforeValidator(parse_duration_s)]
 #: A count such as tokens, from a number or a string such as "16M", "2.0e12".
 Count = Annotated[float, BeforeValidator(parse_count)]
 #: A network rate in Gb/s, from a number or a string such as "400Gb/s".
+#: Tokens per optimizer step: '16M' means 2**24 (binary suffixes, as batch sizes are quoted).
+BatchTokens = Annotated[float, BeforeValidator(parse_batch_tokens)]
 GbitS = Annotated[float, BeforeValidator(parse_gbit_s)]
 
 PositiveDurationS = Annotated[DurationS, Field(gt=0)]

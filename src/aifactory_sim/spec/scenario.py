@@ -13,13 +13,13 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from .. import catalog
-from .base import Count, GbitS, NonNegativeDurationS, PositiveDurationS, Spec
+from .base import BatchTokens, Count, GbitS, NonNegativeDurationS, PositiveDurationS, Spec
 from .hardware import GPUSpec, ModelSpec, resolve_catalog
 
 #: What a later piece of work adds; the value is shown when a scenario uses it.
 NOT_YET = {
     "failures": "node failures, repair and restarts",
-    "inference": "serving (traffic, replicas, autoscaling)",
+    "inference": "serving: traffic, replicas, autoscaling",
     "checkpoint": "checkpointing",
     "elastic": "elastic data-parallel width",
 }
@@ -130,12 +130,16 @@ class Scheduler(Spec):
     def _not_yet(cls, data: Any) -> Any:
         if isinstance(data, dict):
             if data.get("policy") == "priority-backfill":
-                raise ValueError(
-                    "policy 'priority-backfill' (EASY backfill) is not supported by this version;"
-                    " allowed: 'fifo', 'priority'"
+                raise _located(
+                    "scheduler.policy",
+                    "'priority-backfill' (EASY backfill) is not supported by this version; "
+                    "allowed: 'fifo', 'priority'",
                 )
             if data.get("preemption") is True:
-                raise ValueError("preemption is not supported by this version; set it to false")
+                raise _located(
+                    "scheduler.preemption",
+                    "preemption is not supported by this version; allowed: false",
+                )
         return data
 
 
@@ -165,7 +169,11 @@ class TrainingJob(Spec):
     priority: int = 0
     tokens: Annotated[Count, Field(gt=0)]
     seq_len: int = Field(gt=0)
-    global_batch_tokens: Annotated[Count, Field(gt=0)] | None = None
+    global_batch_tokens: Annotated[BatchTokens, Field(gt=0)] | None = Field(
+        None,
+        description="tokens per step; suffixes are binary here as in ML papers (16M = 2**24 = "
+        "2048 x 8192), rounded to whole microbatches on every data-parallel rank",
+    )
     global_batch_seqs: int | None = Field(None, gt=0)
     parallel: Parallel = Parallel()
     recompute: Literal["auto", "none", "selective", "full"] = "auto"
