@@ -1,0 +1,348 @@
+"""Throughput benchmarks of aifactory_sim: the estimate kernels and the simulation engine.
+
+    python benchmarks/run.py            # full workloads (about a minute)
+    python benchmarks/run.py --quick    # smaller workloads (a few seconds)
+    python benchmarks/run.py --json out/bench.json
+
+Each benchmark runs in a fresh child process, so that its peak resident memory is its own and
+a failing one (the engine not installed yet, say) leaves the others' rows intact. numpy is
+limited to one thread: OMP_NUM_THREADS, OPENBLAS_NUM_THREADS, MKL_NUM_THREADS and
+VECLIB_MAXIMUM_THREADS are set to 1 before numpy is imported, in this process and in every
+child. The `estimate` benchmarks also pin their process to one CPU where the OS allows it.
+Benchmarks are not part of the test run.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Before numpy is imported anywhere: one thread, so that "configs/s" means "on one core".
+THREAD_VARS = (
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+)
+for _var in THREAD_VARS:
+    os.environ[_var] = "1"
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import resource  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+GOAL_CONFIGS_PER_S = 1e6
+CHILD_TIMEOUT_S = 300
+SIM_DAYS = 54
+
+
+# --------------------------------------------------------------------------------------------
+# Measurement helpers (run in the child)
+# --------------------------------------------------------------------------------------------
+
+
+def _peak_rss_mib() -> float:
+    """Peak resident set size of this process so far (ru_maxrss: KiB on Linux, bytes on macOS)."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 2**10
+
+
+def _pin_one_cpu() -> str:
+    """Pin this process to one CPU if the OS supports it; say which."""
+    if hasattr(os, "sched_setaffinity"):
+        cpu = min(os.sched_getaffinity(0))
+        os.sched_setaffinity(0, {cpu})
+        return f"pinned to CPU {cpu}"
+    return "not pinned (no sched_setaffinity)"
+
+
+def _timed(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
+    """Median wall seconds of `repeats` calls of fn, and the last call's result."""
+    times, out = [], None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), out
+
+
+def _fmt_rate(x: float) -> str:
+    return f"{x:.3g}" if x < 1e4 else f"{x:.2e}"
+
+
+# --------------------------------------------------------------------------------------------
+# Benchmarks (each returns a row dict; run in the child)
+# --------------------------------------------------------------------------------------------
+
+
+def _configs(n: int, *, string_modes: bool) -> dict[str, Any]:
+    """n seeded random parallel layouts of llama3-70b: tp, pp, dp, microbatch, recompute."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    modes = np.array(["none", "selective", "full", "auto"]) if string_modes else np.array([0, 1, 2])
+    return {
+        "tp": rng.choice([1, 2, 4, 8], n),
+        "pp": rng.choice([1, 2, 4, 5, 8, 10, 16, 20], n),
+        "dp": rng.choice([1, 2, 4, 8, 16, 32, 64, 128], n),
+        "microbatch_seqs": rng.choice([1, 2, 4, 8], n),
+        "recompute": rng.choice(modes, n),
+    }
+
+
+def bench_estimate(quick: bool, *, string_modes: bool) -> dict[str, Any]:
+    import aifactory_sim as af
+
+    pinned = _pin_one_cpu()
+    n = 100_000 if quick else 1_000_000
+    cfg = _configs(n, string_modes=string_modes)
+    fixed = dict(seq_len=8192, global_batch_seqs=1024)
+    # Warm-up: catalog files, pydantic models, numpy's first-call paths.
+    small = {k: v[:1000] for k, v in cfg.items()}
+    af.estimate_training("llama3-70b", "H100-SXM", **small, **fixed)
+    base = _peak_rss_mib()
+    wall, est = _timed(
+        lambda: af.estimate_training("llama3-70b", "H100-SXM", **cfg, **fixed),
+        repeats=1 if quick else 3,
+    )
+    assert len(est.step_time_s) == n
+    rate = n / wall
+    modes = "none/selective/full/auto as strings" if string_modes else "codes 0/1/2"
+    verdict = "meets" if rate >= GOAL_CONFIGS_PER_S else "BELOW"
+    return {
+        "benchmark": "estimate_training" + ("[auto]" if string_modes else ""),
+        "workload": f"{n:,} configs, llama3-70b on H100-SXM, recompute {modes}, one call",
+        "wall_s": wall,
+        "rate": f"{_fmt_rate(rate)} configs/s ({verdict} goal {GOAL_CONFIGS_PER_S:.0e})",
+        "rate_value": rate,
+        "rate_unit": "configs/s",
+        "peak_mib": _peak_rss_mib(),
+        "base_mib": base,
+        "note": f"median of {1 if quick else 3}; {pinned}; {int(est.fits.sum()):,} fit in HBM",
+    }
+
+
+def bench_plan(quick: bool) -> dict[str, Any]:
+    import aifactory_sim as af
+
+    kw = dict(seq_len=8192, global_batch_seqs=2048, include_infeasible=True)
+    af.plan_training("llama3-8b", "H100-SXM", 64, **kw)  # warm-up
+    base = _peak_rss_mib()
+    wall, df = _timed(
+        lambda: af.plan_training("llama3-405b", "H100-SXM", 16384, **kw), repeats=1 if quick else 3
+    )
+    best = df[df["fits"]].iloc[0]
+    layout = (
+        f"tp{best.tp} pp{best.pp} dp{best.dp} cp{best.cp} mb{best.microbatch_seqs} "
+        f"v{best.interleave} {best.recompute}"
+    )
+    return {
+        "benchmark": "plan_training",
+        "workload": (
+            f"llama3-405b on 16,384 H100-SXM, seq 8192, 2048 seqs: {len(df):,} rows "
+            f"evaluated, {int(df['fits'].sum()):,} fit"
+        ),
+        "wall_s": wall,
+        "rate": f"{_fmt_rate(len(df) / wall)} rows/s",
+        "rate_value": len(df) / wall,
+        "rate_unit": "rows/s",
+        "peak_mib": _peak_rss_mib(),
+        "base_mib": base,
+        "note": f"median of {1 if quick else 3}; fastest: {layout}, MFU {best.mfu:.3f}",
+    }
+
+
+def scenario_405b(days: float, fidelity: str = "fast") -> dict[str, Any]:
+    """2,048 nodes of 8x H100-SXM, one llama3-405b job with more tokens than `days` can train."""
+    return {
+        "name": f"bench-405b-16k-{days:g}d-{fidelity}",
+        "seed": 0,
+        "duration": f"{days:g}d",
+        "fidelity": fidelity,
+        "cluster": {
+            "node_pools": [
+                {
+                    "name": "h100",
+                    "nodes": 2048,
+                    "gpu": "H100-SXM",
+                    "gpus_per_node": 8,
+                    "nic_gbit_s": 400,
+                }
+            ],
+            "fabric": {"kind": "fat-tree", "nodes_per_leaf": 16, "oversubscription": 1.0},
+        },
+        "training": [
+            {
+                "name": "pretrain-405b",
+                "model": "llama3-405b",
+                "tokens": 15e12,
+                "seq_len": 8192,
+                "global_batch_tokens": "16M",
+                "parallel": {"tp": 8, "pp": 16, "dp": 128},
+                "recompute": "auto",
+            }
+        ],
+    }
+
+
+def bench_sim(quick: bool, fidelity: str) -> dict[str, Any]:
+    name = f"sim[{fidelity}]"
+    days = 7 if quick and fidelity == "step" else SIM_DAYS
+    try:
+        import aifactory_sim as af
+        from aifactory_sim.engine import factory  # noqa: F401  (the engine, being written)
+    except ImportError as exc:
+        return {
+            "benchmark": name,
+            "workload": "16,384 GPUs, llama3-405b, 54 d",
+            "error": f"skipped: the engine cannot be imported yet ({exc})",
+        }
+    base = _peak_rss_mib()
+    t0 = time.perf_counter()
+    res = af.run(scenario_405b(days, fidelity))
+    wall = time.perf_counter() - t0
+    events = res.meta.get("events")
+    job = res.summary.get("training", {}).get("pretrain-405b", {})
+    steps = job.get("steps_done")
+    rates = [f"{_fmt_rate(days / wall)} sim-days/s"]
+    if isinstance(events, int | float) and events > 0:
+        rates.append(f"{_fmt_rate(events / wall)} events/s")
+    if isinstance(steps, int | float) and steps > 0:
+        rates.append(f"{_fmt_rate(steps / wall)} steps/s")
+    ledger = res.summary.get("ledger_gpu_h", {})
+    train_share = ledger.get("training", 0.0) / max(sum(ledger.values()), 1e-300)
+    return {
+        "benchmark": name,
+        "workload": (
+            f"2,048 nodes x 8 H100-SXM, llama3-405b TP8 PP16 DP128, {days} d, "
+            f"{events if events is not None else '?'} events, "
+            f"{steps if steps is not None else '?'} steps"
+        ),
+        "wall_s": wall,
+        "rate": ", ".join(rates),
+        "rate_value": days / wall,
+        "rate_unit": "sim-days/s",
+        "events": events,
+        "steps": steps,
+        "engine_wall_s": res.meta.get("wall_s"),
+        "peak_mib": _peak_rss_mib(),
+        "base_mib": base,
+        "note": (
+            f"training share of the ledger {train_share:.3f}; step time "
+            f"{job.get('step_time_s') or float('nan'):.2f} s, MFU "
+            f"{job.get('mfu') or float('nan'):.3f}; meta events count state changes, "
+            "not SimPy events"
+        ),
+    }
+
+
+BENCHMARKS: dict[str, Callable[[bool], dict[str, Any]]] = {
+    "estimate": lambda q: bench_estimate(q, string_modes=False),
+    "estimate-auto": lambda q: bench_estimate(q, string_modes=True),
+    "plan": bench_plan,
+    "sim-fast": lambda q: bench_sim(q, "fast"),
+    "sim-step": lambda q: bench_sim(q, "step"),
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Parent: run each benchmark in a child process, print the table
+# --------------------------------------------------------------------------------------------
+
+
+def _run_child(key: str, quick: bool) -> dict[str, Any]:
+    cmd = [sys.executable, __file__, "--child", key] + (["--quick"] if quick else [])
+    env = dict(os.environ, **{v: "1" for v in THREAD_VARS})
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=CHILD_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        return {"benchmark": key, "error": f"timed out after {CHILD_TIMEOUT_S} s"}
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"benchmark": key, "error": f"failed (exit {proc.returncode}): {tail}"}
+    return json.loads(lines[-1])
+
+
+def _table(rows: list[dict[str, Any]]) -> str:
+    cols = ("benchmark", "workload", "wall_s", "rate", "peak_MiB", "base_MiB")
+    cells = []
+    for r in rows:
+        if "error" in r:
+            cells.append((r["benchmark"], r.get("workload", ""), "-", r["error"], "-", "-"))
+        else:
+            cells.append(
+                (
+                    r["benchmark"],
+                    r["workload"],
+                    f"{r['wall_s']:.3f}",
+                    r["rate"],
+                    f"{r['peak_mib']:.0f}",
+                    f"{r['base_mib']:.0f}",
+                )
+            )
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    out = [fmt.format(*cols), fmt.format(*("-" * w for w in widths))]
+    out += [fmt.format(*row) for row in cells]
+    notes = [f"  {r['benchmark']}: {r['note']}" for r in rows if r.get("note")]
+    return "\n".join([*out, "", "notes:", *notes] if notes else out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="aifactory_sim throughput benchmarks")
+    ap.add_argument("--quick", action="store_true", help="smaller workloads (seconds)")
+    ap.add_argument("--json", metavar="PATH", help="also write the rows as JSON to PATH")
+    ap.add_argument("--only", nargs="+", choices=list(BENCHMARKS), help="run these only")
+    ap.add_argument("--child", choices=list(BENCHMARKS), help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+
+    if args.child:
+        print(json.dumps(BENCHMARKS[args.child](args.quick)))
+        return 0
+
+    import numpy as np
+
+    print("aifactory_sim benchmarks" + (" (--quick)" if args.quick else ""))
+    print(
+        f"goal: estimate_training >= {GOAL_CONFIGS_PER_S:.0e} configs/s in one vectorised "
+        "call on one core"
+    )
+    print(
+        f"numpy {np.__version__} limited to one thread ({'='.join(THREAD_VARS)}=1, set "
+        f"before numpy is imported); Python {platform.python_version()} on "
+        f"{platform.machine()}, {os.cpu_count()} CPUs"
+    )
+    print(
+        "peak_MiB: the child process's peak RSS; base_MiB: its RSS after imports and "
+        "warm-up, before the timed work\n"
+    )
+    t0 = time.perf_counter()
+    rows = [_run_child(key, args.quick) for key in (args.only or BENCHMARKS)]
+    print(_table(rows))
+    print(f"\ntotal {time.perf_counter() - t0:.1f} s")
+    if args.json:
+        path = Path(args.json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        meta = {
+            "quick": args.quick,
+            "python": platform.python_version(),
+            "numpy": np.__version__,
+            "machine": platform.machine(),
+            "cpus": os.cpu_count(),
+            "threads": {v: os.environ[v] for v in THREAD_VARS},
+        }
+        path.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,352 @@
+"""Write docs/reference/scenario.md from the scenario's pydantic models.
+
+    python docs/gen_reference.py          # rewrite the file
+    python docs/gen_reference.py --check  # exit 1 if the file is out of date
+
+The tables come from `aifactory_sim.spec.Scenario` and the models it nests: field names, types,
+defaults and constraints from pydantic's `model_fields`, descriptions from each field's
+`Field(description=...)`. Fields without a description get one from DESCRIPTIONS below,
+marked with a dagger in the output, so that a missing description in the code stays visible.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import annotated_types as at
+from pydantic import BaseModel
+from pydantic.fields import FieldInfo
+
+from aifactory_sim import catalog
+from aifactory_sim.spec import Scenario
+from aifactory_sim.spec.scenario import NOT_YET
+from aifactory_sim.units import parse_count, parse_duration_s, parse_gbit_s
+
+OUT = Path(__file__).parent / "reference" / "scenario.md"
+
+#: Descriptions for fields whose model gives none (keyed "Model.field"). Shown with a dagger.
+DESCRIPTIONS = {
+    "Scenario.name": "names the run in outputs and in the default results folder",
+    "Scenario.seed": "seed of every random stream of the run",
+    "Scenario.duration": "simulated horizon",
+    "Scenario.cluster": "the hardware",
+    "Scenario.power": "power draw and energy price (accepted; not yet used by the engine)",
+    "Scenario.cost": "capital and cloud prices (accepted; not yet used by the engine)",
+    "Scenario.scheduler": "queueing and placement of jobs",
+    "Scenario.training": "training jobs, in any order",
+    "Cluster.node_pools": "groups of identical nodes; the first pool is the default",
+    "Cluster.fabric": "scale-out network between nodes",
+    "Cluster.storage": "shared file system; needed by jobs with data.source storage",
+    "NodePool.name": "unique pool name, referred to by training[].pool",
+    "NodePool.nodes": "number of nodes",
+    "NodePool.gpu": "a catalog name, {base: NAME, field: value} to override one, or a full mapping",
+    "NodePool.gpus_per_node": "GPUs per node, all on NVLink",
+    "NodePool.nvme": "local drives; needed by jobs with data.source nvme",
+    "NVMe.capacity_tb": "capacity per node, TB",
+    "NVMe.read_gb_s": "read bandwidth per node, GB/s",
+    "NVMe.write_gb_s": "write bandwidth per node, GB/s",
+    "Fabric.kind": "topology",
+    "Fabric.nodes_per_leaf": "nodes wired to one leaf switch",
+    "Storage.read_gb_s": "aggregate read bandwidth, GB/s, max-min shared among readers",
+    "Storage.write_gb_s": "aggregate write bandwidth, GB/s",
+    "Power.pue": "power usage effectiveness",
+    "Power.usd_per_kwh": "energy price, USD per kWh",
+    "Cost.node_capex_usd": "purchase price of one node, USD",
+    "Cost.amortization_years": "years over which capex is spread",
+    "Cost.cloud_usd_per_gpu_hour": "rental price, USD per GPU-hour",
+    "Scheduler.preemption": "must be false in this version",
+    "Scheduler.placement": "pack: fewest leaf switches per job; spread: round-robin over leaves",
+    "Parallel.microbatch_seqs": "sequences per microbatch",
+    "DataSpec.source": "where the loader reads: shared storage, local NVMe, or nothing",
+    "DataSpec.bytes_per_token": "bytes read per training token",
+    "TrainingJob.name": "unique job name",
+    "TrainingJob.model": "a catalog name, {base: NAME, field: value}, or an inline model",
+    "TrainingJob.submit_at": "simulated time at which the job joins the queue",
+    "TrainingJob.priority": "higher runs first under scheduler.policy priority",
+    "TrainingJob.tokens": "tokens to train; the job finishes after ceil(tokens / batch tokens)"
+    " steps",
+    "TrainingJob.seq_len": "tokens per sequence",
+    "TrainingJob.global_batch_seqs": "sequences per step (give this or global_batch_tokens)",
+    "TrainingJob.parallel": "the parallel layout",
+    "TrainingJob.recompute": "activation recomputation; auto picks the cheapest mode that fits"
+    " in HBM",
+    "TrainingJob.zero_stage": "ZeRO stage: 1 shards optimizer state, 2 also gradients, 3 also"
+    " weights, over the data-parallel ranks",
+    "TrainingJob.precision": "tensor-core precision; peak FLOP/s from the GPU's bf16_tflops or"
+    " fp8_tflops",
+    "TrainingJob.data": "training-data loading",
+    "GPUSpec.name": "shown in outputs; an altered catalog entry gets a trailing *",
+    "GPUSpec.source": "where the figures come from",
+    "ModelSpec.name": "shown in outputs; an altered catalog entry gets a trailing *",
+    "ModelSpec.layers": "transformer layers",
+    "ModelSpec.hidden": "hidden size (model width)",
+    "ModelSpec.heads": "attention heads",
+    "ModelSpec.vocab": "vocabulary size",
+    "ModelSpec.ffn_kind": "gelu: two FFN matrices; swiglu: three (gated)",
+    "ModelSpec.experts": "experts per layer (1: dense)",
+    "ModelSpec.tie_embeddings": "input embedding shared with the output layer",
+    "ModelSpec.source": "where the shape comes from",
+}
+
+HEADER = """\
+# Scenario schema
+
+<!-- Generated by docs/gen_reference.py from aifactory_sim.spec.Scenario; do not edit by hand. -->
+
+A scenario is one YAML or JSON mapping (or a Python dict) validated by the frozen pydantic
+models in `aifactory_sim.spec`. Unknown fields are errors. Every problem is reported as one
+message that names the field path, e.g. `training.0.parallel.tp: ...`.
+
+Each table below is one section; `[]` in a path marks a list (`training[]` is the list of jobs,
+addressed as `training.0`, `training.1`, ... in `--set` overrides). Descriptions marked † are
+written in `docs/gen_reference.py` because the model gives none.
+
+## Values with units
+
+- **duration**: a number of seconds, or a string with one of the units `ms`, `s`, `min` (or
+  `m`), `h`, `d`, `w`: `"90s"`, `"30min"`, `"6h"`, `"54d"`. Stored in seconds.
+- **count**: a number, or a string with a suffix `k`, `M`, `B` (or `G`), `T`: `"16M"`,
+  `"1.5B"`, `2.0e12`. Stored as a float.
+- **rate (Gb/s)**: a number of Gb/s, or a string `"400Gb/s"` or `"50GB/s"` (bytes count x 8);
+  `nic_gbit_s` also takes a network name from the catalog (`HDR`, `NDR`, `XDR`). Stored in Gb/s.
+
+Prefixes are powers of ten (`T` is 10^12), except in `global_batch_tokens`, where they are
+binary as batch sizes are quoted in papers: `global_batch_tokens: 16M` is 16 x 2^20 =
+16,777,216 tokens, which at `seq_len: 8192` is 2,048 sequences (Llama 3's "16M-token" batch).
+A plain number there is taken as written (`16e6` rounds to 1,920 sequences at `dp: 128`).
+PyYAML reads a number whose exponent has no sign
+(`2e12`, `2.0e12`) as a string; count fields parse such strings, so `tokens: 2.0e12` works.
+"""
+
+RULES = """\
+## Rules across fields
+
+Checked when the scenario is loaded (`aifactory-sim validate`, `aifactory_sim.load`):
+
+- Pool names, and training job names, are unique; `spare_nodes` is fewer than the first pool's
+  nodes (spares are taken from it).
+- A job gives exactly one of `global_batch_tokens` and `global_batch_seqs`. With
+  `global_batch_tokens` the step holds `dp x microbatch_seqs x max(1, round(global_batch_tokens
+  / seq_len / (dp x microbatch_seqs)))` sequences.
+- `parallel.tp` divides the model's `heads`, and divides the node's `gpus_per_node` or the GPU's
+  `nvlink_domain`; `pp x interleave` is at most the model's `layers`; `seq_len` is a multiple of
+  `cp`.
+- `tp x pp x dp x cp` is a whole number of nodes and at most the pool's GPUs less the spare
+  nodes (first pool only). `pool`, when given, names a pool.
+- The global batch is a multiple of `dp x microbatch_seqs`; an interleaved schedule
+  (`interleave > 1`) needs the microbatches per rank, `global_batch_seqs / (dp x
+  microbatch_seqs)`, to be a multiple of `pp`.
+- The job fits in its GPU's HBM by the memory model of
+  [the training model](../background/training-model.md) (with `recompute: auto`, in the
+  cheapest mode that fits).
+- `precision: fp8` needs a GPU with `fp8_tflops`; `data.source: storage` needs
+  `cluster.storage`; `data.source: nvme` needs the pool's `nvme`.
+- A GPU's `family` names an entry of `catalog/calibration.yaml`; a model's `hidden` is a
+  multiple of `heads`, `heads` a multiple of `kv_heads`, and `top_k` at most `experts`.
+- Sections of later versions (`failures`, `inference`, a job's `checkpoint` and `elastic`),
+  `fidelity: fluid`, `scheduler.policy: priority-backfill` and `scheduler.preemption: true` are
+  refused with a message saying so, never silently ignored.
+"""
+
+
+# --------------------------------------------------------------------------------------------
+
+_UNIT_TYPES = {parse_duration_s: "duration", parse_count: "count", parse_gbit_s: "rate (Gb/s)"}
+
+
+def _constraints(metadata: list[Any]) -> list[str]:
+    out = []
+    for m in metadata:
+        if isinstance(m, at.Gt):
+            out.append(f"> {m.gt}")
+        elif isinstance(m, at.Ge):
+            out.append(f">= {m.ge}")
+        elif isinstance(m, at.Lt):
+            out.append(f"< {m.lt}")
+        elif isinstance(m, at.Le):
+            out.append(f"<= {m.le}")
+        elif isinstance(m, at.MinLen):
+            out.append(
+                f"at least {m.min_length} item{'s' if m.min_length > 1 else ''}"
+                if m.min_length > 1
+                else "not empty"
+            )
+        elif isinstance(m, at.MaxLen):
+            out.append(f"at most {m.max_length}")
+        elif isinstance(m, FieldInfo):
+            out += _constraints(m.metadata)
+    return out
+
+
+def _unit_type(metadata: list[Any]) -> str | None:
+    for m in metadata:
+        func = getattr(m, "func", None)
+        if func in _UNIT_TYPES:
+            return _UNIT_TYPES[func]
+    return None
+
+
+def _section_models(tp: Any) -> list[type[BaseModel]]:
+    """The BaseModel classes named anywhere inside a type (list[X], X | None, ...)."""
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        return [tp]
+    return [m for arg in typing.get_args(tp) for m in _section_models(arg)]
+
+
+def _type_name(tp: Any, metadata: list[Any], links: dict[type, str]) -> tuple[str, list[str]]:
+    """A readable type and the constraints found inside it (Annotated metadata)."""
+    unit = _unit_type(metadata)
+    if unit:
+        return unit, []
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin is typing.Annotated:
+        inner, *meta = args
+        name, cons = _type_name(inner, list(meta), links)
+        return name, cons + _constraints(list(meta))
+    if origin is typing.Literal:
+        return " \\| ".join(f"`{a!r}`".replace("'", '"') for a in args), []
+    if origin in (typing.Union, types.UnionType):
+        parts = [a for a in args if a is not type(None)]
+        names, cons = [], []
+        for a in parts:
+            n, c = _type_name(a, [], links)
+            names.append(n)
+            cons += c
+        return " \\| ".join(names) + (" or none" if len(parts) < len(args) else ""), cons
+    if origin is list:
+        n, c = _type_name(args[0], [], links)
+        return f"list of {n}", c
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        return f"[section](#{links[tp]})" if tp in links else tp.__name__, []
+    if tp is typing.Any:
+        return "any", []
+    return getattr(tp, "__name__", str(tp)), []
+
+
+def _default(f: FieldInfo) -> str:
+    if f.is_required():
+        return "**required**"
+    if f.default_factory is not None:
+        val = f.default_factory()  # type: ignore[call-arg]
+        return "`[]`" if val == [] else f"`{val!r}`"
+    d = f.default
+    if d is None:
+        return "none"
+    if isinstance(d, BaseModel):
+        return "section defaults"
+    if isinstance(d, bool):
+        return f"`{str(d).lower()}`"
+    if isinstance(d, str):
+        return f'`"{d}"`'
+    if isinstance(d, float) and d.is_integer():
+        return f"`{d:g}`" if abs(d) < 1e6 else f"`{d:.3g}`"
+    return f"`{d!r}`"
+
+
+def _walk(model: type[BaseModel], path: str, out: list[tuple[str, type[BaseModel]]]) -> None:
+    out.append((path, model))
+    for name, f in model.model_fields.items():
+        for sub in _section_models(f.annotation):
+            is_list = typing.get_origin(f.annotation) is list
+            _walk(sub, f"{path}.{name}{'[]' if is_list else ''}".lstrip("."), out)
+
+
+def _anchor(path: str) -> str:
+    return path.replace(".", "").replace("[]", "").lower() or "scenario"
+
+
+def build() -> str:
+    sections: list[tuple[str, type[BaseModel]]] = []
+    _walk(Scenario, "", sections)
+    links = {model: _anchor(path) for path, model in sections}
+    used: set[str] = set()
+    parts = [HEADER]
+    for path, model in sections:
+        title = path or "(top level)"
+        doc = (model.__doc__ or "").strip().splitlines()[0] if model.__doc__ else ""
+        parts.append(f'<a id="{_anchor(path)}"></a>\n\n## `{title}` ({model.__name__})\n')
+        if doc and not doc.startswith("!!!"):
+            parts.append(doc + "\n")
+        parts.append("| field | type | default | constraints | description |")
+        parts.append("|---|---|---|---|---|")
+        for name, f in model.model_fields.items():
+            tname, inner = _type_name(f.annotation, f.metadata, links)
+            cons = _constraints(f.metadata) + inner
+            key = f"{model.__name__}.{name}"
+            if name in NOT_YET and tname == "any":
+                desc = f"refused in this version (a later version adds {NOT_YET[name]})"
+                tname = "—"
+            elif f.description:
+                desc = f.description
+            elif key in DESCRIPTIONS:
+                desc = DESCRIPTIONS[key] + " †"
+                used.add(key)
+            else:
+                desc = ""
+            row = [
+                f"`{name}`",
+                tname,
+                _default(f),
+                ", ".join(dict.fromkeys(cons)),
+                desc.replace("|", "\\|"),
+            ]
+            parts.append("| " + " | ".join(row) + " |")
+        parts.append("")
+    stale = sorted(set(DESCRIPTIONS) - used)
+    if stale:
+        print(
+            "gen_reference: descriptions for fields that now describe themselves or no longer"
+            f" exist (remove them): {', '.join(stale)}",
+            file=sys.stderr,
+        )
+    parts.append(RULES)
+    parts.append(_catalog())
+    return "\n".join(parts).rstrip() + "\n"
+
+
+def _catalog() -> str:
+    lines = [
+        "## Catalog names",
+        "",
+        "`aifactory-sim catalog` prints every entry with its source. Names match",
+        "case-insensitively.",
+        "",
+    ]
+    gpus = catalog.table("gpu")
+    lines.append("- GPUs: " + ", ".join(f"`{n}` ({e['family']})" for n, e in gpus.items()))
+    lines.append(
+        "- Networks (for `nic_gbit_s`): "
+        + ", ".join(f"`{n}` ({e['gbit_s']} Gb/s)" for n, e in catalog.table("network").items())
+    )
+    lines.append("- Models: " + ", ".join(f"`{n}`" for n in catalog.names("model")))
+    lines.append(
+        "- Calibration families: " + ", ".join(f"`{n}`" for n in catalog.names("calibration"))
+    )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--check", action="store_true", help="exit 1 if the file is out of date")
+    args = ap.parse_args()
+    text = build()
+    if args.check:
+        current = OUT.read_text() if OUT.exists() else ""
+        if current != text:
+            print(f"{OUT} is out of date; run python docs/gen_reference.py", file=sys.stderr)
+            return 1
+        return 0
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    OUT.write_text(text)
+    print(f"wrote {OUT}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
