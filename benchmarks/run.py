@@ -237,8 +237,8 @@ def bench_sim(quick: bool, fidelity: str) -> dict[str, Any]:
         "note": (
             f"training share of the ledger {train_share:.3f}; step time "
             f"{job.get('step_time_s') or float('nan'):.2f} s, MFU "
-            f"{job.get('mfu') or float('nan'):.3f}; meta events count state changes, "
-            "not SimPy events"
+            f"{job.get('mfu') or float('nan'):.3f}; meta events count SimPy events "
+            "processed"
         ),
     }
 

@@ -25,7 +25,7 @@ from pydantic.fields import FieldInfo
 from aifactory_sim import catalog
 from aifactory_sim.spec import Scenario
 from aifactory_sim.spec.scenario import NOT_YET
-from aifactory_sim.units import parse_count, parse_duration_s, parse_gbit_s
+from aifactory_sim.units import parse_batch_tokens, parse_count, parse_duration_s, parse_gbit_s
 
 OUT = Path(__file__).parent / "reference" / "scenario.md"
 
@@ -76,7 +76,7 @@ DESCRIPTIONS = {
     "TrainingJob.recompute": "activation recomputation; auto picks the cheapest mode that fits"
     " in HBM",
     "TrainingJob.zero_stage": "ZeRO stage: 1 shards optimizer state, 2 also gradients, 3 also"
-    " weights, over the data-parallel ranks",
+    " weights, over the dp x cp data- and context-parallel ranks",
     "TrainingJob.precision": "tensor-core precision; peak FLOP/s from the GPU's bf16_tflops or"
     " fp8_tflops",
     "TrainingJob.data": "training-data loading",
@@ -112,13 +112,17 @@ written in `docs/gen_reference.py` because the model gives none.
   `m`), `h`, `d`, `w`: `"90s"`, `"30min"`, `"6h"`, `"54d"`. Stored in seconds.
 - **count**: a number, or a string with a suffix `k`, `M`, `B` (or `G`), `T`: `"16M"`,
   `"1.5B"`, `2.0e12`. Stored as a float.
+- **count (binary)**: `global_batch_tokens` only; written like a count, but its suffixes are
+  powers of two (below).
 - **rate (Gb/s)**: a number of Gb/s, or a string `"400Gb/s"` or `"50GB/s"` (bytes count x 8);
   `nic_gbit_s` also takes a network name from the catalog (`HDR`, `NDR`, `XDR`). Stored in Gb/s.
 
-Prefixes are powers of ten (`T` is 10^12), except in `global_batch_tokens`, where they are
-binary as batch sizes are quoted in papers: `global_batch_tokens: 16M` is 16 x 2^20 =
-16,777,216 tokens, which at `seq_len: 8192` is 2,048 sequences (Llama 3's "16M-token" batch).
-A plain number there is taken as written (`16e6` rounds to 1,920 sequences at `dp: 128`).
+Prefixes are powers of ten (`T` is 10^12, `tokens: 16M` is 16,000,000), except in
+`global_batch_tokens`, where they are binary as batch sizes are quoted in papers:
+`global_batch_tokens: 16M` is 16 x 2^20 = 16,777,216 tokens, which at `seq_len: 8192` is 2,048
+sequences (Llama 3's "16M-token" batch). A plain number there is taken as written: `16e6` is
+16e6 / 8192 = 1,953.1 sequences, which rounds to 1,920 at `dp: 128` (whole microbatches on
+every data-parallel rank).
 PyYAML reads a number whose exponent has no sign
 (`2e12`, `2.0e12`) as a string; count fields parse such strings, so `tokens: 2.0e12` works.
 """
@@ -150,13 +154,19 @@ Checked when the scenario is loaded (`aifactory-sim validate`, `aifactory_sim.lo
   multiple of `heads`, `heads` a multiple of `kv_heads`, and `top_k` at most `experts`.
 - Sections of later versions (`failures`, `inference`, a job's `checkpoint` and `elastic`),
   `fidelity: fluid`, `scheduler.policy: priority-backfill` and `scheduler.preemption: true` are
-  refused with a message saying so, never silently ignored.
+  refused with a message that names the field (`scheduler.policy`, `scheduler.preemption`, ...)
+  and says so, never silently ignored.
 """
 
 
 # --------------------------------------------------------------------------------------------
 
-_UNIT_TYPES = {parse_duration_s: "duration", parse_count: "count", parse_gbit_s: "rate (Gb/s)"}
+_UNIT_TYPES = {
+    parse_duration_s: "duration",
+    parse_count: "count",
+    parse_batch_tokens: "count (binary)",
+    parse_gbit_s: "rate (Gb/s)",
+}
 
 
 def _constraints(metadata: list[Any]) -> list[str]:
