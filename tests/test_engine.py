@@ -162,14 +162,15 @@ def test_cluster_pack_is_best_fit():
     a = cl.allocate("p", 6, owner=0, placement="pack")  # leaf 0 keeps 2 free
     b = cl.allocate("p", 2, owner=1, placement="pack")  # best fit: the 2 left in leaf 0
     assert a is not None and b is not None
-    assert a.leaves == b.leaves == 1
+    assert a.leaves(cl) == b.leaves(cl) == 1
     assert set(cl.pools["p"].leaf[b.nodes]) == set(cl.pools["p"].leaf[a.nodes])
     c = cl.allocate("p", 20, owner=2, placement="pack")  # three leaves at least
-    assert c is not None and c.leaves == 3
+    assert c is not None and c.leaves(cl) == 3
     assert cl.allocate("p", 5, owner=3, placement="pack") is None  # only 4 free
     cl.release(c, owner=2)
-    with pytest.raises(RuntimeError):
-        cl.release(c, owner=2)
+    assert c.nodes.size == 0 and cl.pools["p"].free_nodes == 24
+    with pytest.raises(RuntimeError):  # nodes held by job 1 are not job 0's to give back
+        cl.release(b, owner=0)
 
 
 # --- storage sharing ---------------------------------------------------------------------

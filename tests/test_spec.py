@@ -242,28 +242,34 @@ def test_gpu_override_is_what_the_feasibility_check_uses() -> None:
     assert af.load(data).cluster.node_pools[0].gpu.hbm_gb == 141
 
 
-@pytest.mark.parametrize(
-    ("path", "value", "section"),
-    [
-        ("failures", {"node_failures_per_1000_node_days": 6.5}, "failures"),
-        ("inference", [{"name": "chat", "model": "llama3-70b"}], "inference"),
-        ("training.0.checkpoint", {"interval": "1h"}, "checkpoint"),
-        ("training.0.elastic", {"min_dp": 8}, "elastic"),
-    ],
-)
-def test_sections_not_supported_yet(path: str, value: Any, section: str) -> None:
-    msg = error_of(with_(path, value))
-    assert msg.startswith(f"{path}: `{section}`")
+def test_serving_not_supported_yet() -> None:
+    msg = error_of(with_("inference", [{"name": "chat", "model": "llama3-70b"}]))
+    assert msg.startswith("inference: `inference`")
     assert "is not supported by this version" in msg
 
 
-def test_scheduler_features_not_supported_yet() -> None:
-    msg = error_of(with_("scheduler.policy", "priority-backfill"))
-    assert msg.startswith("scheduler.policy: ")
-    assert "'priority-backfill'" in msg
-    assert "allowed: 'fifo', 'priority'" in msg
-    msg = error_of(with_("scheduler.preemption", True))
-    assert msg.startswith("scheduler.preemption: ") and "not supported" in msg
+def test_failure_checkpoint_and_elastic_sections_are_checked() -> None:
+    ok = af.load(with_("failures", {"node_failures_per_1000_node_days": 6.5,
+                                    "distribution": {"kind": "weibull", "shape": 0.8},
+                                    "repair_h": 4}))
+    assert ok.failures is not None
+    assert ok.failures.node_mtbf_s == pytest.approx(1000 * 86400 / 6.5)
+    assert ok.failures.repair_h.kind == "fixed" and ok.failures.repair_h.value == 4
+    shares = ok.failures.component_shares()  # default: Llama 3's breakdown, 419 interruptions
+    assert sum(shares.values()) == pytest.approx(1.0)
+    assert shares["hbm"] == pytest.approx(72 / 419)
+    msg = error_of(with_("failures", {"node_mtbf_h": 100, "node_failures_per_1000_node_days": 2}))
+    assert msg.startswith("failures: ") and "exactly one of" in msg
+    msg = error_of(with_("failures", {"node_mtbf_h": 100, "components": {"gpu": 1, "fan": 1}}))
+    assert "failures.components" in msg and "fan" in msg and "allowed: gpu" in msg
+    msg = error_of(with_("failures", {"node_mtbf_h": 100, "distribution": "weibull"}))
+    assert "needs a shape" in msg
+    msg = error_of(with_("training.0.checkpoint", {"interval": "often"}))
+    assert msg.startswith("training.0.checkpoint.interval: ")
+    job = af.load(with_("training.0.checkpoint", {"interval": "30min"})).training[0]
+    assert job.checkpoint.interval == 1800
+    msg = error_of(with_("training.0.elastic", {"min_dp": 99}))
+    assert "min_dp=99 exceeds parallel.dp" in msg
 
 
 def test_fluid_fidelity_refused() -> None:
@@ -403,22 +409,17 @@ def test_global_batch_tokens_rounds_to_whole_microbatches() -> None:
     assert tiny.batch_seqs == 128
 
 
-# --- the example factory (EXPECTED TO CHANGE as later issues add these features) --------------
+# --- the example factory (EXPECTED TO CHANGE when serving lands) ----------------------------
 
 
-def test_example_factory_fails_only_on_unsupported_sections() -> None:
-    # When failures, serving, checkpointing, elasticity or backfill land, update this test:
-    # the example should then load as it stands.
+def test_example_factory_fails_only_on_serving() -> None:
+    # When serving lands, update this test: the example should then load as it stands.
     data = yaml.safe_load(FACTORY_YAML.read_text())
     msg = error_of(data)
-    for section in ("failures", "inference", "checkpoint", "elastic", "priority-backfill"):
-        assert section in msg, section
-    # ...and nothing else is wrong with it: without those it loads.
-    for key in ("failures", "inference"):
-        del data[key]
-    for key in ("checkpoint", "elastic"):
-        del data["training"][0][key]
-    data["scheduler"].update(policy="priority", preemption=False)
+    assert msg == error_of(with_("inference", data["inference"]))  # the only complaint
+    del data["inference"]
     s = af.load(data)
     assert s.cluster.node_pools[0].gpus == 2080 * 8
     assert s.training[0].parallel.gpus == 16384
+    assert s.training[0].elastic is not None and s.training[0].elastic.min_dp == 96
+    assert s.scheduler.policy == "priority-backfill" and s.scheduler.preemption

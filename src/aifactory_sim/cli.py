@@ -69,10 +69,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     else:
         print(res.text())
     if not args.no_save:
-        res.save(out, plots=not args.no_plots, force=args.force)
-        print(f"\nwrote {out}/ (summary.json, jobs.csv, ledger.csv, timeseries.csv"
-              + ("" if args.no_plots else ", ledger.png, allocation.png") + ")",
-              file=sys.stderr if args.json else sys.stdout)
+        written = res.save(out, plots=not args.no_plots, force=args.force)
+        names = ", ".join(sorted(p.name for p in written.iterdir()))
+        print(f"\nwrote {out}/ ({names})", file=sys.stderr if args.json else sys.stdout)
     return 0
 
 

@@ -304,16 +304,22 @@ def job_estimate(
     leaves: int | None = None,
     net_latency_us: float = 5.0,
     data_gb_s: float = np.inf,
+    dp: int | None = None,
 ) -> TrainingEstimate:
     """The estimate for one scenario job on its pool. With `leaves` given (the engine knows the
-    placement), the job's nodes per leaf decide what the spine's oversubscription costs."""
+    placement), the job's nodes per leaf decide what the spine's oversubscription costs. `dp`
+    overrides the data-parallel width (an elastic job running narrower): the global batch stays,
+    and the busiest rank's whole microbatches, ceil(B / (dp b)), pace the step."""
     par = job.parallel
+    dp = par.dp if dp is None else dp
     if leaves is not None:  # the engine knows the placement: nodes per leaf it actually used
-        nodes = par.gpus // pool.gpus_per_node
+        nodes = math.ceil(par.tp * par.pp * par.cp * dp / pool.gpus_per_node)
         nodes_per_leaf = math.ceil(nodes / leaves)
+    unit = dp * par.microbatch_seqs
+    paced_batch = math.ceil(job.batch_seqs / unit) * unit
     return estimate_training(
-        job.model, pool.gpu, tp=par.tp, pp=par.pp, dp=par.dp, cp=par.cp, seq_len=job.seq_len,
-        global_batch_seqs=job.batch_seqs, microbatch_seqs=par.microbatch_seqs,
+        job.model, pool.gpu, tp=par.tp, pp=par.pp, dp=dp, cp=par.cp, seq_len=job.seq_len,
+        global_batch_seqs=paced_batch, microbatch_seqs=par.microbatch_seqs,
         recompute=job.recompute, zero_stage=job.zero_stage, gpus_per_node=pool.gpus_per_node,
         nic_gbit_s=pool.nic_gbit_s, interleave=par.interleave, precision=job.precision,
         oversubscription=oversubscription, nodes_per_leaf=nodes_per_leaf,

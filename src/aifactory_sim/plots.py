@@ -102,10 +102,80 @@ class Plotter:
         ax.legend(loc="upper right", fontsize=8, ncols=3)
         return fig
 
+    def timeline(self) -> Figure:
+        """One row per job: when it ran, with its failures, checkpoints and restarts marked."""
+        s = self.results.summary
+        events = self.results.events
+        t_end = s["duration_s"]
+        scale, unit = (86400.0, "days") if t_end > 2 * 86400 else (3600.0, "hours")
+        names = list(s["training"])
+        fig = _figure(figsize=(9, 1.2 + 0.45 * max(len(names), 1)))
+        ax = fig.subplots()
+        marks = {"failure": ("x", "#c62828", "failure"),
+                 "checkpoint": ("|", "#fb8c00", "checkpoint"),
+                 "restart": ("^", "#8e24aa", "restart"),
+                 "preempt": ("v", "#6d4c41", "preempted"),
+                 "resize": ("D", "#00838f", "resized")}
+        seen: set[str] = set()
+        for row, name in enumerate(names):
+            j = s["training"][name]
+            if j["started_at_s"] is not None:
+                end = t_end if j["finished_at_s"] is None else j["finished_at_s"]
+                ax.barh(row, (end - j["started_at_s"]) / scale, left=j["started_at_s"] / scale,
+                        height=0.5, color=COLOURS["training"], alpha=0.35)
+            if j["submitted_at_s"] is not None and j["started_at_s"] is not None:
+                ax.barh(row, (j["started_at_s"] - j["submitted_at_s"]) / scale,
+                        left=j["submitted_at_s"] / scale, height=0.2, color=COLOURS["queued"])
+            mine = events[events["job"] == name] if len(events) else events
+            for kind, (marker, colour, label) in marks.items():
+                times = mine[mine["event"] == kind]["time_s"] if len(mine) else []
+                if len(times):
+                    ax.scatter([t / scale for t in times], [row] * len(times), marker=marker,
+                               color=colour, s=30 if kind != "checkpoint" else 60, zorder=3,
+                               label=None if kind in seen else label, linewidths=1)
+                    seen.add(kind)
+        ax.set_yticks(range(len(names)), names)
+        ax.set_ylim(-0.7, len(names) - 0.3)
+        ax.invert_yaxis()
+        ax.set_xlim(0, t_end / scale)
+        ax.set_xlabel(f"simulated time ({unit})")
+        ax.set_title(f"{s['scenario']}: job timeline")
+        if seen:
+            ax.legend(loc="upper right", fontsize=8, ncols=len(seen))
+        return fig
+
+    def ettr(self) -> Figure:
+        """Each job's time since its first start, split: productive, lost, recovery, other."""
+        s = self.results.summary
+        jobs = [(n, j) for n, j in s["training"].items() if j["ettr"] is not None]
+        fig = _figure(figsize=(8, 1.2 + 0.5 * max(len(jobs), 1)))
+        ax = fig.subplots()
+        for row, (name, j) in enumerate(jobs):
+            end = s["duration_s"] if j["finished_at_s"] is None else j["finished_at_s"]
+            since_h = (end - j["started_at_s"]) / 3600.0
+            parts = [("productive", j["ettr"] * since_h, COLOURS["training"]),
+                     ("lost work", j["lost_work_h"], COLOURS["lost_work"]),
+                     ("recovery", j["recovery_h"], COLOURS["recovery"])]
+            left = 0.0
+            for label, hours, colour in parts:
+                share = hours / since_h if since_h else 0.0
+                ax.barh(row, share, left=left, color=colour, label=label if row == 0 else None)
+                left += share
+            ax.barh(row, max(1.0 - left, 0.0), left=left, color=COLOURS["checkpoint"],
+                    label="checkpoints, stalls, waits" if row == 0 else None)
+            ax.text(1.01, row, f"ETTR {j['ettr']:.1%}", va="center", fontsize=8)
+        ax.set_yticks(range(len(jobs)), [n for n, _ in jobs])
+        ax.invert_yaxis()
+        ax.set_xlim(0, 1.15)
+        ax.set_xlabel("share of time since first start")
+        ax.set_title(f"{s['scenario']}: effective training time ratio")
+        ax.legend(loc="lower right", fontsize=8)
+        return fig
+
     def save_all(self, folder: str | Path) -> list[Path]:
         folder = Path(folder)
         written = []
-        for name in ("ledger", "allocation"):
+        for name in ("ledger", "allocation", "timeline", "ettr"):
             path = folder / f"{name}.png"
             getattr(self, name)().savefig(path, dpi=120)
             written.append(path)

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from .engine.telemetry import BUCKETS
+from .engine.telemetry import BUCKETS, COLUMNS
 from .errors import ScenarioError
 from .spec.loader import content_hash
 
@@ -45,6 +45,8 @@ class Results:
         jobs: pd.DataFrame,
         timeseries: pd.DataFrame,
         ledger: pd.DataFrame,
+        failures: pd.DataFrame | None = None,
+        events: pd.DataFrame | None = None,
     ):
         self.scenario = scenario
         self.summary = summary
@@ -52,6 +54,8 @@ class Results:
         self.jobs = jobs
         self.timeseries = timeseries
         self.ledger = ledger
+        self.failures = failures if failures is not None else pd.DataFrame()
+        self.events = events if events is not None else pd.DataFrame()
         self.requests = pd.DataFrame(
             columns=["arrival_s", "first_token_s", "finish_s", "prompt_tokens", "output_tokens"]
         )
@@ -65,7 +69,16 @@ class Results:
         tel = factory.telemetry
         duration = sc.duration
         ledger_h = {b: tel.gpu_s[b] / 3600.0 for b in BUCKETS}
-        jobs = {j.spec.name: j.summary() for j in factory.jobs}
+        jobs = {j.spec.name: j.summary(duration) for j in factory.jobs}
+        records = [] if factory.failures is None else factory.failures.records
+        failures = pd.DataFrame(
+            [(r.time_s, r.pool, r.node, r.component, r.repair_s, r.job) for r in records],
+            columns=["time_s", "pool", "node", "component", "repair_s", "job"],
+        )
+        events = pd.DataFrame(
+            [(j.spec.name, t, kind) for j in factory.jobs for t, kind in j.events],
+            columns=["job", "time_s", "event"],
+        )
         summary: dict[str, Any] = {
             "scenario": sc.name,
             "seed": sc.seed,
@@ -78,6 +91,12 @@ class Results:
                 "training": tel.gpu_s["training"] / (tel.total_gpus * duration),
             },
             "training": jobs,
+            "failures": {
+                "count": len(records),
+                "hit_jobs": int(failures["job"].notna().sum()),
+                "by_component": {c: int((failures["component"] == c).sum())
+                                 for c in sorted(set(failures["component"]))},
+            },
         }
         meta = {
             "scenario_hash": content_hash(sc),
@@ -89,16 +108,13 @@ class Results:
         }
         job_rows = [{"job": name, **vals} for name, vals in jobs.items()]
         jobs_df = pd.DataFrame(job_rows)
-        ts = pd.DataFrame(
-            tel.rows,
-            columns=["time_s", "allocated_gpus", "training_gpus", "running_jobs", "queued_jobs"],
-        )
+        ts = pd.DataFrame(tel.rows, columns=list(COLUMNS))
         total_h = tel.total_gpus * duration / 3600.0
         ledger = pd.DataFrame({
             "bucket": list(ledger_h), "gpu_h": list(ledger_h.values()),
         })
         ledger["share"] = ledger["gpu_h"] / total_h
-        return cls(sc, summary, meta, jobs_df, ts, ledger)
+        return cls(sc, summary, meta, jobs_df, ts, ledger, failures, events)
 
     # --- views ---------------------------------------------------------------------------
     @property
@@ -121,19 +137,25 @@ class Results:
             if hours > 0:
                 lines.append(f"  {bucket:<15}{hours:>16,.0f} GPU-h {hours / total:>7.1%}")
         lines.append(f"  {'total':<15}{total:>16,.0f} GPU-h")
+        if s["failures"]["count"]:
+            f = s["failures"]
+            parts = ", ".join(f"{c} {n}" for c, n in f["by_component"].items())
+            lines += ["", f"failures: {f['count']} ({parts}); {f['hit_jobs']} hit a job"]
         if s["training"]:
             lines += ["", "training jobs"]
             head = (f"  {'job':<20}{'state':<14}{'tokens':>12}{'step s':>9}{'MFU':>7}"
-                    f"{'start h':>9}{'finish h':>10}")
+                    f"{'start h':>9}{'finish h':>10}{'ETTR':>7}{'fails':>7}{'ckpts':>7}")
             lines.append(head)
             for name, j in s["training"].items():
                 step = "-" if j["step_time_s"] is None else f"{j['step_time_s']:.2f}"
                 mfu = "-" if j["mfu"] is None else f"{j['mfu']:.1%}"
                 start = "-" if j["started_at_s"] is None else f"{j['started_at_s'] / 3600:.1f}"
                 fin = "-" if j["finished_at_s"] is None else f"{j['finished_at_s'] / 3600:.1f}"
+                ettr = "-" if j["ettr"] is None else f"{j['ettr']:.1%}"
                 lines.append(
                     f"  {name:<20}{j['state']:<14}{j['tokens_trained']:>12.3g}{step:>9}"
-                    f"{mfu:>7}{start:>9}{fin:>10}"
+                    f"{mfu:>7}{start:>9}{fin:>10}{ettr:>7}{j['interruptions']:>7}"
+                    f"{j['checkpoints']:>7}"
                 )
         return "\n".join(lines)
 
@@ -173,6 +195,8 @@ class Results:
         self.jobs.to_csv(tmp / "jobs.csv", index=False)
         self.timeseries.to_csv(tmp / "timeseries.csv", index=False)
         self.ledger.to_csv(tmp / "ledger.csv", index=False)
+        self.failures.to_csv(tmp / "failures.csv", index=False)
+        self.events.to_csv(tmp / "events.csv", index=False)
         if plots:
             self.plot.save_all(tmp)
         out.mkdir(parents=True, exist_ok=True)

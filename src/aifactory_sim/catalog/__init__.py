@@ -19,6 +19,7 @@ _FILES = {
     "network": "networks.yaml",
     "model": "models.yaml",
     "calibration": "calibration.yaml",
+    "reliability": "reliability.yaml",
 }
 
 

@@ -1,8 +1,10 @@
 """Nodes of the cluster, who holds them, and where they sit in the fabric.
 
 Each pool's nodes are numbered 0..n-1 and wired to leaf switches in order, `nodes_per_leaf` to a
-leaf (a pool starts on a fresh leaf). A node has one owner at a time: free, spare, or a job. Gang
-allocation takes whole nodes at once or none.
+leaf (a pool starts on a fresh leaf). A node has one owner at a time: free, spare, down (failed,
+in repair) or a job. Gang allocation takes whole nodes at once or none. Spare nodes (taken from
+the first pool) are kept out of scheduling and replace failed nodes of running jobs at once; a
+repaired node refills the spares first.
 """
 
 from __future__ import annotations
@@ -15,13 +17,17 @@ from ..spec.scenario import Scenario
 
 FREE = -1
 SPARE = -2
+DOWN = -3
 
 
 @dataclass
 class Allocation:
     pool: str
     nodes: np.ndarray  # node indices within the pool
-    leaves: int  # leaf switches spanned
+
+    def leaves(self, cluster: ClusterState) -> int:
+        """Leaf switches the gang spans."""
+        return int(np.unique(cluster.pools[self.pool].leaf[self.nodes]).size)
 
 
 class PoolState:
@@ -31,14 +37,18 @@ class PoolState:
         self.name = name
         self.gpus_per_node = gpus_per_node
         self.owner = np.full(nodes, FREE, dtype=np.int64)
+        self.spare_target = spares
         if spares:
             self.owner[nodes - spares :] = SPARE  # spares sit at the end of the first pool
         self.leaf = np.arange(nodes) // nodes_per_leaf
         self.n_leaves = int(self.leaf[-1]) + 1
 
+    def count(self, state: int) -> int:
+        return int(np.count_nonzero(self.owner == state))
+
     @property
     def free_nodes(self) -> int:
-        return int(np.count_nonzero(self.owner == FREE))
+        return self.count(FREE)
 
     @property
     def allocated_nodes(self) -> int:
@@ -54,6 +64,8 @@ class PoolState:
         free = self.owner == FREE
         if np.count_nonzero(free) < count:
             return None
+        if count == 0:
+            return np.zeros(0, dtype=np.int64)
         free_per_leaf = np.bincount(self.leaf[free], minlength=self.n_leaves)
         leaf_nodes = [np.flatnonzero(free & (self.leaf == lf)) for lf in range(self.n_leaves)]
         if placement == "spread":
@@ -83,7 +95,7 @@ class PoolState:
 
 
 class ClusterState:
-    """All pools; allocation and release of gangs by owner id."""
+    """All pools; allocation and release of gangs by owner id; failures and repairs."""
 
     def __init__(self, scenario: Scenario):
         c = scenario.cluster
@@ -101,17 +113,67 @@ class ClusterState:
         nodes = state.choose(count, placement)
         if nodes is None:
             return None
-        if np.any(state.owner[nodes] != FREE):  # never two owners for one node
-            raise RuntimeError(f"node of pool {pool} allocated twice")
-        state.owner[nodes] = owner
-        leaves = int(np.unique(state.leaf[nodes]).size)
-        return Allocation(pool, nodes, leaves)
+        self._claim(state, nodes, owner)
+        return Allocation(pool, nodes)
 
-    def release(self, alloc: Allocation, owner: int) -> None:
+    def grow(self, alloc: Allocation, count: int, owner: int, placement: str) -> bool:
+        """Add `count` free nodes to a gang (elastic growth); False when too few are free."""
+        state = self.pools[alloc.pool]
+        nodes = state.choose(count, placement)
+        if nodes is None:
+            return False
+        self._claim(state, nodes, owner)
+        alloc.nodes = np.sort(np.concatenate([alloc.nodes, nodes]))
+        return True
+
+    def replacement(self, alloc: Allocation, owner: int, near: int) -> bool:
+        """Replace one failed node of a running gang at once: a spare if the pool keeps any,
+        else a free node, nearest (same leaf) first. False when none is available."""
+        state = self.pools[alloc.pool]
+        for wanted in (SPARE, FREE):
+            candidates = np.flatnonzero(state.owner == wanted)
+            if candidates.size:
+                same_leaf = candidates[state.leaf[candidates] == state.leaf[near]]
+                node = int(same_leaf[0] if same_leaf.size else candidates[0])
+                self._claim(state, np.array([node]), owner, allowed=(wanted,))
+                alloc.nodes = np.sort(np.append(alloc.nodes, node))
+                return True
+        return False
+
+    def _claim(self, state: PoolState, nodes: np.ndarray, owner: int,
+               allowed: tuple[int, ...] = (FREE,)) -> None:
+        if not np.all(np.isin(state.owner[nodes], allowed)):  # never two owners for one node
+            raise RuntimeError(f"node of pool {state.name} allocated twice")
+        state.owner[nodes] = owner
+
+    def release(self, alloc: Allocation, owner: int, count: int | None = None) -> np.ndarray:
+        """Give back a gang's nodes (or its last `count` nodes); the released indices."""
         state = self.pools[alloc.pool]
         if np.any(state.owner[alloc.nodes] != owner):
             raise RuntimeError(f"release of nodes not held by owner {owner}")
-        state.owner[alloc.nodes] = FREE
+        if count is None or count >= alloc.nodes.size:
+            gone, alloc.nodes = alloc.nodes, np.zeros(0, dtype=np.int64)
+        else:
+            gone, alloc.nodes = alloc.nodes[-count:], alloc.nodes[:-count]
+        state.owner[gone] = FREE
+        return gone
+
+    def fail(self, pool: str, node: int) -> int:
+        """Take a node down; returns its previous owner (a job id, FREE, SPARE or DOWN)."""
+        state = self.pools[pool]
+        before = int(state.owner[node])
+        state.owner[node] = DOWN
+        return before
+
+    def repair(self, pool: str, node: int) -> None:
+        """A repaired node refills the pool's spares first, else becomes free."""
+        state = self.pools[pool]
+        if state.owner[node] != DOWN:
+            raise RuntimeError(f"repair of node {node} of pool {pool} that is not down")
+        state.owner[node] = SPARE if state.count(SPARE) < state.spare_target else FREE
 
     def allocated_gpus(self) -> int:
         return sum(p.allocated_nodes * p.gpus_per_node for p in self.pools.values())
+
+    def down_gpus(self) -> int:
+        return sum(p.count(DOWN) * p.gpus_per_node for p in self.pools.values())

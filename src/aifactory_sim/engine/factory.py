@@ -11,9 +11,10 @@ import numpy as np
 import simpy
 
 from ..spec.scenario import Scenario
-from .cluster import ClusterState
+from .cluster import Allocation, ClusterState
+from .failures import FailureInjector
 from .scheduler import Scheduler
-from .storage import max_min_share
+from .storage import SharedStorage
 from .telemetry import Telemetry
 from .training import EstimateCache, TrainingRun
 
@@ -26,7 +27,7 @@ def rng_for(seed: int, stream: str) -> np.random.Generator:
 
 
 class Factory:
-    """The running factory: environment, cluster, scheduler, jobs and what they record."""
+    """The running factory: environment, cluster, storage, failures, scheduler and jobs."""
 
     def __init__(self, scenario: Scenario):
         self.scenario = scenario
@@ -35,11 +36,21 @@ class Factory:
         self.cluster = ClusterState(scenario)
         self.telemetry = Telemetry(total_gpus=self.cluster.total_gpus)
         self.estimates = EstimateCache()
+        st = scenario.cluster.storage
+        self.storage = None if st is None else SharedStorage(
+            self.env, st.read_gb_s * 1e9, st.write_gb_s * 1e9)
         self.scheduler = Scheduler(self)
+        self.waiting: list[TrainingRun] = []  # running jobs short of nodes after a failure
         self.jobs = [
             TrainingRun(self, i, job, scenario.pool(job.pool))
             for i, job in enumerate(scenario.training)
         ]
+        self.failures = None
+        if scenario.failures is not None:
+            self.failures = FailureInjector(self, scenario.failures, {
+                name: rng_for(scenario.seed, f"failures.{name}")
+                for name in ("times", "repairs", "components")
+            })
         self.sample()
 
     # --- hooks the components call -------------------------------------------------------
@@ -48,38 +59,76 @@ class Factory:
         self.telemetry.sample(
             self.env.now,
             allocated=self.cluster.allocated_gpus(),
-            training=sum(j.gpus for j in running),
+            down=self.cluster.down_gpus(),
+            training=sum(j.held_nodes * j.pool.gpus_per_node for j in running),
             running=len(running),
             queued=len(self.scheduler.queue),
         )
 
     def on_start(self, job: TrainingRun) -> None:
-        self._rebalance_data()
+        """A job got its gang. NVMe readers get their nodes' drives; synthetic data is free."""
+        if job.spec.data.source == "synthetic":
+            job.set_data_rate(math.inf)
 
-    def on_finish(self, job: TrainingRun) -> None:
-        assert job.alloc is not None
-        self.cluster.release(job.alloc, job.index)
-        self._rebalance_data()
+    def release(self, job: TrainingRun, alloc: Allocation, count: int | None = None) -> None:
+        """A job gives nodes back: waiting gangs are served first, then the queue."""
+        self.cluster.release(alloc, job.index, count)
+        self._nodes_freed()
+
+    def job_ended(self, job: TrainingRun) -> None:
+        if job in self.waiting:
+            self.waiting.remove(job)
+        self.scheduler.yielded(job)
+        self.sample()
+
+    def wait_for_nodes(self, job: TrainingRun) -> None:
+        """A running job lost nodes and no spare or free node replaced them: it waits, holding
+        the rest of its gang, ahead of the queue."""
+        if job not in self.waiting:
+            self.waiting.append(job)
+        self._serve_waiting()
+        self.sample()
+
+    def may_grow(self, job: TrainingRun) -> bool:
+        """An elastic job may widen only when nobody waits for nodes of its pool."""
+        return not self.waiting and not self.scheduler.queued_in(job.pool.name)
+
+    def node_failed(self, pool: str, node: int, component: str, repair_s: float) -> str | None:
+        """The failure injector's report: take the node down, tell its job, plan the repair."""
+        if component == "software":  # the node stays up; the job on it restarts
+            owner = int(self.cluster.pools[pool].owner[node])
+        else:
+            owner = self.cluster.fail(pool, node)
+        job = self.jobs[owner] if owner >= 0 else None
+        if job is not None:
+            job.node_failed(node, component)
+        if component != "software":
+            repair = self.env.timeout(repair_s)
+            repair.callbacks.append(lambda _ev: self._repaired(pool, node))
+        self.sample()
+        return None if job is None else job.spec.name
+
+    def _repaired(self, pool: str, node: int) -> None:
+        self.cluster.repair(pool, node)
+        self._nodes_freed()
+
+    def _nodes_freed(self) -> None:
+        self._serve_waiting()
         self.scheduler.schedule()
 
-    def _rebalance_data(self) -> None:
-        """Data-loader bandwidth of every running job: storage readers max-min share the file
-        system (each capped by its nodes' NICs); NVMe readers get their nodes' drives; synthetic
-        data costs nothing."""
-        running = [j for j in self.jobs if j.state == "running"]
-        readers = [j for j in running if j.spec.data.source == "storage"]
-        storage = self.scenario.cluster.storage
-        if readers:
-            assert storage is not None
-            caps = np.array([j.data_demand_cap_gb_s() for j in readers])
-            for job, rate in zip(readers, max_min_share(storage.read_gb_s, caps), strict=True):
-                job.set_data_rate(float(rate))
-        for job in running:
-            if job.spec.data.source == "nvme":
-                assert job.pool.nvme is not None
-                job.set_data_rate(job.nodes * job.pool.nvme.read_gb_s)
-            elif job.spec.data.source == "synthetic":
-                job.set_data_rate(math.inf)
+    def _serve_waiting(self) -> None:
+        """Give freed nodes (and spares) to running jobs short of nodes, highest priority
+        first."""
+        for job in sorted(self.waiting, key=lambda j: (-j.spec.priority, j.index)):
+            if job.alloc is None or job.state != "running":
+                self.waiting.remove(job)
+                continue
+            while job.held_nodes < job.nodes and self.cluster.replacement(
+                    job.alloc, job.index, near=int(job.alloc.nodes[0]) if job.held_nodes else 0):
+                pass
+            if job.held_nodes >= job.nodes:
+                self.waiting.remove(job)
+                job.gang_complete()
 
     # --- run -----------------------------------------------------------------------------
     def run(self) -> Any:
@@ -88,9 +137,10 @@ class Factory:
         wall0 = time.perf_counter()
         horizon = self.scenario.duration
         env = self.env
-        while env.peek() <= horizon:  # env.run(until=...), counting the events processed
+        while env.peek() < horizon:  # env.run(until=horizon), counting the events processed
             env.step()
             self.telemetry.events += 1
+        env.run(until=horizon)  # nothing is left before it: this only moves the clock
         for job in self.jobs:
             job.close(horizon)
         self.telemetry.close(horizon)

@@ -1,12 +1,21 @@
 """The gang scheduler: jobs wait in a queue and start when a whole gang of nodes is free.
 
-`fifo` orders by submission time; `priority` by `priority` (higher first), then submission. The
-queue is strict: while its head cannot start, nothing behind it starts (no backfill), so a large
-job is never starved by a stream of small ones.
+- `fifo` orders by submission time; `priority` by `priority` (higher first), then submission.
+  Both are strict per pool: while a pool's first waiting job cannot start, nothing behind it in
+  that pool starts, so a large job is never starved by a stream of small ones.
+- `priority-backfill` is priority with EASY backfill (Lifka, "The ANL/IBM SP scheduling
+  system", JSSPP 1995; Mu'alem & Feitelson, IEEE TPDS 12(6), 2001): the first blocked job gets a
+  reservation at the earliest time enough nodes will be free, from the running jobs' projected
+  ends; a later job may start now if it ends before that time or fits in the nodes the
+  reservation leaves over. Run times come from the step-time model, not from user estimates.
+- With `preemption`, a job that cannot start may take nodes from running jobs of lower
+  priority: elastic ones shrink towards `min_dp` first, the others stop (checkpointing first
+  when the write fits `preemption_grace_s`) and go back to the queue.
 """
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -20,28 +29,111 @@ class Scheduler:
         spec = factory.scenario.scheduler
         self.policy = spec.policy
         self.placement = spec.placement
+        self.preemption = spec.preemption
         self.queue: list[TrainingRun] = []
+        self.yielding: set[int] = set()  # jobs asked to give nodes back, not yet done
 
     def _key(self, job: TrainingRun) -> tuple[float, ...]:
         assert job.submitted_at is not None
-        if self.policy == "priority":
-            return (-job.spec.priority, job.submitted_at, job.index)
-        return (job.submitted_at, job.index)
+        if self.policy == "fifo":
+            return (job.submitted_at, job.index)
+        return (-job.spec.priority, job.submitted_at, job.index)
 
     def submit(self, job: TrainingRun) -> None:
         self.queue.append(job)
         self.schedule()
 
+    def queued_in(self, pool: str) -> bool:
+        return any(j.pool.name == pool for j in self.queue)
+
     def schedule(self) -> None:
-        """Start jobs from the head of the queue while their gangs can be placed."""
+        """Start what can start, in policy order; reserve, backfill and preempt as configured."""
         self.queue.sort(key=self._key)
         cluster = self.factory.cluster
-        while self.queue:
-            head = self.queue[0]
-            alloc = cluster.allocate(head.pool.name, head.nodes, head.index, self.placement)
-            if alloc is None:
-                break
-            self.queue.pop(0)
-            head.start(alloc)
-            self.factory.on_start(head)
+        blocked: dict[str, tuple[float, int]] = {}  # pool -> (reserved start, spare nodes then)
+        for job in list(self.queue):
+            pool = job.pool.name
+            if pool in blocked:
+                if self.policy != "priority-backfill" or not self._may_backfill(job, blocked):
+                    continue
+            alloc = cluster.allocate(pool, job.nodes, job.index, self.placement)
+            if alloc is not None:
+                self.queue.remove(job)
+                job.start(alloc)
+                self.factory.on_start(job)
+                continue
+            if pool not in blocked:
+                if self.preemption:
+                    self._preempt_for(job)
+                blocked[pool] = self._reservation(job)
         self.factory.sample()
+
+    # --- backfill --------------------------------------------------------------------------
+    def _reservation(self, head: TrainingRun) -> tuple[float, int]:
+        """Earliest time the head's gang is free, and the nodes left over at that time."""
+        now = self.factory.env.now
+        pool = head.pool.name
+        free = self.factory.cluster.pools[pool].free_nodes
+        ends = sorted((j.projected_end(now), j.held_nodes) for j in self.factory.jobs
+                      if j.state == "running" and j.pool.name == pool)
+        t = now
+        for end, nodes in ends:
+            if free >= head.nodes:
+                break
+            free += nodes
+            t = end
+        if free < head.nodes:
+            return (math.inf, 0)
+        return (t, free - head.nodes)
+
+    def _may_backfill(self, job: TrainingRun, blocked: dict[str, tuple[float, int]]) -> bool:
+        pool = job.pool.name
+        shadow, extra = blocked[pool]
+        if self.factory.cluster.pools[pool].free_nodes < job.nodes:
+            return False
+        now = self.factory.env.now
+        if now + job.projected_duration() <= shadow:
+            return True
+        if job.nodes <= extra:  # it may run past the reservation: only on nodes left over
+            blocked[pool] = (shadow, extra - job.nodes)
+            return True
+        return False
+
+    # --- preemption ------------------------------------------------------------------------
+    def _preempt_for(self, head: TrainingRun) -> None:
+        """Ask lower-priority jobs for nodes until the head's gang would be free."""
+        pool = head.pool.name
+        cluster = self.factory.cluster
+        coming = sum(j.held_nodes - j.nodes_for(j.preempt_to) if j.preempt_to else j.held_nodes
+                     for j in self.factory.jobs if j.index in self.yielding)
+        short = head.nodes - cluster.pools[pool].free_nodes - coming
+        if short <= 0:
+            return
+        victims = sorted(
+            (j for j in self.factory.jobs if j.state == "running" and j.pool.name == pool
+             and j.spec.priority < head.spec.priority and j.index not in self.yielding),
+            key=lambda j: (j.spec.priority, -(j.started_at or 0.0), -j.index),
+        )
+        plan: list[tuple[TrainingRun, int | None]] = []
+        for victim in victims:
+            if short <= 0:
+                break
+            el = victim.spec.elastic
+            if el is not None and victim.dp > el.min_dp:
+                # the narrowest width that still frees what is short, else min_dp
+                for dp in range(victim.dp - 1, el.min_dp - 1, -1):
+                    if victim.held_nodes - victim.nodes_for(dp) >= short or dp == el.min_dp:
+                        plan.append((victim, dp))
+                        short -= victim.held_nodes - victim.nodes_for(dp)
+                        break
+                continue
+            plan.append((victim, None))
+            short -= victim.held_nodes
+        if short > 0:
+            return  # even all of them would not make room: take nothing
+        for victim, shrink_to in plan:
+            self.yielding.add(victim.index)
+            victim.preempt(shrink_to)
+
+    def yielded(self, job: TrainingRun) -> None:
+        self.yielding.discard(job.index)

@@ -1,27 +1,51 @@
-"""A training job's life: submitted, queued, running on a gang of nodes, finished.
+"""A training job's life: submitted, queued, running on a gang of nodes, checkpointing, hit by
+failures, recovering, preempted or resized, finished.
 
-No event per training step in the `fast` tier: between two changes (start, a new storage share,
-the horizon) the step time is constant, so progress is elapsed / step_time and the finish is one
-timeout. The `step` tier, the reference, waits one timeout per step; both share the accounting.
+No event per training step in the `fast` tier: between two changes (start, a checkpoint due, a
+failure, a new storage share) the step time is constant, so progress is elapsed / step_time
+and the next change is one timeout. The `step` tier, the reference, waits one timeout per step;
+both share the accounting.
+
+Every GPU-second the job holds lands in one ledger bucket: `training` or `data_stall` while it
+computes, `checkpoint` while it stalls for a checkpoint, `recovery` while it detects a failure,
+restarts and reloads, `queued` while it holds part of its gang and waits for the rest. Work
+done since the last completed checkpoint moves from `training` to `lost_work` when a failure
+strikes.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import simpy
 
 from ..estimate import TrainingEstimate, job_estimate
+from ..kernels.reliability import daly_interval_s, job_mtbf_s
 from .cluster import Allocation
 
 if TYPE_CHECKING:
     from ..spec.scenario import NodePool, TrainingJob
     from .factory import Factory
+    from .storage import Flow
 
 #: Progress within this many steps of a whole step counts as that step (float rounding).
 STEP_EPS = 1e-9
+
+RERATE = "rerate"  # interrupt causes
+FAILURE = "failure"
+PREEMPT = "preempt"
+
+
+@dataclass
+class Checkpoint:
+    """The state a restart goes back to: progress and the bookkeeping that goes with it."""
+
+    done: float = 0.0
+    train_gpu_s: float = 0.0
+    productive_s: float = 0.0
 
 
 class TrainingRun:
@@ -36,87 +60,239 @@ class TrainingRun:
         self.state = "pending"
         self.steps_total = spec.steps
         self.batch_tokens = spec.batch_seqs * spec.seq_len
-        self.nodes = spec.parallel.gpus // pool.gpus_per_node
-        self.gpus = spec.parallel.gpus
-        self.done = 0.0  # steps completed, fractional between events
-        self.run_s = 0.0  # time spent running
+        self.dp = spec.parallel.dp
+        self.replica_gpus = spec.parallel.gpus // spec.parallel.dp
         self.alloc: Allocation | None = None
         self.submitted_at: float | None = None
         self.started_at: float | None = None
         self.finished_at: float | None = None
         self.data_gb_s = math.inf
         self.estimate: TrainingEstimate | None = None
-        self.segment_start = 0.0
+        self.leaves: int | None = None  # leaf switches the gang spanned when last placed
         self.started = self.env.event()
-        self.stepping = False  # inside the run loop, waiting on a step timeout
         self.process = self.env.process(self._life())
+        # progress and its bookkeeping
+        self.done = 0.0  # steps completed, fractional between events
+        self.run_s = 0.0  # time spent computing (training and data stall)
+        self.productive_s = 0.0  # computing time not lost to failures (stall excluded)
+        self.train_gpu_s = 0.0
+        self.compute_since_ckpt = 0.0
+        self.ckpt = Checkpoint()
+        self.ckpt_gen = 0  # bumps when a failure voids an async write in flight
+        self.async_write: simpy.Event | None = None
+        self.async_flow: Flow | None = None
+        self.data_flow: Flow | None = None
+        # the meter: which bucket the held GPUs are in since when
+        self.bucket: str | None = None
+        self.meter_t = 0.0
+        self.in_run = False  # the process is inside _run (interrupts may be delivered)
+        self.pending: str | None = None  # an interrupt that arrived before _run began
+        self.gang_ready: simpy.Event | None = None
+        self.preempt_to: int | None = None  # dp to shrink to when preempted (None: stop)
+        # counts for the summary
+        self.interruptions = 0
+        self.restarts = 0
+        self.checkpoints = 0
+        self.preemptions = 0
+        self.lost_gpu_s = 0.0
+        self.recovery_gpu_s = 0.0
+        self.events: list[tuple[float, str]] = []
 
-    # --- rates ---------------------------------------------------------------------------
+    # --- sizes and rates ------------------------------------------------------------------
+    def nodes_for(self, dp: int) -> int:
+        return math.ceil(self.replica_gpus * dp / self.pool.gpus_per_node)
+
+    @property
+    def nodes(self) -> int:
+        """Nodes of the whole gang at the current data-parallel width."""
+        return self.nodes_for(self.dp)
+
+    @property
+    def gpus(self) -> int:
+        return self.replica_gpus * self.dp
+
+    @property
+    def held_nodes(self) -> int:
+        return 0 if self.alloc is None else int(self.alloc.nodes.size)
+
     @property
     def step_time_s(self) -> float:
         assert self.estimate is not None
         return float(self.estimate.step_time_s)
 
-    @property
-    def stall_s(self) -> float:
-        assert self.estimate is not None
-        return float(self.estimate.breakdown["data_stall_s"])
-
-    def _estimate(self) -> TrainingEstimate:
+    def _estimate(self, data_gb_s: float | None = None) -> TrainingEstimate:
         fabric = self.factory.scenario.cluster.fabric
-        assert self.alloc is not None
+        leaves = None if self.alloc is None or self.alloc.nodes.size == 0 else (
+            self.alloc.leaves(self.factory.cluster))
+        if leaves is not None:
+            self.leaves = leaves
         return self.factory.estimates.get(
-            self.spec, self.pool, leaves=self.alloc.leaves,
+            self.spec, self.pool, dp=self.dp, leaves=leaves,
             oversubscription=fabric.oversubscription, net_latency_us=fabric.latency_us,
-            data_gb_s=self.data_gb_s,
+            data_gb_s=self.data_gb_s if data_gb_s is None else data_gb_s,
         )
 
-    def data_demand_cap_gb_s(self) -> float:
-        """The most the job's nodes can read at once: their NICs' line rate, in GB/s."""
-        return self.nodes * self.pool.gpus_per_node * self.pool.nic_gbit_s / 8.0
+    def _free_running_estimate(self) -> TrainingEstimate:
+        fabric = self.factory.scenario.cluster.fabric
+        return self.factory.estimates.get(
+            self.spec, self.pool, dp=self.dp, leaves=None,
+            oversubscription=fabric.oversubscription, net_latency_us=fabric.latency_us,
+            data_gb_s=math.inf,
+        )
 
-    # --- accounting ----------------------------------------------------------------------
-    def _advance(self, now: float) -> None:
-        """Book [segment_start, now] at the current step time: progress and the ledger."""
-        dt = now - self.segment_start
-        if dt > 0:
-            self.run_s += dt
-            t_step = self.step_time_s
-            self.done = min(self.done + dt / t_step, float(self.steps_total))
-            stall = self.stall_s / t_step
-            tel = self.factory.telemetry
-            tel.add("training", self.gpus * dt * (1.0 - stall))
-            tel.add("data_stall", self.gpus * dt * stall)
-        self.segment_start = now
+    def projected_duration(self) -> float:
+        """Compute time left at the model's step time (no failures, no checkpoints): what the
+        backfill scheduler plans with."""
+        est = self.estimate if self.estimate is not None else self._free_running_estimate()
+        return (self.steps_total - self.done) * float(est.step_time_s)
+
+    def projected_end(self, now: float) -> float:
+        return now + self.projected_duration()
+
+    def nic_cap_bytes_s(self) -> float:
+        """The most the job's nodes can move to storage at once: their NICs' line rate."""
+        return self.held_nodes * self.pool.gpus_per_node * self.pool.nic_gbit_s * 1e9 / 8.0
+
+    @property
+    def checkpoint_bytes(self) -> float:
+        return self.spec.model.params * self.spec.checkpoint.bytes_per_param
+
+    def checkpoint_cost_s(self) -> float:
+        """What a checkpoint costs the job (its stall), uncontended: Daly's delta."""
+        ck = self.spec.checkpoint
+        if ck.mode == "async":
+            return self.checkpoint_bytes / self.gpus / (ck.snapshot_gb_s * 1e9)
+        return self.write_time_s()
+
+    def write_time_s(self) -> float:
+        """A checkpoint write's duration, uncontended (or as measured)."""
+        ck = self.spec.checkpoint
+        if ck.write_s is not None:
+            return ck.write_s
+        storage = self.factory.scenario.cluster.storage
+        assert storage is not None
+        nic = self.nodes * self.pool.gpus_per_node * self.pool.nic_gbit_s * 1e9 / 8.0
+        return self.checkpoint_bytes / min(storage.write_gb_s * 1e9, nic)
+
+    def interval_s(self) -> float:
+        """Compute between two checkpoints: as given, Daly's optimum, or never."""
+        interval = self.spec.checkpoint.interval
+        if interval == "none":
+            return math.inf
+        if interval == "young-daly":
+            failures = self.factory.scenario.failures
+            if failures is None:
+                return math.inf
+            mtbf = float(job_mtbf_s(failures.node_mtbf_s, self.nodes))
+            return float(daly_interval_s(self.checkpoint_cost_s(), mtbf))
+        return float(interval)
+
+    # --- the meter ------------------------------------------------------------------------
+    def _book(self) -> None:
+        """Book [meter_t, now] for the GPUs held to the current bucket."""
+        now = self.env.now
+        dt = now - self.meter_t
+        self.meter_t = now
+        if dt <= 0 or self.bucket is None or self.held_nodes == 0:
+            return
+        gpus = self.held_nodes * self.pool.gpus_per_node
+        tel = self.factory.telemetry
+        if self.bucket != "compute":
+            tel.add(self.bucket, gpus * dt)
+            if self.bucket == "recovery":
+                self.recovery_gpu_s += gpus * dt
+            return
+        est = self.estimate
+        assert est is not None
+        t_step = float(est.step_time_s)
+        stall = float(est.breakdown["data_stall_s"]) / t_step
+        self.done = min(self.done + dt / t_step, float(self.steps_total))
+        self.run_s += dt
+        self.productive_s += dt * (1.0 - stall)
+        self.compute_since_ckpt += dt
+        self.train_gpu_s += gpus * dt * (1.0 - stall)
+        tel.add("training", gpus * dt * (1.0 - stall))
+        tel.add("data_stall", gpus * dt * stall)
+
+    def _enter(self, bucket: str | None) -> None:
+        self._book()
+        self.bucket = bucket
+
+    def close(self, now: float) -> None:
+        """At the horizon: book what is running."""
+        self._book()
+
+    # --- signals from the factory ---------------------------------------------------------
+    def start(self, alloc: Allocation) -> None:
+        """Called by the scheduler with the job's gang."""
+        self.alloc = alloc
+        self.state = "running"
+        if self.started_at is None:
+            self.started_at = self.env.now
+        self.meter_t = self.env.now
+        self.bucket = "recovery"  # until the process resumes: start-up counts as restart
+        self.events.append((self.env.now, "start"))
+        self.started.succeed()
 
     def set_data_rate(self, gb_s: float) -> None:
         """A new storage share: book the past at the old rate, continue at the new one."""
-        if self.estimate is None:  # just started: its first estimate uses this share
-            self.data_gb_s = gb_s
-            self.estimate = self._estimate()
+        if gb_s == self.data_gb_s:
             return
-        if gb_s == self.data_gb_s or self.state != "running":
-            return
-        self._advance(self.env.now)
+        self._book()
         self.data_gb_s = gb_s
-        self.estimate = self._estimate()
-        if self.stepping:  # else the process has yet to resume and will read the new rate
-            self.process.interrupt("rerate")
+        if self.alloc is not None and self.held_nodes:
+            self.estimate = self._estimate()
+        if self.bucket == "compute" and self.in_run:
+            self.process.interrupt(RERATE)
 
-    def close(self, now: float) -> None:
-        """At the horizon: book the running segment."""
-        if self.state == "running":
-            self._advance(now)
+    def node_failed(self, node: int, component: str) -> None:
+        """A node of the gang failed (already marked down unless a software failure)."""
+        self._book()
+        assert self.alloc is not None
+        if component != "software":
+            self.alloc.nodes = self.alloc.nodes[self.alloc.nodes != node]
+            self.factory.cluster.replacement(self.alloc, self.index, near=node)
+        self.interruptions += 1
+        self.events.append((self.env.now, "failure"))
+        self._signal(FAILURE)
 
-    # --- life ----------------------------------------------------------------------------
-    def start(self, alloc: Allocation) -> None:
-        """Called by the scheduler with the job's gang; the factory then sets its data rate."""
-        self.alloc = alloc
-        self.state = "running"
-        self.started_at = self.env.now
-        self.segment_start = self.env.now
-        self.started.succeed()
+    def preempt(self, shrink_to: int | None) -> None:
+        """The scheduler takes this job's nodes (all, or down to `shrink_to` replicas)."""
+        self.preempt_to = shrink_to
+        self._signal(PREEMPT)
 
+    def _signal(self, cause: str) -> None:
+        if self.in_run:
+            self.process.interrupt(cause)
+        elif self.pending != FAILURE:  # a failure outranks a preemption
+            self.pending = cause
+
+    def gang_complete(self) -> None:
+        """The factory found the nodes this job was waiting for."""
+        if self.gang_ready is not None and not self.gang_ready.triggered:
+            self.gang_ready.succeed()
+
+    # --- waiting --------------------------------------------------------------------------
+    def _wait(self, event: simpy.Event) -> Any:
+        """Wait for `event`; a new storage share while not computing changes nothing here."""
+        while True:
+            try:
+                return (yield event)
+            except simpy.Interrupt as irq:
+                if irq.cause != RERATE:
+                    raise
+
+    def _flow(self, direction: str, nbytes: float) -> Any:
+        """Move `nbytes` to or from shared storage at the job's share; closed if interrupted."""
+        storage = self.factory.storage
+        assert storage is not None
+        flow = storage.open(direction, nbytes, self.nic_cap_bytes_s(), owner=self.spec.name)
+        try:
+            yield from self._wait(flow.done)
+        finally:
+            storage.close(flow)
+
+    # --- life -----------------------------------------------------------------------------
     def _life(self) -> Any:
         env = self.env
         if self.spec.submit_at > 0:
@@ -124,26 +300,276 @@ class TrainingRun:
         self.state = "queued"
         self.submitted_at = env.now
         self.factory.scheduler.submit(self)
-        yield self.started
-        self.stepping = True
-        step_tier = self.factory.fidelity == "step"
-        while self.steps_total - self.done > STEP_EPS:
-            if step_tier:
-                target = min(math.floor(self.done + STEP_EPS) + 1.0, float(self.steps_total))
-            else:
-                target = float(self.steps_total)
-            try:
-                yield env.timeout((target - self.done) * self.step_time_s)
-            except simpy.Interrupt:
-                continue  # set_data_rate has booked the past; recompute the rest
-            self._advance(env.now)
-            self.done = target
-        self.stepping = False
-        self.state = "finished"
-        self.finished_at = env.now
-        self.factory.on_finish(self)
+        while True:
+            yield self.started
+            outcome = yield from self._run()
+            if outcome != "preempted":
+                break
+            self.started = env.event()
+            self.factory.scheduler.submit(self)
 
-    # --- report --------------------------------------------------------------------------
+    def _run(self) -> Any:
+        """From a start to the end, a stop for preemption or too many restarts."""
+        self.in_run = True
+        # Start-up counts as a restart; a job that has trained before also reloads.
+        recover, detect = True, False
+        try:
+            while True:
+                try:
+                    if self.pending is not None:
+                        cause, self.pending = self.pending, None
+                        raise simpy.Interrupt(cause)
+                    if recover:
+                        yield from self._recover(detect)
+                        recover = detect = False
+                    if self.steps_total - self.done <= STEP_EPS:
+                        break
+                    yield from self._compute()
+                    if self.steps_total - self.done <= STEP_EPS:
+                        break
+                    yield from self._checkpoint()
+                    if self._grow():
+                        recover = True
+                except simpy.Interrupt as irq:
+                    if irq.cause == RERATE:
+                        continue
+                    if irq.cause == FAILURE:
+                        self._lose_work()
+                        self.restarts += 1
+                        limit = self.spec.max_restarts
+                        if limit is not None and self.restarts > limit:
+                            self._stop("failed")
+                            return "failed"
+                        recover, detect = True, True
+                    elif irq.cause == PREEMPT:
+                        kept = yield from self._yield_nodes()
+                        if not kept:
+                            return "preempted"
+                        recover, detect = True, False
+            self._stop("finished")
+            return "finished"
+        finally:
+            self.in_run = False
+
+    def _stop(self, state: str) -> None:
+        self._enter(None)
+        self._drop_background()
+        if self.alloc is not None and self.held_nodes:
+            self.factory.release(self, self.alloc)
+        self.state = state
+        self.finished_at = self.env.now
+        self.events.append((self.env.now, state))
+        self.factory.job_ended(self)
+
+    def _lose_work(self) -> None:
+        """Back to the last completed checkpoint: the training since then becomes lost work."""
+        self._book()
+        self._drop_background()
+        lost = self.train_gpu_s - self.ckpt.train_gpu_s
+        self.factory.telemetry.move("training", "lost_work", lost)
+        self.lost_gpu_s += lost
+        self.train_gpu_s = self.ckpt.train_gpu_s
+        self.productive_s = self.ckpt.productive_s
+        self.done = self.ckpt.done
+        self.compute_since_ckpt = 0.0
+
+    def _drop_background(self) -> None:
+        """Stop the data loader and void an asynchronous checkpoint still being written."""
+        storage = self.factory.storage
+        if self.data_flow is not None and storage is not None:
+            storage.close(self.data_flow)
+            self.data_flow = None
+        if self.async_write is not None and not self.async_write.triggered:
+            self.ckpt_gen += 1
+            if self.async_flow is not None and storage is not None:
+                storage.close(self.async_flow)
+        self.async_write = None
+        self.async_flow = None
+
+    def _recover(self, detect: bool) -> Any:
+        """Detect, get the whole gang back, restart, reload the last checkpoint."""
+        failures = self.factory.scenario.failures
+        if detect and failures is not None and failures.detect_s > 0:
+            self._enter("recovery")
+            yield from self._wait(self.env.timeout(failures.detect_s))
+        while self.held_nodes < self.nodes:
+            if self._shrink_to_fit():
+                break
+            self._enter("queued")
+            self.gang_ready = self.env.event()
+            self.factory.wait_for_nodes(self)
+            yield from self._wait(self.gang_ready)
+        self._enter("recovery")
+        self.estimate = self._estimate()
+        restart = failures.restart_s if failures is not None else 0.0
+        if restart > 0:
+            yield from self._wait(self.env.timeout(restart))
+        if self.done > 0:  # reload the last checkpoint
+            ck = self.spec.checkpoint
+            if ck.reload_s is not None:
+                yield from self._wait(self.env.timeout(ck.reload_s))
+            elif self.factory.storage is not None:
+                yield from self._flow("read", self.checkpoint_bytes)
+        self.events.append((self.env.now, "restart"))
+
+    def _shrink_to_fit(self) -> bool:
+        """An elastic job short of nodes runs with fewer replicas: True if it now fits."""
+        el = self.spec.elastic
+        if el is None:
+            return False
+        for dp in range(self.dp - 1, el.min_dp - 1, -1):
+            if self.nodes_for(dp) <= self.held_nodes:
+                surplus = self.held_nodes - self.nodes_for(dp)
+                self._set_dp(dp, release=surplus)
+                return True
+        return False
+
+    def _set_dp(self, dp: int, release: int = 0) -> None:
+        self._book()
+        if release and self.alloc is not None:
+            self.factory.release(self, self.alloc, count=release)
+        if dp != self.dp:
+            self.events.append((self.env.now, "resize"))
+        self.dp = dp
+
+    def _grow(self) -> bool:
+        """After a checkpoint, an elastic job below its width takes free nodes back."""
+        if self.spec.elastic is None or self.dp >= self.spec.parallel.dp or self.alloc is None:
+            return False
+        if not self.factory.may_grow(self):
+            return False
+        free = self.factory.cluster.pools[self.pool.name].free_nodes
+        for dp in range(self.spec.parallel.dp, self.dp, -1):
+            extra = self.nodes_for(dp) - self.held_nodes
+            if extra <= free and self.factory.cluster.grow(
+                    self.alloc, extra, self.index, self.factory.scheduler.placement):
+                self._set_dp(dp)
+                self.factory.sample()
+                return True
+        return False
+
+    def _yield_nodes(self) -> Any:
+        """Preempted: checkpoint first when the write fits the grace period, else lose the work
+        since the last checkpoint; then give back all nodes (False) or shrink (True)."""
+        self.preemptions += 1
+        self.events.append((self.env.now, "preempt"))
+        grace = self.factory.scenario.scheduler.preemption_grace_s
+        can_write = self.spec.checkpoint.write_s is not None or self.factory.storage is not None
+        if self.done > self.ckpt.done and can_write and self.write_time_s() <= grace:
+            try:
+                yield from self._write_checkpoint()
+            except simpy.Interrupt as irq:
+                if irq.cause != FAILURE:
+                    raise  # a failure mid-write: the job stops all the same, from its last one
+        self._lose_work()
+        shrink_to, self.preempt_to = self.preempt_to, None
+        self.factory.scheduler.yielded(self)
+        if shrink_to is not None and self.alloc is not None:
+            self._set_dp(shrink_to, release=max(self.held_nodes - self.nodes_for(shrink_to), 0))
+            return True
+        self._enter(None)
+        self.state = "queued"
+        if self.alloc is not None and self.held_nodes:
+            self.factory.release(self, self.alloc)
+        self.alloc = None
+        return False
+
+    # --- computing and checkpointing ------------------------------------------------------
+    def _open_data_flow(self) -> None:
+        """Start the data loader: a flow capped at what the job consumes at full speed."""
+        if self.spec.data.source != "storage" or self.factory.storage is None:
+            return
+        busy = self._estimate(data_gb_s=math.inf)
+        demand = (self.batch_tokens * self.spec.data.bytes_per_token
+                  / float(busy.step_time_s))
+        self.data_flow = self.factory.storage.open(
+            "read", math.inf, min(demand, self.nic_cap_bytes_s()),
+            on_rate=lambda r: self.set_data_rate(r / 1e9), owner=self.spec.name)
+
+    def _compute(self) -> Any:
+        """Train until the job ends or a checkpoint is due."""
+        env = self.env
+        step_tier = self.factory.fidelity == "step"
+        # The loader's share first (it may re-rate this job), then the meter runs as compute.
+        self._open_data_flow()
+        if self.spec.data.source == "nvme":
+            assert self.pool.nvme is not None
+            self.set_data_rate(self.held_nodes * self.pool.nvme.read_gb_s)
+        self.estimate = self._estimate()
+        self._enter("compute")
+        tau = self.interval_s()
+        try:
+            while True:
+                t_step = self.step_time_s
+                target = float(self.steps_total)
+                ckpt_at = math.inf
+                if math.isfinite(tau):
+                    need = max(tau - self.compute_since_ckpt, 0.0)
+                    ckpt_at = float(math.ceil(self.done + need / t_step - STEP_EPS))
+                    target = min(target, ckpt_at)
+                if step_tier:
+                    target = min(target, math.floor(self.done + STEP_EPS) + 1.0)
+                if target - self.done > STEP_EPS:
+                    try:
+                        yield env.timeout((target - self.done) * t_step)
+                    except simpy.Interrupt as irq:
+                        if irq.cause == RERATE:
+                            continue
+                        raise
+                    self._book()
+                    self.done = target
+                if self.steps_total - self.done <= STEP_EPS or self.done >= ckpt_at:
+                    return
+        finally:
+            self._book()
+            if self.data_flow is not None and self.factory.storage is not None:
+                self.factory.storage.close(self.data_flow)
+                self.data_flow = None
+
+    def _write_checkpoint(self) -> Any:
+        """A synchronous checkpoint: the job stalls until the write is done."""
+        self._enter("checkpoint")
+        ck = self.spec.checkpoint
+        if ck.write_s is not None:
+            yield from self._wait(self.env.timeout(ck.write_s))
+        else:
+            yield from self._flow("write", self.checkpoint_bytes)
+        self._commit(Checkpoint(self.done, self.train_gpu_s, self.productive_s))
+
+    def _commit(self, ckpt: Checkpoint) -> None:
+        self.ckpt = ckpt
+        self.checkpoints += 1
+        self.events.append((self.env.now, "checkpoint"))
+
+    def _checkpoint(self) -> Any:
+        ck = self.spec.checkpoint
+        if ck.mode == "sync":
+            yield from self._write_checkpoint()
+        else:
+            self._enter("checkpoint")
+            if self.async_write is not None and not self.async_write.triggered:
+                yield from self._wait(self.async_write)  # one write in flight at a time
+            yield from self._wait(self.env.timeout(self.checkpoint_cost_s()))
+            snapshot = Checkpoint(self.done, self.train_gpu_s, self.productive_s)
+            gen = self.ckpt_gen
+            if ck.write_s is not None:
+                write = self.env.timeout(ck.write_s)
+            else:
+                storage = self.factory.storage
+                assert storage is not None
+                self.async_flow = storage.open("write", self.checkpoint_bytes,
+                                               self.nic_cap_bytes_s(), owner=self.spec.name)
+                write = self.async_flow.done
+
+            def committed(_ev: simpy.Event) -> None:
+                if gen == self.ckpt_gen:
+                    self._commit(snapshot)
+
+            write.callbacks.append(committed)
+            self.async_write = write
+        self.compute_since_ckpt = 0.0
+
+    # --- report ---------------------------------------------------------------------------
     @property
     def steps_done(self) -> int:
         return math.floor(self.done + STEP_EPS)
@@ -152,14 +578,17 @@ class TrainingRun:
     def tokens_trained(self) -> float:
         return float(min(self.spec.tokens, self.steps_done * self.batch_tokens))
 
-    def summary(self) -> dict[str, Any]:
-        """The job's summary. Rates are means over its running time: step time is running time
-        over steps done; MFU and TFLOP/s scale by the estimate's step time over that mean (the
-        FLOPs of a step do not change)."""
+    def summary(self, horizon: float) -> dict[str, Any]:
+        """The job's summary. Rates are means over its computing time: step time is computing
+        time over steps done; MFU and TFLOP/s scale by the estimate's step time over that mean
+        (the FLOPs of a step do not change). ETTR is productive time over time since first
+        start."""
         est = self.estimate
         mean_step = self.run_s / self.done if self.done > 0 else None
         scale = None if est is None or mean_step is None else float(est.step_time_s) / mean_step
-        out: dict[str, Any] = {
+        end = horizon if self.finished_at is None else self.finished_at
+        since = None if self.started_at is None else end - self.started_at
+        return {
             "state": self.state if self.state != "pending" else "not_submitted",
             "tokens_trained": self.tokens_trained,
             "tokens_target": float(self.spec.tokens),
@@ -169,7 +598,6 @@ class TrainingRun:
             "mfu": None if scale is None else float(est.mfu) * scale,  # type: ignore[union-attr]
             "hardware_tflops_per_gpu": None if scale is None
             else float(est.hardware_tflops_per_gpu) * scale,  # type: ignore[union-attr]
-            "running_s": self.run_s,
             "recompute": None if est is None else str(est.recompute),
             "memory_gb_per_gpu": None if est is None else float(est.memory_gb_per_gpu),
             "submitted_at_s": self.submitted_at,
@@ -177,12 +605,26 @@ class TrainingRun:
             "finished_at_s": self.finished_at,
             "queued_s": None if self.started_at is None or self.submitted_at is None
             else self.started_at - self.submitted_at,
-            "gpus": self.gpus,
-            "nodes": self.nodes,
-            "leaves": None if self.alloc is None else self.alloc.leaves,
+            "running_s": self.run_s,
+            "ettr": None if not since else self.productive_s / since,
+            "interruptions": self.interruptions,
+            "restarts": self.restarts,
+            "preemptions": self.preemptions,
+            "checkpoints": self.checkpoints,
+            "checkpoint_interval_s": None if not math.isfinite(self.interval_s())
+            else self.interval_s(),
+            "lost_work_h": self.lost_gpu_s / self.gpus_nominal / 3600.0,
+            "recovery_h": self.recovery_gpu_s / self.gpus_nominal / 3600.0,
+            "gpus": self.gpus_nominal,
+            "dp": self.dp,
+            "nodes": self.nodes_for(self.spec.parallel.dp),
+            "leaves": self.leaves,
             "global_batch_seqs": self.spec.batch_seqs,
         }
-        return out
+
+    @property
+    def gpus_nominal(self) -> int:
+        return self.spec.parallel.gpus
 
 
 class EstimateCache:

@@ -18,10 +18,7 @@ from .hardware import GPUSpec, ModelSpec, resolve_catalog
 
 #: What a later piece of work adds; the value is shown when a scenario uses it.
 NOT_YET = {
-    "failures": "node failures, repair and restarts",
     "inference": "serving: traffic, replicas, autoscaling",
-    "checkpoint": "checkpointing",
-    "elastic": "elastic data-parallel width",
 }
 
 
@@ -30,6 +27,111 @@ def _not_yet(what: str) -> str:
         f"`{what}` ({NOT_YET[what]}) is not supported by this version of aifactory_sim; "
         "remove it to run the rest of the scenario"
     )
+
+
+#: Node components a failure can be put down to.
+COMPONENTS = ("gpu", "hbm", "nic", "switch", "host", "software")
+
+
+class FixedHours(Spec):
+    kind: Literal["fixed"] = "fixed"
+    value: float = Field(ge=0, description="hours")
+
+
+class ExponentialHours(Spec):
+    kind: Literal["exponential"] = "exponential"
+    mean: float = Field(gt=0, description="hours")
+
+
+class LognormalHours(Spec):
+    kind: Literal["lognormal"] = "lognormal"
+    median: float = Field(gt=0, description="hours")
+    sigma: float = Field(gt=0, description="standard deviation of the log")
+
+
+RepairHours = Annotated[
+    FixedHours | ExponentialHours | LognormalHours, Field(discriminator="kind")
+]
+
+
+class Exponential(Spec):
+    kind: Literal["exponential"] = "exponential"
+
+
+class Weibull(Spec):
+    kind: Literal["weibull"] = "weibull"
+    shape: float = Field(gt=0, description="< 1: infant mortality; 1: exponential; > 1: wear-out")
+
+
+TimeToFailure = Annotated[Exponential | Weibull, Field(discriminator="kind")]
+
+
+class Failures(Spec):
+    """Node failures: a renewal process per node (up until it fails, down while repaired)."""
+
+    node_failures_per_1000_node_days: float | None = Field(
+        None, gt=0, description="fleet failure rate (Kokolis et al., HPCA'25: 6.5 and 2.34)"
+    )
+    node_mtbf_h: float | None = Field(None, gt=0, description="or: mean time between failures")
+    distribution: TimeToFailure = Exponential()
+    components: dict[str, float] | None = Field(
+        None,
+        description="shares of failures by component (gpu, hbm, nic, switch, host, software); "
+        "default: Llama 3's 16K-GPU breakdown. Software failures interrupt jobs but need no "
+        "repair",
+    )
+    repair_h: RepairHours = FixedHours(value=6.0)
+    detect_s: NonNegativeDurationS = Field(300.0, description="failure to detection")
+    restart_s: NonNegativeDurationS = Field(600.0, description="rescheduling and start-up")
+
+    @field_validator("distribution", mode="before")
+    @classmethod
+    def _named_distribution(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            if value == "weibull":
+                raise ValueError("weibull needs a shape: {kind: weibull, shape: 0.8}")
+            return {"kind": value}
+        return value
+
+    @field_validator("repair_h", mode="before")
+    @classmethod
+    def _plain_hours(cls, value: Any) -> Any:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return {"kind": "fixed", "value": value}
+        return value
+
+    @field_validator("components")
+    @classmethod
+    def _components(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        if value is None:
+            return None
+        unknown = sorted(set(value) - set(COMPONENTS))
+        if unknown:
+            raise ValueError(f"unknown components {unknown}; allowed: {', '.join(COMPONENTS)}")
+        if any(v < 0 for v in value.values()) or sum(value.values()) <= 0:
+            raise ValueError("component shares must be >= 0 with a positive sum")
+        return value
+
+    @model_validator(mode="after")
+    def _one_rate(self) -> Failures:
+        if (self.node_failures_per_1000_node_days is None) == (self.node_mtbf_h is None):
+            raise ValueError("give exactly one of node_failures_per_1000_node_days and node_mtbf_h")
+        return self
+
+    @property
+    def node_mtbf_s(self) -> float:
+        if self.node_mtbf_h is not None:
+            return self.node_mtbf_h * 3600.0
+        assert self.node_failures_per_1000_node_days is not None
+        return 1000.0 * 86400.0 / self.node_failures_per_1000_node_days
+
+    def component_shares(self) -> dict[str, float]:
+        """Normalised shares by component (the catalog's Llama 3 breakdown by default)."""
+        from .. import catalog
+
+        raw = self.components or catalog.entry("reliability", "llama3-16k-h100")["components"]
+        total = float(sum(raw.values()))
+        return {c: raw.get(c, 0.0) / total for c in COMPONENTS}
 
 
 class NVMe(Spec):
@@ -119,28 +221,20 @@ class Cost(Spec):
 
 
 class Scheduler(Spec):
-    policy: Literal["fifo", "priority"] = Field(
-        "fifo", description="fifo: by submission; priority: highest `priority` first"
+    policy: Literal["fifo", "priority", "priority-backfill"] = Field(
+        "fifo",
+        description="fifo: by submission; priority: highest `priority` first; priority-backfill:"
+        " priority with EASY backfill",
     )
-    preemption: bool = False
+    preemption: bool = Field(
+        False, description="a higher-priority job may take nodes from lower-priority ones"
+    )
+    preemption_grace_s: NonNegativeDurationS = Field(
+        600.0,
+        description="a preempted job checkpoints first when its write fits in this time, else it"
+        " is killed and loses the work since its last checkpoint",
+    )
     placement: Literal["pack", "spread"] = "pack"
-
-    @model_validator(mode="before")
-    @classmethod
-    def _not_yet(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            if data.get("policy") == "priority-backfill":
-                raise _located(
-                    "scheduler.policy",
-                    "'priority-backfill' (EASY backfill) is not supported by this version; "
-                    "allowed: 'fifo', 'priority'",
-                )
-            if data.get("preemption") is True:
-                raise _located(
-                    "scheduler.preemption",
-                    "preemption is not supported by this version; allowed: false",
-                )
-        return data
 
 
 class Parallel(Spec):
@@ -159,6 +253,48 @@ class Parallel(Spec):
 class DataSpec(Spec):
     source: Literal["storage", "nvme", "synthetic"] = "synthetic"
     bytes_per_token: float = Field(4.0, gt=0)
+
+
+class CheckpointSpec(Spec):
+    """When and how a job saves its state."""
+
+    interval: Literal["young-daly", "none"] | PositiveDurationS = Field(
+        "young-daly",
+        description="compute between the end of one checkpoint and the start of the next "
+        "(Daly's tau), `young-daly` for Daly's optimum, or `none`",
+    )
+    mode: Literal["sync", "async"] = Field(
+        "sync",
+        description="sync: the job stalls for the whole write; async: only for a snapshot to "
+        "host memory, the write goes on in the background",
+    )
+    bytes_per_param: float = Field(
+        14.0, gt=0, description="bf16 weights + fp32 master weights and Adam moments"
+    )
+    snapshot_gb_s: float = Field(
+        25.0, gt=0, description="device-to-host copy rate per GPU for async snapshots"
+    )
+    write_s: NonNegativeDurationS | None = Field(
+        None, description="measured write time; overrides the storage model"
+    )
+    reload_s: NonNegativeDurationS | None = Field(
+        None, description="measured reload time; overrides the storage model"
+    )
+
+    @field_validator("interval", mode="before")
+    @classmethod
+    def _interval(cls, value: Any) -> Any:
+        if isinstance(value, str) and value in ("young-daly", "none"):
+            return value
+        from ..units import parse_duration_s
+
+        return parse_duration_s(value)
+
+
+class ElasticSpec(Spec):
+    """The job may run with fewer data-parallel replicas (down to min_dp) instead of stopping."""
+
+    min_dp: int = Field(gt=0)
 
 
 class TrainingJob(Spec):
@@ -180,20 +316,14 @@ class TrainingJob(Spec):
     zero_stage: Literal[0, 1, 2, 3] = 1
     precision: Literal["bf16", "fp8"] = "bf16"
     data: DataSpec = DataSpec()
-    checkpoint: Any = None
-    elastic: Any = None
+    checkpoint: CheckpointSpec = CheckpointSpec(interval="none")
+    elastic: ElasticSpec | None = None
+    max_restarts: int | None = Field(None, ge=0, description="default: unlimited")
 
     @field_validator("model", mode="before")
     @classmethod
     def _model_from_catalog(cls, value: Any) -> Any:
         return _from_catalog("model", value)
-
-    @field_validator("checkpoint", "elastic")
-    @classmethod
-    def _refuse(cls, value: Any, info: Any) -> Any:
-        if value is not None:
-            raise ValueError(_not_yet(info.field_name))
-        return value
 
     @model_validator(mode="after")
     def _batch(self) -> TrainingJob:
@@ -211,6 +341,11 @@ class TrainingJob(Spec):
             )
         if self.seq_len % par.cp:
             raise ValueError(f"seq_len={self.seq_len} must be a multiple of parallel.cp={par.cp}")
+        if self.elastic is not None and self.elastic.min_dp > par.dp:
+            raise ValueError(
+                f"elastic.min_dp={self.elastic.min_dp} exceeds parallel.dp={par.dp}; "
+                f"allowed: 1..{par.dp}"
+            )
         return self
 
     @property
@@ -243,10 +378,10 @@ class Scenario(Spec):
     cost: Cost = Cost()
     scheduler: Scheduler = Scheduler()
     training: list[TrainingJob] = Field(default_factory=list)
-    failures: Any = None
+    failures: Failures | None = None
     inference: Any = None
 
-    @field_validator("failures", "inference")
+    @field_validator("inference")
     @classmethod
     def _refuse(cls, value: Any, info: Any) -> Any:
         if value is not None:
