@@ -123,6 +123,7 @@ class Factory:
             if job.alloc is None or job.state != "running":
                 self.waiting.remove(job)
                 continue
+            job.book()  # the meter books what it held so far before its gang grows
             while job.held_nodes < job.nodes and self.cluster.replacement(
                     job.alloc, job.index, near=int(job.alloc.nodes[0]) if job.held_nodes else 0):
                 pass

@@ -188,7 +188,7 @@ class TrainingRun:
         return float(interval)
 
     # --- the meter ------------------------------------------------------------------------
-    def _book(self) -> None:
+    def book(self) -> None:
         """Book [meter_t, now] for the GPUs held to the current bucket."""
         now = self.env.now
         dt = now - self.meter_t
@@ -215,12 +215,12 @@ class TrainingRun:
         tel.add("data_stall", gpus * dt * stall)
 
     def _enter(self, bucket: str | None) -> None:
-        self._book()
+        self.book()
         self.bucket = bucket
 
     def close(self, now: float) -> None:
         """At the horizon: book what is running."""
-        self._book()
+        self.book()
 
     # --- signals from the factory ---------------------------------------------------------
     def start(self, alloc: Allocation) -> None:
@@ -238,7 +238,7 @@ class TrainingRun:
         """A new storage share: book the past at the old rate, continue at the new one."""
         if gb_s == self.data_gb_s:
             return
-        self._book()
+        self.book()
         self.data_gb_s = gb_s
         if self.alloc is not None and self.held_nodes:
             self.estimate = self._estimate()
@@ -247,7 +247,7 @@ class TrainingRun:
 
     def node_failed(self, node: int, component: str) -> None:
         """A node of the gang failed (already marked down unless a software failure)."""
-        self._book()
+        self.book()
         assert self.alloc is not None
         if component != "software":
             self.alloc.nodes = self.alloc.nodes[self.alloc.nodes != node]
@@ -323,9 +323,11 @@ class TrainingRun:
                         yield from self._recover(detect)
                         recover = detect = False
                     if self.steps_total - self.done <= STEP_EPS:
+                        yield from self._final_checkpoint()
                         break
                     yield from self._compute()
                     if self.steps_total - self.done <= STEP_EPS:
+                        yield from self._final_checkpoint()
                         break
                     yield from self._checkpoint()
                     if self._grow():
@@ -363,7 +365,7 @@ class TrainingRun:
 
     def _lose_work(self) -> None:
         """Back to the last completed checkpoint: the training since then becomes lost work."""
-        self._book()
+        self.book()
         self._drop_background()
         lost = self.train_gpu_s - self.ckpt.train_gpu_s
         self.factory.telemetry.move("training", "lost_work", lost)
@@ -425,7 +427,7 @@ class TrainingRun:
         return False
 
     def _set_dp(self, dp: int, release: int = 0) -> None:
-        self._book()
+        self.book()
         if release and self.alloc is not None:
             self.factory.release(self, self.alloc, count=release)
         if dp != self.dp:
@@ -439,6 +441,7 @@ class TrainingRun:
         if not self.factory.may_grow(self):
             return False
         free = self.factory.cluster.pools[self.pool.name].free_nodes
+        self.book()
         for dp in range(self.spec.parallel.dp, self.dp, -1):
             extra = self.nodes_for(dp) - self.held_nodes
             if extra <= free and self.factory.cluster.grow(
@@ -516,12 +519,12 @@ class TrainingRun:
                         if irq.cause == RERATE:
                             continue
                         raise
-                    self._book()
+                    self.book()
                     self.done = target
                 if self.steps_total - self.done <= STEP_EPS or self.done >= ckpt_at:
                     return
         finally:
-            self._book()
+            self.book()
             if self.data_flow is not None and self.factory.storage is not None:
                 self.factory.storage.close(self.data_flow)
                 self.data_flow = None
@@ -535,6 +538,15 @@ class TrainingRun:
         else:
             yield from self._flow("write", self.checkpoint_bytes)
         self._commit(Checkpoint(self.done, self.train_gpu_s, self.productive_s))
+
+    def _final_checkpoint(self) -> Any:
+        """A checkpointing job saves its final state before it ends (synchronously)."""
+        if math.isfinite(self.interval_s()) and self.ckpt.done < self.done:
+            if self.async_write is not None and not self.async_write.triggered:
+                self._enter("checkpoint")
+                yield from self._wait(self.async_write)
+            if self.ckpt.done < self.done:
+                yield from self._write_checkpoint()
 
     def _commit(self, ckpt: Checkpoint) -> None:
         self.ckpt = ckpt
