@@ -258,7 +258,7 @@ def test_an_elastic_job_shrinks_instead_of_waiting_and_grows_back():
     job = one_node_job("a", 40000, parallel={"dp": 32}, global_batch_seqs=32,
                        elastic={"min_dp": 16},
                        checkpoint={"interval": 2000, "write_s": 10, "reload_s": 30})
-    fac, res = injected(small(4, [job]), [(4000.0, "p", 2, "gpu", 10000.0)])
+    _, res = injected(small(4, [job]), [(4000.0, "p", 2, "gpu", 10000.0)])
     j = res.summary["training"]["a"]
     ev = res.events[res.events["job"] == "a"]
     resizes = ev[ev["event"] == "resize"]["time_s"].tolist()

@@ -150,7 +150,7 @@ class Plotter:
         jobs = [(n, j) for n, j in s["training"].items() if j["ettr"] is not None]
         fig = _figure(figsize=(8, 1.2 + 0.5 * max(len(jobs), 1)))
         ax = fig.subplots()
-        for row, (name, j) in enumerate(jobs):
+        for row, (_name, j) in enumerate(jobs):
             end = s["duration_s"] if j["finished_at_s"] is None else j["finished_at_s"]
             since_h = (end - j["started_at_s"]) / 3600.0
             parts = [("productive", j["ettr"] * since_h, COLOURS["training"]),
