@@ -23,11 +23,23 @@ DOWN = -3
 @dataclass
 class Allocation:
     pool: str
-    nodes: np.ndarray  # node indices within the pool
+    _nodes: np.ndarray  # node indices within the pool
+    _leaves: int | None = None
+
+    @property
+    def nodes(self) -> np.ndarray:
+        return self._nodes
+
+    @nodes.setter
+    def nodes(self, value: np.ndarray) -> None:
+        self._nodes = value
+        self._leaves = None
 
     def leaves(self, cluster: ClusterState) -> int:
-        """Leaf switches the gang spans."""
-        return int(np.unique(cluster.pools[self.pool].leaf[self.nodes]).size)
+        """Leaf switches the gang spans (kept until the gang changes)."""
+        if self._leaves is None:
+            self._leaves = int(np.unique(cluster.pools[self.pool].leaf[self._nodes]).size)
+        return self._leaves
 
 
 class PoolState:

@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import simpy
 
-#: A flow within this many bytes of its end is done (float rounding of rate x time).
-DONE_BYTES = 1e-3
+#: A flow within this many bytes, or seconds, of its end is done (float rounding of rate x time).
+DONE_BYTES = 1.0
+DONE_S = 1e-6
 
 
 def max_min_share(capacity: float, caps: np.ndarray) -> np.ndarray:
@@ -123,8 +124,11 @@ class SharedStorage:
         if version != self._version[direction]:
             return  # the shares changed since this wake-up was planned
         self._bring_up_to_date(direction)
+        # Done: within a byte, or within a microsecond of its end (below the clock's
+        # resolution late in a long run, rate x dt would never quite reach the last byte).
         finished = [f for f in self.flows[direction]
-                    if math.isfinite(f.remaining) and f.remaining <= DONE_BYTES + 1e-12 * f.moved]
+                    if math.isfinite(f.remaining)
+                    and f.remaining <= max(DONE_BYTES, f.rate * DONE_S)]
         for f in finished:
             self.flows[direction].remove(f)
         self._reshare(direction)

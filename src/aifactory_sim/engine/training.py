@@ -62,6 +62,8 @@ class TrainingRun:
         self.batch_tokens = spec.batch_seqs * spec.seq_len
         self.dp = spec.parallel.dp
         self.replica_gpus = spec.parallel.gpus // spec.parallel.dp
+        self._checkpoint_bytes = spec.model.params * spec.checkpoint.bytes_per_param
+        self._intervals: dict[int, float] = {}  # checkpoint interval by gang size
         self.alloc: Allocation | None = None
         self.submitted_at: float | None = None
         self.started_at: float | None = None
@@ -155,7 +157,7 @@ class TrainingRun:
 
     @property
     def checkpoint_bytes(self) -> float:
-        return self.spec.model.params * self.spec.checkpoint.bytes_per_param
+        return self._checkpoint_bytes
 
     def checkpoint_cost_s(self) -> float:
         """What a checkpoint costs the job (its stall), uncontended: Daly's delta."""
@@ -175,7 +177,13 @@ class TrainingRun:
         return self.checkpoint_bytes / min(storage.write_gb_s * 1e9, nic)
 
     def interval_s(self) -> float:
-        """Compute between two checkpoints: as given, Daly's optimum, or never."""
+        """Compute between two checkpoints: as given, Daly's optimum, or never (kept per gang
+        size: Daly's optimum changes with the job's MTBF when an elastic job resizes)."""
+        if self.nodes not in self._intervals:
+            self._intervals[self.nodes] = self._interval_s()
+        return self._intervals[self.nodes]
+
+    def _interval_s(self) -> float:
         interval = self.spec.checkpoint.interval
         if interval == "none":
             return math.inf
