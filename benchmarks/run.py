@@ -243,7 +243,91 @@ def bench_sim(quick: bool, fidelity: str) -> dict[str, Any]:
     }
 
 
+def scenario_year_100k(jobs: int = 200) -> dict[str, Any]:
+    """A year of a 100,000-GPU H100 cluster (12,500 nodes, 100 spares) with `jobs` training jobs
+    of 8B to 405B on 8 to 2,048 nodes, submitted over the year, failures at RSC-1's rate."""
+    import numpy as np
+
+    rng = np.random.default_rng(2026)
+    shapes = [  # model, tp, pp, nodes per data-parallel replica
+        ("llama3-8b", 1, 1, 1), ("llama3-70b", 8, 4, 4), ("llama3-405b", 8, 16, 16),
+    ]
+    specs = []
+    for i in range(jobs):
+        model, tp, pp, replica_nodes = shapes[int(rng.choice(3, p=[0.5, 0.35, 0.15]))]
+        nodes = int(replica_nodes * 2 ** rng.integers(1, 8 if replica_nodes < 16 else 7))
+        dp = nodes * 8 // (tp * pp)
+        specs.append({
+            "name": f"job{i:03d}", "model": model, "priority": int(rng.integers(0, 5)),
+            "submit_at": float(rng.uniform(0, 300 * 86400)),
+            "tokens": float(rng.uniform(2e10, 2e11) * nodes / 16), "seq_len": 8192,
+            "global_batch_seqs": dp * 16, "parallel": {"tp": tp, "pp": pp, "dp": dp},
+            "recompute": "full", "checkpoint": {"interval": "young-daly", "mode": "sync"},
+            "data": {"source": "storage", "bytes_per_token": 4},
+        })
+    return {
+        "name": "bench-year-100k", "seed": 0, "duration": "365d",
+        "cluster": {
+            "node_pools": [{"name": "h100", "nodes": 12500, "gpu": "H100-SXM",
+                            "nic_gbit_s": 400}],
+            "fabric": {"nodes_per_leaf": 32, "oversubscription": 2.0},
+            "storage": {"read_gb_s": 10000, "write_gb_s": 5000},
+            "spare_nodes": 100,
+        },
+        "failures": {"node_failures_per_1000_node_days": 6.5,
+                     "repair_h": {"kind": "lognormal", "median": 6, "sigma": 1.0}},
+        "scheduler": {"policy": "priority-backfill"},
+        "training": specs,
+    }
+
+
+def bench_scenario(name: str, workload: str, scenario: Any, goal: str) -> dict[str, Any]:
+    import aifactory_sim as af
+
+    base = _peak_rss_mib()
+    t0 = time.perf_counter()
+    res = af.run(scenario)
+    wall = time.perf_counter() - t0
+    s = res.summary
+    events = res.meta["events"]
+    ckpts = sum(j["checkpoints"] for j in s["training"].values())
+    days = s["duration_s"] / 86400
+    return {
+        "benchmark": name,
+        "workload": f"{workload}: {s['failures']['count']} failures, {ckpts} checkpoints, "
+                    f"{events} events",
+        "wall_s": wall,
+        "rate": f"{_fmt_rate(days / wall)} sim-days/s, {_fmt_rate(events / wall)} events/s",
+        "rate_value": days / wall,
+        "rate_unit": "sim-days/s",
+        "events": events,
+        "engine_wall_s": res.meta["wall_s"],
+        "peak_mib": _peak_rss_mib(),
+        "base_mib": base,
+        "note": goal,
+    }
+
+
+def bench_failures(quick: bool) -> dict[str, Any]:
+    from aifactory_sim.cli import bundled_scenario
+
+    return bench_scenario(
+        "sim-failures", "llama3-405b-54d.yaml (16,384 GPUs + spares, 54 d)",
+        bundled_scenario("llama3-405b-54d.yaml"), "goal: under 2 s wall on one core",
+    )
+
+
+def bench_year(quick: bool) -> dict[str, Any]:
+    jobs = 50 if quick else 200
+    return bench_scenario(
+        "sim-year-100k", f"100,000 GPUs, 365 d, {jobs} jobs",
+        scenario_year_100k(jobs), "recorded, no goal",
+    )
+
+
 BENCHMARKS: dict[str, Callable[[bool], dict[str, Any]]] = {
+    "sim-failures": bench_failures,
+    "sim-year-100k": bench_year,
     "estimate": lambda q: bench_estimate(q, string_modes=False),
     "estimate-auto": lambda q: bench_estimate(q, string_modes=True),
     "plan": bench_plan,
