@@ -111,11 +111,12 @@ class Plotter:
         names = list(s["training"])
         fig = _figure(figsize=(9, 1.2 + 0.45 * max(len(names), 1)))
         ax = fig.subplots()
-        marks = {"failure": ("x", "#c62828", "failure"),
-                 "checkpoint": ("|", "#fb8c00", "checkpoint"),
-                 "restart": ("^", "#8e24aa", "restart"),
-                 "preempt": ("v", "#6d4c41", "preempted"),
-                 "resize": ("D", "#00838f", "resized")}
+        # marker, colour, label, vertical offset within the row, drawing order
+        marks = {"checkpoint": ("|", "#fb8c00", "checkpoint", 0.0, 2),
+                 "restart": ("^", "#8e24aa", "restart", 0.22, 3),
+                 "preempt": ("v", "#6d4c41", "preempted", -0.22, 3),
+                 "resize": ("D", "#00838f", "resized", -0.22, 3),
+                 "failure": ("x", "#c62828", "failure", 0.0, 4)}
         seen: set[str] = set()
         for row, name in enumerate(names):
             j = s["training"][name]
@@ -127,12 +128,17 @@ class Plotter:
                 ax.barh(row, (j["started_at_s"] - j["submitted_at_s"]) / scale,
                         left=j["submitted_at_s"] / scale, height=0.2, color=COLOURS["queued"])
             mine = events[events["job"] == name] if len(events) else events
-            for kind, (marker, colour, label) in marks.items():
+            for kind, (marker, colour, label, dy, order) in marks.items():
                 times = mine[mine["event"] == kind]["time_s"] if len(mine) else []
+                if kind == "checkpoint" and len(times) > 200:  # a solid smear says nothing
+                    ax.text(0.005 * t_end / scale, row - 0.3, f"{len(times):,} checkpoints",
+                            fontsize=7, color=colour, va="bottom")
+                    continue
                 if len(times):
-                    ax.scatter([t / scale for t in times], [row] * len(times), marker=marker,
-                               color=colour, s=30 if kind != "checkpoint" else 60, zorder=3,
-                               label=None if kind in seen else label, linewidths=1)
+                    ax.scatter([t / scale for t in times], [row + dy] * len(times),
+                               marker=marker, color=colour, s=60 if kind == "checkpoint" else 28,
+                               zorder=order, label=None if kind in seen else label,
+                               linewidths=1.2)
                     seen.add(kind)
         ax.set_yticks(range(len(names)), names)
         ax.set_ylim(-0.7, len(names) - 0.3)
@@ -148,7 +154,7 @@ class Plotter:
         """Each job's time since its first start, split: productive, lost, recovery, other."""
         s = self.results.summary
         jobs = [(n, j) for n, j in s["training"].items() if j["ettr"] is not None]
-        fig = _figure(figsize=(8, 1.2 + 0.5 * max(len(jobs), 1)))
+        fig = _figure(figsize=(8, 1.6 + 0.5 * max(len(jobs), 1)))
         ax = fig.subplots()
         for row, (_name, j) in enumerate(jobs):
             end = s["duration_s"] if j["finished_at_s"] is None else j["finished_at_s"]
@@ -169,7 +175,7 @@ class Plotter:
         ax.set_xlim(0, 1.15)
         ax.set_xlabel("share of time since first start")
         ax.set_title(f"{s['scenario']}: effective training time ratio")
-        ax.legend(loc="lower right", fontsize=8)
+        fig.legend(loc="outside lower center", fontsize=8, ncols=4)
         return fig
 
     def save_all(self, folder: str | Path) -> list[Path]:

@@ -76,6 +76,7 @@ class TrainingRun:
         # progress and its bookkeeping
         self.done = 0.0  # steps completed, fractional between events
         self.run_s = 0.0  # time spent computing (training and data stall)
+        self.steps_computed = 0.0  # steps computed, those lost to failures included
         self.productive_s = 0.0  # computing time not lost to failures (stall excluded)
         self.train_gpu_s = 0.0
         self.compute_since_ckpt = 0.0
@@ -215,6 +216,7 @@ class TrainingRun:
         t_step = float(est.step_time_s)
         stall = float(est.breakdown["data_stall_s"]) / t_step
         self.done = min(self.done + dt / t_step, float(self.steps_total))
+        self.steps_computed += dt / t_step
         self.run_s += dt
         self.productive_s += dt * (1.0 - stall)
         self.compute_since_ckpt += dt
@@ -600,11 +602,11 @@ class TrainingRun:
 
     def summary(self, horizon: float) -> dict[str, Any]:
         """The job's summary. Rates are means over its computing time: step time is computing
-        time over steps done; MFU and TFLOP/s scale by the estimate's step time over that mean
+        time over steps computed (recomputed ones included); MFU and TFLOP/s scale by the estimate's step time over that mean
         (the FLOPs of a step do not change). ETTR is productive time over time since first
         start."""
         est = self.estimate
-        mean_step = self.run_s / self.done if self.done > 0 else None
+        mean_step = self.run_s / self.steps_computed if self.steps_computed > 0 else None
         scale = None if est is None or mean_step is None else float(est.step_time_s) / mean_step
         end = horizon if self.finished_at is None else self.finished_at
         since = None if self.started_at is None else end - self.started_at
