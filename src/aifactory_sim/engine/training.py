@@ -602,9 +602,9 @@ class TrainingRun:
 
     def summary(self, horizon: float) -> dict[str, Any]:
         """The job's summary. Rates are means over its computing time: step time is computing
-        time over steps computed (recomputed ones included); MFU and TFLOP/s scale by the estimate's step time over that mean
-        (the FLOPs of a step do not change). ETTR is productive time over time since first
-        start."""
+        time over steps computed (recomputed ones included); MFU and TFLOP/s scale by the
+        estimate's step time over that mean (the FLOPs of a step do not change). ETTR is
+        productive time over time since first start."""
         est = self.estimate
         mean_step = self.run_s / self.steps_computed if self.steps_computed > 0 else None
         scale = None if est is None or mean_step is None else float(est.step_time_s) / mean_step
