@@ -311,7 +311,11 @@ class TrainingRun:
         self.submitted_at = env.now
         self.factory.scheduler.submit(self)
         while True:
-            yield self.started
+            while not self.started.processed:
+                try:
+                    yield self.started
+                except simpy.Interrupt:
+                    pass  # a share change that reached the process after it stopped: moot
             outcome = yield from self._run()
             if outcome != "preempted":
                 break
