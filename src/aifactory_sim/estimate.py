@@ -110,15 +110,22 @@ class TrainingEstimate:
     breakdown: dict[str, Any] = field(default_factory=dict)
 
 
+#: Code of "auto" while the modes are read; replaced by the mode chosen per configuration.
+AUTO = -1
+
+
 def _recompute_codes(recompute: ArrayLike) -> NDArray[np.int64]:
+    """Integer codes of recompute modes (names or codes), "auto" as AUTO; vectorised."""
     arr = np.asarray(recompute)
     if arr.dtype.kind in "iu":
         return arr.astype(np.int64)
-    flat = [RECOMPUTE_CODES.get(str(v), -1) for v in arr.ravel()]
-    if min(flat, default=0) < 0:
-        bad = sorted({str(v) for v in arr.ravel() if str(v) not in RECOMPUTE_CODES})
+    codes = np.full(arr.shape, -2, dtype=np.int64)
+    for name, code in (*RECOMPUTE_CODES.items(), ("auto", AUTO)):
+        codes[arr == name] = code
+    if np.any(codes == -2):
+        bad = sorted({str(v) for v in np.unique(arr[codes == -2])})
         raise ValueError(f"recompute must be one of auto, none, selective, full; got {bad}")
-    return np.asarray(flat, dtype=np.int64).reshape(arr.shape)
+    return codes
 
 
 def estimate_training(
@@ -181,8 +188,8 @@ def estimate_training(
         data_bytes_per_s=np.asarray(data_gb_s, dtype=np.float64) * 1e9,
     )
     hbm = g.hbm_gb * 1e9
-    rc_in = np.asarray(recompute)
-    if rc_in.dtype.kind in "US" and np.any(rc_in == "auto"):
+    codes = _recompute_codes(recompute)
+    if np.any(codes == AUTO):
         mem_args = dict(
             tp=tp_a, pp=pp_a, dp=dp_a, cp=cp_a, seq_len=seq, microbatch_seqs=microbatch_seqs,
             microbatches=bsz / (dp_a * np.asarray(microbatch_seqs)), interleave=interleave,
@@ -193,10 +200,7 @@ def estimate_training(
             memory_per_gpu(margs, recompute=code, **mem_args)["total"] <= hbm for code in (0, 1, 2)
         ]
         auto = np.where(fits_by_mode[0], 0, np.where(fits_by_mode[1], 1, 2))
-        explicit = _recompute_codes(np.where(rc_in == "auto", "full", rc_in))
-        codes = np.where(rc_in == "auto", auto, explicit)
-    else:
-        codes = _recompute_codes(rc_in)
+        codes = np.where(codes == AUTO, auto, codes)
     r = step_time(margs, gargs, recompute=codes, **common)
     model_flops, hw_flops = step_flops(margs, seq, bsz, codes)
     n_gpus = tp_a * pp_a * dp_a * cp_a
