@@ -27,7 +27,8 @@ from aifactory_sim import catalog
 DOC = Path(__file__).parent / "background" / "training-model.md"
 #: The reference tables: $AIFACTORY_REFERENCE, else shared/reference in or beside the repository.
 _ROOT = Path(__file__).resolve().parent.parent
-_CANDIDATES = [_ROOT / "shared" / "reference", _ROOT.parent / "shared" / "reference"]
+_CANDIDATES = [_ROOT / "shared" / "reference", _ROOT.parent / "shared" / "reference",
+               _ROOT / "tests" / "shared" / "reference"]
 REFERENCE = Path(
     os.environ.get("AIFACTORY_REFERENCE")
     or next((str(c) for c in _CANDIDATES if c.is_dir()), str(_CANDIDATES[0]))

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import csv
-from pathlib import Path
 
 import pytest
+from shared_paths import ROOT, SHARED
 
 from aifactory_sim import catalog
 from aifactory_sim.estimate import as_gpu, as_model, gpu_kernel_args
 
-# The project's shared folder (published reference tables, the example factory): beside the
-# checkout, or inside it. Missing, the module fails to import, loudly, rather than skipping.
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = next(p for p in (ROOT / "shared", ROOT.parent / "shared") if p.is_dir())
+# The project's shared reference data (tables, the example factory): see shared_paths.py.
 REFERENCE = SHARED / "reference"
 GPU_CSV = REFERENCE / "gpus.csv"
 
@@ -132,3 +129,14 @@ def test_unknown_name_lists_the_catalog() -> None:
     assert "did you mean 'H100-SXM'" in msg
     for name in catalog.names("gpu"):
         assert name in msg
+
+
+def test_the_tests_copy_of_the_shared_data_is_current():
+    # tests/shared lets a lone clone run the tests; where ../shared exists it must match it.
+    real = ROOT.parent / "shared"
+    if not (real / "reference").is_dir():
+        pytest.skip("no ../shared beside this checkout to compare with")
+    copy = ROOT / "tests" / "shared"
+    for rel in ("reference/gpus.csv", "reference/megatron_2021_table1.csv",
+                "reference/README.md", "examples/factory.yaml"):
+        assert (copy / rel).read_bytes() == (real / rel).read_bytes(), rel

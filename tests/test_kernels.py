@@ -4,7 +4,6 @@ monotonicity properties."""
 from __future__ import annotations
 
 import itertools
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -12,6 +11,7 @@ import pandas as pd
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from shared_paths import SHARED
 
 import aifactory_sim as af
 from aifactory_sim import catalog
@@ -28,10 +28,7 @@ from aifactory_sim.kernels.training import (
     step_time,
 )
 
-# The project's shared folder (published reference tables, the example factory): beside the
-# checkout, or inside it. Missing, the module fails to import, loudly, rather than skipping.
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = next(p for p in (ROOT / "shared", ROOT.parent / "shared") if p.is_dir())
+# The project's shared reference data (tables, the example factory): see shared_paths.py.
 MEGATRON_CSV = SHARED / "reference" / "megatron_2021_table1.csv"
 PROPS = settings(max_examples=150, deadline=None)
 

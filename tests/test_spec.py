@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 from pydantic import ValidationError
+from shared_paths import SHARED
 
 import aifactory_sim as af
 from aifactory_sim import catalog
 from aifactory_sim.spec import content_hash, set_path
 
-# The project's shared folder (published reference tables, the example factory): beside the
-# checkout, or inside it. Missing, the module fails to import, loudly, rather than skipping.
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = next(p for p in (ROOT / "shared", ROOT.parent / "shared") if p.is_dir())
+# The project's shared reference data (tables, the example factory): see shared_paths.py.
 FACTORY_YAML = SHARED / "examples" / "factory.yaml"
 
 # 16 nodes x 8 H100 = 128 GPUs; llama3-8b on tp 8 x dp 16 fits easily.

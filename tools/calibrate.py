@@ -22,8 +22,8 @@ import aifactory_sim as af
 from aifactory_sim import catalog
 
 ROOT = Path(__file__).resolve().parents[1]
-TABLE = next(p for p in (ROOT / "shared", ROOT.parent / "shared") if p.is_dir()) / (
-    "reference/megatron_2021_table1.csv")
+TABLE = next(p for p in (ROOT.parent / "shared", ROOT / "tests" / "shared")
+             if (p / "reference").is_dir()) / "reference" / "megatron_2021_table1.csv"
 
 
 def table1_tflops(rows: pd.DataFrame) -> np.ndarray:
