@@ -39,9 +39,12 @@ DESCRIPTIONS = {
     "Scenario.cost": "capital and cloud prices (accepted; not yet used by the engine)",
     "Scenario.scheduler": "queueing and placement of jobs",
     "Scenario.training": "training jobs, in any order",
+    "Scenario.failures": "node failures, repairs and what restarting costs a job; none: nothing"
+    " fails (see docs/background/reliability.md)",
     "Cluster.node_pools": "groups of identical nodes; the first pool is the default",
     "Cluster.fabric": "scale-out network between nodes",
-    "Cluster.storage": "shared file system; needed by jobs with data.source storage",
+    "Cluster.storage": "shared file system: data loading for jobs with data.source storage,"
+    " checkpoint writes and reloads",
     "NodePool.name": "unique pool name, referred to by training[].pool",
     "NodePool.nodes": "number of nodes",
     "NodePool.gpu": "a catalog name, {base: NAME, field: value} to override one, or a full mapping",
@@ -52,14 +55,15 @@ DESCRIPTIONS = {
     "NVMe.write_gb_s": "write bandwidth per node, GB/s",
     "Fabric.kind": "topology",
     "Fabric.nodes_per_leaf": "nodes wired to one leaf switch",
-    "Storage.read_gb_s": "aggregate read bandwidth, GB/s, max-min shared among readers",
-    "Storage.write_gb_s": "aggregate write bandwidth, GB/s",
+    "Storage.read_gb_s": "aggregate read bandwidth, GB/s, max-min shared among data loaders"
+    " and checkpoint reloads",
+    "Storage.write_gb_s": "aggregate write bandwidth, GB/s, max-min shared among checkpoint"
+    " writes",
     "Power.pue": "power usage effectiveness",
     "Power.usd_per_kwh": "energy price, USD per kWh",
     "Cost.node_capex_usd": "purchase price of one node, USD",
     "Cost.amortization_years": "years over which capex is spread",
     "Cost.cloud_usd_per_gpu_hour": "rental price, USD per GPU-hour",
-    "Scheduler.preemption": "must be false in this version",
     "Scheduler.placement": "pack: fewest leaf switches per job; spread: round-robin over leaves",
     "Parallel.microbatch_seqs": "sequences per microbatch",
     "DataSpec.source": "where the loader reads: shared storage, local NVMe, or nothing",
@@ -67,7 +71,8 @@ DESCRIPTIONS = {
     "TrainingJob.name": "unique job name",
     "TrainingJob.model": "a catalog name, {base: NAME, field: value}, or an inline model",
     "TrainingJob.submit_at": "simulated time at which the job joins the queue",
-    "TrainingJob.priority": "higher runs first under scheduler.policy priority",
+    "TrainingJob.priority": "higher runs first under scheduler.policy priority and"
+    " priority-backfill; with scheduler.preemption it may take lower-priority jobs' nodes",
     "TrainingJob.tokens": "tokens to train; the job finishes after ceil(tokens / batch tokens)"
     " steps",
     "TrainingJob.seq_len": "tokens per sequence",
@@ -80,6 +85,22 @@ DESCRIPTIONS = {
     "TrainingJob.precision": "tensor-core precision; peak FLOP/s from the GPU's bf16_tflops or"
     " fp8_tflops",
     "TrainingJob.data": "training-data loading",
+    "TrainingJob.checkpoint": "when and how the job saves its state; without this section it"
+    " never checkpoints (interval none)",
+    "TrainingJob.elastic": "lets the job run with fewer data-parallel replicas after a failure"
+    " or a preemption; none: always its full width",
+    "ElasticSpec.min_dp": "fewest data-parallel replicas the job runs with; at most"
+    " parallel.dp",
+    "Failures.distribution": "time to failure of a node, with the mean from the rate:"
+    " `exponential` (also as a plain string) or {kind: weibull, shape: k}",
+    "Failures.repair_h": "repair time of a failed node, hours: a plain number (fixed) or one of"
+    " the three kinds below; software failures need none",
+    "Exponential.kind": "exponential times to failure: a Poisson process while the node is up",
+    "Weibull.kind": "Weibull times to failure of scale mean / Gamma(1 + 1/shape)",
+    "FixedHours.kind": "every repair takes `value` hours",
+    "ExponentialHours.kind": "exponential repair times of mean `mean`",
+    "LognormalHours.kind": "median x exp(sigma Z), Z standard normal; the mean is median x"
+    " exp(sigma^2 / 2)",
     "GPUSpec.name": "shown in outputs; an altered catalog entry gets a trailing *",
     "GPUSpec.source": "where the figures come from",
     "ModelSpec.name": "shown in outputs; an altered catalog entry gets a trailing *",
@@ -152,10 +173,19 @@ Checked when the scenario is loaded (`aifactory-sim validate`, `aifactory_sim.lo
   `cluster.storage`; `data.source: nvme` needs the pool's `nvme`.
 - A GPU's `family` names an entry of `catalog/calibration.yaml`; a model's `hidden` is a
   multiple of `heads`, `heads` a multiple of `kv_heads`, and `top_k` at most `experts`.
-- Sections of later versions (`failures`, `inference`, a job's `checkpoint` and `elastic`),
-  `fidelity: fluid`, `scheduler.policy: priority-backfill` and `scheduler.preemption: true` are
-  refused with a message that names the field (`scheduler.policy`, `scheduler.preemption`, ...)
-  and says so, never silently ignored.
+- `failures` gives exactly one of `node_failures_per_1000_node_days` and `node_mtbf_h`;
+  `components` names only `gpu`, `hbm`, `nic`, `switch`, `host` and `software`, with shares
+  >= 0 and a positive sum (they are normalised; a component left out has share 0);
+  `distribution: weibull` needs a shape, `{kind: weibull, shape: 0.8}`.
+- `elastic.min_dp` is at most the job's `parallel.dp`; `checkpoint.interval` is `young-daly`,
+  `none` or a positive duration.
+- The `inference` section (serving, a later version) and `fidelity: fluid` are refused with a
+  message that names the field and says so, never silently ignored.
+
+Not checked at load: a job that checkpoints (an `interval` other than `none`, or `young-daly`
+with a `failures` section) writes to `cluster.storage` unless it gives `checkpoint.write_s`;
+with neither, the run stops with an internal error (exit status 1) when the job starts or
+its first checkpoint is due.
 """
 
 
@@ -224,8 +254,11 @@ def _type_name(tp: Any, metadata: list[Any], links: dict[type, str]) -> tuple[st
     if origin in (typing.Union, types.UnionType):
         parts = [a for a in args if a is not type(None)]
         names, cons = [], []
+        several = sum(isinstance(a, type) and issubclass(a, BaseModel) for a in parts) > 1
         for a in parts:
             n, c = _type_name(a, [], links)
+            if several and isinstance(a, type) and issubclass(a, BaseModel) and a in links:
+                n = f"[{_kind(a) or a.__name__}](#{links[a]})"
             names.append(n)
             cons += c
         return " \\| ".join(names) + (" or none" if len(parts) < len(args) else ""), cons
@@ -249,7 +282,16 @@ def _default(f: FieldInfo) -> str:
     if d is None:
         return "none"
     if isinstance(d, BaseModel):
-        return "section defaults"
+        # a default instance that sets fields is shown, so that it is not mistaken for the
+        # section's own defaults (a job without `checkpoint` has interval none, not young-daly)
+        set_ = d.model_dump(mode="json", exclude_defaults=True)
+        kind = _kind(type(d))
+        if kind is not None:
+            set_ = {"kind": kind, **set_}
+        if not set_:
+            return "section defaults"
+        return "`{" + ", ".join(f"{k}: {v:g}" if isinstance(v, float) else f"{k}: {v}"
+                                for k, v in set_.items()) + "}`"
     if isinstance(d, bool):
         return f"`{str(d).lower()}`"
     if isinstance(d, str):
@@ -271,16 +313,26 @@ def _anchor(path: str) -> str:
     return path.replace(".", "").replace("[]", "").lower() or "scenario"
 
 
+def _kind(model: type[BaseModel]) -> str | None:
+    """The value of a variant's `kind` discriminator, if it has one."""
+    f = model.model_fields.get("kind")
+    return f.default if f is not None and isinstance(f.default, str) else None
+
+
 def build() -> str:
     sections: list[tuple[str, type[BaseModel]]] = []
     _walk(Scenario, "", sections)
-    links = {model: _anchor(path) for path, model in sections}
+    shared = {p for p in (path for path, _ in sections)
+              if sum(q == p for q, _ in sections) > 1}
+    links = {model: _anchor(path) + (f"-{_kind(model) or model.__name__.lower()}"
+                                     if path in shared else "")
+             for path, model in sections}
     used: set[str] = set()
     parts = [HEADER]
     for path, model in sections:
         title = path or "(top level)"
         doc = (model.__doc__ or "").strip().splitlines()[0] if model.__doc__ else ""
-        parts.append(f'<a id="{_anchor(path)}"></a>\n\n## `{title}` ({model.__name__})\n')
+        parts.append(f'<a id="{links[model]}"></a>\n\n## `{title}` ({model.__name__})\n')
         if doc and not doc.startswith("!!!"):
             parts.append(doc + "\n")
         parts.append("| field | type | default | constraints | description |")
