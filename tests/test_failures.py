@@ -369,3 +369,42 @@ def test_failures_are_reproducible_and_tiers_agree():
         assert step["training"][name]["finished_at_s"] == pytest.approx(j["finished_at_s"],
                                                                         rel=1e-9)
         assert step["training"][name]["interruptions"] == j["interruptions"]
+
+
+def test_async_young_daly_is_floored_at_the_write_time():
+    # One write in flight: an async interval shorter than the write only makes the job wait.
+    sc = {
+        "name": "yd-async", "duration": "6h",
+        "cluster": {"node_pools": [{"name": "p", "nodes": 64, "gpu": "H100-SXM"}],
+                    "storage": {"read_gb_s": 400, "write_gb_s": 2}},
+        "failures": {"node_mtbf_h": 10},
+        "training": [{"name": "a", "model": "llama3-70b", "tokens": 1e12, "seq_len": 8192,
+                      "global_batch_seqs": 64, "parallel": {"tp": 8, "pp": 4, "dp": 2},
+                      "checkpoint": {"interval": "young-daly", "mode": "async"}}],
+    }
+    fac = Factory(af.load(sc))
+    job = fac.jobs[0]
+    write = job.checkpoint_bytes / 2e9
+    snapshot = job.checkpoint_bytes / 64 / 25e9
+    daly = float(daly_interval_s(snapshot, job_mtbf_s(10 * 3600, 8)))
+    assert daly < write  # the case the floor is for
+    assert job.interval_s() == pytest.approx(write)
+    res = fac.run().summary
+    # Snapshots are all it stalls for, and it never waits long for a write: < 1% of its time.
+    assert res["ledger_gpu_h"]["checkpoint"] < 0.01 * 64 * 6
+
+
+def test_an_elastic_job_short_of_min_dp_waits_for_min_dp_only():
+    # dp 32 on 4 nodes, min_dp 24 (3 nodes). Two nodes fail: with 2 it cannot run, so it waits,
+    # holding them (queued), until the first repair gives it 3 nodes, then runs at dp 24.
+    job = one_node_job("a", 40000, parallel={"dp": 32}, global_batch_seqs=96,
+                       elastic={"min_dp": 24},
+                       checkpoint={"interval": 2000, "write_s": 10, "reload_s": 30})
+    _, res = injected(small(4, [job]), [(4000.0, "p", 1, "gpu", 3000.0),
+                                        (4000.0, "p", 2, "gpu", 9000.0)])
+    ev = res.events[res.events["job"] == "a"]
+    first_resize = ev[ev["event"] == "resize"]["time_s"].iloc[0]
+    assert first_resize == pytest.approx(4000.0 + 3000.0)  # the first repair, not the second
+    assert res.summary["ledger_gpu_h"]["queued"] == pytest.approx(2 * 8 * (3000 - 100) / 3600,
+                                                                   rel=1e-9)
+    assert res.summary["training"]["a"]["dp"] == 32  # grown back after the second repair

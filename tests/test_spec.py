@@ -263,7 +263,10 @@ def test_failure_checkpoint_and_elastic_sections_are_checked() -> None:
     assert "needs a shape" in msg
     msg = error_of(with_("training.0.checkpoint", {"interval": "often"}))
     assert msg.startswith("training.0.checkpoint.interval: ")
-    job = af.load(with_("training.0.checkpoint", {"interval": "30min"})).training[0]
+    msg = error_of(with_("training.0.checkpoint", {"interval": "30min"}))
+    assert msg.startswith("training.0.checkpoint: ") and "cluster.storage" in msg
+    job = af.load(with_("training.0.checkpoint",
+                        {"interval": "30min", "write_s": 20, "reload_s": 30})).training[0]
     assert job.checkpoint.interval == 1800
     msg = error_of(with_("training.0.elastic", {"min_dp": 99}))
     assert "min_dp=99 exceeds parallel.dp" in msg

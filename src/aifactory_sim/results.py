@@ -93,7 +93,7 @@ class Results:
             "training": jobs,
             "failures": {
                 "count": len(records),
-                "hit_jobs": int(failures["job"].notna().sum()),
+                "interrupting": int(failures["job"].notna().sum()),
                 "by_component": {c: int((failures["component"] == c).sum())
                                  for c in sorted(set(failures["component"]))},
             },
@@ -140,7 +140,7 @@ class Results:
         if s["failures"]["count"]:
             f = s["failures"]
             parts = ", ".join(f"{c} {n}" for c, n in f["by_component"].items())
-            lines += ["", f"failures: {f['count']} ({parts}); {f['hit_jobs']} hit a job"]
+            lines += ["", f"failures: {f['count']} ({parts}); {f['interrupting']} hit a job"]
         if s["training"]:
             lines += ["", "training jobs"]
             head = (f"  {'job':<20}{'state':<14}{'tokens':>12}{'step s':>9}{'MFU':>7}"

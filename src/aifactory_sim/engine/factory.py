@@ -127,7 +127,7 @@ class Factory:
             while job.held_nodes < job.nodes and self.cluster.replacement(
                     job.alloc, job.index, near=int(job.alloc.nodes[0]) if job.held_nodes else 0):
                 pass
-            if job.held_nodes >= job.nodes:
+            if job.held_nodes >= job.min_nodes:  # an elastic job runs narrower meanwhile
                 self.waiting.remove(job)
                 job.gang_complete()
 

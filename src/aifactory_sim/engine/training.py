@@ -89,7 +89,7 @@ class TrainingRun:
         self.bucket: str | None = None
         self.meter_t = 0.0
         self.in_run = False  # the process is inside _run (interrupts may be delivered)
-        self.pending: str | None = None  # an interrupt that arrived before _run began
+        self.pending: list[str] = []  # interrupts that arrived before _run began
         self.gang_ready: simpy.Event | None = None
         self.preempt_to: int | None = None  # dp to shrink to when preempted (None: stop)
         # counts for the summary
@@ -113,6 +113,12 @@ class TrainingRun:
     @property
     def gpus(self) -> int:
         return self.replica_gpus * self.dp
+
+    @property
+    def min_nodes(self) -> int:
+        """The fewest nodes the job can run on: its gang, or an elastic job's min_dp gang."""
+        el = self.spec.elastic
+        return self.nodes if el is None else min(self.nodes, self.nodes_for(el.min_dp))
 
     @property
     def held_nodes(self) -> int:
@@ -193,7 +199,11 @@ class TrainingRun:
             if failures is None:
                 return math.inf
             mtbf = float(job_mtbf_s(failures.node_mtbf_s, self.nodes))
-            return float(daly_interval_s(self.checkpoint_cost_s(), mtbf))
+            tau = float(daly_interval_s(self.checkpoint_cost_s(), mtbf))
+            if self.spec.checkpoint.mode == "async":
+                # One write in flight: a shorter interval only makes the job wait for writes.
+                tau = max(tau, self.write_time_s())
+            return tau
         return float(interval)
 
     # --- the meter ------------------------------------------------------------------------
@@ -274,8 +284,9 @@ class TrainingRun:
     def _signal(self, cause: str) -> None:
         if self.in_run:
             self.process.interrupt(cause)
-        elif self.pending != FAILURE:  # a failure outranks a preemption
-            self.pending = cause
+        elif cause not in self.pending:
+            self.pending.append(cause)
+            self.pending.sort(key=lambda c: c != FAILURE)  # a failure is handled first
 
     def gang_complete(self) -> None:
         """The factory found the nodes this job was waiting for."""
@@ -330,9 +341,8 @@ class TrainingRun:
         try:
             while True:
                 try:
-                    if self.pending is not None:
-                        cause, self.pending = self.pending, None
-                        raise simpy.Interrupt(cause)
+                    if self.pending:
+                        raise simpy.Interrupt(self.pending.pop(0))
                     if recover:
                         yield from self._recover(detect)
                         recover = detect = False
@@ -612,6 +622,9 @@ class TrainingRun:
         est = self.estimate
         mean_step = self.run_s / self.steps_computed if self.steps_computed > 0 else None
         scale = None if est is None or mean_step is None else float(est.step_time_s) / mean_step
+        if scale is not None:  # a narrowed elastic job's estimate pads the batch: count real work
+            unit = self.dp * self.spec.parallel.microbatch_seqs
+            scale *= self.spec.batch_seqs / (math.ceil(self.spec.batch_seqs / unit) * unit)
         end = horizon if self.finished_at is None else self.finished_at
         since = None if self.started_at is None else end - self.started_at
         return {

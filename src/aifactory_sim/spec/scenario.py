@@ -1,8 +1,7 @@
-"""The scenario: a factory (cluster, power, cost, scheduler) and its training work.
+"""The scenario: a factory (cluster, failures, power, cost, scheduler) and its training work.
 
-Field names follow shared/examples/factory.yaml, the file users write. Sections that later work
-adds (`failures`, `inference`, a job's `checkpoint` and `elastic`) are refused with a message that
-says so, never silently ignored.
+Field names follow shared/examples/factory.yaml, the file users write. A section that later work
+adds (`inference`) is refused with a message that says so, never silently ignored.
 """
 
 from __future__ import annotations
@@ -72,7 +71,9 @@ class Failures(Spec):
     node_failures_per_1000_node_days: float | None = Field(
         None, gt=0, description="fleet failure rate (Kokolis et al., HPCA'25: 6.5 and 2.34)"
     )
-    node_mtbf_h: float | None = Field(None, gt=0, description="or: mean time between failures")
+    node_mtbf_h: float | None = Field(
+        None, gt=0, description="or: a node's mean up-time, from a repair to its next failure"
+    )
     distribution: TimeToFailure = Exponential()
     components: dict[str, float] | None = Field(
         None,
@@ -459,6 +460,14 @@ class Scenario(Spec):
                     f"{where}.data.source",
                     f"'nvme' needs pool {pool.name!r} to describe its nvme; allowed otherwise: "
                     "'storage' or 'synthetic'",
+                )
+            ck = job.checkpoint
+            if (ck.interval != "none" and self.cluster.storage is None
+                    and (ck.write_s is None or ck.reload_s is None)):
+                raise _located(
+                    f"{where}.checkpoint",
+                    "checkpoints are written to cluster.storage, which this scenario does not "
+                    "describe; add a storage section, or give measured write_s and reload_s",
                 )
             check_job_feasible(job, pool, where)
         return self

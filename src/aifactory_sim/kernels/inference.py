@@ -1,0 +1,446 @@
+"""Inference performance of a decoder-only transformer replica: weights and KV-cache memory,
+the time of one continuous-batching iteration, and the steady-state throughput of an offline
+benchmark; vectorised over arrays of configurations.
+
+Every argument broadcasts (numpy rules). Sizes are in bytes, times in seconds, throughputs in
+FLOP/s or bytes/s (SI: tera = 10**12). Notation as kernels/training.py: l layers, h hidden, a
+heads, g KV heads (GQA), d = h/a the head width, f the FFN width, V vocabulary, E experts of which
+k are active; t the tensor-parallel width of a replica.
+
+A replica runs iterations (vLLM's "steps", Kwon et al., "Efficient Memory Management for Large
+Language Model Serving with PagedAttention", SOSP'23; Orca's iteration-level scheduling, Yu et
+al., OSDI'22): each one feeds `prefill_tokens` new prompt tokens (chunked prefill) and one token
+of each of `decode_seqs` decoding sequences through the model. Its time is a sum of phases, each
+at its own roofline (Williams et al., CACM 2009), because the kernels of one forward pass run one
+after another and each is bound by compute or by memory on its own (the per-operator cost model
+of Vidur, Agrawal et al., MLSys'24, and of the LLM roofline survey, Yuan et al., arXiv
+2402.16363):
+    t_iter = t_gemm + t_lm_head + t_attention + t_elementwise + t_tp + t_overhead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from .collectives import ring_allgather_s, ring_allreduce_s
+
+F64 = NDArray[np.float64]
+
+#: Bytes per weight of the transformer blocks' linear layers. fp8: E4M3 with per-tensor scales
+#: (NVIDIA ModelOpt, vLLM `fp8`), a scale per matrix is negligible. int4: 4-bit weights with one
+#: fp16 scale and one 4-bit zero point per group of 128 weights, AWQ's defaults (Lin et al.,
+#: "AWQ", MLSys'24; GPTQ, Frantar et al., ICLR'23, uses the same group of 128): 0.5 + 2.5/128.
+WEIGHT_BYTES_PER_PARAM = {"bf16": 2.0, "fp8": 1.0, "int4": 0.5 + 2.5 / 128.0}
+#: Bytes per element of the KV cache (vLLM `kv_cache_dtype` auto = bf16, or fp8 E4M3).
+KV_BYTES_PER_ELEMENT = {"bf16": 2.0, "fp8": 1.0}
+#: Tokens per KV-cache block: vLLM's default PagedAttention block size (Kwon et al., SOSP'23).
+BLOCK_TOKENS = 16
+#: Bytes per activation element: activations stay bf16 between the kernels.
+ACT_BYTES = 2.0
+#: Memory a serving process holds besides weights, activations and KV cache, per GPU: CUDA
+#: context, cuBLAS and NCCL workspaces, CUDA-graph pools. vLLM's start-up profile reports this
+#: as its "non-torch memory" plus "CUDA graph memory", together about 1-2 GB on an H100.
+WORKSPACE_BYTES = 1.5e9
+
+
+def _f(x: ArrayLike) -> F64:
+    return np.asarray(x, dtype=np.float64)
+
+
+def _lookup(name: ArrayLike, table: dict[str, float], what: str) -> F64:
+    """Vectorised table lookup of precision names; numbers pass through as bytes."""
+    arr = np.asarray(name)
+    if arr.dtype.kind in "iuf":
+        return arr.astype(np.float64)
+    out = np.full(arr.shape, np.nan)
+    for key, value in table.items():
+        out[arr == key] = value
+    if np.any(np.isnan(out)):
+        bad = sorted({str(v) for v in np.unique(arr[np.isnan(out)])})
+        raise ValueError(f"{what} must be one of {', '.join(table)}; got {bad}")
+    return out
+
+
+def _shape(m: Mapping[str, Any]) -> dict[str, F64]:
+    h, a, g = _f(m["hidden"]), _f(m["heads"]), _f(m["kv_heads"])
+    d = h / a
+    return {
+        "l": _f(m["layers"]), "h": h, "a": a, "g": g, "d": d, "kv": g * d,
+        "f": _f(m["ffn_hidden"]), "V": _f(m["vocab"]), "E": _f(m["experts"]), "k": _f(m["top_k"]),
+        "n_ffn": np.where(m["gated_ffn"], 3.0, 2.0), "tied": np.asarray(m["tie_embeddings"]),
+    }
+
+
+def _attention_params(s: dict[str, F64]) -> F64:
+    """Q, K, V and output projections of one layer: h (h + 2 g d) + h^2."""
+    return s["h"] * (s["h"] + 2.0 * s["kv"]) + s["h"] * s["h"]
+
+
+def _expert_params(s: dict[str, F64]) -> F64:
+    """One expert's FFN matrices: n_ffn h f (3 for SwiGLU, 2 for GeLU)."""
+    return s["n_ffn"] * s["h"] * s["f"]
+
+
+def weight_bytes(m: Mapping[str, Any], precision: ArrayLike = "bf16") -> F64:
+    """Bytes of a model's weights at a weights precision (bf16, fp8, int4).
+
+    The transformer blocks' linear layers take the precision's bytes per weight
+    (WEIGHT_BYTES_PER_PARAM); the token embedding, the output layer (lm-head), the norms and a
+    MoE router stay bf16, as FP8 and INT4 checkpoints keep them (ModelOpt's and vLLM's FP8
+    exclude `lm_head`; AWQ and GPTQ quantise only the blocks' linear layers). bf16 gives exactly
+    2 x kernels.training.param_count.
+    """
+    s = _shape(m)
+    linear = s["l"] * (_attention_params(s) + s["E"] * _expert_params(s))
+    other = (s["l"] * (2.0 * s["h"] + np.where(s["E"] > 1, s["h"] * s["E"], 0.0)) + s["h"]
+             + s["V"] * s["h"] * np.where(s["tied"], 1.0, 2.0))
+    return linear * _lookup(precision, WEIGHT_BYTES_PER_PARAM, "precision") + 2.0 * other
+
+
+def kv_bytes_per_token(
+    m: Mapping[str, Any], kv_precision: ArrayLike = "bf16", tp: ArrayLike = 1
+) -> F64:
+    """KV-cache bytes one token holds in a replica: 2 (K and V) x l x g x d x bytes.
+
+    With more tensor ranks than KV heads each rank keeps one head (a replicated copy), so a
+    replica stores max(g, t) heads (as vLLM and TensorRT-LLM do).
+    """
+    s = _shape(m)
+    heads = np.maximum(s["g"], _f(tp))
+    return 2.0 * s["l"] * heads * s["d"] * _lookup(kv_precision, KV_BYTES_PER_ELEMENT,
+                                                   "kv_precision")
+
+
+def activation_reserve_bytes(
+    m: Mapping[str, Any],
+    *,
+    tp: ArrayLike = 1,
+    max_batched_tokens: ArrayLike = 8192,
+    max_num_seqs: ArrayLike = 256,
+) -> F64:
+    """Per-GPU memory held back from the KV cache for activations and workspaces.
+
+    vLLM sizes the KV cache after a profiling forward pass of `max_batched_tokens` tokens, keeping
+    its peak activation memory out of the cache. That peak is one layer's live tensors for every
+    token: the residual stream and the normed input (2h, replicated over tensor ranks), the QKV
+    output (h + 2 g d)/t and the FFN's up-projection and activation output ((n_ffn - 1) f k + f k)
+    / t, in bf16; plus fp32 logits of `max_num_seqs` rows (4 V / t bytes each); plus
+    WORKSPACE_BYTES.
+    """
+    s = _shape(m)
+    t = _f(tp)
+    per_token = (2.0 * s["h"] + (s["h"] + 2.0 * s["kv"]
+                                 + (s["n_ffn"] - 1.0) * s["f"] * s["k"] + s["f"] * s["k"]) / t)
+    logits = _f(max_num_seqs) * 4.0 * s["V"] / t
+    return ACT_BYTES * per_token * _f(max_batched_tokens) + logits + WORKSPACE_BYTES
+
+
+def kv_capacity_tokens(
+    m: Mapping[str, Any],
+    hbm_bytes: ArrayLike,
+    *,
+    tp: ArrayLike = 1,
+    precision: ArrayLike = "bf16",
+    kv_precision: ArrayLike = "bf16",
+    gpu_memory_utilization: ArrayLike = 0.9,
+    max_batched_tokens: ArrayLike = 8192,
+    max_num_seqs: ArrayLike = 256,
+) -> F64:
+    """Tokens of KV cache a replica of `tp` GPUs holds, in whole blocks of BLOCK_TOKENS.
+
+        C = floor((hbm x util x t - weights - t x reserve) / kv_bytes_per_token / 16) x 16
+    vLLM's rule (`gpu_memory_utilization` of each GPU's HBM, less weights and the profiled
+    activation peak, `activation_reserve_bytes`); 0 where the model does not fit.
+    """
+    t = _f(tp)
+    free = (_f(hbm_bytes) * _f(gpu_memory_utilization) * t - weight_bytes(m, precision)
+            - t * activation_reserve_bytes(m, tp=tp, max_batched_tokens=max_batched_tokens,
+                                           max_num_seqs=max_num_seqs))
+    tokens = np.maximum(free, 0.0) / kv_bytes_per_token(m, kv_precision, tp)
+    return np.floor(tokens / BLOCK_TOKENS) * BLOCK_TOKENS
+
+
+def prefill_context_tokens(chunk_tokens: ArrayLike, start_tokens: ArrayLike = 0) -> F64:
+    """Query-key pairs of causal attention for a prefill chunk of c tokens after s cached ones:
+    sum_{i=1..c} (s + i) = c s + c (c + 1) / 2. Sum it over an iteration's chunks."""
+    c, s0 = _f(chunk_tokens), _f(start_tokens)
+    return c * s0 + c * (c + 1.0) / 2.0
+
+
+def gpu_inference_args(gpu: Mapping[str, Any], calibration: Mapping[str, Any]) -> dict[str, Any]:
+    """The dict `iteration_time_s` takes, from a GPU's catalog fields and its family's calibration
+    (plain mappings, e.g. GPUSpec.model_dump() and catalog.entry("calibration", family)).
+
+    A GPU without FP8 tensor cores (fp8_tflops null, Ampere) runs FP8 weights as W8A16 at its
+    BF16 rate.
+    """
+    bf16 = float(gpu["bf16_tflops"]) * 1e12
+    fp8 = gpu.get("fp8_tflops")
+    return {
+        "bf16_flops": bf16,
+        "fp8_flops": bf16 if fp8 is None else float(fp8) * 1e12,
+        "hbm_bytes": float(gpu["hbm_gb"]) * 1e9,
+        "hbm_bytes_per_s": float(gpu["hbm_tb_s"]) * 1e12,
+        "nvlink_bytes_per_s": float(gpu["nvlink_gb_s"]) / 2.0 * 1e9,  # one direction
+        "nvlink_efficiency": calibration["nvlink_efficiency"],
+        "nvlink_alpha_s": calibration["nvlink_alpha_s"],
+        "prefill_gemm_efficiency": calibration["prefill_gemm_efficiency"],
+        "decode_hbm_efficiency": calibration["decode_hbm_efficiency"],
+        "iteration_overhead_s": calibration["iteration_overhead_s"],
+    }
+
+
+def iteration_breakdown(
+    m: Mapping[str, Any],
+    g: Mapping[str, Any],
+    *,
+    prefill_tokens: ArrayLike,
+    decode_seqs: ArrayLike,
+    context_tokens: ArrayLike,
+    prefill_context: ArrayLike | None = None,
+    prefill_seqs: ArrayLike | None = None,
+    tp: ArrayLike = 1,
+    precision: ArrayLike = "bf16",
+    kv_precision: ArrayLike = "bf16",
+) -> dict[str, F64]:
+    """Seconds of one iteration per phase (see `iteration_time_s` for the arguments).
+
+    Per GPU of the replica, with N = P + D tokens (P prefill tokens, D decoding sequences) and S
+    sequences sampled (D plus the prefills that finish):
+    - gemm: the blocks' linear layers, 2 N l (h (h + 2gd) + h^2 + n_ffn h f k) / t FLOPs at the
+      weights precision's peak (fp8: FP8 tensor cores, W8A8; int4: W4A16 at the BF16 peak), against
+      the weights read once (for a MoE, the experts the N tokens touch, E (1 - (1 - k/E)^N) per
+      layer) plus each GEMM's bf16 inputs and outputs; the larger of the two.
+    - lm_head: 2 S h V / t bf16 FLOPs against its bf16 weights (V h / t x 2 B) plus fp32 logits
+      written and read by the sampler (8 V / t B per sampled row); with t > 1 the logits are
+      gathered (ring all-gather).
+    - attention: decode reads the KV cache of every decoding sequence's context,
+      context_tokens x kv_bytes_per_token / t, and does 4 h l per context token (QK^T and AV over
+      the query heads; GQA shrinks bytes, not FLOPs), memory-bound; prefill (flash attention, as
+      Megatron counts it: 4 h l per query-key pair) at the BF16 peak, compute-bound; the new
+      tokens' K and V are written.
+    - elementwise: fused residual-add + RMSNorm twice per layer (8h bf16 elements per token,
+      replicated over tensor ranks), rotary embedding of q and k (2 (h + g d) / t), the FFN
+      activation ((n_ffn) f k / t: read gate and up, write the product), memory-bound.
+    - tp: two all-reduces of N h bf16 per layer (Megatron's tensor parallelism, Shoeybi et al.,
+      arXiv 1909.08053), ring alpha-beta on NVLink (kernels/collectives.py).
+    - overhead: fixed per iteration (scheduling, input preparation, launches, sampling's host
+      side), `iteration_overhead_s` of the GPU family.
+    FLOP-bound phases run at `prefill_gemm_efficiency` of peak, byte-bound ones at
+    `decode_hbm_efficiency` of HBM bandwidth.
+    """
+    s = _shape(m)
+    t = _f(tp)
+    p_tok, d_seq, ctx = _f(prefill_tokens), _f(decode_seqs), _f(context_tokens)
+    n_tok = p_tok + d_seq
+    pre_ctx = (prefill_context_tokens(p_tok) if prefill_context is None
+               else _f(prefill_context))
+    sampled = d_seq + (np.where(p_tok > 0, 1.0, 0.0) if prefill_seqs is None
+                       else _f(prefill_seqs))
+
+    wbytes = _lookup(precision, WEIGHT_BYTES_PER_PARAM, "precision")
+    is_fp8 = np.asarray(precision) == "fp8" if np.asarray(precision).dtype.kind in "UO" \
+        else np.isclose(wbytes, WEIGHT_BYTES_PER_PARAM["fp8"])
+    gemm_peak = np.where(is_fp8, _f(g["fp8_flops"]), _f(g["bf16_flops"]))
+    bf16_peak = _f(g["bf16_flops"])
+    flop_eff = _f(g["prefill_gemm_efficiency"])
+    hbm_bw = _f(g["hbm_bytes_per_s"]) * _f(g["decode_hbm_efficiency"])
+
+    # --- linear layers of the transformer blocks ---
+    e, k = s["E"], s["k"]
+    experts_touched = e * (1.0 - (1.0 - k / e) ** n_tok)
+    layer_weights = _attention_params(s) + experts_touched * _expert_params(s)
+    gemm_flops = 2.0 * n_tok * s["l"] * (_attention_params(s) + k * _expert_params(s)
+                                         + np.where(e > 1, s["h"] * e, 0.0)) / t
+    n_up = s["n_ffn"] - 1.0  # up-projection matrices (gate and up for SwiGLU)
+    gemm_io = (s["h"] + (s["h"] + 2.0 * s["kv"]) / t          # QKV in, out
+               + s["h"] / t + s["h"]                            # output projection in, out
+               + s["h"] + n_up * s["f"] * k / t                 # FFN up in, out
+               + s["f"] * k / t + s["h"])                       # FFN down in, out
+    gemm_bytes = s["l"] * (layer_weights * wbytes / t + n_tok * gemm_io * ACT_BYTES)
+    gemm_s = np.maximum(gemm_flops / (gemm_peak * flop_eff), gemm_bytes / hbm_bw)
+
+    # --- output layer and sampler ---
+    head_flops = 2.0 * sampled * s["h"] * s["V"] / t
+    head_bytes = (2.0 * s["V"] * s["h"] + 8.0 * sampled * s["V"]) / t
+    nvlink_bw = _f(g["nvlink_bytes_per_s"]) * _f(g["nvlink_efficiency"])
+    alpha = _f(g["nvlink_alpha_s"])
+    head_s = (np.maximum(head_flops / (bf16_peak * flop_eff), head_bytes / hbm_bw)
+              + ring_allgather_s(4.0 * sampled * s["V"], t, nvlink_bw, alpha))
+
+    # --- attention core and KV-cache traffic ---
+    kv_tok = kv_bytes_per_token(m, kv_precision, tp) / t
+    decode_attn = np.maximum(4.0 * s["h"] * s["l"] * ctx / t / (bf16_peak * flop_eff),
+                             ctx * kv_tok / hbm_bw)
+    prefill_attn = 4.0 * s["h"] * s["l"] * pre_ctx / t / (bf16_peak * flop_eff)
+    kv_write = n_tok * kv_tok / hbm_bw
+    attn_s = decode_attn + prefill_attn + kv_write
+
+    # --- memory-bound element-wise kernels between the GEMMs ---
+    ew = (8.0 * s["h"] + (2.0 * (s["h"] + s["kv"]) + s["n_ffn"] * s["f"] * k) / t) * ACT_BYTES
+    ew_s = s["l"] * n_tok * ew / hbm_bw
+
+    # --- tensor parallelism: 2 all-reduces of the layer output per layer ---
+    tp_s = 2.0 * s["l"] * ring_allreduce_s(ACT_BYTES * n_tok * s["h"], t, nvlink_bw, alpha)
+
+    overhead = np.broadcast_to(_f(g["iteration_overhead_s"]), np.shape(gemm_s)).astype(np.float64)
+    total = gemm_s + head_s + attn_s + ew_s + tp_s + overhead
+    return {"iteration_time_s": total, "gemm_s": gemm_s, "lm_head_s": head_s,
+            "attention_s": attn_s, "elementwise_s": ew_s, "tp_comm_s": tp_s,
+            "overhead_s": overhead}
+
+
+def iteration_time_s(
+    m: Mapping[str, Any],
+    g: Mapping[str, Any],
+    *,
+    prefill_tokens: ArrayLike,
+    decode_seqs: ArrayLike,
+    context_tokens: ArrayLike,
+    prefill_context: ArrayLike | None = None,
+    prefill_seqs: ArrayLike | None = None,
+    tp: ArrayLike = 1,
+    precision: ArrayLike = "bf16",
+    kv_precision: ArrayLike = "bf16",
+) -> F64:
+    """Seconds of one continuous-batching iteration of a replica of `tp` GPUs.
+
+    `prefill_tokens` prompt tokens are prefilled (chunks of one or more prompts) and
+    `decode_seqs` sequences decode one token each, attending to `context_tokens` cached tokens in
+    all (the sum of their contexts). `prefill_context` is the prefill chunks' query-key pairs
+    (sum of `prefill_context_tokens` over the chunks; default: the prefill tokens as one prompt
+    from position 0); `prefill_seqs` the prefills that finish and sample a token (default 1 when
+    there are prefill tokens). `g` is `gpu_inference_args(...)`. Phases and equations in
+    `iteration_breakdown`.
+    """
+    return iteration_breakdown(
+        m, g, prefill_tokens=prefill_tokens, decode_seqs=decode_seqs,
+        context_tokens=context_tokens, prefill_context=prefill_context,
+        prefill_seqs=prefill_seqs, tp=tp, precision=precision, kv_precision=kv_precision,
+    )["iteration_time_s"]
+
+
+def offline_steady_state(
+    m: Mapping[str, Any],
+    g: Mapping[str, Any],
+    *,
+    prompt_tokens: ArrayLike,
+    output_tokens: ArrayLike,
+    max_num_seqs: ArrayLike = 256,
+    max_batched_tokens: ArrayLike = 8192,
+    tp: ArrayLike = 1,
+    precision: ArrayLike = "bf16",
+    kv_precision: ArrayLike = "bf16",
+    gpu_memory_utilization: ArrayLike = 0.9,
+    reserve_full_sequence: ArrayLike = False,
+    kv_capacity: ArrayLike | None = None,
+) -> dict[str, F64]:
+    """Steady state of an offline benchmark on one replica (see `offline_throughput_tokens_s`).
+
+    Returns the iteration's composition (requests started per iteration, decoding sequences,
+    prefill tokens, running sequences, KV tokens held), its time, the binding limit (0 token
+    budget, 1 max_num_seqs, 2 KV cache) and output tokens per second.
+    """
+    i_len, o_len = _f(prompt_tokens), _f(output_tokens)
+    seqs_cap, tok_cap = _f(max_num_seqs), _f(max_batched_tokens)
+    cap = (kv_capacity_tokens(m, g["hbm_bytes"], tp=tp, precision=precision,
+                              kv_precision=kv_precision,
+                              gpu_memory_utilization=gpu_memory_utilization,
+                              max_batched_tokens=max_batched_tokens, max_num_seqs=max_num_seqs)
+           if kv_capacity is None else _f(kv_capacity))
+    dec = np.maximum(o_len - 1.0, 0.0)  # decode iterations per request: prefill samples the first
+    half_block = (BLOCK_TOKENS - 1) / 2.0
+    full = np.ceil((i_len + o_len) / BLOCK_TOKENS) * BLOCK_TOKENS
+    reserve = np.asarray(reserve_full_sequence, dtype=bool)
+    kv_decoding = np.where(reserve, full, i_len + o_len / 2.0 + half_block)
+    kv_prefilling = np.where(reserve, full, i_len + half_block)
+
+    # lam requests per iteration; running = lam dec + max(lam, 1) (a prompt longer than an
+    # iteration's prefill share stays one iteration per lam^-1 in prefill, Little's law).
+    lam_tokens = tok_cap / (i_len + dec)
+    big = np.maximum(dec, 1e-300)
+    lam_seqs = np.where(seqs_cap >= o_len, seqs_cap / o_len, (seqs_cap - 1.0) / big)
+    per_req = dec * kv_decoding + kv_prefilling
+    lam_kv = np.where(cap >= per_req, cap / per_req,
+                      (cap - kv_prefilling) / np.maximum(dec * kv_decoding, 1e-300))
+    lam_all = np.stack(np.broadcast_arrays(lam_tokens, lam_seqs, lam_kv))
+    binding = np.argmin(lam_all, axis=0)
+    lam = np.maximum(np.min(lam_all, axis=0), 0.0)
+
+    decode = lam * dec
+    prefill = lam * i_len
+    context = decode * (i_len + o_len / 2.0)  # mean context over decode steps 1..O-1 is I + O/2
+    bd = iteration_breakdown(
+        m, g, prefill_tokens=prefill, decode_seqs=decode, context_tokens=context,
+        prefill_context=lam * prefill_context_tokens(i_len), prefill_seqs=lam, tp=tp,
+        precision=precision, kv_precision=kv_precision,
+    )
+    t_iter = bd["iteration_time_s"]
+    running = decode + np.where(lam > 0, np.maximum(lam, 1.0), 0.0)
+    return {
+        "requests_per_iteration": lam,
+        "decode_seqs": decode,
+        "prefill_tokens": prefill,
+        "running_seqs": running,
+        "kv_tokens": decode * kv_decoding + np.where(lam > 0, np.maximum(lam, 1.0), 0.0)
+        * kv_prefilling,
+        "kv_capacity_tokens": np.broadcast_to(cap, np.shape(lam)).astype(np.float64),
+        "binding": binding,
+        "iteration_time_s": t_iter,
+        "output_tokens_per_s": lam * o_len / t_iter,
+        **{k: v for k, v in bd.items() if k != "iteration_time_s"},
+    }
+
+
+def offline_throughput_tokens_s(
+    m: Mapping[str, Any],
+    g: Mapping[str, Any],
+    *,
+    prompt_tokens: ArrayLike,
+    output_tokens: ArrayLike,
+    max_num_seqs: ArrayLike = 256,
+    max_batched_tokens: ArrayLike = 8192,
+    tp: ArrayLike = 1,
+    precision: ArrayLike = "bf16",
+    kv_precision: ArrayLike = "bf16",
+    gpu_memory_utilization: ArrayLike = 0.9,
+    reserve_full_sequence: ArrayLike = False,
+    kv_capacity: ArrayLike | None = None,
+) -> F64:
+    """Output tokens per second of one replica in the steady state of an offline benchmark
+    (N requests at time 0, every one I prompt and O output tokens), closed form.
+
+    Model. The scheduler (vLLM's, with chunked prefill: running decodes first, then prefill chunks
+    within the token budget) keeps the replica as full as its three limits allow; with N much
+    larger than the concurrency, requests start and finish at a steady rate of lam per iteration
+    and their ages spread evenly. Each request prefills its I tokens (the iteration that finishes
+    the prompt samples its first token) and then decodes for O - 1 iterations, so an iteration
+    holds D = lam (O - 1) decoding sequences and P = lam I prefill tokens, and max(lam, 1)
+    sequences in prefill (Little's law). lam is the largest rate the limits admit:
+        token budget   P + D <= max_batched_tokens
+        sequences      D + max(lam, 1) <= max_num_seqs
+        KV cache       D kv_dec + max(lam, 1) kv_pre <= C,
+    where C = `kv_capacity_tokens` and kv_dec is a decoding sequence's mean footprint: I + O/2
+    tokens plus half a block (vLLM allocates blocks as tokens arrive, so in steady state the cache
+    fills with sequences of every age); with `reserve_full_sequence` (TensorRT-LLM's
+    GUARANTEED_NO_EVICT capacity scheduler, which admits a request only when blocks for I + O are
+    free) kv_dec = kv_pre = I + O rounded up to whole blocks. More concurrency never lowers
+    throughput here (an iteration's cost is affine in its work, with a fixed part), so the binding
+    limit sets lam. The decoding sequences' contexts average I + O/2 and each prompt's causal
+    attention covers I (I + 1)/2 query-key pairs; `iteration_time_s` of that iteration, t, gives
+        throughput = lam O / t.
+    Not modelled: the ramp-up and drain of a finite N (a few per cent when N is 5-10x the
+    concurrency), preemptions (none in this steady state: finishing requests free blocks as fast
+    as the running ones grow), and prefix caching.
+    """
+    return offline_steady_state(
+        m, g, prompt_tokens=prompt_tokens, output_tokens=output_tokens,
+        max_num_seqs=max_num_seqs, max_batched_tokens=max_batched_tokens, tp=tp,
+        precision=precision, kv_precision=kv_precision,
+        gpu_memory_utilization=gpu_memory_utilization,
+        reserve_full_sequence=reserve_full_sequence, kv_capacity=kv_capacity,
+    )["output_tokens_per_s"]
