@@ -18,14 +18,12 @@ tables are reproducible to the digit. The whole script takes about 40 s.
 
 from __future__ import annotations
 
-import argparse
 import math
-import re
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _generated import replace_block, run
 from scipy import stats
 from scipy.special import gamma
 
@@ -353,36 +351,22 @@ def llama3_tables() -> str:
 # --- the file -------------------------------------------------------------------------------
 
 
-def _replace(text: str, name: str, body: str) -> str:
-    pat = re.compile(rf"(<!-- {name}:begin[^>]*-->\n)(?:.*?\n)?(<!-- {name}:end -->)", re.S)
-    if not pat.search(text):
-        raise SystemExit(f"{DOC}: markers <!-- {name}:begin --> / <!-- {name}:end --> not found")
-    return pat.sub(lambda m: m.group(1) + body.rstrip("\n") + "\n" + m.group(2), text)
-
-
 def build(text: str) -> tuple[str, float]:
     table, worst = daly_table()
-    text = _replace(text, "daly", table)
-    text = _replace(text, "sweep", sweep_table())
-    text = _replace(text, "counts", counts_table())
-    text = _replace(text, "llama3", llama3_tables())
+    text = replace_block(DOC, text, "daly", table)
+    text = replace_block(DOC, text, "sweep", sweep_table())
+    text = replace_block(DOC, text, "counts", counts_table())
+    text = replace_block(DOC, text, "llama3", llama3_tables())
     return text, worst
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--check", action="store_true", help="exit 1 if the file is out of date")
-    args = ap.parse_args()
-    old = DOC.read_text()
-    new, worst = build(old)
-    if args.check:
-        if new != old:
-            print(f"{DOC} is out of date; run python docs/gen_reliability.py", file=sys.stderr)
-            return 1
-        return 0
-    DOC.write_text(new)
-    print(f"wrote {DOC}; largest |error| against Daly's expected wall time: {worst:.2f} %")
-    return 0
+
+    def build_with_message(old: str) -> tuple[str, str]:
+        new, worst = build(old)
+        return new, f"largest |error| against Daly's expected wall time: {worst:.2f} %"
+
+    return run(DOC, build_with_message, __doc__.splitlines()[0], "gen_reliability.py")
 
 
 if __name__ == "__main__":

@@ -13,13 +13,13 @@ Three tables, each between a pair of HTML-comment markers in the Markdown file:
 
 from __future__ import annotations
 
-import argparse
 import csv
 import os
-import re
 import sys
 from pathlib import Path
 from typing import Any
+
+from _generated import replace_block, run
 
 import aifactory_sim as af
 from aifactory_sim import catalog
@@ -207,40 +207,26 @@ def calibration_table() -> str:
     return "\n".join(lines)
 
 
-def _replace(text: str, name: str, body: str) -> str:
-    pat = re.compile(rf"(<!-- {name}:begin[^>]*-->\n)(?:.*?\n)?(<!-- {name}:end -->)", re.S)
-    if not pat.search(text):
-        raise SystemExit(f"{DOC}: markers <!-- {name}:begin --> / <!-- {name}:end --> not found")
-    return pat.sub(lambda m: m.group(1) + body.rstrip("\n") + "\n" + m.group(2), text)
-
-
 def build(text: str) -> tuple[str, float]:
     table, worst = validation_table()
-    text = _replace(text, "calibration", calibration_table())
-    text = _replace(text, "validation", table)
-    text = _replace(text, "crosscheck", crosscheck_table())
+    text = replace_block(DOC, text, "calibration", calibration_table())
+    text = replace_block(DOC, text, "validation", table)
+    text = replace_block(DOC, text, "crosscheck", crosscheck_table())
     return text, worst
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--check", action="store_true", help="exit 1 if the file is out of date")
-    args = ap.parse_args()
     if not TABLE1.exists():
         print(
             f"{TABLE1} not found; set AIFACTORY_REFERENCE to the reference folder", file=sys.stderr
         )
         return 2
-    old = DOC.read_text()
-    new, worst = build(old)
-    if args.check:
-        if new != old:
-            print(f"{DOC} is out of date; run python docs/gen_validation.py", file=sys.stderr)
-            return 1
-        return 0
-    DOC.write_text(new)
-    print(f"wrote {DOC}; largest |error| against Megatron-LM Table 1: {worst:.2f} %")
-    return 0
+
+    def build_with_message(old: str) -> tuple[str, str]:
+        new, worst = build(old)
+        return new, f"largest |error| against Megatron-LM Table 1: {worst:.2f} %"
+
+    return run(DOC, build_with_message, __doc__.splitlines()[0], "gen_validation.py")
 
 
 if __name__ == "__main__":
