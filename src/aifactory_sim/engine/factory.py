@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 import zlib
 from typing import Any
@@ -66,9 +65,8 @@ class Factory:
         )
 
     def on_start(self, job: TrainingRun) -> None:
-        """A job got its gang. NVMe readers get their nodes' drives; synthetic data is free."""
-        if job.spec.data.source == "synthetic":
-            job.set_data_rate(math.inf)
+        """A job got its gang; its data loader starts when it computes (see TrainingRun)."""
+        self.sample()
 
     def release(self, job: TrainingRun, alloc: Allocation, count: int | None = None) -> None:
         """A job gives nodes back: waiting gangs are served first, then the queue."""
