@@ -588,6 +588,7 @@ class TrainingRun:
             yield from self._wait(self.env.timeout(self.checkpoint_cost_s()))
             snapshot = Checkpoint(self.done, self.train_gpu_s, self.productive_s)
             gen = self.ckpt_gen
+            write: simpy.Event
             if ck.write_s is not None:
                 write = self.env.timeout(ck.write_s)
             else:

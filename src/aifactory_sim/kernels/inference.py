@@ -35,6 +35,9 @@ F64 = NDArray[np.float64]
 #: fp16 scale and one 4-bit zero point per group of 128 weights, AWQ's defaults (Lin et al.,
 #: "AWQ", MLSys'24; GPTQ, Frantar et al., ICLR'23, uses the same group of 128): 0.5 + 2.5/128.
 WEIGHT_BYTES_PER_PARAM = {"bf16": 2.0, "fp8": 1.0, "int4": 0.5 + 2.5 / 128.0}
+#: Which tensor-core rate a weights precision's GEMMs run at: fp8 weights with fp8 activations
+#: (W8A8) on FP8 tensor cores; int4 weights are dequantised to bf16 inside the GEMM (W4A16).
+FP8_COMPUTE = {"bf16": 0.0, "fp8": 1.0, "int4": 0.0}
 #: Bytes per element of the KV cache (vLLM `kv_cache_dtype` auto = bf16, or fp8 E4M3).
 KV_BYTES_PER_ELEMENT = {"bf16": 2.0, "fp8": 1.0}
 #: Tokens per KV-cache block: vLLM's default PagedAttention block size (Kwon et al., SOSP'23).
@@ -52,10 +55,8 @@ def _f(x: ArrayLike) -> F64:
 
 
 def _lookup(name: ArrayLike, table: dict[str, float], what: str) -> F64:
-    """Vectorised table lookup of precision names; numbers pass through as bytes."""
+    """Vectorised lookup of precision names (a string or an array of strings) in `table`."""
     arr = np.asarray(name)
-    if arr.dtype.kind in "iuf":
-        return arr.astype(np.float64)
     out = np.full(arr.shape, np.nan)
     for key, value in table.items():
         out[arr == key] = value
@@ -243,9 +244,8 @@ def iteration_breakdown(
                        else _f(prefill_seqs))
 
     wbytes = _lookup(precision, WEIGHT_BYTES_PER_PARAM, "precision")
-    is_fp8 = np.asarray(precision) == "fp8" if np.asarray(precision).dtype.kind in "UO" \
-        else np.isclose(wbytes, WEIGHT_BYTES_PER_PARAM["fp8"])
-    gemm_peak = np.where(is_fp8, _f(g["fp8_flops"]), _f(g["bf16_flops"]))
+    fp8 = _lookup(precision, FP8_COMPUTE, "precision") > 0
+    gemm_peak = np.where(fp8, _f(g["fp8_flops"]), _f(g["bf16_flops"]))
     bf16_peak = _f(g["bf16_flops"])
     flop_eff = _f(g["prefill_gemm_efficiency"])
     hbm_bw = _f(g["hbm_bytes_per_s"]) * _f(g["decode_hbm_efficiency"])
@@ -266,7 +266,7 @@ def iteration_breakdown(
 
     # --- output layer and sampler ---
     head_flops = 2.0 * sampled * s["h"] * s["V"] / t
-    head_bytes = (2.0 * s["V"] * s["h"] + 8.0 * sampled * s["V"]) / t
+    head_bytes = (np.where(sampled > 0, 2.0 * s["V"] * s["h"], 0.0) + 8.0 * sampled * s["V"]) / t
     nvlink_bw = _f(g["nvlink_bytes_per_s"]) * _f(g["nvlink_efficiency"])
     alpha = _f(g["nvlink_alpha_s"])
     head_s = (np.maximum(head_flops / (bf16_peak * flop_eff), head_bytes / hbm_bw)
@@ -287,8 +287,8 @@ def iteration_breakdown(
     # --- tensor parallelism: 2 all-reduces of the layer output per layer ---
     tp_s = 2.0 * s["l"] * ring_allreduce_s(ACT_BYTES * n_tok * s["h"], t, nvlink_bw, alpha)
 
-    overhead = np.broadcast_to(_f(g["iteration_overhead_s"]), np.shape(gemm_s)).astype(np.float64)
-    total = gemm_s + head_s + attn_s + ew_s + tp_s + overhead
+    total = gemm_s + head_s + attn_s + ew_s + tp_s + _f(g["iteration_overhead_s"])
+    overhead = np.broadcast_to(_f(g["iteration_overhead_s"]), np.shape(total)).astype(np.float64)
     return {"iteration_time_s": total, "gemm_s": gemm_s, "lm_head_s": head_s,
             "attention_s": attn_s, "elementwise_s": ew_s, "tp_comm_s": tp_s,
             "overhead_s": overhead}
@@ -353,21 +353,18 @@ def offline_steady_state(
                               max_batched_tokens=max_batched_tokens, max_num_seqs=max_num_seqs)
            if kv_capacity is None else _f(kv_capacity))
     dec = np.maximum(o_len - 1.0, 0.0)  # decode iterations per request: prefill samples the first
+    resid = np.maximum(1.0, i_len / tok_cap)  # iterations a prompt spends in prefill, at least
     half_block = (BLOCK_TOKENS - 1) / 2.0
     full = np.ceil((i_len + o_len) / BLOCK_TOKENS) * BLOCK_TOKENS
     reserve = np.asarray(reserve_full_sequence, dtype=bool)
     kv_decoding = np.where(reserve, full, i_len + o_len / 2.0 + half_block)
     kv_prefilling = np.where(reserve, full, i_len + half_block)
 
-    # lam requests per iteration; running = lam dec + max(lam, 1) (a prompt longer than an
-    # iteration's prefill share stays one iteration per lam^-1 in prefill, Little's law).
-    lam_tokens = tok_cap / (i_len + dec)
-    big = np.maximum(dec, 1e-300)
-    lam_seqs = np.where(seqs_cap >= o_len, seqs_cap / o_len, (seqs_cap - 1.0) / big)
-    per_req = dec * kv_decoding + kv_prefilling
-    lam_kv = np.where(cap >= per_req, cap / per_req,
-                      (cap - kv_prefilling) / np.maximum(dec * kv_decoding, 1e-300))
-    lam_all = np.stack(np.broadcast_arrays(lam_tokens, lam_seqs, lam_kv))
+    lam_all = np.stack(np.broadcast_arrays(
+        tok_cap / (i_len + dec),                                   # token budget
+        seqs_cap / (dec + resid),                                  # max_num_seqs
+        cap / (dec * kv_decoding + resid * kv_prefilling),         # KV cache
+    ))
     binding = np.argmin(lam_all, axis=0)
     lam = np.maximum(np.min(lam_all, axis=0), 0.0)
 
@@ -380,14 +377,12 @@ def offline_steady_state(
         precision=precision, kv_precision=kv_precision,
     )
     t_iter = bd["iteration_time_s"]
-    running = decode + np.where(lam > 0, np.maximum(lam, 1.0), 0.0)
     return {
         "requests_per_iteration": lam,
         "decode_seqs": decode,
         "prefill_tokens": prefill,
-        "running_seqs": running,
-        "kv_tokens": decode * kv_decoding + np.where(lam > 0, np.maximum(lam, 1.0), 0.0)
-        * kv_prefilling,
+        "running_seqs": decode + lam * resid,
+        "kv_tokens": decode * kv_decoding + lam * resid * kv_prefilling,
         "kv_capacity_tokens": np.broadcast_to(cap, np.shape(lam)).astype(np.float64),
         "binding": binding,
         "iteration_time_s": t_iter,
@@ -417,22 +412,28 @@ def offline_throughput_tokens_s(
     Model. The scheduler (vLLM's, with chunked prefill: running decodes first, then prefill chunks
     within the token budget) keeps the replica as full as its three limits allow; with N much
     larger than the concurrency, requests start and finish at a steady rate of lam per iteration
-    and their ages spread evenly. Each request prefills its I tokens (the iteration that finishes
-    the prompt samples its first token) and then decodes for O - 1 iterations, so an iteration
-    holds D = lam (O - 1) decoding sequences and P = lam I prefill tokens, and max(lam, 1)
-    sequences in prefill (Little's law). lam is the largest rate the limits admit:
-        token budget   P + D <= max_batched_tokens
-        sequences      D + max(lam, 1) <= max_num_seqs
-        KV cache       D kv_dec + max(lam, 1) kv_pre <= C,
-    where C = `kv_capacity_tokens` and kv_dec is a decoding sequence's mean footprint: I + O/2
-    tokens plus half a block (vLLM allocates blocks as tokens arrive, so in steady state the cache
-    fills with sequences of every age); with `reserve_full_sequence` (TensorRT-LLM's
-    GUARANTEED_NO_EVICT capacity scheduler, which admits a request only when blocks for I + O are
-    free) kv_dec = kv_pre = I + O rounded up to whole blocks. More concurrency never lowers
-    throughput here (an iteration's cost is affine in its work, with a fixed part), so the binding
-    limit sets lam. The decoding sequences' contexts average I + O/2 and each prompt's causal
-    attention covers I (I + 1)/2 query-key pairs; `iteration_time_s` of that iteration, t, gives
+    and their ages spread evenly. Each request spends r = max(1, I / max_batched_tokens)
+    iterations in prefill (the iteration that finishes the prompt samples its first token) and
+    O - 1 decoding, so by Little's law an iteration holds D = lam (O - 1) decoding sequences,
+    lam r sequences in prefill and P = lam I prefill tokens. lam is the largest rate the limits
+    admit, each linear in lam:
+        token budget   P + D = lam (I + O - 1) <= max_batched_tokens
+        sequences      lam (O - 1 + r) <= max_num_seqs
+        KV cache       lam ((O - 1) kv_dec + r kv_pre) <= C,
+    where C = `kv_capacity_tokens`, kv_dec a decoding sequence's mean footprint, I + O/2 tokens
+    plus half a block (vLLM allocates blocks as tokens arrive, so the cache fills with sequences
+    of every age), and kv_pre = I plus half a block. With `reserve_full_sequence` (TensorRT-LLM's
+    GUARANTEED_NO_EVICT capacity scheduler admits a request only when blocks for all I + O
+    tokens are free) both are I + O rounded up to whole blocks. The binding limit sets lam: every
+    phase of an iteration costs max(alpha lam, beta), alpha lam or beta (alpha, beta >= 0), so
+    t / lam never grows with lam and more concurrency never lowers throughput. The decoding
+    sequences' contexts average I + O/2 (decode step j attends to I + j tokens, j = 1..O-1) and
+    each prompt's causal attention covers I (I + 1)/2 query-key pairs. With t the
+    `iteration_time_s` of that mean iteration,
         throughput = lam O / t.
+    The mean iteration stands for the mix of iterations: exact while every phase stays on one
+    side of its roofline, optimistic otherwise (max is convex), e.g. with a handful of sequences
+    whose iterations alternate between compute-bound prefill and memory-bound decode.
     Not modelled: the ramp-up and drain of a finite N (a few per cent when N is 5-10x the
     concurrency), preemptions (none in this steady state: finishing requests free blocks as fast
     as the running ones grow), and prefix caching.
