@@ -212,18 +212,20 @@ def iteration_breakdown(
 
     Per GPU of the replica, with N = P + D tokens (P prefill tokens, D decoding sequences) and S
     sequences sampled (D plus the prefills that finish):
-    - gemm: the blocks' linear layers, 2 N l (h (h + 2gd) + h^2 + n_ffn h f k) / t FLOPs at the
-      weights precision's peak (fp8: FP8 tensor cores, W8A8; int4: W4A16 at the BF16 peak), against
-      the weights read once (for a MoE, the experts the N tokens touch, E (1 - (1 - k/E)^N) per
-      layer) plus each GEMM's bf16 inputs and outputs; the larger of the two.
+    - gemm: the blocks' linear layers, 2 N l (h (h + 2gd) + h^2 + n_ffn h f k [+ h E router]) / t
+      FLOPs at the weights precision's peak (fp8: FP8 tensor cores, W8A8; int4: W4A16 at the
+      BF16 peak), against the weights read once (for a MoE, the experts the N tokens touch,
+      E (1 - (1 - k/E)^N) per layer) plus each GEMM's bf16 inputs and outputs; the larger.
     - lm_head: 2 S h V / t bf16 FLOPs against its bf16 weights (V h / t x 2 B) plus fp32 logits
       written and read by the sampler (8 V / t B per sampled row); with t > 1 the logits are
       gathered (ring all-gather).
     - attention: decode reads the KV cache of every decoding sequence's context,
       context_tokens x kv_bytes_per_token / t, and does 4 h l per context token (QK^T and AV over
-      the query heads; GQA shrinks bytes, not FLOPs), memory-bound; prefill (flash attention, as
-      Megatron counts it: 4 h l per query-key pair) at the BF16 peak, compute-bound; the new
-      tokens' K and V are written.
+      the query heads; GQA shrinks bytes, not FLOPs), memory-bound; prefill at the BF16 peak,
+      compute-bound: 4 h l per query-key pair (Megatron's count, Narayanan et al. SC'21) over
+      the causal pairs only, which flash attention skips to; the new tokens' K and V are
+      written. Reading a chunk's cached prefix is not counted (prefill attention's arithmetic
+      intensity is the chunk length, far above the ridge).
     - elementwise: fused residual-add + RMSNorm twice per layer (8h bf16 elements per token,
       replicated over tensor ranks), rotary embedding of q and k (2 (h + g d) / t), the FFN
       activation ((n_ffn) f k / t: read gate and up, write the product), memory-bound.
