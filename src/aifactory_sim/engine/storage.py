@@ -24,16 +24,20 @@ DONE_S = 1e-6
 
 def max_min_share(capacity: float, caps: np.ndarray) -> np.ndarray:
     """Rates for flows with demands `caps` (inf = unbounded) sharing `capacity`."""
-    caps = np.asarray(caps, dtype=np.float64)
-    n = caps.size
-    rates = np.zeros(n)
-    if n == 0:
-        return rates
-    order = np.argsort(caps, kind="stable")
-    left = float(capacity)
-    for i, idx in enumerate(order):
-        fair = left / (n - i)
-        rates[idx] = min(caps[idx], fair)
+    return np.asarray(_share(float(capacity), [float(c) for c in np.ravel(caps)]),
+                      dtype=np.float64)
+
+
+def _share(capacity: float, caps: list[float]) -> list[float]:
+    """Water-filling on plain floats: the engine calls it at every flow start and end, for a
+    handful of flows, where numpy's per-call cost would dominate."""
+    if sum(caps) <= capacity:  # no contention: everyone gets its cap
+        return list(caps)
+    n = len(caps)
+    rates = [0.0] * n
+    left = capacity
+    for i, idx in enumerate(sorted(range(n), key=caps.__getitem__)):
+        rates[idx] = min(caps[idx], left / (n - i))
         left -= rates[idx]
     return rates
 
@@ -107,7 +111,7 @@ class SharedStorage:
 
     def _reshare(self, direction: str) -> None:
         flows = self.flows[direction]
-        rates = max_min_share(self.capacity[direction], np.array([f.cap for f in flows]))
+        rates = _share(self.capacity[direction], [f.cap for f in flows])
         for f, r in zip(flows, rates, strict=True):
             changed = r != f.rate
             f.rate = float(r)
