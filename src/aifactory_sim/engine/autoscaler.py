@@ -277,7 +277,7 @@ class KPAPolicy:
         over = dppc / ready_pods >= s.panic_threshold_percent / 100.0
         if over:
             self._panic_since = now
-        elif self._panic_since is not None and self._panic_since + s.stable_window_s <= now:
+        elif self._panic_since is not None and self._panic_since + s.stable_window_s < now:
             self._panic_since = None
             self._max_panic_pods = 0
 
