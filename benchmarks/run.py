@@ -326,13 +326,13 @@ def bench_year(quick: bool) -> dict[str, Any]:
 
 
 BENCHMARKS: dict[str, Callable[[bool], dict[str, Any]]] = {
-    "sim-failures": bench_failures,
-    "sim-year-100k": bench_year,
     "estimate": lambda q: bench_estimate(q, string_modes=False),
     "estimate-auto": lambda q: bench_estimate(q, string_modes=True),
     "plan": bench_plan,
     "sim-fast": lambda q: bench_sim(q, "fast"),
     "sim-step": lambda q: bench_sim(q, "step"),
+    "sim-failures": bench_failures,
+    "sim-year-100k": bench_year,
 }
 
 
