@@ -135,17 +135,9 @@ def test_fp8_uses_fp8_peak_and_a100_has_none() -> None:
 
 
 def test_bad_recompute_lists_modes() -> None:
+    kw = dict(tp=8, pp=1, dp=1, seq_len=4096, global_batch_seqs=8)
     with pytest.raises(ValueError, match="auto, none, selective, full"):
-        af.estimate_training(
-            "llama3-8b",
-            "H100-SXM",
-            tp=8,
-            pp=1,
-            dp=1,
-            seq_len=4096,
-            global_batch_seqs=8,
-            recompute="some",
-        )
+        af.estimate_training("llama3-8b", "H100-SXM", recompute="some", **kw)
 
 
 @settings(max_examples=60, deadline=None)

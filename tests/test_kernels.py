@@ -154,13 +154,26 @@ def test_param_count_megatron_eq2(row: pd.Series) -> None:
 
 # --- memory: Korthikanti et al. 2022 ------------------------------------------------------------
 
-MEMORY_BASE = dict(
+# memory_per_gpu's arguments for one GPU holding the whole model with one microbatch in flight,
+# no parallelism and no ZeRO; each test overrides what it varies.
+MEMORY_BASE: dict[str, Any] = dict(
+    tp=1,
+    pp=1,
     dp=1,
     cp=1,
+    seq_len=4096,
+    microbatch_seqs=1,
     microbatches=1,
     interleave=1,
+    recompute=2,
     zero_stage=0,
+    flash_attention=True,
+    sequence_parallel=True,
 )
+
+
+def memory(m: dict[str, Any], **overrides: Any) -> dict[str, Any]:
+    return memory_per_gpu(m, **{**MEMORY_BASE, **overrides})
 
 
 @pytest.mark.parametrize(
@@ -183,16 +196,14 @@ def test_activation_memory_korthikanti(
     n: int, h: int, a: int, v: int, s: int, t: int, recompute: int, seqpar: bool, per_layer: Any
 ) -> None:
     mb = 2
-    mem = memory_per_gpu(
+    mem = memory(
         gpt(n, h, a, v),
         tp=t,
-        pp=1,
         seq_len=s,
         microbatch_seqs=mb,
         recompute=recompute,
         flash_attention=False,
         sequence_parallel=seqpar,
-        **MEMORY_BASE,
     )
     # pp = 1 and one microbatch in flight: all n layers' activations, plus (the model's own
     # addition, not in Korthikanti) the last stage's fp32 logits of one microbatch, 4 s b V / t.
@@ -210,18 +221,15 @@ def test_pipeline_first_stage_holds_p_microbatches(p: int, v: int) -> None:
     # l/p layers, the whole model's worth: s b h l (10 + 24/t + 5 a s/(h t)); interleaving
     # multiplies that by 1 + (p-1)/(p v). Needs microbatches >= p.
     n, h, a, v_, s, b, t = 96, 12288, 96, 51200, 2048, 1, 8
-    mem = memory_per_gpu(
+    mem = memory(
         gpt(n, h, a, v_),
         tp=t,
         pp=p,
-        dp=1,
-        cp=1,
         seq_len=s,
         microbatch_seqs=b,
         microbatches=4 * p,
         interleave=v,
         recompute=0,
-        zero_stage=0,
         flash_attention=False,
         sequence_parallel=False,
     )
@@ -235,21 +243,7 @@ def test_one_gpu_holds_every_parameter(name: str) -> None:
     # tp = pp = 1: the one stage holds the whole model (embedding and any untied output layer);
     # the kernel omits only the final norm's h weights.
     m = as_model(name).kernel_args()
-    mem = memory_per_gpu(
-        m,
-        tp=1,
-        pp=1,
-        dp=1,
-        cp=1,
-        seq_len=4096,
-        microbatch_seqs=1,
-        microbatches=1,
-        interleave=1,
-        recompute=2,
-        zero_stage=0,
-        flash_attention=True,
-        sequence_parallel=True,
-    )
+    mem = memory(m, tp=1, pp=1)
     assert mem["params_per_gpu"] == pytest.approx(float(param_count(m)) - m["hidden"], rel=1e-12)
 
 
@@ -260,21 +254,7 @@ def test_zero_state_bytes(zero: int) -> None:
     # bytes.
     d = 16
     m = as_model("llama3-70b").kernel_args()
-    mem = memory_per_gpu(
-        m,
-        tp=8,
-        pp=4,
-        dp=d,
-        cp=1,
-        seq_len=8192,
-        microbatch_seqs=1,
-        microbatches=8,
-        interleave=1,
-        recompute=2,
-        zero_stage=zero,
-        flash_attention=True,
-        sequence_parallel=True,
-    )
+    mem = memory(m, tp=8, pp=4, dp=d, seq_len=8192, microbatches=8, zero_stage=zero)
     per_param = (
         (2 / d if zero >= 3 else 2) + (4 / d if zero >= 2 else 4) + (12 / d if zero >= 1 else 12)
     )
@@ -283,31 +263,48 @@ def test_zero_state_bytes(zero: int) -> None:
 
 # --- step time: closed-form pieces --------------------------------------------------------------
 
+# step_time's arguments for tp 8 in one 8-GPU node, no pipeline, data or context parallelism,
+# full recompute, no ZeRO, 50 GB/s NICs on a non-blocking fabric, overlapped gradient reduction
+# and no data loading; each test overrides what it varies.
+STEP_BASE: dict[str, Any] = dict(
+    tp=8,
+    pp=1,
+    dp=1,
+    cp=1,
+    seq_len=8192,
+    global_batch_seqs=64,
+    microbatch_seqs=1,
+    interleave=1,
+    recompute=2,
+    zero_stage=0,
+    gpus_per_node=8,
+    nic_bytes_per_s=50e9,
+    net_alpha_s=5e-6,
+    cross_leaf_slowdown=1.0,
+    overlap_dp=True,
+    data_bytes_per_step=0.0,
+    data_bytes_per_s=np.inf,
+)
+
+
+def step(m: dict[str, Any], g: dict[str, Any], **overrides: Any) -> dict[str, Any]:
+    return step_time(m, g, **{**STEP_BASE, **overrides})
+
 
 @pytest.mark.parametrize(("p", "v", "m"), [(2, 1, 8), (4, 2, 8), (8, 1, 32), (8, 4, 16)])
 def test_pipeline_bubble_fraction(p: int, v: int, m: int) -> None:
     # Narayanan et al. Sec. 2.2: bubble / ideal time = (p-1)/m, interleaved (p-1)/(v m).
     d, b = 4, 1
-    r = step_time(
+    r = step(
         gpt(48, 8192, 64),
         gpu_args("A100-SXM-80GB"),
-        tp=8,
         pp=p,
         dp=d,
-        cp=1,
         seq_len=2048,
         global_batch_seqs=m * d * b,
         microbatch_seqs=b,
         interleave=v,
-        recompute=2,
-        zero_stage=0,
-        gpus_per_node=8,
         nic_bytes_per_s=25e9,
-        net_alpha_s=5e-6,
-        cross_leaf_slowdown=1.0,
-        overlap_dp=True,
-        data_bytes_per_step=0.0,
-        data_bytes_per_s=np.inf,
     )
     ideal = r["compute_s"] + r["tp_comm_s"] + r["cp_comm_s"] + r["pp_comm_s"]
     assert r["microbatches"] == m
@@ -321,26 +318,16 @@ def test_gemm_time_is_hardware_flops_at_calibrated_rate(recompute: int, name: st
     # above), split over t x d GPUs, at peak x gemm_efficiency, whatever is recomputed.
     m, g = as_model(name).kernel_args(), gpu_args("H100-SXM")
     t, d, s, bsz = 8, 4, 4096, 32
-    r = step_time(
+    r = step(
         m,
         g,
         tp=t,
-        pp=1,
         dp=d,
-        cp=1,
         seq_len=s,
         global_batch_seqs=bsz,
         microbatch_seqs=2,
-        interleave=1,
         recompute=recompute,
         zero_stage=1,
-        gpus_per_node=8,
-        nic_bytes_per_s=50e9,
-        net_alpha_s=5e-6,
-        cross_leaf_slowdown=1.0,
-        overlap_dp=True,
-        data_bytes_per_step=0.0,
-        data_bytes_per_s=np.inf,
     )
     _, hw = step_flops(m, s, bsz, recompute)
     rate = g["peak_flops"] * g["gemm_efficiency"]
@@ -355,26 +342,17 @@ def test_tensor_parallel_traffic(recompute: int, n_allreduce: int, t: int) -> No
     # all-reduces over NVLink at line rate x efficiency, alpha per hop.
     m, g = gpt(48, 8192, 64), gpu_args("A100-SXM-80GB")
     p, d, b, s, micro = 4, 2, 2, 2048, 8
-    r = step_time(
+    r = step(
         m,
         g,
         tp=t,
         pp=p,
         dp=d,
-        cp=1,
         seq_len=s,
         global_batch_seqs=micro * d * b,
         microbatch_seqs=b,
-        interleave=1,
         recompute=recompute,
-        zero_stage=0,
-        gpus_per_node=8,
         nic_bytes_per_s=25e9,
-        net_alpha_s=5e-6,
-        cross_leaf_slowdown=1.0,
-        overlap_dp=True,
-        data_bytes_per_step=0.0,
-        data_bytes_per_s=np.inf,
     )
     bw, alpha, nbytes = g["nvlink_bytes_per_s"] * g["nvlink_efficiency"], 1e-6, 2 * b * s * 8192
     one = 2 * (t - 1) * alpha + 2 * nbytes * (t - 1) / (t * bw)
@@ -389,27 +367,7 @@ def test_dp_allreduce_without_overlap_is_a_ring_over_the_nics() -> None:
     g = gpu_args("H100-SXM")
     d, nic, alpha = 16, 50e9, 5e-6
     m = as_model("llama3-8b").kernel_args()
-    r = step_time(
-        m,
-        g,
-        tp=8,
-        pp=1,
-        dp=d,
-        cp=1,
-        seq_len=8192,
-        global_batch_seqs=64,
-        microbatch_seqs=1,
-        interleave=1,
-        recompute=2,
-        zero_stage=0,
-        gpus_per_node=8,
-        nic_bytes_per_s=nic,
-        net_alpha_s=alpha,
-        cross_leaf_slowdown=1.0,
-        overlap_dp=False,
-        data_bytes_per_step=0.0,
-        data_bytes_per_s=np.inf,
-    )
+    r = step(m, g, tp=8, dp=d, nic_bytes_per_s=nic, net_alpha_s=alpha, overlap_dp=False)
     n = 4 * (float(param_count(m)) - m["hidden"]) / 8
     bw = nic * g["net_efficiency"]
     expected = 2 * (d - 1) * alpha + 2 * n * (d - 1) / (d * bw)
@@ -417,28 +375,12 @@ def test_dp_allreduce_without_overlap_is_a_ring_over_the_nics() -> None:
 
 
 def test_data_stall_is_what_the_loader_cannot_hide() -> None:
-    kw = dict(
-        tp=8,
-        pp=1,
-        dp=2,
-        cp=1,
-        seq_len=4096,
-        global_batch_seqs=32,
-        microbatch_seqs=1,
-        interleave=1,
-        recompute=0,
-        zero_stage=1,
-        gpus_per_node=8,
-        nic_bytes_per_s=50e9,
-        net_alpha_s=5e-6,
-        cross_leaf_slowdown=1.0,
-        overlap_dp=True,
-    )
+    kw = dict(dp=2, seq_len=4096, global_batch_seqs=32, recompute=0, zero_stage=1)
     m, g = as_model("llama3-8b").kernel_args(), gpu_args("H100-SXM")
-    fast = step_time(m, g, data_bytes_per_step=1e9, data_bytes_per_s=np.inf, **kw)
+    fast = step(m, g, data_bytes_per_step=1e9, data_bytes_per_s=np.inf, **kw)
     busy = float(fast["step_time_s"])
     assert fast["data_stall_s"] == 0.0
-    slow = step_time(m, g, data_bytes_per_step=1e9, data_bytes_per_s=1e9 / (3 * busy), **kw)
+    slow = step(m, g, data_bytes_per_step=1e9, data_bytes_per_s=1e9 / (3 * busy), **kw)
     assert slow["step_time_s"] == pytest.approx(3 * busy, rel=1e-12)
     assert slow["data_stall_s"] == pytest.approx(2 * busy, rel=1e-12)
 
@@ -455,26 +397,18 @@ def _table1_kernel_call() -> tuple[pd.DataFrame, dict[str, Any], np.ndarray, np.
     tp, pp = df.tp.to_numpy(), df.pp.to_numpy()
     dp = df.gpus.to_numpy() // (tp * pp)
     bsz = df.batch_seqs.to_numpy()
-    r = step_time(
+    r = step(
         m,
         g,
         tp=tp,
         pp=pp,
         dp=dp,
-        cp=1,
         seq_len=2048,
         global_batch_seqs=bsz,
         microbatch_seqs=df.microbatch_seqs.to_numpy(),
         interleave=df.interleave.to_numpy(),
-        recompute=2,
-        zero_stage=0,
-        gpus_per_node=8,
         nic_bytes_per_s=200e9 / 8,
-        net_alpha_s=5e-6,
-        cross_leaf_slowdown=1.0,
         overlap_dp=(df.ddp == "torch").to_numpy(),
-        data_bytes_per_step=0.0,
-        data_bytes_per_s=np.inf,
     )
     _, hw_flops = step_flops(m, 2048, bsz, 2)
     tflops = hw_flops / df.gpus.to_numpy() / r["step_time_s"] / 1e12
@@ -686,25 +620,7 @@ def test_zero3_gathers_and_the_reduction_share_one_window() -> None:
     # top, so slowing NVLink 100x (longer microbatches, a longer window) cut the step from
     # 219.5 s to 196.7 s. Now the step can only get longer.
     m, g = as_model("llama3-70b").kernel_args(), gpu_args("H100-SXM")
-    kw = dict(
-        tp=8,
-        pp=1,
-        dp=16,
-        cp=1,
-        seq_len=8192,
-        global_batch_seqs=64,
-        microbatch_seqs=1,
-        interleave=1,
-        recompute=2,
-        zero_stage=3,
-        gpus_per_node=8,
-        nic_bytes_per_s=1e9,
-        net_alpha_s=5e-6,
-        cross_leaf_slowdown=1.0,
-        overlap_dp=True,
-        data_bytes_per_step=0.0,
-        data_bytes_per_s=np.inf,
-    )
+    kw = {**STEP_BASE, "dp": 16, "zero_stage": 3, "nic_bytes_per_s": 1e9}
     times = [
         _t(m, {**g, "nvlink_bytes_per_s": g["nvlink_bytes_per_s"] * f}, kw)
         for f in (1.0, 0.5, 0.1, 0.01)
@@ -728,8 +644,9 @@ def test_array_call_equals_scalar_calls() -> None:
         for z in (0, 1, 3)
         if not (v > 1 and pp == 1)
     ]
-    a = np.array([(*g[:6], g[7]) for g in grid])
-    rc = np.array([g[6] for g in grid])
+    # The grid's columns, in order: one array each for the vectorised call.
+    keys = ("tp", "pp", "dp", "cp", "microbatch_seqs", "interleave", "recompute", "zero_stage")
+    columns = {k: np.array([g[j] for g in grid]) for j, k in enumerate(keys)}
     common = dict(
         seq_len=8192,
         global_batch_seqs=64,
@@ -740,19 +657,7 @@ def test_array_call_equals_scalar_calls() -> None:
         data_bytes_per_token=4.0,
         data_gb_s=5,
     )
-    vec = af.estimate_training(
-        "llama3-70b",
-        "H100-SXM",
-        tp=a[:, 0],
-        pp=a[:, 1],
-        dp=a[:, 2],
-        cp=a[:, 3],
-        microbatch_seqs=a[:, 4],
-        interleave=a[:, 5],
-        recompute=rc,
-        zero_stage=a[:, 6],
-        **common,
-    )
+    vec = af.estimate_training("llama3-70b", "H100-SXM", **columns, **common)
     fields = (
         "step_time_s",
         "tokens_per_s",
@@ -763,20 +668,9 @@ def test_array_call_equals_scalar_calls() -> None:
         "microbatches",
     )
     assert len(set(vec.recompute)) == 3  # the grid exercises every mode, auto included
-    for i, (tp, pp, dp, cp, mb, v, r, z) in enumerate(grid):
-        one = af.estimate_training(
-            "llama3-70b",
-            "H100-SXM",
-            tp=tp,
-            pp=pp,
-            dp=dp,
-            cp=cp,
-            microbatch_seqs=mb,
-            interleave=v,
-            recompute=r,
-            zero_stage=z,
-            **common,
-        )
+    for i, layout in enumerate(grid):
+        args = dict(zip(keys, layout, strict=True))
+        one = af.estimate_training("llama3-70b", "H100-SXM", **args, **common)
         for f in fields:
             assert getattr(one, f) == pytest.approx(getattr(vec, f)[i], rel=1e-12), (grid[i], f)
         for k, x in one.breakdown.items():
