@@ -106,3 +106,16 @@ def test_tiers_agree_and_limits_hold(seed, seqs, kv):
         assert r.arrival_s <= r.admitted_s <= r.first_token_s <= r.finish_s
     assert max(len(fast.running), 0) <= seqs
     assert fast.kv_blocks == int(kv // BLOCK_TOKENS)
+
+
+def test_the_bound_iteration_model_is_the_kernel():
+    from aifactory_sim.kernels.inference import IterationModel
+
+    bound = IterationModel(MODEL, G, precision="fp8", kv_precision="fp8")
+    rng = np.random.default_rng(3)
+    pre = rng.integers(0, 4000, 50).astype(float)
+    n = rng.integers(0, 200, 50).astype(float)
+    ctx = n * rng.integers(1, 3000, 50)
+    pre_ctx = pre * (pre + 1) / 2
+    fin = (pre > 0).astype(float)
+    assert np.array_equal(bound(pre, n, ctx, pre_ctx, fin), kernel_time(pre, n, ctx, pre_ctx, fin))

@@ -236,64 +236,105 @@ def iteration_breakdown(
     FLOP-bound phases run at `prefill_gemm_efficiency` of peak, byte-bound ones at
     `decode_hbm_efficiency` of HBM bandwidth.
     """
-    s = _shape(m)
-    t = _f(tp)
-    p_tok, d_seq, ctx = _f(prefill_tokens), _f(decode_seqs), _f(context_tokens)
-    n_tok = p_tok + d_seq
+    p_tok = _f(prefill_tokens)
     pre_ctx = (prefill_context_tokens(p_tok) if prefill_context is None
                else _f(prefill_context))
-    sampled = d_seq + (np.where(p_tok > 0, 1.0, 0.0) if prefill_seqs is None
-                       else _f(prefill_seqs))
+    sampled = _f(decode_seqs) + (np.where(p_tok > 0, 1.0, 0.0) if prefill_seqs is None
+                                 else _f(prefill_seqs))
+    c = _iteration_constants(m, g, tp=tp, precision=precision, kv_precision=kv_precision)
+    return _iteration_phases(c, p_tok, _f(decode_seqs), _f(context_tokens), pre_ctx, sampled)
 
+
+def _iteration_constants(
+    m: Mapping[str, Any], g: Mapping[str, Any], *, tp: ArrayLike, precision: ArrayLike,
+    kv_precision: ArrayLike,
+) -> dict[str, F64]:
+    """Everything in an iteration's time that does not depend on the batch (see
+    `iteration_breakdown`), computed once per replica configuration."""
+    s = _shape(m)
+    t = _f(tp)
     wbytes = _lookup(precision, WEIGHT_BYTES_PER_PARAM, "precision")
     fp8 = _lookup(precision, FP8_COMPUTE, "precision") > 0
     gemm_peak = np.where(fp8, _f(g["fp8_flops"]), _f(g["bf16_flops"]))
-    bf16_peak = _f(g["bf16_flops"])
     flop_eff = _f(g["prefill_gemm_efficiency"])
-    hbm_bw = _f(g["hbm_bytes_per_s"]) * _f(g["decode_hbm_efficiency"])
-
-    # --- linear layers of the transformer blocks ---
     e, k = s["E"], s["k"]
-    experts_touched = e * (1.0 - (1.0 - k / e) ** n_tok)
-    layer_weights = _attention_params(s) + experts_touched * _expert_params(s)
-    gemm_flops = 2.0 * n_tok * s["l"] * (_attention_params(s) + k * _expert_params(s)
-                                         + np.where(e > 1, s["h"] * e, 0.0)) / t
     n_up = s["n_ffn"] - 1.0  # up-projection matrices (gate and up for SwiGLU)
     gemm_io = (s["h"] + (s["h"] + 2.0 * s["kv"]) / t          # QKV in, out
                + s["h"] / t + s["h"]                            # output projection in, out
                + s["h"] + n_up * s["f"] * k / t                 # FFN up in, out
                + s["f"] * k / t + s["h"])                       # FFN down in, out
-    gemm_bytes = s["l"] * (layer_weights * wbytes / t + n_tok * gemm_io * ACT_BYTES)
-    gemm_s = np.maximum(gemm_flops / (gemm_peak * flop_eff), gemm_bytes / hbm_bw)
+    ew = (8.0 * s["h"] + (2.0 * (s["h"] + s["kv"]) + s["n_ffn"] * s["f"] * k) / t) * ACT_BYTES
+    return {
+        "t": t, "l": s["l"], "h": s["h"], "V": s["V"], "E": e, "k": k,
+        "attn_params": _attention_params(s), "expert_params": _expert_params(s),
+        "router": np.where(e > 1, s["h"] * e, 0.0), "wbytes": wbytes,
+        "gemm_peak_eff": gemm_peak * flop_eff, "bf16_peak_eff": _f(g["bf16_flops"]) * flop_eff,
+        "gemm_io_bytes": gemm_io * ACT_BYTES, "ew_bytes": ew,
+        "hbm_bw": _f(g["hbm_bytes_per_s"]) * _f(g["decode_hbm_efficiency"]),
+        "nvlink_bw": _f(g["nvlink_bytes_per_s"]) * _f(g["nvlink_efficiency"]),
+        "alpha": _f(g["nvlink_alpha_s"]),
+        "kv_tok": kv_bytes_per_token(m, kv_precision, tp) / t,
+        "overhead": _f(g["iteration_overhead_s"]),
+    }
+
+
+def _iteration_phases(c: Mapping[str, F64], p_tok: F64, d_seq: F64, ctx: F64, pre_ctx: F64,
+                      sampled: F64) -> dict[str, F64]:
+    """The phases of `iteration_breakdown` from `_iteration_constants` and the batch."""
+    t, l, h, V = c["t"], c["l"], c["h"], c["V"]
+    n_tok = p_tok + d_seq
+
+    # --- linear layers of the transformer blocks ---
+    e, k = c["E"], c["k"]
+    experts_touched = e * (1.0 - (1.0 - k / e) ** n_tok)
+    layer_weights = c["attn_params"] + experts_touched * c["expert_params"]
+    gemm_flops = 2.0 * n_tok * l * (c["attn_params"] + k * c["expert_params"] + c["router"]) / t
+    gemm_bytes = l * (layer_weights * c["wbytes"] / t + n_tok * c["gemm_io_bytes"])
+    gemm_s = np.maximum(gemm_flops / c["gemm_peak_eff"], gemm_bytes / c["hbm_bw"])
 
     # --- output layer and sampler ---
-    head_flops = 2.0 * sampled * s["h"] * s["V"] / t
-    head_bytes = (np.where(sampled > 0, 2.0 * s["V"] * s["h"], 0.0) + 8.0 * sampled * s["V"]) / t
-    nvlink_bw = _f(g["nvlink_bytes_per_s"]) * _f(g["nvlink_efficiency"])
-    alpha = _f(g["nvlink_alpha_s"])
-    head_s = (np.maximum(head_flops / (bf16_peak * flop_eff), head_bytes / hbm_bw)
-              + ring_allgather_s(4.0 * sampled * s["V"], t, nvlink_bw, alpha))
+    head_flops = 2.0 * sampled * h * V / t
+    head_bytes = (np.where(sampled > 0, 2.0 * V * h, 0.0) + 8.0 * sampled * V) / t
+    head_s = (np.maximum(head_flops / c["bf16_peak_eff"], head_bytes / c["hbm_bw"])
+              + ring_allgather_s(4.0 * sampled * V, t, c["nvlink_bw"], c["alpha"]))
 
     # --- attention core and KV-cache traffic ---
-    kv_tok = kv_bytes_per_token(m, kv_precision, tp) / t
-    decode_attn = np.maximum(4.0 * s["h"] * s["l"] * ctx / t / (bf16_peak * flop_eff),
-                             ctx * kv_tok / hbm_bw)
-    prefill_attn = 4.0 * s["h"] * s["l"] * pre_ctx / t / (bf16_peak * flop_eff)
-    kv_write = n_tok * kv_tok / hbm_bw
+    decode_attn = np.maximum(4.0 * h * l * ctx / t / c["bf16_peak_eff"],
+                             ctx * c["kv_tok"] / c["hbm_bw"])
+    prefill_attn = 4.0 * h * l * pre_ctx / t / c["bf16_peak_eff"]
+    kv_write = n_tok * c["kv_tok"] / c["hbm_bw"]
     attn_s = decode_attn + prefill_attn + kv_write
 
     # --- memory-bound element-wise kernels between the GEMMs ---
-    ew = (8.0 * s["h"] + (2.0 * (s["h"] + s["kv"]) + s["n_ffn"] * s["f"] * k) / t) * ACT_BYTES
-    ew_s = s["l"] * n_tok * ew / hbm_bw
+    ew_s = l * n_tok * c["ew_bytes"] / c["hbm_bw"]
 
     # --- tensor parallelism: 2 all-reduces of the layer output per layer ---
-    tp_s = 2.0 * s["l"] * ring_allreduce_s(ACT_BYTES * n_tok * s["h"], t, nvlink_bw, alpha)
+    tp_s = 2.0 * l * ring_allreduce_s(ACT_BYTES * n_tok * h, t, c["nvlink_bw"], c["alpha"])
 
-    total = gemm_s + head_s + attn_s + ew_s + tp_s + _f(g["iteration_overhead_s"])
-    overhead = np.broadcast_to(_f(g["iteration_overhead_s"]), np.shape(total)).astype(np.float64)
+    total = gemm_s + head_s + attn_s + ew_s + tp_s + c["overhead"]
+    overhead = np.broadcast_to(c["overhead"], np.shape(total)).astype(np.float64)
     return {"iteration_time_s": total, "gemm_s": gemm_s, "lm_head_s": head_s,
             "attention_s": attn_s, "elementwise_s": ew_s, "tp_comm_s": tp_s,
             "overhead_s": overhead}
+
+
+class IterationModel:
+    """`iteration_time_s` with the model, GPU and replica bound: the batch-independent part is
+    computed once, so an engine that asks for every iteration pays only for the batch's part.
+    Same equations, same numbers (`_iteration_phases` serves both)."""
+
+    def __init__(self, m: Mapping[str, Any], g: Mapping[str, Any], *, tp: ArrayLike = 1,
+                 precision: ArrayLike = "bf16", kv_precision: ArrayLike = "bf16"):
+        self.constants = _iteration_constants(m, g, tp=tp, precision=precision,
+                                              kv_precision=kv_precision)
+
+    def __call__(self, prefill_tokens: ArrayLike, decode_seqs: ArrayLike,
+                 context_tokens: ArrayLike, prefill_context: ArrayLike,
+                 prefill_seqs: ArrayLike) -> F64:
+        d_seq = _f(decode_seqs)
+        return _iteration_phases(self.constants, _f(prefill_tokens), d_seq,
+                                 _f(context_tokens), _f(prefill_context),
+                                 d_seq + _f(prefill_seqs))["iteration_time_s"]
 
 
 def iteration_time_s(
