@@ -281,15 +281,16 @@ def _iteration_constants(
 def _iteration_phases(c: Mapping[str, F64], p_tok: F64, d_seq: F64, ctx: F64, pre_ctx: F64,
                       sampled: F64) -> dict[str, F64]:
     """The phases of `iteration_breakdown` from `_iteration_constants` and the batch."""
-    t, l, h, V = c["t"], c["l"], c["h"], c["V"]
+    t, layers, h, V = c["t"], c["l"], c["h"], c["V"]
     n_tok = p_tok + d_seq
 
     # --- linear layers of the transformer blocks ---
     e, k = c["E"], c["k"]
     experts_touched = e * (1.0 - (1.0 - k / e) ** n_tok)
     layer_weights = c["attn_params"] + experts_touched * c["expert_params"]
-    gemm_flops = 2.0 * n_tok * l * (c["attn_params"] + k * c["expert_params"] + c["router"]) / t
-    gemm_bytes = l * (layer_weights * c["wbytes"] / t + n_tok * c["gemm_io_bytes"])
+    active = c["attn_params"] + k * c["expert_params"] + c["router"]  # parameters a token uses
+    gemm_flops = 2.0 * n_tok * layers * active / t
+    gemm_bytes = layers * (layer_weights * c["wbytes"] / t + n_tok * c["gemm_io_bytes"])
     gemm_s = np.maximum(gemm_flops / c["gemm_peak_eff"], gemm_bytes / c["hbm_bw"])
 
     # --- output layer and sampler ---
@@ -299,17 +300,17 @@ def _iteration_phases(c: Mapping[str, F64], p_tok: F64, d_seq: F64, ctx: F64, pr
               + ring_allgather_s(4.0 * sampled * V, t, c["nvlink_bw"], c["alpha"]))
 
     # --- attention core and KV-cache traffic ---
-    decode_attn = np.maximum(4.0 * h * l * ctx / t / c["bf16_peak_eff"],
+    decode_attn = np.maximum(4.0 * h * layers * ctx / t / c["bf16_peak_eff"],
                              ctx * c["kv_tok"] / c["hbm_bw"])
-    prefill_attn = 4.0 * h * l * pre_ctx / t / c["bf16_peak_eff"]
+    prefill_attn = 4.0 * h * layers * pre_ctx / t / c["bf16_peak_eff"]
     kv_write = n_tok * c["kv_tok"] / c["hbm_bw"]
     attn_s = decode_attn + prefill_attn + kv_write
 
     # --- memory-bound element-wise kernels between the GEMMs ---
-    ew_s = l * n_tok * c["ew_bytes"] / c["hbm_bw"]
+    ew_s = layers * n_tok * c["ew_bytes"] / c["hbm_bw"]
 
     # --- tensor parallelism: 2 all-reduces of the layer output per layer ---
-    tp_s = 2.0 * l * ring_allreduce_s(ACT_BYTES * n_tok * h, t, c["nvlink_bw"], c["alpha"])
+    tp_s = 2.0 * layers * ring_allreduce_s(ACT_BYTES * n_tok * h, t, c["nvlink_bw"], c["alpha"])
 
     total = gemm_s + head_s + attn_s + ew_s + tp_s + c["overhead"]
     overhead = np.broadcast_to(c["overhead"], np.shape(total)).astype(np.float64)
