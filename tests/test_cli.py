@@ -121,3 +121,21 @@ def test_the_console_script_runs_the_bundled_default(tmp_path: Path):
     )
     assert bad.returncode == 2
     assert "seed" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_set_below_a_catalog_name_overrides_that_entry(small: Path, capsys):
+    # training.0.model is "llama3-8b": setting a field below it means {base: llama3-8b, ...}.
+    assert main(["run", str(small), "--json", "--no-save",
+                 "--set", "training.0.model.layers=16"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    full = af.run(af.load(small)).summary["training"]["a"]["step_time_s"]
+    assert summary["training"]["a"]["step_time_s"] == pytest.approx(full / 2, rel=0.1)
+    assert main(["validate", str(small), "--set", "cluster.node_pools.0.gpu.hbm_gb=96"]) == 0
+
+
+def test_invalid_yaml_is_one_line(tmp_path: Path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed\n")
+    assert main(["run", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "not valid YAML" in err and err.count("\n") == 1

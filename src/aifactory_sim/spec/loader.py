@@ -28,7 +28,8 @@ def _read(path: Path) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (yaml.YAMLError, json.JSONDecodeError) as exc:
-        raise ScenarioError(f"{path} is not valid YAML/JSON: {exc}") from None
+        where = " ".join(str(exc).split())  # PyYAML's message spans lines: keep one
+        raise ScenarioError(f"{path} is not valid YAML/JSON: {where}") from None
     except UnicodeDecodeError:
         raise ScenarioError(f"{path} is not a UTF-8 text file") from None
     if not isinstance(data, dict):
@@ -70,11 +71,17 @@ def set_path(data: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
             else:
                 if node.get(key) is None:
                     node[key] = {}
+                elif key in CATALOG_REFERENCES and isinstance(node[key], str):
+                    node[key] = {"base": node[key]}  # override a field of a catalog entry
                 node = node[key]
         else:
             parent = ".".join(keys[:i]) or "(top)"
             raise ScenarioError(f"{parent} is a value, not a section: cannot set {path}")
     return out
+
+
+#: Fields that name a catalog entry; setting a field below one overrides that entry's field.
+CATALOG_REFERENCES = ("model", "gpu")
 
 
 def _format_error(err: ValidationError) -> str:
