@@ -17,7 +17,6 @@ import numpy as np
 
 from ..kernels.reliability import weibull_scale
 from ..spec.scenario import COMPONENTS, Exponential, Failures, FixedHours, LognormalHours
-from .cluster import DOWN, FREE, SPARE
 
 if TYPE_CHECKING:
     from .factory import Factory
@@ -107,5 +106,3 @@ class FailureInjector:
             self.records.append(FailureRecord(env.now, pool, node, component, repair_s, job))
             heapq.heappush(self._heap, (env.now + repair_s + self._ttf(), i))
 
-
-__all__ = ["DOWN", "FREE", "SPARE", "FailureInjector", "FailureRecord"]
