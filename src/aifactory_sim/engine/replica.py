@@ -8,236 +8,369 @@ cache allow. The KV cache is paged in blocks of 16 tokens; when the running sequ
 tokens do not fit, the newest running sequence is preempted and recomputed later (its prompt and
 the tokens it generated are prefilled again; vLLM's recompute preemption).
 
-Two tiers share every rule:
+Two tiers share every rule and every number:
 - `step`: one iteration per plan.
-- `fast`: a stretch of decode-only iterations with the same sequences is one plan. Their times
-  come from one vectorised kernel call (the context grows by one token per sequence per
-  iteration), their boundaries from one cumulative sum; the stretch ends at the first sequence
-  to finish or the first iteration whose KV blocks would not fit, and an arrival that could be
-  admitted cuts it at the first boundary at or after the arrival (`searchsorted`). Per-request
-  progress is derived from the number of iterations applied, never token by token.
-Both tiers give the same timestamps up to floating-point summation order.
+- `fast`: a stretch of decode-only iterations with the same sequences is one plan. The
+  iteration time is affine in the summed context (kernels.inference.IterationTable), and the
+  context grows by one token per sequence per iteration, so the stretch's boundaries are an
+  arithmetic series: its end, and the first boundary at or after an arrival (a quadratic's
+  root), are closed forms. The stretch ends at the first sequence to finish (a heap of finish
+  iterations) or the first iteration whose KV blocks would not fit (a binary search over a
+  closed-form block count); an arrival that could be admitted cuts it.
+Nothing is updated token by token or sequence by sequence while decoding: a decoding sequence
+is (iteration it started decoding at, tokens then), and the replica keeps sums over them, so a
+plan costs microseconds whatever the batch. Both tiers give the same timestamps up to the
+floating-point order of a sum.
 
-The driver (the engine, or a test) calls `add` for an arrival, `next_time` for when the current
-plan ends, and `advance` at that time; `records` holds each request's timestamps.
+The driver (the service engine, or a test) calls `add` for a request routed here, `schedule`
+when the replica is idle, `next_time` for when the current plan ends and `advance` at that
+time. Timestamps go to a `RequestLog` shared by the service's replicas.
 """
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import numpy as np
 
-#: Tokens per KV-cache block (vLLM's default block size).
-BLOCK_TOKENS = 16
+from ..kernels.inference import BLOCK_TOKENS, IterationTable
 
-#: iteration time(prefill_tokens, decode_seqs, context_tokens, prefill_context, prefill_seqs),
-#: numpy arrays in and out (kernels.inference.iteration_time_s with a model and GPU bound).
-IterationTime = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+__all__ = ["BLOCK_TOKENS", "ReplicaCore", "RequestLog"]
 
 
-@dataclass
-class Record:
-    """One request's timestamps and counts."""
+class RequestLog:
+    """Per-request columns, indexed by request id: what the results' request table holds."""
 
-    arrival_s: float
-    prompt_tokens: int
-    output_tokens: int
-    admitted_s: float = math.nan
-    first_token_s: float = math.nan
-    finish_s: float = math.nan
-    preemptions: int = 0
+    def __init__(self, arrival_s: np.ndarray, prompt_tokens: np.ndarray,
+                 output_tokens: np.ndarray):
+        n = arrival_s.size
+        self.arrival_s = np.asarray(arrival_s, dtype=np.float64)
+        self.prompt_tokens = np.asarray(prompt_tokens, dtype=np.int64)
+        self.output_tokens = np.asarray(output_tokens, dtype=np.int64)
+        self.admitted_s = np.full(n, math.nan)
+        self.first_token_s = np.full(n, math.nan)
+        self.finish_s = np.full(n, math.nan)
+        self.preemptions = np.zeros(n, dtype=np.int64)
+        self.replica = np.full(n, -1, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return self.arrival_s.size
 
 
-@dataclass
 class Seq:
-    rid: int
-    target: int  # tokens to prefill: the prompt, plus tokens generated before a preemption
-    output: int  # tokens to generate in all
-    order: int  # admission order: the newest is preempted first
-    prefilled: int = 0
-    generated: int = 0
-    cached: int = 0  # tokens in the KV cache
+    """A request on a replica. While prefilling its progress is explicit; once decoding it is
+    (start, tokens at start): at iteration count I it has generated `generated + I - start`
+    tokens and caches `cached + I - start`."""
 
-    @property
-    def decoding(self) -> bool:
-        return self.prefilled >= self.target
+    __slots__ = ("alive", "cached", "finish_at", "generated", "order", "output", "prefilled",
+                 "rid", "start", "target", "x")
+
+    def __init__(self, rid: int, prompt: int, output: int):
+        self.rid = rid
+        self.target = prompt  # tokens to prefill: the prompt, plus tokens generated before
+        self.output = output  # a preemption
+        self.order = -1
+        self.prefilled = 0
+        self.generated = 0
+        self.cached = 0
+        self.start = 0
+        self.finish_at = 0
+        self.x = 0  # cached - start + BLOCK_TOKENS: blocks for the next token = (x + I) // 16
+        self.alive = False  # decoding, and in the finish heap
 
 
-@dataclass
 class _Plan:
-    """What the replica runs from `start`: `k` iterations ending at `ends` (absolute times)."""
+    """`k` iterations from `start`: decode-only ones of times first + growth x i, or one
+    iteration with prefill `chunks`."""
 
-    start: float
-    ends: np.ndarray
-    decode_only: bool
-    chunks: dict[int, int] = field(default_factory=dict)  # rid -> prefill tokens (k == 1)
+    __slots__ = ("chunks", "first", "growth", "k", "start")
+
+    def __init__(self, start: float, k: int, first: float, growth: float,
+                 chunks: list[tuple[Seq, int]] | None):
+        self.start = start
+        self.k = k
+        self.first = first
+        self.growth = growth
+        self.chunks = chunks
+
+    def end(self, k: int | None = None) -> float:
+        return self.start + IterationTable.decode_run_s(self.first, self.growth,
+                                                        self.k if k is None else k)
 
 
 class ReplicaCore:
     def __init__(
         self,
-        iteration_time: IterationTime,
+        table: IterationTable,
+        log: RequestLog,
         *,
         kv_capacity_tokens: float,
         max_num_seqs: int,
         max_batched_tokens: int,
         chunked_prefill: bool = True,
         fast: bool = True,
+        index: int = 0,
     ):
-        self.iteration_time = iteration_time
+        if max_batched_tokens < max_num_seqs:
+            raise ValueError(f"max_batched_tokens={max_batched_tokens} < max_num_seqs="
+                             f"{max_num_seqs}: a decode token per seat must fit the budget")
+        if len(table.tokens) <= max_batched_tokens or len(table.sampled) <= max_num_seqs:
+            raise ValueError("the iteration table is smaller than the batch limits")
+        self.table = table
+        self.log = log
+        self.index = index
         self.kv_blocks = int(kv_capacity_tokens // BLOCK_TOKENS)
         self.max_num_seqs = max_num_seqs
         self.max_batched_tokens = max_batched_tokens
         self.chunked_prefill = chunked_prefill
         self.fast = fast
         self.waiting: deque[Seq] = deque()
-        self.running: list[Seq] = []
-        self.records: dict[int, Record] = {}
+        self.running: dict[int, Seq] = {}  # admission order -> seq; the last is the newest
+        self.prefilling: dict[int, Seq] = {}  # the running ones still in prefill, oldest first
         self.plan: _Plan | None = None
-        self.iterations = 0
+        self.iterations = 0  # I: iterations run so far
+        self.busy_s = 0.0  # time spent iterating (completed plans)
+        self.finished = 0
         self._order = 0
+        # Sums over the decoding sequences (functions of I through them, see Seq):
+        self._n_dec = 0
+        self._ctx0 = 0  # context at iteration I = _ctx0 + _n_dec x I
+        self._blk_q = 0  # blocks for the next tokens at I = _blk_q + _n_dec (I // 16)
+        self._blk_r = [0] * BLOCK_TOKENS  # + #{x % 16 >= 16 - I % 16}
+        self._finish: list[tuple[int, int, Seq]] = []  # (finish iteration, order, seq)
+        self._pre_blocks = 0  # blocks held by the sequences in prefill
 
     # --- the driver's calls ----------------------------------------------------------------
     @property
     def outstanding(self) -> int:
         return len(self.waiting) + len(self.running)
 
-    def add(self, rid: int, prompt: int, output: int, now: float) -> None:
-        """A request arrives. An idle replica starts an iteration now; a decode stretch that
-        could admit it ends at its first iteration boundary at or after `now`."""
-        self.records[rid] = Record(now, int(prompt), int(output))
-        self.waiting.append(Seq(rid, int(prompt), int(output), order=-1))
-        if self.plan is None:
+    @property
+    def idle(self) -> bool:
+        return self.plan is None
+
+    def add(self, rid: int, now: float) -> None:
+        """Queue request `rid` (lengths from the log). A decode stretch that could admit it ends
+        at its first iteration boundary at or after `now`; an idle replica waits for
+        `schedule`, so that requests arriving together are admitted together."""
+        log = self.log
+        self.waiting.append(Seq(rid, int(log.prompt_tokens[rid]), int(log.output_tokens[rid])))
+        log.replica[rid] = self.index
+        plan = self.plan
+        if (plan is not None and plan.chunks is None and plan.k > 1
+                and len(self.running) < self.max_num_seqs and len(self.waiting) == 1):
+            self._cut(plan, now)
+
+    def schedule(self, now: float) -> None:
+        """Plan from `now` when idle and there is work."""
+        if self.plan is None and (self.running or self.waiting):
             self._plan(now)
-        elif (self.plan.decode_only and len(self.running) < self.max_num_seqs
-              and len(self.waiting) == 1):
-            cut = int(np.searchsorted(self.plan.ends, now, side="left"))
-            if cut < self.plan.ends.size - 1:
-                self.plan.ends = self.plan.ends[: cut + 1]
 
     def next_time(self) -> float:
         """When the current plan ends (inf when idle)."""
-        return math.inf if self.plan is None else float(self.plan.ends[-1])
+        return math.inf if self.plan is None else self.plan.end()
 
-    def advance(self) -> None:
-        """Apply the current plan at its end and plan what comes next."""
+    def advance(self) -> int:
+        """Apply the current plan at its end; the replica is then idle until `schedule`.
+        Returns the number of requests that finished."""
         plan = self.plan
         assert plan is not None
-        end = float(plan.ends[-1])
-        k = plan.ends.size
-        self.iterations += k
-        if plan.decode_only:
-            for s in self.running:
-                s.generated += k
-                s.cached += k
-        else:
-            for s in self.running:
-                chunk = plan.chunks.get(s.rid)
-                if chunk is not None:
-                    s.prefilled += chunk
-                    s.cached += chunk
-                    if s.decoding:  # the last chunk samples a token
-                        self._token(s, end)
-                elif s.decoding:
-                    s.generated += 1
-                    s.cached += 1
-        for s in list(self.running):
-            if s.generated >= s.output:
-                self.running.remove(s)
-                self.records[s.rid].finish_s = end
+        end = plan.end()
+        self.busy_s += end - plan.start
+        self.iterations += plan.k
         self.plan = None
-        if self.running or self.waiting:
-            self._plan(end)
+        log = self.log
+        done = 0
+        if plan.chunks is not None:
+            for s, c in plan.chunks:
+                before = -(-s.cached // BLOCK_TOKENS)
+                s.prefilled += c
+                s.cached += c
+                if s.prefilled < s.target:
+                    self._pre_blocks += -(-s.cached // BLOCK_TOKENS) - before
+                    continue
+                self._pre_blocks -= before  # prefill done: its blocks now count as decoding
+                del self.prefilling[s.order]
+                s.generated += 1  # the last chunk samples a token
+                if math.isnan(log.first_token_s[s.rid]):
+                    log.first_token_s[s.rid] = end
+                if s.generated >= s.output:
+                    self._done(s, end)
+                    done += 1
+                else:
+                    self._start_decoding(s)
+        heap = self._finish
+        now_i = self.iterations
+        while heap and heap[0][0] <= now_i:
+            at, order, s = heapq.heappop(heap)
+            if s.alive and s.order == order and s.finish_at == at:
+                self._stop_decoding(s)
+                self._done(s, end)
+                done += 1
+        self.finished += done
+        return done
+
+    def kv_used_blocks(self) -> int:
+        """Blocks the running sequences hold (decoding ones counted with their next token)."""
+        return self._decode_blocks(self.iterations) + self._pre_blocks
+
+    def evict(self) -> list[int]:
+        """Drop every request (the replica is gone): their ids, oldest first, for the router
+        to send elsewhere; their progress is lost and counts as a preemption."""
+        rids = [s.rid for s in self.running.values()] + [s.rid for s in self.waiting]
+        for s in self.running.values():
+            self.log.preemptions[s.rid] += 1
+        self.running.clear()
+        self.prefilling.clear()
+        self.waiting.clear()
+        self._finish.clear()
+        self._n_dec = self._ctx0 = self._blk_q = self._pre_blocks = 0
+        self._blk_r = [0] * BLOCK_TOKENS
+        self.plan = None
+        return rids
+
+    def busy_until(self, t: float) -> float:
+        """Time spent iterating up to `t` (the current plan counted up to `t`)."""
+        plan = self.plan
+        if plan is None or t <= plan.start:
+            return self.busy_s
+        return self.busy_s + min(t, plan.end()) - plan.start
+
+    # --- decoding sequences -----------------------------------------------------------------
+    def _start_decoding(self, s: Seq) -> None:
+        i = self.iterations
+        s.start = i
+        s.finish_at = i + s.output - s.generated
+        s.x = s.cached - i + BLOCK_TOKENS
+        s.alive = True
+        self._n_dec += 1
+        self._ctx0 += s.cached - i
+        self._blk_q += s.x // BLOCK_TOKENS
+        self._blk_r[s.x % BLOCK_TOKENS] += 1
+        heapq.heappush(self._finish, (s.finish_at, s.order, s))
+
+    def _stop_decoding(self, s: Seq) -> None:
+        """Take a decoding sequence out of the sums; its explicit state is brought up to date."""
+        i = self.iterations
+        s.generated += i - s.start
+        s.cached += i - s.start
+        s.alive = False
+        self._n_dec -= 1
+        self._ctx0 -= s.cached - i
+        self._blk_q -= s.x // BLOCK_TOKENS
+        self._blk_r[s.x % BLOCK_TOKENS] -= 1
+
+    def _decode_blocks(self, i: int) -> int:
+        """Blocks the decoding sequences need for their token of iteration `i` (>= now):
+        sum of ceil((cached + 1) / 16) = sum of (x + i) // 16."""
+        phase = i % BLOCK_TOKENS
+        extra = sum(self._blk_r[BLOCK_TOKENS - phase:]) if phase else 0
+        return self._blk_q + self._n_dec * (i // BLOCK_TOKENS) + extra
+
+    def _done(self, s: Seq, end: float) -> None:
+        del self.running[s.order]
+        self.log.finish_s[s.rid] = end
 
     # --- scheduling --------------------------------------------------------------------------
-    def _token(self, s: Seq, t: float) -> None:
-        s.generated += 1
-        rec = self.records[s.rid]
-        if math.isnan(rec.first_token_s):
-            rec.first_token_s = t
+    def _cut(self, plan: _Plan, now: float) -> None:
+        """End a decode stretch at its first boundary at or after `now`."""
+        if now <= plan.start:
+            j = 1
+        else:
+            a, b = plan.growth / 2.0, plan.first - plan.growth / 2.0  # T(j) = a j^2 + b j
+            c = now - plan.start
+            root = c / b if a == 0.0 else (-b + math.sqrt(b * b + 4.0 * a * c)) / (2.0 * a)
+            j = max(1, math.ceil(root))
+            while j > 1 and plan.end(j - 1) >= now:
+                j -= 1
+            while j < plan.k and plan.end(j) < now:
+                j += 1
+        if j < plan.k:
+            plan.k = j
 
-    @staticmethod
-    def _blocks(tokens: int) -> int:
-        return -(-tokens // BLOCK_TOKENS)
+    def _preempt(self, victim: Seq) -> None:
+        del self.running[victim.order]
+        if victim.alive:
+            self._stop_decoding(victim)
+        else:
+            del self.prefilling[victim.order]
+            self._pre_blocks -= -(-victim.cached // BLOCK_TOKENS)
+        self.log.preemptions[victim.rid] += 1
+        victim.target = int(self.log.prompt_tokens[victim.rid]) + victim.generated
+        victim.prefilled = victim.cached = 0
+        self.waiting.appendleft(victim)
 
     def _plan(self, now: float) -> None:
         """Schedule the iteration that starts at `now` (and, fast, the stretch after it)."""
+        i = self.iterations
+        cap = self.kv_blocks
         # KV for the running sequences' next tokens; preempt the newest until they fit.
-        while True:
-            need = sum(self._blocks(s.cached + 1) if s.decoding else self._blocks(s.cached)
-                       for s in self.running)
-            if need <= self.kv_blocks or not self.running:
+        while self.running and self._decode_blocks(i) + self._pre_blocks > cap:
+            self._preempt(self.running[next(reversed(self.running))])
+        n = self._n_dec
+        budget = self.max_batched_tokens - n
+        chunks: list[tuple[Seq, int]] = []
+        used = self._decode_blocks(i) + self._pre_blocks
+        for s in self.prefilling.values():  # prefills under way, oldest first
+            if budget <= 0:
                 break
-            victim = max(self.running, key=lambda s: s.order)
-            self.running.remove(victim)
-            self.records[victim.rid].preemptions += 1
-            victim.target = self.records[victim.rid].prompt_tokens + victim.generated
-            victim.prefilled = victim.cached = 0
-            self.waiting.appendleft(victim)
-        decodes = [s for s in self.running if s.decoding]
-        budget = self.max_batched_tokens - len(decodes)
-        chunks: dict[int, int] = {}
-        used = sum(self._blocks(s.cached + 1) for s in decodes)
-        for s in self.running:  # prefills already under way, oldest first
-            if s.decoding or budget <= 0:
+            left = s.target - s.prefilled
+            c = min(left, budget)
+            if not self.chunked_prefill and c < left:
                 continue
-            c = min(s.target - s.prefilled, budget)
-            if not self.chunked_prefill and c < s.target - s.prefilled:
-                continue
-            chunks[s.rid] = c
+            chunks.append((s, c))
             budget -= c
-        used += sum(self._blocks(s.cached + chunks.get(s.rid, 0))
-                    for s in self.running if not s.decoding)
-        while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
-            head = self.waiting[0]
+            used += -(-(s.cached + c) // BLOCK_TOKENS) - -(-s.cached // BLOCK_TOKENS)
+        waiting = self.waiting
+        while waiting and budget > 0 and len(self.running) < self.max_num_seqs:
+            head = waiting[0]
             c = min(head.target, budget)
             if not self.chunked_prefill and c < head.target:
                 break
-            if used + self._blocks(c) > self.kv_blocks:
+            blocks = -(-c // BLOCK_TOKENS)
+            if used + blocks > cap:
                 break
-            self.waiting.popleft()
+            waiting.popleft()
             head.order = self._order
             self._order += 1
-            rec = self.records[head.rid]
-            if math.isnan(rec.admitted_s):
-                rec.admitted_s = now
-            self.running.append(head)
-            chunks[head.rid] = c
+            if math.isnan(self.log.admitted_s[head.rid]):
+                self.log.admitted_s[head.rid] = now
+            self.running[head.order] = head
+            self.prefilling[head.order] = head
+            chunks.append((head, c))
             budget -= c
-            used += self._blocks(c)
+            used += blocks
         if not self.running:
-            self.plan = None  # nothing fits (a prompt larger than the whole cache): stay idle
-            return
-        n = len(decodes)
-        ctx = float(sum(s.cached for s in decodes))
+            return  # nothing fits (a prompt larger than the whole cache): stay idle
+        table = self.table
+        ctx = self._ctx0 + n * i
         if chunks:  # a prefill iteration: always one at a time
-            by_rid = {s.rid: s for s in self.running}
-            pre_tok = float(sum(chunks.values()))
-            pre_ctx = float(sum(c * by_rid[r].prefilled + c * (c + 1) / 2
-                                for r, c in chunks.items()))
-            finishing = float(sum(1 for r, c in chunks.items()
-                                  if by_rid[r].prefilled + c >= by_rid[r].target))
-            dt = self.iteration_time(np.array([pre_tok]), np.array([float(n)]),
-                                     np.array([ctx]), np.array([pre_ctx]),
-                                     np.array([finishing]))
-            self.plan = _Plan(now, now + np.cumsum(dt), decode_only=False, chunks=chunks)
+            tokens = pairs = 0.0
+            finishing = 0
+            for s, c in chunks:
+                tokens += c
+                pairs += c * s.prefilled + c * (c + 1) / 2.0
+                if s.prefilled + c >= s.target:
+                    finishing += 1
+            dt = table.time_s(int(tokens), n, ctx, pairs, finishing)
+            self.plan = _Plan(now, 1, dt, 0.0, chunks)
             return
         # A decode-only stretch: until the first sequence finishes or the KV cache overflows.
-        k = min(s.output - s.generated for s in decodes)
-        if not self.fast:
-            k = 1
-        if k > 1:
-            cached = np.array([s.cached for s in decodes], dtype=np.int64)
-            last = -(-(cached + k) // BLOCK_TOKENS)  # blocks for the stretch's last token
-            if last.sum() > self.kv_blocks:
-                steps = np.arange(k)
-                need = (-(-(cached[:, None] + steps[None, :] + 1) // BLOCK_TOKENS)).sum(axis=0)
-                k = max(int(np.searchsorted(need, self.kv_blocks, side="right")), 1)
-        i = np.arange(k, dtype=np.float64)
-        zeros = np.zeros(k)
-        dt = self.iteration_time(zeros, np.full(k, float(n)), ctx + n * i, zeros, zeros)
-        self.plan = _Plan(now, now + np.cumsum(dt), decode_only=True)
+        heap = self._finish
+        while heap and not (heap[0][2].alive and heap[0][2].order == heap[0][1]
+                            and heap[0][2].finish_at == heap[0][0]):
+            heapq.heappop(heap)  # left by a preempted sequence
+        k = heap[0][0] - i if self.fast else 1
+        if k > 1 and self._decode_blocks(i + k - 1) > cap:
+            lo, hi = 1, k - 1  # the last k that fits lies in [lo, hi]
+            while lo < hi:
+                mid = (lo + hi + 1) // 2
+                if self._decode_blocks(i + mid - 1) <= cap:
+                    lo = mid
+                else:
+                    hi = mid - 1
+            k = lo
+        first, growth = table.decode_run(n, ctx)
+        self.plan = _Plan(now, k, first, growth, None)

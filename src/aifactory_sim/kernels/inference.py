@@ -337,6 +337,68 @@ class IterationModel:
                                  _f(context_tokens), _f(prefill_context),
                                  d_seq + _f(prefill_seqs))["iteration_time_s"]
 
+    def table(self, max_tokens: int, max_seqs: int) -> IterationTable:
+        """The iteration time of every batch up to `max_tokens` tokens and `max_seqs` sampled
+        sequences as lookups and two slopes (see IterationTable); one kernel call per axis."""
+        c = self.constants
+        tokens = np.arange(max_tokens + 1, dtype=np.float64)
+        seqs = np.arange(max_seqs + 1, dtype=np.float64)
+        zero_t, zero_s = np.zeros_like(tokens), np.zeros_like(seqs)
+        by_tokens = _iteration_phases(c, tokens, zero_t, zero_t, zero_t, zero_t)
+        by_seqs = _iteration_phases(c, zero_s, zero_s, zero_s, zero_s, seqs)["lm_head_s"]
+        attention = 4.0 * c["h"] * c["l"] / c["t"] / c["bf16_peak_eff"]
+        return IterationTable(
+            tokens=by_tokens["iteration_time_s"].tolist(),
+            sampled=(by_seqs - by_seqs[0]).tolist(),
+            per_context=float(np.maximum(attention, c["kv_tok"] / c["hbm_bw"])),
+            per_prefill_pair=float(attention),
+        )
+
+
+class IterationTable:
+    """`iteration_time_s` as lookups, for an engine that asks once per batch change.
+
+    Every phase of `_iteration_phases` depends on one batch quantity only: the linear layers,
+    element-wise kernels, KV writes, tensor-parallel all-reduces and the fixed overhead on the
+    tokens N = P + D; the output layer and sampler on the sampled sequences S; decode attention
+    on the decoding sequences' summed context, linearly (both of its rooflines are proportional
+    to it); prefill attention on the query-key pairs, linearly. So, exactly,
+
+        t_iter = tokens[N] + sampled[S] + per_context x context + per_prefill_pair x pairs,
+
+    with `sampled[0] = 0`. A run of decode iterations of D sequences whose contexts grow by one
+    token each per iteration therefore has the closed-form elapsed time of `decode_run_s`.
+    """
+
+    __slots__ = ("per_context", "per_prefill_pair", "sampled", "tokens")
+
+    def __init__(self, tokens: list[float], sampled: list[float], per_context: float,
+                 per_prefill_pair: float):
+        self.tokens = tokens
+        self.sampled = sampled
+        self.per_context = per_context
+        self.per_prefill_pair = per_prefill_pair
+
+    def time_s(self, prefill_tokens: int, decode_seqs: int, context_tokens: float,
+               prefill_pairs: float, prefill_seqs: int) -> float:
+        """One iteration (arguments as `iteration_time_s`)."""
+        return (self.tokens[prefill_tokens + decode_seqs]
+                + self.sampled[decode_seqs + prefill_seqs]
+                + self.per_context * context_tokens + self.per_prefill_pair * prefill_pairs)
+
+    def decode_run(self, decode_seqs: int, context_tokens: float) -> tuple[float, float]:
+        """(first, growth): decode iteration i (from 0) of the run takes first + growth x i."""
+        n = decode_seqs
+        first = self.tokens[n] + self.sampled[n] + self.per_context * context_tokens
+        return first, self.per_context * n
+
+    @staticmethod
+    def decode_run_s(first: float, growth: float, iterations: float) -> float:
+        """Elapsed time of the first `iterations` iterations of a decode run: the arithmetic
+        series j x first + growth x j (j - 1) / 2."""
+        j = iterations
+        return j * first + growth * (j * (j - 1.0) / 2.0)
+
 
 def iteration_time_s(
     m: Mapping[str, Any],
