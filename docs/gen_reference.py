@@ -12,6 +12,7 @@ marked with a dagger in the output, so that a missing description in the code st
 from __future__ import annotations
 
 import argparse
+import inspect
 import sys
 import types
 import typing
@@ -24,7 +25,6 @@ from pydantic.fields import FieldInfo
 
 from aifactory_sim import catalog
 from aifactory_sim.spec import Scenario
-from aifactory_sim.spec.scenario import NOT_YET
 from aifactory_sim.units import parse_batch_tokens, parse_count, parse_duration_s, parse_gbit_s
 
 OUT = Path(__file__).parent / "reference" / "scenario.md"
@@ -101,6 +101,30 @@ DESCRIPTIONS = {
     "ExponentialHours.kind": "exponential repair times of mean `mean`",
     "LognormalHours.kind": "median x exp(sigma Z), Z standard normal; the mean is median x"
     " exp(sigma^2 / 2)",
+    "InferenceService.traffic": "when requests arrive: one of the five kinds below, e.g."
+    " {kind: poisson, rate_rps: 5}",
+    "InferenceService.prompt_tokens": "prompt length of a request: a plain number (fixed) or one"
+    " of the five kinds below; may be left out for a trace with token columns",
+    "InferenceService.output_tokens": "output length of a request, as prompt_tokens",
+    "PoissonTraffic.kind": "constant-rate Poisson arrivals",
+    "DiurnalTraffic.kind": "Poisson arrivals at a rate that follows a daily sinusoid",
+    "BurstyTraffic.kind": "Poisson arrivals switching between a base and a burst rate",
+    "OfflineTraffic.kind": "every request at t = 0",
+    "TraceTraffic.kind": "arrivals (and token counts) replayed from a CSV file",
+    "TraceTraffic.layout": "columns: azure (TIMESTAMP, ContextTokens, GeneratedTokens), plain"
+    " (arrival_s, prompt_tokens, output_tokens), or auto: by the header row",
+    "FixedTokens.kind": "every request the same length",
+    "FixedTokens.value": "tokens",
+    "UniformTokens.kind": "integers low..high, equally likely",
+    "UniformTokens.low": "fewest tokens",
+    "UniformTokens.high": "most tokens (at least low)",
+    "LognormalTokens.kind": "long-tailed lengths around a median",
+    "GeometricTokens.kind": "lengths of generations that stop with a constant probability per"
+    " token",
+    "EmpiricalTokens.kind": "draws from observed lengths",
+    "EmpiricalTokens.values": "observed lengths, tokens",
+    "HPA.kind": "Kubernetes Horizontal Pod Autoscaler",
+    "KPA.kind": "Knative Pod Autoscaler",
     "GPUSpec.name": "shown in outputs; an altered catalog entry gets a trailing *",
     "GPUSpec.source": "where the figures come from",
     "ModelSpec.name": "shown in outputs; an altered catalog entry gets a trailing *",
@@ -124,8 +148,16 @@ models in `aifactory_sim.spec`. Unknown fields are errors. Every problem is repo
 message that names the field path, e.g. `training.0.parallel.tp: ...`.
 
 Each table below is one section; `[]` in a path marks a list (`training[]` is the list of jobs,
-addressed as `training.0`, `training.1`, ... in `--set` overrides). Descriptions marked † are
-written in `docs/gen_reference.py` because the model gives none.
+addressed as `training.0`, `training.1`, ... in `--set` overrides). A section found at several
+paths (a model under `training[]` and `inference[]`) is listed once with all of them.
+Descriptions marked † are written in `docs/gen_reference.py` because the model gives none.
+
+A scenario holds training jobs (`training`), inference services (`inference`) or both, on one
+cluster. A service is a model served by identical replicas (vLLM-like engines with continuous
+batching and a paged KV cache) behind a router: its `traffic` says when requests arrive,
+`prompt_tokens` and `output_tokens` how long they are, `replicas` or an `autoscaler` (Kubernetes
+HPA or Knative KPA) how many replicas serve them, and `slo` the latency it is held to. Overrides
+reach into it like any section: `--set inference.0.traffic.rate_rps=20`.
 
 ## Values with units
 
@@ -179,8 +211,30 @@ Checked when the scenario is loaded (`aifactory-sim validate`, `aifactory_sim.lo
   `distribution: weibull` needs a shape, `{kind: weibull, shape: 0.8}`.
 - `elastic.min_dp` is at most the job's `parallel.dp`; `checkpoint.interval` is `young-daly`,
   `none` or a positive duration.
-- The `inference` section (serving, a later version) and `fidelity: fluid` are refused with a
-  message that names the field and says so, never silently ignored.
+- `fidelity: fluid` (the aggregate serving tier), at the top level or on a service, is refused
+  with a message that names the field and says so, never silently ignored.
+
+Inference services (`inference[]`):
+
+- Service names are unique, and no service has a training job's name. `pool`, when given,
+  names a pool.
+- `tp` divides the model's `heads`, and either divides the pool's `gpus_per_node` (replicas
+  share a node) or is a multiple of it (a replica spans `tp / gpus_per_node` whole nodes).
+- The weights fit: a replica's `tp` GPUs, at `gpu_memory_utilization` of their HBM, less the
+  activation and workspace reserve that vLLM profiles for `batching.max_batched_tokens`, hold
+  the weights at `precision` and at least one 16-token KV-cache block
+  (`kernels.inference.kv_capacity_tokens`).
+- The starting replicas fit the pool: `ceil(initial replicas x tp / gpus_per_node)` nodes at
+  most the pool's nodes (less the spare nodes, first pool only). The starting count is
+  `replicas`; else, with an autoscaler, `max(min_replicas, 1)` capped at `max_replicas`;
+  else 1. With an autoscaler `replicas` lies within `min_replicas..max_replicas`.
+- `batching.max_batched_tokens >= batching.max_num_seqs`; an `slo` gives `ttft_s`, `tpot_s` or
+  both; traffic other than `trace` needs `prompt_tokens` and `output_tokens`.
+- A new replica reads its weights from `cold_start.weights_from`, by default `cluster.storage`
+  if there is one, else the pool's `nvme`: `storage` needs `cluster.storage`, `nvme` the pool's
+  `nvme`, and a scenario with neither gives a measured `cold_start.weights_s`.
+- A `trace` traffic's `path` is an existing file (relative paths start at the working
+  directory).
 
 Not checked at load: a job that checkpoints (an `interval` other than `none`, or `young-daly`
 with a `failures` section) writes to `cluster.storage` unless it gives `checkpoint.write_s`;
@@ -301,12 +355,27 @@ def _default(f: FieldInfo) -> str:
     return f"`{d!r}`"
 
 
-def _walk(model: type[BaseModel], path: str, out: list[tuple[str, type[BaseModel]]]) -> None:
-    out.append((path, model))
+def _walk(model: type[BaseModel], path: str, out: dict[type[BaseModel], list[str]]) -> None:
+    """Every model under `model` with the paths it is found at, in order of first appearance; a
+    model at several paths (ModelSpec under training and inference) is one section."""
+    seen = model in out
+    out.setdefault(model, []).append(path)
+    if seen:
+        return
     for name, f in model.model_fields.items():
         for sub in _section_models(f.annotation):
             is_list = typing.get_origin(f.annotation) is list
             _walk(sub, f"{path}.{name}{'[]' if is_list else ''}".lstrip("."), out)
+
+
+def _summary(model: type[BaseModel]) -> str:
+    """The docstring's first paragraph on one line; when it ends with a colon, the paragraph
+    after it too, as a code block (an equation)."""
+    paras = inspect.cleandoc(model.__doc__ or "").split("\n\n")
+    first = " ".join(paras[0].split())
+    if first.endswith(":") and len(paras) > 1:
+        return first + "\n\n```\n" + inspect.cleandoc(paras[1]) + "\n```"
+    return first
 
 
 def _anchor(path: str) -> str:
@@ -320,19 +389,19 @@ def _kind(model: type[BaseModel]) -> str | None:
 
 
 def build() -> str:
-    sections: list[tuple[str, type[BaseModel]]] = []
-    _walk(Scenario, "", sections)
-    shared = {p for p in (path for path, _ in sections)
-              if sum(q == p for q, _ in sections) > 1}
-    links = {model: _anchor(path) + (f"-{_kind(model) or model.__name__.lower()}"
-                                     if path in shared else "")
-             for path, model in sections}
+    found: dict[type[BaseModel], list[str]] = {}
+    _walk(Scenario, "", found)
+    firsts = [paths[0] for paths in found.values()]
+    shared = {p for p in firsts if firsts.count(p) > 1}  # one path, several variants
+    links = {model: _anchor(paths[0]) + (f"-{_kind(model) or model.__name__.lower()}"
+                                         if paths[0] in shared else "")
+             for model, paths in found.items()}
     used: set[str] = set()
     parts = [HEADER]
-    for path, model in sections:
-        title = path or "(top level)"
-        doc = (model.__doc__ or "").strip().splitlines()[0] if model.__doc__ else ""
-        parts.append(f'<a id="{links[model]}"></a>\n\n## `{title}` ({model.__name__})\n')
+    for model, paths in found.items():
+        title = ", ".join(f"`{p or '(top level)'}`" for p in dict.fromkeys(paths))
+        doc = _summary(model)
+        parts.append(f'<a id="{links[model]}"></a>\n\n## {title} ({model.__name__})\n')
         if doc and not doc.startswith("!!!"):
             parts.append(doc + "\n")
         parts.append("| field | type | default | constraints | description |")
@@ -341,10 +410,7 @@ def build() -> str:
             tname, inner = _type_name(f.annotation, f.metadata, links)
             cons = _constraints(f.metadata) + inner
             key = f"{model.__name__}.{name}"
-            if name in NOT_YET and tname == "any":
-                desc = f"refused in this version (a later version adds {NOT_YET[name]})"
-                tname = "—"
-            elif f.description:
+            if f.description:
                 desc = f.description
             elif key in DESCRIPTIONS:
                 desc = DESCRIPTIONS[key] + " †"

@@ -239,12 +239,6 @@ def test_gpu_override_is_what_the_feasibility_check_uses() -> None:
     assert af.load(data).cluster.node_pools[0].gpu.hbm_gb == 141
 
 
-def test_serving_not_supported_yet() -> None:
-    msg = error_of(with_("inference", [{"name": "chat", "model": "llama3-70b"}]))
-    assert msg.startswith("inference: `inference`")
-    assert "is not supported by this version" in msg
-
-
 def test_failure_checkpoint_and_elastic_sections_are_checked() -> None:
     ok = af.load(with_("failures", {"node_failures_per_1000_node_days": 6.5,
                                     "distribution": {"kind": "weibull", "shape": 0.8},
@@ -409,17 +403,23 @@ def test_global_batch_tokens_rounds_to_whole_microbatches() -> None:
     assert tiny.batch_seqs == 128
 
 
-# --- the example factory (EXPECTED TO CHANGE when serving lands) ----------------------------
+# --- the example factory ---------------------------------------------------------------------
 
 
-def test_example_factory_fails_only_on_serving() -> None:
-    # When serving lands, update this test: the example should then load as it stands.
+def test_example_factory_fails_only_on_fluid() -> None:
+    # The chat service asks for `fidelity: fluid`, the aggregate tier this version refuses;
+    # with `fast` instead the example loads as it stands (tests/test_inference_spec.py checks
+    # the service).
     data = yaml.safe_load(FACTORY_YAML.read_text())
     msg = error_of(data)
-    assert msg == error_of(with_("inference", data["inference"]))  # the only complaint
-    del data["inference"]
+    assert msg == (  # the only complaint
+        "inference.0.fidelity: 'fluid' (the aggregate serving tier) is not in this version yet;"
+        " allowed: 'step', 'fast' (got 'fluid')"
+    )
+    data["inference"][0]["fidelity"] = "fast"
     s = af.load(data)
     assert s.cluster.node_pools[0].gpus == 2080 * 8
     assert s.training[0].parallel.gpus == 16384
     assert s.training[0].elastic is not None and s.training[0].elastic.min_dp == 96
     assert s.scheduler.policy == "priority-backfill" and s.scheduler.preemption
+    assert [svc.name for svc in s.inference] == ["chat"]

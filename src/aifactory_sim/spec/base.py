@@ -26,3 +26,9 @@ GbitS = Annotated[float, BeforeValidator(parse_gbit_s)]
 
 PositiveDurationS = Annotated[DurationS, Field(gt=0)]
 NonNegativeDurationS = Annotated[DurationS, Field(ge=0)]
+
+
+def located(path: str, message: str) -> ValueError:
+    """A ValueError whose message leads with the field path (pydantic keeps the text; the loader
+    reports it at that path rather than at the model that raised it)."""
+    return ValueError(f"[{path}] {message}")

@@ -34,6 +34,15 @@ def resolve_catalog(kind: str, value: Any) -> Any:
     return value
 
 
+def from_catalog(kind: str, value: Any) -> Any:
+    """resolve_catalog, with an unknown name as a ValueError so that pydantic locates it (a
+    `mode="before"` field validator of every field that takes a catalog name)."""
+    try:
+        return resolve_catalog(kind, value)
+    except KeyError as err:
+        raise ValueError(err.args[0]) from None
+
+
 class GPUSpec(Spec):
     """One GPU model: dense tensor throughput, HBM, power and NVLink."""
 

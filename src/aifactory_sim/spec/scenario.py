@@ -1,32 +1,30 @@
-"""The scenario: a factory (cluster, failures, power, cost, scheduler) and its training work.
+"""The scenario: a factory (cluster, failures, power, cost, scheduler), its training jobs and its
+inference services.
 
-Field names follow shared/examples/factory.yaml, the file users write. A section that later work
-adds (`inference`) is refused with a message that says so, never silently ignored.
+Field names follow shared/examples/factory.yaml, the file users write.
 """
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from .. import catalog
-from .base import BatchTokens, Count, GbitS, NonNegativeDurationS, PositiveDurationS, Spec
-from .hardware import GPUSpec, ModelSpec, resolve_catalog
-
-#: What a later piece of work adds; the value is shown when a scenario uses it.
-NOT_YET = {
-    "inference": "serving: traffic, replicas, autoscaling",
-}
-
-
-def _not_yet(what: str) -> str:
-    return (
-        f"`{what}` ({NOT_YET[what]}) is not supported by this version of aifactory_sim; "
-        "remove it to run the rest of the scenario"
-    )
-
+from .base import (
+    BatchTokens,
+    Count,
+    GbitS,
+    NonNegativeDurationS,
+    PositiveDurationS,
+    Spec,
+    located,
+)
+from .hardware import GPUSpec, ModelSpec, from_catalog
+from .inference import Fidelity, InferenceService
+from .serving import TraceTraffic
 
 #: Node components a failure can be put down to.
 COMPONENTS = ("gpu", "hbm", "nic", "switch", "host", "software")
@@ -158,7 +156,7 @@ class NodePool(Spec):
     @field_validator("gpu", mode="before")
     @classmethod
     def _gpu_from_catalog(cls, value: Any) -> Any:
-        return _from_catalog("gpu", value)
+        return from_catalog("gpu", value)
 
     @field_validator("nic_gbit_s", mode="before")
     @classmethod
@@ -324,7 +322,7 @@ class TrainingJob(Spec):
     @field_validator("model", mode="before")
     @classmethod
     def _model_from_catalog(cls, value: Any) -> Any:
-        return _from_catalog("model", value)
+        return from_catalog("model", value)
 
     @model_validator(mode="after")
     def _batch(self) -> TrainingJob:
@@ -371,33 +369,23 @@ class Scenario(Spec):
     name: str = Field("scenario", min_length=1)
     seed: int = Field(0, ge=0)
     duration: PositiveDurationS
-    fidelity: Literal["step", "fast", "fluid"] = Field(
-        "fast", description="step: one event per training step (reference); fast: exact skipping"
+    fidelity: Fidelity = Field(
+        "fast",
+        description="step: one event per training step or serving iteration (the reference); "
+        "fast: the same timestamps, skipping between events that change something; fluid "
+        "(aggregate serving) is refused in this version",
     )
     cluster: Cluster
     power: Power = Power()
     cost: Cost = Cost()
     scheduler: Scheduler = Scheduler()
     training: list[TrainingJob] = Field(default_factory=list)
+    inference: list[InferenceService] = Field(
+        default_factory=list,
+        description="inference services, in any order: a model, its traffic, replicas and "
+        "autoscaler",
+    )
     failures: Failures | None = None
-    inference: Any = None
-
-    @field_validator("inference")
-    @classmethod
-    def _refuse(cls, value: Any, info: Any) -> Any:
-        if value is not None:
-            raise ValueError(_not_yet(info.field_name))
-        return value
-
-    @field_validator("fidelity")
-    @classmethod
-    def _fluid_is_for_serving(cls, value: str) -> str:
-        if value == "fluid":
-            raise ValueError(
-                "'fluid' is the aggregate tier for serving, which this version does not have;"
-                " allowed: 'step', 'fast'"
-            )
-        return value
 
     def pool(self, name: str | None) -> NodePool:
         if name is None:
@@ -418,20 +406,20 @@ class Scenario(Spec):
         for i, job in enumerate(self.training):
             where = f"training.{i}"
             if job.pool is not None and job.pool not in pools:
-                raise _located(f"{where}.pool", f"unknown pool {job.pool!r}; allowed: {pools}")
+                raise located(f"{where}.pool", f"unknown pool {job.pool!r}; allowed: {pools}")
             pool = self.pool(job.pool)
             spares = self.cluster.spare_nodes if pool is self.cluster.node_pools[0] else 0
             par = job.parallel
             gpn = pool.gpus_per_node
             if par.gpus % gpn:
-                raise _located(
+                raise located(
                     f"{where}.parallel",
                     f"tp x pp x dp x cp = {par.gpus} GPUs must be a whole number of "
                     f"{gpn}-GPU nodes (jobs are placed on whole nodes)",
                 )
             usable = (pool.nodes - spares) * gpn
             if par.gpus > usable:
-                raise _located(
+                raise located(
                     f"{where}.parallel",
                     f"tp x pp x dp x cp = {par.gpus} GPUs exceeds pool {pool.name!r}: "
                     f"{pool.nodes} nodes x {gpn} GPUs"
@@ -440,23 +428,23 @@ class Scenario(Spec):
                 )
             domain = max(gpn, pool.gpu.nvlink_domain)
             if gpn % par.tp and domain % par.tp:
-                raise _located(
+                raise located(
                     f"{where}.parallel.tp",
                     f"tp={par.tp} must divide the {gpn} GPUs of a node"
                     + (f" or the NVLink domain of {domain}" if domain > gpn else ""),
                 )
             if job.precision == "fp8" and pool.gpu.fp8_tflops is None:
-                raise _located(
+                raise located(
                     f"{where}.precision", f"{pool.gpu.name} has no FP8 tensor cores; use bf16"
                 )
             if job.data.source == "storage" and self.cluster.storage is None:
-                raise _located(
+                raise located(
                     f"{where}.data.source",
                     "'storage' needs a cluster.storage section (read_gb_s, write_gb_s); "
                     "allowed otherwise: 'nvme' (with the pool's nvme) or 'synthetic'",
                 )
             if job.data.source == "nvme" and pool.nvme is None:
-                raise _located(
+                raise located(
                     f"{where}.data.source",
                     f"'nvme' needs pool {pool.name!r} to describe its nvme; allowed otherwise: "
                     "'storage' or 'synthetic'",
@@ -464,7 +452,7 @@ class Scenario(Spec):
             ck = job.checkpoint
             if (ck.interval != "none" and self.cluster.storage is None
                     and (ck.write_s is None or ck.reload_s is None)):
-                raise _located(
+                raise located(
                     f"{where}.checkpoint",
                     "checkpoints are written to cluster.storage, which this scenario does not "
                     "describe; add a storage section, or give measured write_s and reload_s",
@@ -472,15 +460,112 @@ class Scenario(Spec):
             check_job_feasible(job, pool, where)
         return self
 
+    @model_validator(mode="after")
+    def _services_fit(self) -> Scenario:
+        jobs = {j.name for j in self.training}
+        pools = [p.name for p in self.cluster.node_pools]
+        first: dict[str, int] = {}
+        for i, svc in enumerate(self.inference):
+            where = f"inference.{i}"
+            if first.setdefault(svc.name, i) != i:
+                raise located(
+                    f"{where}.name",
+                    f"{svc.name!r} is already the name of inference.{first[svc.name]}; service "
+                    "names must be unique",
+                )
+            if svc.name in jobs:
+                raise located(
+                    f"{where}.name",
+                    f"{svc.name!r} is also a training job's name; services and jobs need "
+                    "distinct names",
+                )
+            if svc.pool is not None and svc.pool not in pools:
+                raise located(f"{where}.pool", f"unknown pool {svc.pool!r}; allowed: {pools}")
+            pool = self.pool(svc.pool)
+            gpn = pool.gpus_per_node
+            if gpn % svc.tp and svc.tp % gpn:
+                divisors = [d for d in range(1, gpn + 1) if gpn % d == 0]
+                raise located(
+                    f"{where}.tp",
+                    f"tp={svc.tp} neither divides nor is a multiple of the {gpn} GPUs of a "
+                    f"node in pool {pool.name!r}; allowed: {', '.join(map(str, divisors))} "
+                    f"(replicas share a node) or a multiple of {gpn} (a replica spans whole "
+                    "nodes)",
+                )
+            _check_weights_fit(svc, pool, where)
+            spares = self.cluster.spare_nodes if pool is self.cluster.node_pools[0] else 0
+            usable = pool.nodes - spares
+            needed = svc.nodes_for(svc.initial_replicas, gpn)
+            if needed > usable:
+                raise located(
+                    f"{where}.replicas",
+                    f"{svc.initial_replicas} replicas of tp={svc.tp} need {needed} nodes of "
+                    f"{gpn} GPUs, more than pool {pool.name!r}'s {pool.nodes} nodes"
+                    + (f" less {spares} spare nodes" if spares else "")
+                    + f" = {usable}",
+                )
+            cs = svc.cold_start
+            if cs.weights_from == "storage" and self.cluster.storage is None:
+                raise located(
+                    f"{where}.cold_start.weights_from",
+                    "'storage' needs a cluster.storage section (read_gb_s, write_gb_s); allowed "
+                    "otherwise: 'nvme' (with the pool's nvme), or a measured weights_s",
+                )
+            if cs.weights_from == "nvme" and pool.nvme is None:
+                raise located(
+                    f"{where}.cold_start.weights_from",
+                    f"'nvme' needs pool {pool.name!r} to describe its nvme; allowed otherwise: "
+                    "'storage' (with cluster.storage), or a measured weights_s",
+                )
+            if (cs.weights_s is None
+                    and cs.source(self.cluster.storage is not None, pool.nvme is not None) is None):
+                raise located(
+                    f"{where}.cold_start",
+                    "a new replica reads its weights from cluster.storage or the pool's nvme, and "
+                    f"this scenario has neither; add a storage section, an nvme to pool "
+                    f"{pool.name!r}, or give a measured cold_start.weights_s",
+                )
+            if isinstance(svc.traffic, TraceTraffic) and not Path(svc.traffic.path).is_file():
+                raise located(
+                    f"{where}.traffic.path",
+                    f"no such trace file: {svc.traffic.path} (relative paths start at the "
+                    f"working directory, {Path.cwd()})",
+                )
+        return self
 
-def _from_catalog(kind: str, value: Any) -> Any:
-    """resolve_catalog, with an unknown name as a ValueError so that pydantic locates it."""
-    try:
-        return resolve_catalog(kind, value)
-    except KeyError as err:
-        raise ValueError(err.args[0]) from None
 
+def _check_weights_fit(svc: InferenceService, pool: NodePool, where: str) -> None:
+    """Refuse a service whose replica leaves no room for one KV-cache block (vLLM's rule, in
+    kernels.inference.kv_capacity_tokens)."""
+    from ..kernels.inference import (  # kernels are pure; imported lazily
+        BLOCK_TOKENS,
+        activation_reserve_bytes,
+        kv_capacity_tokens,
+        weight_bytes,
+    )
 
-def _located(path: str, message: str) -> ValueError:
-    """A ValueError whose message leads with the field path (pydantic keeps the text)."""
-    return ValueError(f"[{path}] {message}")
+    m = svc.model.kernel_args()
+    b = svc.batching
+    hbm = pool.gpu.hbm_gb * 1e9
+    capacity = float(kv_capacity_tokens(
+        m, hbm, tp=svc.tp, precision=svc.precision, kv_precision=svc.kv_precision,
+        gpu_memory_utilization=svc.gpu_memory_utilization,
+        max_batched_tokens=b.max_batched_tokens, max_num_seqs=b.max_num_seqs,
+    ))
+    if capacity >= BLOCK_TOKENS:
+        return
+    weights_gb = float(weight_bytes(m, svc.precision)) / 1e9
+    usable_gb = hbm * svc.gpu_memory_utilization * svc.tp / 1e9
+    reserve_gb = svc.tp * float(activation_reserve_bytes(
+        m, tp=svc.tp, max_batched_tokens=b.max_batched_tokens, max_num_seqs=b.max_num_seqs
+    )) / 1e9
+    gpus = f"{svc.tp} GPU{'s' if svc.tp > 1 else ''}"
+    lighter = {"bf16": "fp8/int4 weights, ", "fp8": "int4 weights, ", "int4": ""}[svc.precision]
+    raise located(
+        where,
+        f"{svc.model.name} at precision {svc.precision} needs {weights_gb:.1f} GB of weights; "
+        f"{gpus} of {pool.gpu.hbm_gb:g} GB x gpu_memory_utilization "
+        f"{svc.gpu_memory_utilization:g} give only {usable_gb:.1f} GB, less {reserve_gb:.1f} GB "
+        f"for activations and workspaces, which leaves no room for one {BLOCK_TOKENS}-token "
+        f"KV-cache block; allowed: a larger tp, {lighter}or a GPU with more memory",
+    )

@@ -1,0 +1,223 @@
+"""An inference service: a model served by replicas of vLLM-like engines, its traffic, router,
+autoscaler, SLO and cold start, as an `inference` entry of shared/examples/factory.yaml spells it.
+
+The workload (traffic, token lengths) comes from serving.py and the autoscaler from
+autoscaling.py. Checks that need the rest of the scenario (the pool, storage, other names, the
+weights against the GPU's memory) are in Scenario's validator.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, Field, field_validator, model_validator
+
+from .autoscaling import Autoscaler
+from .base import NonNegativeDurationS, Spec
+from .hardware import ModelSpec, from_catalog
+from .serving import Workload
+
+# --- fidelity -------------------------------------------------------------------------------
+
+
+def _fluid_not_yet(value: str) -> str:
+    # The one place that refuses the aggregate tier, for the scenario and for each service:
+    # drop this validator from `Fidelity` when `fluid` lands.
+    if value == "fluid":
+        raise ValueError(
+            "'fluid' (the aggregate serving tier) is not in this version yet; "
+            "allowed: 'step', 'fast'"
+        )
+    return value
+
+
+#: The fidelity tiers of DESIGN.md: `step` (one event per iteration), `fast` (exact skipping),
+#: `fluid` (aggregate flows; refused for now).
+Fidelity = Annotated[Literal["step", "fast", "fluid"], AfterValidator(_fluid_not_yet)]
+
+
+# --- parts of a service ---------------------------------------------------------------------
+
+
+class Batching(Spec):
+    """Continuous batching, as vLLM's engine arguments set it."""
+
+    max_num_seqs: int = Field(
+        256, ge=1, description="most sequences in one iteration (vLLM max_num_seqs)"
+    )
+    max_batched_tokens: int = Field(
+        8192,
+        ge=1,
+        description="most tokens in one iteration, prefill and decode together (vLLM "
+        "max_num_batched_tokens)",
+    )
+    chunked_prefill: bool = Field(
+        True,
+        description="split long prompts over iterations, mixed with decodes (vLLM "
+        "enable_chunked_prefill); false: a prompt is prefilled in one iteration",
+    )
+
+    @model_validator(mode="after")
+    def _a_token_per_seat(self) -> Batching:
+        if self.max_batched_tokens < self.max_num_seqs:
+            raise ValueError(
+                f"max_batched_tokens={self.max_batched_tokens} is below max_num_seqs="
+                f"{self.max_num_seqs}: a full batch of decodes needs one token each (vLLM "
+                f"refuses it too); allowed: max_batched_tokens >= {self.max_num_seqs}"
+            )
+        return self
+
+
+class SLO(Spec):
+    """Latency objectives of a service, at one percentile of its requests."""
+
+    ttft_s: float | None = Field(
+        None, gt=0, description="time to first token: arrival to the first output token"
+    )
+    tpot_s: float | None = Field(
+        None,
+        gt=0,
+        description="time per output token after the first: (last token - first token) / "
+        "(output tokens - 1)",
+    )
+    percentile: float = Field(
+        99.0, gt=0, le=100, description="the percentile of requests the objectives hold at"
+    )
+
+    @model_validator(mode="after")
+    def _one_objective(self) -> SLO:
+        if self.ttft_s is None and self.tpot_s is None:
+            raise ValueError("an SLO needs ttft_s, tpot_s or both")
+        return self
+
+
+class ColdStart(Spec):
+    """What a new replica takes before it serves: its container, then its weights."""
+
+    container_s: NonNegativeDurationS = Field(
+        30.0,
+        description="container and engine start with the image already on the node: CUDA "
+        "context, profiling, CUDA-graph capture; weights not included. The 30 s default is an "
+        "assumption, not a published figure: measure yours (vLLM's `vllm bench startup`)",
+    )
+    weights_from: Literal["storage", "nvme"] | None = Field(
+        None,
+        description="where the weights are read from, at that source's read bandwidth; none: "
+        "cluster.storage if the scenario has one, else the pool's nvme",
+    )
+    weights_s: NonNegativeDurationS | None = Field(
+        None, description="measured weight-loading time; overrides the bandwidth model"
+    )
+
+    def source(self, has_storage: bool, has_nvme: bool) -> Literal["storage", "nvme"] | None:
+        """Where the weights come from in a cluster with (or without) storage and nvme; None
+        when neither is there."""
+        if self.weights_from is not None:
+            return self.weights_from
+        if has_storage:
+            return "storage"
+        return "nvme" if has_nvme else None
+
+
+# --- the service ----------------------------------------------------------------------------
+
+
+class InferenceService(Workload):
+    """A model served by identical replicas behind one router."""
+
+    name: str = Field(min_length=1, description="unique among services and training jobs")
+    model: ModelSpec = Field(
+        description="a catalog name, {base: NAME, field: value}, or an inline model"
+    )
+    pool: str | None = Field(None, description="node pool the replicas run on; default: the first")
+    precision: Literal["bf16", "fp8", "int4"] = Field(
+        "bf16",
+        description="weights: bf16; fp8 (W8A8 on FP8 tensor cores, W8A16 without); int4 (AWQ/GPTQ"
+        " groups of 128, W4A16)",
+    )
+    kv_precision: Literal["bf16", "fp8"] = Field(
+        "bf16", description="KV-cache elements (vLLM kv_cache_dtype)"
+    )
+    tp: int = Field(
+        1,
+        ge=1,
+        description="tensor-parallel GPUs per replica: a divisor of gpus_per_node (replicas "
+        "share a node) or a multiple of it (a replica spans whole nodes)",
+    )
+    priority: int = Field(
+        0,
+        description="as a training job's: higher gets nodes first under scheduler.policy "
+        "priority and priority-backfill; with scheduler.preemption it may take lower-priority "
+        "jobs' nodes",
+    )
+    fidelity: Fidelity | None = Field(
+        None,
+        description="step or fast for this service (fluid is refused in this version); none: "
+        "the scenario's fidelity",
+    )
+    start_at: NonNegativeDurationS = Field(
+        0.0, description="when the service is deployed; requests start arriving then"
+    )
+    gpu_memory_utilization: float = Field(
+        0.9,
+        gt=0,
+        le=1,
+        description="share of each GPU's HBM the engine may use: weights, activations and KV "
+        "cache (vLLM gpu_memory_utilization)",
+    )
+    batching: Batching = Field(Batching(), description="continuous-batching limits")
+    router: Literal["least-outstanding", "round-robin", "random"] = Field(
+        "least-outstanding",
+        description="how a request picks a ready replica: fewest requests in flight, in turn, "
+        "or at random",
+    )
+    replicas: int | None = Field(
+        None,
+        ge=0,
+        description="a fixed count; with an autoscaler, the count at start_at (within its "
+        "min_replicas..max_replicas). Default: 1, or max(min_replicas, 1) with an autoscaler",
+    )
+    autoscaler: Autoscaler | None = Field(
+        None, description="hpa or kpa; none: `replicas` replicas throughout"
+    )
+    slo: SLO | None = Field(
+        None, description="latency objectives to report attainment against; none: no SLO"
+    )
+    cold_start: ColdStart = Field(ColdStart(), description="what a new replica takes to start")
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _model_from_catalog(cls, value: Any) -> Any:
+        return from_catalog("model", value)
+
+    @model_validator(mode="after")
+    def _check(self) -> InferenceService:
+        if self.model.heads % self.tp:
+            raise ValueError(
+                f"tp={self.tp} must divide the model's heads={self.model.heads} (each tensor "
+                "rank takes whole heads)"
+            )
+        a = self.autoscaler
+        if a is not None and self.replicas is not None and not (
+            a.min_replicas <= self.replicas <= a.max_replicas
+        ):
+            raise ValueError(
+                f"replicas={self.replicas} is the autoscaler's starting count and must lie "
+                f"within min_replicas..max_replicas; allowed: {a.min_replicas}..{a.max_replicas}"
+            )
+        return self
+
+    @property
+    def initial_replicas(self) -> int:
+        """Replicas at start_at: `replicas` if given; else max(min_replicas, 1), at most
+        max_replicas, with an autoscaler (one replica to serve the first requests); else 1."""
+        if self.replicas is not None:
+            return self.replicas
+        if self.autoscaler is not None:
+            return min(max(self.autoscaler.min_replicas, 1), self.autoscaler.max_replicas)
+        return 1
+
+    def nodes_for(self, replicas: int, gpus_per_node: int) -> int:
+        """Whole nodes `replicas` replicas occupy: gpus_per_node / tp of them share a node, or
+        each spans tp / gpus_per_node nodes."""
+        return -(-replicas * self.tp // gpus_per_node)
