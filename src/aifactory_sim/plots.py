@@ -33,17 +33,85 @@ def _job_colours(n: int) -> list[Any]:
     return [cmap(i % 20) for i in range(n)]
 
 
+def _service_colours(n: int) -> list[Any]:
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10"]  # distinct hues; tab20 pairs a dark and a light shade
+    return [cmap(i % 10) for i in range(n)]
+
+
 def _figure(**kw: Any) -> Figure:
     from matplotlib.figure import Figure
 
     return Figure(figsize=kw.pop("figsize", (8, 4.5)), layout="constrained", **kw)
 
 
+def _time_scale(t_end: float) -> tuple[float, str]:
+    """Seconds per x unit and its name: days for runs over two days, else hours."""
+    return (86400.0, "days") if t_end > 2 * 86400 else (3600.0, "hours")
+
+
+def _ecdf(values: Any, max_points: int = 4000) -> tuple[Any, Any]:
+    """Empirical CDF of the finite values as (x, F) for a post-step line from (x_min, 0) to
+    (x_max, 1); past `max_points` samples it keeps evenly spaced ranks (the last included)."""
+    import numpy as np
+
+    x = np.sort(np.asarray(values, dtype=float)[np.isfinite(values)])
+    n = x.size
+    if n == 0:
+        return x, x
+    rank = np.arange(n)
+    if n > max_points:
+        rank = np.unique(np.linspace(0, n - 1, max_points).round().astype(np.int64))
+    return np.r_[x[0], x[rank]], np.r_[0.0, (rank + 1) / n]
+
+
+def _held(times: Any, values: Any, t_end: float) -> tuple[Any, Any]:
+    """A state sampled at `times` (each value holds until the next sample, the last until
+    `t_end`) as points for a post-step line, so that a single sample still draws a segment."""
+    import numpy as np
+
+    t = np.asarray(times, dtype=float)
+    v = np.asarray(values, dtype=float)
+    if t.size and t_end > t[-1]:
+        t, v = np.r_[t, t_end], np.r_[v, v[-1]]
+    return t, v
+
+
 class Plotter:
-    """`res.plot.ledger()`, `res.plot.allocation()`."""
+    """`res.plot.ledger()`, `res.plot.allocation()`, ... and, for inference services,
+    `res.plot.latency()`, `res.plot.replicas()`, `res.plot.kv_cache()`."""
 
     def __init__(self, results: Results):
         self.results = results
+
+    # --- inference services: shared lookups ----------------------------------------------
+    def _frame(self, attr: str) -> Any:
+        import pandas as pd
+
+        df = getattr(self.results, attr, None)
+        return pd.DataFrame(columns=["service"]) if df is None or "service" not in df else df
+
+    def _service_specs(self) -> dict[str, Any]:
+        scenario = getattr(self.results, "scenario", None)
+        return {svc.name: svc for svc in (getattr(scenario, "inference", None) or [])}
+
+    def _services(self, service: str | None) -> list[str]:
+        """The services to draw, in the scenario's order: all of them, or the named one."""
+        names = list(self._service_specs())
+        for name in self.results.summary.get("inference") or {}:
+            if name not in names:
+                names.append(name)
+        for attr in ("services", "requests"):
+            for name in self._frame(attr)["service"].unique():
+                if name not in names:
+                    names.append(str(name))
+        if service is None:
+            return names
+        if service not in names:
+            raise ValueError(f"no inference service {service!r}; allowed: "
+                             f"{', '.join(names) or 'none (this run has no services)'}")
+        return [service]
 
     def ledger(self) -> Figure:
         """Waterfall of the GPU-hour ledger: from all GPU-hours down to productive training."""
@@ -72,15 +140,32 @@ class Plotter:
         return fig
 
     def allocation(self) -> Figure:
-        """GPUs held by each training job over time, stacked, against the cluster's size."""
+        """GPUs held by each training job over time, stacked, then by inference services, with
+        the GPUs down in repair, against the cluster's size."""
         import numpy as np
 
         s = self.results.summary
         t_end = s["duration_s"]
-        scale, unit = (86400.0, "days") if t_end > 2 * 86400 else (3600.0, "hours")
+        scale, unit = _time_scale(t_end)
+        ts = getattr(self.results, "timeseries", None)
+        ts_t = np.zeros(0)
+        gauges: dict[str, np.ndarray] = {}
+        if ts is not None and len(ts):
+            ts_t = np.asarray(ts["time_s"], dtype=float)
+            gauges = {c: np.nan_to_num(np.asarray(ts[c], dtype=float))
+                      for c in ("serving_gpus", "down_gpus") if c in ts.columns}
+        gauges = {c: v for c, v in gauges.items() if v.any()}
+
+        def step_at(column: str, at: np.ndarray) -> np.ndarray:
+            """The timeseries' step function `column` at times `at`."""
+            k = np.searchsorted(ts_t, at, side="right") - 1
+            return np.where(k >= 0, gauges[column][np.maximum(k, 0)], 0.0)
+
         jobs = [(name, j) for name, j in s["training"].items() if j["started_at_s"] is not None]
+        changes = ts_t[(ts_t > 0) & (ts_t < t_end)].tolist() if gauges else []
         edges = sorted({0.0, t_end, *(j["started_at_s"] for _, j in jobs),
-                        *(j["finished_at_s"] for _, j in jobs if j["finished_at_s"] is not None)})
+                        *(j["finished_at_s"] for _, j in jobs if j["finished_at_s"] is not None),
+                        *changes})
         edges_arr = np.asarray(edges)
         mid = (edges_arr[:-1] + edges_arr[1:]) / 2
         fig = _figure()
@@ -93,12 +178,21 @@ class Plotter:
             ax.stairs(base + held, edges_arr / scale, baseline=base, fill=True, color=colour,
                       label=name)
             base = base + held
+        if "serving_gpus" in gauges:
+            serving = step_at("serving_gpus", mid)
+            ax.stairs(base + serving, edges_arr / scale, baseline=base, fill=True,
+                      color=COLOURS["inference_busy"], label="inference services")
+        if "down_gpus" in gauges:
+            ax.stairs(step_at("down_gpus", mid), edges_arr / scale, color=COLOURS["down"], lw=1.2,
+                      label="down (in repair)")
         ax.axhline(s["gpus"], color="k", lw=1, ls="--", label="cluster GPUs")
         ax.set_xlim(0, t_end / scale)
         ax.set_ylim(0, s["gpus"] * 1.3)  # room for the legend above the cluster line
         ax.set_xlabel(f"simulated time ({unit})")
         ax.set_ylabel("GPUs")
-        ax.set_title(f"{s['scenario']}: GPUs held by training jobs")
+        held_by = ("training jobs and inference services" if "serving_gpus" in gauges
+                   else "training jobs")
+        ax.set_title(f"{s['scenario']}: GPUs held by {held_by}")
         ax.legend(loc="upper right", fontsize=8, ncols=3)
         return fig
 
@@ -107,7 +201,7 @@ class Plotter:
         s = self.results.summary
         events = self.results.events
         t_end = s["duration_s"]
-        scale, unit = (86400.0, "days") if t_end > 2 * 86400 else (3600.0, "hours")
+        scale, unit = _time_scale(t_end)
         names = list(s["training"])
         fig = _figure(figsize=(9, 1.2 + 0.45 * max(len(names), 1)))
         ax = fig.subplots()
@@ -175,14 +269,204 @@ class Plotter:
         ax.set_xlim(0, 1.15)
         ax.set_xlabel("share of time since first start")
         ax.set_title(f"{s['scenario']}: effective training time ratio")
-        fig.legend(loc="outside lower center", fontsize=8, ncols=4)
+        if jobs:
+            fig.legend(loc="outside lower center", fontsize=8, ncols=4)
+        return fig
+
+    # --- inference services ----------------------------------------------------------------
+    def latency(self, service: str | None = None) -> Figure:
+        """Empirical CDFs of TTFT, TPOT and end-to-end latency over completed requests, one line
+        per service, with each SLO target (vertical) at its percentile (horizontal)."""
+        import numpy as np
+
+        s = self.results.summary
+        names = self._services(service)
+        specs = self._service_specs()
+        stats = s.get("inference") or {}
+        req = self._frame("requests")
+        fig = _figure(figsize=(13, 4.8))
+        axes = fig.subplots(1, 3, sharey=True)
+        colours = _service_colours(len(names))
+        panels = (("ttft", "TTFT: arrival to first token"),
+                  ("tpot", "TPOT: time per output token after the first"),
+                  ("e2e", "E2E: arrival to last token"))
+        samples: dict[str, list[np.ndarray]] = {key: [] for key, _ in panels}
+        empty: list[str] = []
+        for name, colour in zip(names, colours, strict=True):
+            mine = req[req["service"] == name] if len(req) else req
+            lat = _latencies(mine)
+            if not lat["e2e"].size:
+                empty.append(name)
+                continue
+            slo = getattr(specs.get(name), "slo", None)
+            attained = stats.get(name, {}).get("slo_attainment")
+            label = name if attained is None else f"{name} (SLO attainment {attained:.1%})"
+            for ax, (key, _title) in zip(axes, panels, strict=True):
+                x, f = _ecdf(lat[key] * 1e3)
+                if not x.size:
+                    continue
+                samples[key].append(x)
+                ax.plot(x, f, drawstyle="steps-post", color=colour, lw=1.6, label=label,
+                        gid=f"cdf:{name}")
+                target = getattr(slo, f"{key}_s", None)  # None also without an SLO
+                if slo is None or target is None:
+                    continue
+                met = stats.get(name, {}).get("slo_met", {}).get(key)
+                verdict = "" if met is None else (" met" if met else " missed")
+                ax.axvline(target * 1e3, color=colour, ls="--", lw=1.2, gid=f"slo:{name}",
+                           label=f"{name} target {target * 1e3:g} ms at "
+                                 f"p{slo.percentile:g}{verdict}")
+                ax.axhline(slo.percentile / 100.0, color=colour, ls=":", lw=1.0,
+                           gid=f"percentile:{name}")
+        for ax, (key, title) in zip(axes, panels, strict=True):
+            x_all = np.concatenate(samples[key]) if samples[key] else np.zeros(0)
+            positive = x_all[x_all > 0]
+            if positive.size and positive.max() / positive.min() > 20:
+                ax.set_xscale("log")  # latencies span decades under load
+            ax.set_title(title, fontsize=10)
+            ax.set_xlabel(f"{key.upper()} (ms)")
+            ax.set_ylim(0, 1.02)
+            ax.grid(alpha=0.3)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(loc="lower right", fontsize=7)
+            if not samples[key]:
+                ax.text(0.5, 0.5, "no completed request", transform=ax.transAxes,
+                        ha="center", va="center", color="#757575")
+        axes[0].set_ylabel("share of completed requests")
+        if empty:
+            fig.text(0.01, 0.01, "no completed request: " + ", ".join(empty), fontsize=8,
+                     color="#757575")
+        fig.suptitle(f"{s['scenario']}: request latency, empirical CDF")
+        return fig
+
+    def replicas(self, service: str | None = None) -> Figure:
+        """Per service over time: replicas ready, provisioned (starting + ready + draining) and
+        desired by the autoscaler, its min/max bounds, and the arrival rate (right axis)."""
+        import numpy as np
+
+        s = self.results.summary
+        t_end = s["duration_s"]
+        scale, unit = _time_scale(t_end)
+        names = self._services(service)
+        specs = self._service_specs()
+        svc = self._frame("services")
+        fig = _figure(figsize=(9, 1.2 + 2.8 * max(len(names), 1)))
+        axes = fig.subplots(max(len(names), 1), 1, sharex=True, squeeze=False)[:, 0]
+        for ax, name in zip(axes, names, strict=False):
+            rows = svc[svc["service"] == name].sort_values("time_s", kind="stable")
+            t = rows["time_s"].to_numpy(dtype=float)
+            col = {c: rows[c].to_numpy(dtype=float) if c in rows else np.full(t.size, np.nan)
+                   for c in ("arrivals_rps", "starting", "ready", "draining", "desired")}
+            provisioned = col["starting"] + col["ready"] + col["draining"]
+            for values, label, colour, ls in (
+                    (provisioned, "provisioned (starting + ready + draining)",
+                     COLOURS["cold_start"], "-"),
+                    (col["ready"], "ready", COLOURS["inference_busy"], "-"),
+                    (col["desired"], "desired (autoscaler)", "#6a1b9a", "-.")):
+                x, y = _held(t, values, t_end)
+                ax.plot(x / scale, y, drawstyle="steps-post", color=colour, ls=ls, lw=1.6,
+                        label=label)
+            auto = getattr(specs.get(name), "autoscaler", None)
+            if auto is not None:
+                ax.axhline(auto.min_replicas, color="#616161", ls="--", lw=1,
+                           label=f"min_replicas {auto.min_replicas}")
+                ax.axhline(auto.max_replicas, color="#212121", ls="--", lw=1,
+                           label=f"max_replicas {auto.max_replicas}")
+            rate = ax.twinx()
+            # A row's rate is over the tick that ends at its time; the first row (deployment)
+            # and a last one at the end of the run (the closing sample) measure no tick.
+            rt, rps = t, col["arrivals_rps"]
+            if rt.size and rt[-1] >= t_end:
+                rt, rps = rt[:-1], rps[:-1]
+            if rt.size > 1:
+                rate.stairs(np.nan_to_num(rps[1:]), rt / scale, baseline=None,
+                            color="#ef6c00", alpha=0.7, lw=1.2, label="arrivals")
+            rate.set_ylabel("arrivals (requests/s)", color="#ef6c00")
+            peak = np.nanmax(np.r_[rps[1:], 0.0]) if rt.size > 1 else 0.0
+            rate.set_ylim(0, peak * 1.35 if peak > 0 else 1.0)  # both clear of the legend
+            top = np.nanmax(np.r_[provisioned, col["desired"], col["ready"], 1.0,
+                                  [] if auto is None else [auto.max_replicas]])
+            ax.set_ylim(0, top * 1.35 + 0.5)  # room for the legend
+            ax.set_ylabel("replicas")
+            ax.set_title(name, fontsize=10)
+            handles, labels = ax.get_legend_handles_labels()
+            h2, l2 = rate.get_legend_handles_labels()
+            ax.legend(handles + h2, labels + l2, loc="upper left", fontsize=7, ncols=3)
+        axes[-1].set_xlim(0, t_end / scale)
+        axes[-1].set_xlabel(f"simulated time ({unit})")
+        fig.suptitle(f"{s['scenario']}: replicas and arrival rate")
+        return fig
+
+    def kv_cache(self, service: str | None = None) -> Figure:
+        """KV-cache use (mean over ready replicas) and requests in flight, per service."""
+        s = self.results.summary
+        t_end = s["duration_s"]
+        scale, unit = _time_scale(t_end)
+        names = self._services(service)
+        svc = self._frame("services")
+        fig = _figure(figsize=(9, 6))
+        kv_ax, load_ax = fig.subplots(2, 1, sharex=True)
+        for name, colour in zip(names, _service_colours(len(names)), strict=True):
+            rows = svc[svc["service"] == name].sort_values("time_s", kind="stable")
+            if not len(rows):
+                continue
+            t = rows["time_s"].to_numpy(dtype=float)
+            for ax, column, ls, label in (
+                    (kv_ax, "kv_used", "-", name),
+                    (load_ax, "in_flight", "-", f"{name}: in flight (queued or running)"),
+                    (load_ax, "queued", ":", f"{name}: in the router's queue")):
+                if column not in rows:
+                    continue
+                x, y = _held(t, rows[column].to_numpy(dtype=float), t_end)
+                ax.plot(x / scale, y, drawstyle="steps-post", color=colour, ls=ls, lw=1.4,
+                        label=label)
+        kv_ax.set_ylim(0, 1.05)
+        kv_ax.set_ylabel("KV-cache blocks used\n(share, mean of ready replicas)")
+        kv_ax.set_title("KV cache", fontsize=10)
+        load_ax.set_ylim(bottom=0)
+        load_ax.set_ylabel("requests")
+        load_ax.set_title("requests in flight", fontsize=10)
+        load_ax.set_xlim(0, t_end / scale)
+        load_ax.set_xlabel(f"simulated time ({unit})")
+        for ax in (kv_ax, load_ax):
+            ax.grid(alpha=0.3)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(loc="upper left", fontsize=7, ncols=2)
+        fig.suptitle(f"{s['scenario']}: KV cache and load")
         return fig
 
     def save_all(self, folder: str | Path) -> list[Path]:
+        """Write every figure as PNG; the serving ones only for a run with services."""
         folder = Path(folder)
+        names = ["ledger", "allocation", "timeline", "ettr"]
+        if len(self._frame("requests")):
+            names.append("latency")
+        if len(self._frame("services")):
+            names += ["replicas", "kv_cache"]
         written = []
-        for name in ("ledger", "allocation", "timeline", "ettr"):
+        for name in names:
             path = folder / f"{name}.png"
             getattr(self, name)().savefig(path, dpi=120)
             written.append(path)
         return written
+
+
+def _latencies(requests: Any) -> dict[str, Any]:
+    """TTFT, TPOT and E2E (s) of the completed requests (a finite `finish_s`) of a frame of
+    `res.requests`; TPOT = (finish - first token) / (output tokens - 1), for outputs over one."""
+    import numpy as np
+
+    def column(name: str) -> Any:
+        if name not in requests:
+            return np.full(len(requests), np.nan)
+        return requests[name].to_numpy(dtype=float)
+
+    arrival, first, finish = column("arrival_s"), column("first_token_s"), column("finish_s")
+    out = column("output_tokens")
+    done = np.isfinite(finish) & np.isfinite(arrival)
+    multi = done & np.isfinite(first) & (out > 1)
+    return {
+        "ttft": (first - arrival)[done & np.isfinite(first)],
+        "tpot": ((finish - first) / np.where(multi, out - 1, 1))[multi],
+        "e2e": (finish - arrival)[done],
+    }
