@@ -325,6 +325,70 @@ def bench_year(quick: bool) -> dict[str, Any]:
     )
 
 
+GOAL_SERVE_REQ_S = 50_000
+SERVE_REQUESTS = 1_000_000
+SERVE_REPLICAS = 32
+SERVE_RATE_RPS = 320.0  # 10 requests/s per replica
+
+
+def scenario_serve(requests: int, fidelity: str) -> dict[str, Any]:
+    """`requests` Poisson requests (expected) to 32 fixed Llama 3 8B FP8 replicas on H100s:
+    chat-like lengths (lognormal prompts of median 1,000 tokens, geometric outputs of mean
+    300), vLLM's default batching limits, least-outstanding routing."""
+    return {
+        "name": f"bench-serve-{fidelity}", "seed": 0, "fidelity": fidelity,
+        "duration": requests / SERVE_RATE_RPS,
+        "cluster": {
+            "node_pools": [{"name": "h100", "nodes": SERVE_REPLICAS // 8, "gpu": "H100-SXM",
+                            "nic_gbit_s": 400}],
+            "storage": {"read_gb_s": 200, "write_gb_s": 100},
+        },
+        "inference": [{
+            "name": "chat", "model": "llama3-8b", "precision": "fp8", "tp": 1,
+            "replicas": SERVE_REPLICAS, "cold_start": {"container_s": 0, "weights_s": 0},
+            "traffic": {"kind": "poisson", "rate_rps": SERVE_RATE_RPS},
+            "prompt_tokens": {"kind": "lognormal", "median": 1000, "sigma": 0.8,
+                              "max": 8192},
+            "output_tokens": {"kind": "geometric", "mean": 300, "max": 2048},
+        }],
+    }
+
+
+def bench_serve(quick: bool, fidelity: str) -> dict[str, Any]:
+    import aifactory_sim as af
+    import aifactory_sim.engine.factory  # imports outside the timed run
+    import aifactory_sim.results
+
+    requests = SERVE_REQUESTS // (10 if quick else 1)
+    if fidelity == "step":
+        requests //= 4  # the reference tier: a quarter of the requests, same rates
+    base = _peak_rss_mib()
+    sc = af.load(scenario_serve(requests, fidelity))
+    t0 = time.perf_counter()
+    res = af.run(sc)
+    wall = time.perf_counter() - t0
+    v = res.summary["inference"]["chat"]
+    rate = v["requests"] / wall
+    return {
+        "benchmark": f"serve-{fidelity}",
+        "workload": f"{v['requests']:,} Poisson requests, {SERVE_REPLICAS} llama3-8b FP8 "
+                    f"replicas (H100), {SERVE_RATE_RPS:g} req/s, "
+                    f"{res.summary['duration_s'] / 3600:.2f} h simulated",
+        "wall_s": wall,
+        "rate": f"{_fmt_rate(rate)} requests/s",
+        "rate_value": rate,
+        "rate_unit": "requests/s",
+        "events": res.meta["events"],
+        "engine_wall_s": res.meta["wall_s"],
+        "peak_mib": _peak_rss_mib(),
+        "base_mib": base,
+        "note": (f"goal >= {GOAL_SERVE_REQ_S:,} requests/s (fast) and fast >= 5x step; "
+                 f"TTFT p50 {v['ttft_s']['p50'] * 1e3:.0f} ms, TPOT p50 "
+                 f"{v['tpot_s']['p50'] * 1e3:.1f} ms, {v['output_tokens_per_s']:,.0f} "
+                 "output tokens/s"),
+    }
+
+
 BENCHMARKS: dict[str, Callable[[bool], dict[str, Any]]] = {
     "estimate": lambda q: bench_estimate(q, string_modes=False),
     "estimate-auto": lambda q: bench_estimate(q, string_modes=True),
@@ -333,6 +397,8 @@ BENCHMARKS: dict[str, Callable[[bool], dict[str, Any]]] = {
     "sim-step": lambda q: bench_sim(q, "step"),
     "sim-failures": bench_failures,
     "sim-year-100k": bench_year,
+    "serve-fast": lambda q: bench_serve(q, "fast"),
+    "serve-step": lambda q: bench_serve(q, "step"),
 }
 
 

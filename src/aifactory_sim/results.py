@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from .engine.inference import SERVICE_COLUMNS
 from .engine.telemetry import BUCKETS, COLUMNS
 from .errors import ScenarioError
 from .spec.loader import content_hash
@@ -24,6 +25,11 @@ from .spec.loader import content_hash
 if TYPE_CHECKING:
     from .engine.factory import Factory
     from .spec.scenario import Scenario
+
+#: The per-request table's columns after `service`.
+REQUEST_COLUMNS = ("request", "arrival_s", "admitted_s", "first_token_s", "finish_s",
+                   "prompt_tokens", "output_tokens", "queue_wait_s", "preemptions", "replica",
+                   "dropped")
 
 #: A folder holding this file was written by aifactory_sim and may be refreshed.
 MARKER = "meta.json"
@@ -47,6 +53,8 @@ class Results:
         ledger: pd.DataFrame,
         failures: pd.DataFrame | None = None,
         events: pd.DataFrame | None = None,
+        requests: pd.DataFrame | None = None,
+        services: pd.DataFrame | None = None,
     ):
         self.scenario = scenario
         self.summary = summary
@@ -56,9 +64,10 @@ class Results:
         self.ledger = ledger
         self.failures = failures if failures is not None else pd.DataFrame()
         self.events = events if events is not None else pd.DataFrame()
-        self.requests = pd.DataFrame(
-            columns=["arrival_s", "first_token_s", "finish_s", "prompt_tokens", "output_tokens"]
-        )
+        self.requests = requests if requests is not None else pd.DataFrame(
+            columns=["service", *REQUEST_COLUMNS])
+        self.services = services if services is not None else pd.DataFrame(
+            columns=["service", *SERVICE_COLUMNS])
 
     # --- construction --------------------------------------------------------------------
     @classmethod
@@ -89,8 +98,10 @@ class Results:
             "utilisation": {
                 "allocated": tel.allocated_gpu_s(duration) / (tel.total_gpus * duration),
                 "training": tel.gpu_s["training"] / (tel.total_gpus * duration),
+                "serving": tel.gpu_s["inference_busy"] / (tel.total_gpus * duration),
             },
             "training": jobs,
+            "inference": {svc.name: svc.summary(duration) for svc in factory.services},
             "failures": {
                 "count": len(records),
                 "interrupting": int(failures["job"].notna().sum()),
@@ -114,7 +125,15 @@ class Results:
             "bucket": list(ledger_h), "gpu_h": list(ledger_h.values()),
         })
         ledger["share"] = ledger["gpu_h"] / total_h
-        return cls(sc, summary, meta, jobs_df, ts, ledger, failures, events)
+        requests = pd.concat(
+            [pd.DataFrame({"service": svc.name, **svc.requests_frame()})
+             for svc in factory.services], ignore_index=True,
+        ) if factory.services else None
+        services = pd.concat(
+            [pd.DataFrame(svc.rows, columns=list(SERVICE_COLUMNS)).assign(service=svc.name)
+             [["service", *SERVICE_COLUMNS]] for svc in factory.services], ignore_index=True,
+        ) if factory.services else None
+        return cls(sc, summary, meta, jobs_df, ts, ledger, failures, events, requests, services)
 
     # --- views ---------------------------------------------------------------------------
     @property
@@ -157,6 +176,21 @@ class Results:
                     f"{mfu:>7}{start:>9}{fin:>10}{ettr:>7}{j['interruptions']:>7}"
                     f"{j['checkpoints']:>7}"
                 )
+        if s.get("inference"):
+            lines += ["", "inference services"]
+            lines.append(f"  {'service':<16}{'requests':>10}{'done':>10}{'tok/s':>10}"
+                         f"{'TTFT p50':>10}{'p99':>8}{'TPOT p50':>10}{'p99':>8}{'SLO':>7}"
+                         f"{'replicas':>10}")
+            for name, v in s["inference"].items():
+                def ms(x: float | None) -> str:
+                    return "-" if x is None else f"{x * 1e3:.0f}ms"
+                slo = "-" if v["slo_attainment"] is None else f"{v['slo_attainment']:.1%}"
+                lines.append(
+                    f"  {name:<16}{v['requests']:>10,}{v['completed']:>10,}"
+                    f"{v['output_tokens_per_s']:>10,.0f}{ms(v['ttft_s']['p50']):>10}"
+                    f"{ms(v['ttft_s']['p99']):>8}{ms(v['tpot_s']['p50']):>10}"
+                    f"{ms(v['tpot_s']['p99']):>8}{slo:>7}"
+                    f"{v['replicas_mean']:>6.1f}/{v['replicas_max']:<3}")
         return "\n".join(lines)
 
     # --- files ---------------------------------------------------------------------------
@@ -197,6 +231,9 @@ class Results:
         self.ledger.to_csv(tmp / "ledger.csv", index=False)
         self.failures.to_csv(tmp / "failures.csv", index=False)
         self.events.to_csv(tmp / "events.csv", index=False)
+        if len(self.requests):
+            self.requests.to_csv(tmp / "requests.csv", index=False)
+            self.services.to_csv(tmp / "services.csv", index=False)
         if plots:
             self.plot.save_all(tmp)
         out.mkdir(parents=True, exist_ok=True)

@@ -12,6 +12,7 @@ import simpy
 from ..spec.scenario import Scenario
 from .cluster import Allocation, ClusterState
 from .failures import FailureInjector
+from .inference import Service
 from .scheduler import Scheduler
 from .storage import SharedStorage
 from .telemetry import Telemetry
@@ -44,6 +45,13 @@ class Factory:
             TrainingRun(self, i, job, scenario.pool(job.pool))
             for i, job in enumerate(scenario.training)
         ]
+        self.services = [
+            Service(self, k, len(self.jobs) + k, svc, scenario.pool(svc.pool), {
+                name: rng_for(scenario.seed, f"inference.{svc.name}.{name}")
+                for name in ("arrivals", "prompts", "outputs", "router")
+            })
+            for k, svc in enumerate(scenario.inference)
+        ]
         self.failures = None
         if scenario.failures is not None:
             self.failures = FailureInjector(self, scenario.failures, {
@@ -60,6 +68,7 @@ class Factory:
             allocated=self.cluster.allocated_gpus(),
             down=self.cluster.down_gpus(),
             training=sum(j.held_nodes * j.pool.gpus_per_node for j in running),
+            serving=sum(s.held_gpus for s in getattr(self, "services", ())),
             running=len(running),
             queued=len(self.scheduler.queue),
         )
@@ -71,6 +80,12 @@ class Factory:
     def release(self, job: TrainingRun, alloc: Allocation, count: int | None = None) -> None:
         """A job gives nodes back: waiting gangs are served first, then the queue."""
         self.cluster.release(alloc, job.index, count)
+        self._nodes_freed()
+
+    def release_nodes(self, service: Service, alloc: Allocation) -> None:
+        """A service gives nodes back."""
+        self.cluster.release(alloc, service.owner)
+        self.sample()
         self._nodes_freed()
 
     def job_ended(self, job: TrainingRun) -> None:
@@ -97,20 +112,26 @@ class Factory:
             owner = int(self.cluster.pools[pool].owner[node])
         else:
             owner = self.cluster.fail(pool, node)
-        job = self.jobs[owner] if owner >= 0 else None
+        job = self.jobs[owner] if 0 <= owner < len(self.jobs) else None
+        service = self.services[owner - len(self.jobs)] if owner >= len(self.jobs) else None
         if job is not None:
             job.node_failed(node, component)
+        elif service is not None:
+            service.node_failed(node, component)
         if component != "software":
             repair = self.env.timeout(repair_s)
             repair.callbacks.append(lambda _ev: self._repaired(pool, node))
         self.sample()
-        return None if job is None else job.spec.name
+        return job.spec.name if job is not None else (
+            service.name if service is not None else None)
 
     def _repaired(self, pool: str, node: int) -> None:
         self.cluster.repair(pool, node)
         self._nodes_freed()
 
     def _nodes_freed(self) -> None:
+        for service in sorted(self.services, key=lambda s: (-s.spec.priority, s.index)):
+            service.place_pending()
         self._serve_waiting()
         self.scheduler.schedule()
 
@@ -142,6 +163,8 @@ class Factory:
         env.run(until=horizon)  # nothing is left before it: this only moves the clock
         for job in self.jobs:
             job.close(horizon)
+        for service in self.services:
+            service.close(horizon)
         self.telemetry.close(horizon)
         wall = time.perf_counter() - wall0
         return Results.from_factory(self, wall_s=wall)

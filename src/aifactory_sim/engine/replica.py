@@ -82,22 +82,30 @@ class Seq:
 
 
 class _Plan:
-    """`k` iterations from `start`: decode-only ones of times first + growth x i, or one
-    iteration with prefill `chunks`."""
+    """What a replica runs from `start`: an optional head iteration with prefill `chunks`
+    (`head` seconds), then `k` decode-only iterations of times first + growth x i; it ends at
+    `end`. `applied`: the head's effects were applied when it was planned (a chained plan)."""
 
-    __slots__ = ("chunks", "first", "growth", "k", "start")
+    __slots__ = ("applied", "chunks", "end", "first", "growth", "head", "k", "start")
 
-    def __init__(self, start: float, k: int, first: float, growth: float,
-                 chunks: list[tuple[Seq, int]] | None):
+    def __init__(self, start: float, head: float, chunks: list[tuple[Seq, int]] | None,
+                 k: int, first: float, growth: float, applied: bool = False):
         self.start = start
-        self.k = k
+        self.head = head
+        self.chunks = chunks
         self.first = first
         self.growth = growth
-        self.chunks = chunks
+        self.applied = applied
+        self.k = k
+        self.end = start + head + k * first + growth * (k * (k - 1.0) / 2.0)  # decode_run_s
 
-    def end(self, k: int | None = None) -> float:
-        return self.start + IterationTable.decode_run_s(self.first, self.growth,
-                                                        self.k if k is None else k)
+    def set_k(self, k: int) -> None:
+        self.k = k
+        self.end = self.end_of(k)
+
+    def end_of(self, j: int) -> float:
+        """End of the j-th decode iteration (0: of the head)."""
+        return self.start + self.head + IterationTable.decode_run_s(self.first, self.growth, j)
 
 
 class ReplicaCore:
@@ -159,7 +167,7 @@ class ReplicaCore:
         self.waiting.append(Seq(rid, int(log.prompt_tokens[rid]), int(log.output_tokens[rid])))
         log.replica[rid] = self.index
         plan = self.plan
-        if (plan is not None and plan.chunks is None and plan.k > 1
+        if (plan is not None and plan.k > (0 if plan.chunks is not None else 1)
                 and len(self.running) < self.max_num_seqs and len(self.waiting) == 1):
             self._cut(plan, now)
 
@@ -170,37 +178,20 @@ class ReplicaCore:
 
     def next_time(self) -> float:
         """When the current plan ends (inf when idle)."""
-        return math.inf if self.plan is None else self.plan.end()
+        return math.inf if self.plan is None else self.plan.end
 
     def advance(self) -> int:
         """Apply the current plan at its end; the replica is then idle until `schedule`.
         Returns the number of requests that finished."""
         plan = self.plan
         assert plan is not None
-        end = plan.end()
+        end = plan.end
         self.busy_s += end - plan.start
-        self.iterations += plan.k
         self.plan = None
-        log = self.log
         done = 0
-        if plan.chunks is not None:
-            for s, c in plan.chunks:
-                before = -(-s.cached // BLOCK_TOKENS)
-                s.prefilled += c
-                s.cached += c
-                if s.prefilled < s.target:
-                    self._pre_blocks += -(-s.cached // BLOCK_TOKENS) - before
-                    continue
-                self._pre_blocks -= before  # prefill done: its blocks now count as decoding
-                del self.prefilling[s.order]
-                s.generated += 1  # the last chunk samples a token
-                if math.isnan(log.first_token_s[s.rid]):
-                    log.first_token_s[s.rid] = end
-                if s.generated >= s.output:
-                    self._done(s, end)
-                    done += 1
-                else:
-                    self._start_decoding(s)
+        if plan.chunks is not None and not plan.applied:
+            done = self._apply_head(plan.chunks, end)
+        self.iterations += plan.k
         heap = self._finish
         now_i = self.iterations
         while heap and heap[0][0] <= now_i:
@@ -212,16 +203,45 @@ class ReplicaCore:
         self.finished += done
         return done
 
+    def _apply_head(self, chunks: list[tuple[Seq, int]], t: float) -> int:
+        """One iteration with prefill chunks, ending at `t`: the chunks are cached, a finished
+        prompt samples its first token and starts decoding. Returns the requests finished
+        (a one-token output)."""
+        self.iterations += 1
+        log = self.log
+        done = 0
+        for s, c in chunks:
+            before = -(-s.cached // BLOCK_TOKENS)
+            s.prefilled += c
+            s.cached += c
+            if s.prefilled < s.target:
+                self._pre_blocks += -(-s.cached // BLOCK_TOKENS) - before
+                continue
+            self._pre_blocks -= before  # prefill done: its blocks now count as decoding
+            del self.prefilling[s.order]
+            s.generated += 1  # the last chunk samples a token
+            if math.isnan(log.first_token_s[s.rid]):
+                log.first_token_s[s.rid] = t
+            if s.generated >= s.output:
+                self._done(s, t)
+                done += 1
+            else:
+                self._start_decoding(s)
+        return done
+
     def kv_used_blocks(self) -> int:
         """Blocks the running sequences hold (decoding ones counted with their next token)."""
         return self._decode_blocks(self.iterations) + self._pre_blocks
 
-    def evict(self) -> list[int]:
-        """Drop every request (the replica is gone): their ids, oldest first, for the router
-        to send elsewhere; their progress is lost and counts as a preemption."""
+    def evict(self, now: float) -> list[int]:
+        """Drop every request at `now` (the replica is gone): their ids, oldest first, for the
+        router to send elsewhere; their progress is lost and counts as a preemption."""
         rids = [s.rid for s in self.running.values()] + [s.rid for s in self.waiting]
+        log = self.log
         for s in self.running.values():
-            self.log.preemptions[s.rid] += 1
+            log.preemptions[s.rid] += 1
+            if log.first_token_s[s.rid] > now:  # a chained plan's head that never ran
+                log.first_token_s[s.rid] = math.nan
         self.running.clear()
         self.prefilling.clear()
         self.waiting.clear()
@@ -236,7 +256,7 @@ class ReplicaCore:
         plan = self.plan
         if plan is None or t <= plan.start:
             return self.busy_s
-        return self.busy_s + min(t, plan.end()) - plan.start
+        return self.busy_s + min(t, plan.end) - plan.start
 
     # --- decoding sequences -----------------------------------------------------------------
     def _start_decoding(self, s: Seq) -> None:
@@ -275,20 +295,21 @@ class ReplicaCore:
 
     # --- scheduling --------------------------------------------------------------------------
     def _cut(self, plan: _Plan, now: float) -> None:
-        """End a decode stretch at its first boundary at or after `now`."""
-        if now <= plan.start:
-            j = 1
+        """End a plan at its first iteration boundary at or after `now`."""
+        d0 = plan.start + plan.head  # where the decode iterations start
+        if now <= d0:
+            j = 0 if plan.chunks is not None else 1
         else:
             a, b = plan.growth / 2.0, plan.first - plan.growth / 2.0  # T(j) = a j^2 + b j
-            c = now - plan.start
+            c = now - d0
             root = c / b if a == 0.0 else (-b + math.sqrt(b * b + 4.0 * a * c)) / (2.0 * a)
             j = max(1, math.ceil(root))
-            while j > 1 and plan.end(j - 1) >= now:
+            while j > 1 and plan.end_of(j - 1) >= now:
                 j -= 1
-            while j < plan.k and plan.end(j) < now:
+            while j < plan.k and plan.end_of(j) < now:
                 j += 1
         if j < plan.k:
-            plan.k = j
+            plan.set_k(j)
 
     def _preempt(self, victim: Seq) -> None:
         del self.running[victim.order]
@@ -307,12 +328,21 @@ class ReplicaCore:
         i = self.iterations
         cap = self.kv_blocks
         # KV for the running sequences' next tokens; preempt the newest until they fit.
-        while self.running and self._decode_blocks(i) + self._pre_blocks > cap:
+        # (ceil((c + 1) / 16) <= (c + 16) / 16: when that bound fits, skip the exact count.)
+        n = self._n_dec
+        used = self._pre_blocks + (self._ctx0 + n * (i + BLOCK_TOKENS)) // BLOCK_TOKENS
+        if used > cap:
+            used = self._decode_blocks(i) + self._pre_blocks
+        while used > cap and self.running:
             self._preempt(self.running[next(reversed(self.running))])
+            used = self._decode_blocks(i) + self._pre_blocks
+        if not (self.prefilling or self.waiting):
+            if self.running:
+                self._decode_stretch(now, i, cap)
+            return
         n = self._n_dec
         budget = self.max_batched_tokens - n
         chunks: list[tuple[Seq, int]] = []
-        used = self._decode_blocks(i) + self._pre_blocks
         for s in self.prefilling.values():  # prefills under way, oldest first
             if budget <= 0:
                 break
@@ -342,28 +372,68 @@ class ReplicaCore:
             chunks.append((head, c))
             budget -= c
             used += blocks
-        if not self.running:
-            return  # nothing fits (a prompt larger than the whole cache): stay idle
-        table = self.table
-        ctx = self._ctx0 + n * i
-        if chunks:  # a prefill iteration: always one at a time
-            tokens = pairs = 0.0
-            finishing = 0
-            for s, c in chunks:
-                tokens += c
-                pairs += c * s.prefilled + c * (c + 1) / 2.0
-                if s.prefilled + c >= s.target:
-                    finishing += 1
-            dt = table.time_s(int(tokens), n, ctx, pairs, finishing)
-            self.plan = _Plan(now, 1, dt, 0.0, chunks)
+        if not chunks:
+            if self._n_dec:
+                self._decode_stretch(now, i, cap)
+            return  # else nothing fits (a prompt larger than the whole cache): stay idle
+        tokens = 0
+        pairs = 0.0
+        finishing = 0
+        for s, c in chunks:  # a prefill iteration: always one at a time
+            tokens += c
+            pairs += c * s.prefilled + c * (c + 1) / 2.0
+            if s.prefilled + c >= s.target:
+                finishing += 1
+        dt = self.table.time_s(tokens, n, self._ctx0 + n * i, pairs, finishing)
+        if self.fast and self._chains(chunks, finishing, i):
+            # Nothing can change between this iteration and the decode stretch after it
+            # unless a request arrives, which cuts the plan: apply the iteration now and plan
+            # both at once (one plan less per request; the step tier plans them apart).
+            self._apply_head(chunks, now + dt)
+            i += 1
+            n = self._n_dec
+            if self._pre_blocks + (self._ctx0 + n * (i + BLOCK_TOKENS)) // BLOCK_TOKENS > cap \
+                    and self._decode_blocks(i) > cap:
+                self.plan = _Plan(now, dt, chunks, 0, 0.0, 0.0, applied=True)  # preempts next
+                return
+            k, first, growth = self._stretch(i, cap)
+            self.plan = _Plan(now, dt, chunks, k, first, growth, applied=True)
             return
-        # A decode-only stretch: until the first sequence finishes or the KV cache overflows.
+        self.plan = _Plan(now, dt, chunks, 0, 0.0, 0.0)
+
+    def _chains(self, chunks: list[tuple[Seq, int]], finishing: int, i: int) -> bool:
+        """Whether a prefill iteration is followed by a decode stretch whatever happens: every
+        prompt in prefill finishes in it, none of them is done after one token, nobody waits
+        and no decoding sequence finishes in it (a finish must end a plan: the router hears
+        of it)."""
+        if self.waiting or finishing != len(self.prefilling) or len(chunks) != finishing:
+            return False
+        for s, _ in chunks:
+            if s.generated + 1 >= s.output:
+                return False
         heap = self._finish
         while heap and not (heap[0][2].alive and heap[0][2].order == heap[0][1]
                             and heap[0][2].finish_at == heap[0][0]):
             heapq.heappop(heap)  # left by a preempted sequence
-        k = heap[0][0] - i if self.fast else 1
-        if k > 1 and self._decode_blocks(i + k - 1) > cap:
+        return not heap or heap[0][0] > i + 1
+
+    def _decode_stretch(self, now: float, i: int, cap: int) -> None:
+        k, first, growth = self._stretch(i, cap)
+        self.plan = _Plan(now, 0.0, None, k, first, growth)
+
+    def _stretch(self, i: int, cap: int) -> tuple[int, float, float]:
+        """Decode-only iterations from iteration `i` until the first sequence finishes or the
+        KV cache overflows (one iteration in the step tier): (k, first, growth)."""
+        heap = self._finish
+        top = heap[0]
+        while not (top[2].alive and top[2].order == top[1] and top[2].finish_at == top[0]):
+            heapq.heappop(heap)  # left by a preempted sequence
+            top = heap[0]
+        k = top[0] - i if self.fast else 1
+        n = self._n_dec
+        last = i + k - 1  # the stretch's last iteration; the bound first, as in _plan
+        if (k > 1 and (self._ctx0 + n * (last + BLOCK_TOKENS)) // BLOCK_TOKENS > cap
+                and self._decode_blocks(last) > cap):
             lo, hi = 1, k - 1  # the last k that fits lies in [lo, hi]
             while lo < hi:
                 mid = (lo + hi + 1) // 2
@@ -372,5 +442,6 @@ class ReplicaCore:
                 else:
                     hi = mid - 1
             k = lo
-        first, growth = table.decode_run(n, ctx)
-        self.plan = _Plan(now, k, first, growth, None)
+        table = self.table
+        growth = table.per_context * n  # table.decode_run, inlined: the engine's hottest line
+        return k, table.decode_base[n] + growth * i + table.per_context * self._ctx0, growth

@@ -23,8 +23,8 @@ BUCKETS = (
     "down",
 )
 
-COLUMNS = ("time_s", "allocated_gpus", "down_gpus", "training_gpus", "running_jobs",
-           "queued_jobs")
+COLUMNS = ("time_s", "allocated_gpus", "down_gpus", "training_gpus", "serving_gpus",
+           "running_jobs", "queued_jobs")
 
 
 @dataclass
@@ -33,7 +33,7 @@ class Telemetry:
 
     total_gpus: int
     gpu_s: dict[str, float] = field(default_factory=lambda: dict.fromkeys(BUCKETS, 0.0))
-    rows: list[tuple[float, int, int, int, int, int]] = field(default_factory=list)
+    rows: list[tuple[float, int, int, int, int, int, int]] = field(default_factory=list)
     events: int = 0  # SimPy events processed
 
     def add(self, bucket: str, gpu_seconds: float) -> None:
@@ -48,10 +48,10 @@ class Telemetry:
         self.gpu_s[source] -= gpu_seconds
         self.gpu_s[target] += gpu_seconds
 
-    def sample(self, now: float, *, allocated: int, down: int, training: int, running: int,
-               queued: int) -> None:
+    def sample(self, now: float, *, allocated: int, down: int, training: int, serving: int,
+               running: int, queued: int) -> None:
         """Record the state from `now` on (a later sample at the same time replaces it)."""
-        row = (now, allocated, down, training, running, queued)
+        row = (now, allocated, down, training, serving, running, queued)
         if self.rows and self.rows[-1][0] == now:
             self.rows[-1] = row
         elif not self.rows or self.rows[-1][1:] != row[1:]:

@@ -370,7 +370,7 @@ class IterationTable:
     token each per iteration therefore has the closed-form elapsed time of `decode_run_s`.
     """
 
-    __slots__ = ("per_context", "per_prefill_pair", "sampled", "tokens")
+    __slots__ = ("decode_base", "per_context", "per_prefill_pair", "sampled", "tokens")
 
     def __init__(self, tokens: list[float], sampled: list[float], per_context: float,
                  per_prefill_pair: float):
@@ -378,6 +378,8 @@ class IterationTable:
         self.sampled = sampled
         self.per_context = per_context
         self.per_prefill_pair = per_prefill_pair
+        #: a decode iteration of D sequences at zero context: tokens[D] + sampled[D]
+        self.decode_base = [tokens[d] + sampled[d] for d in range(len(sampled))]
 
     def time_s(self, prefill_tokens: int, decode_seqs: int, context_tokens: float,
                prefill_pairs: float, prefill_seqs: int) -> float:
@@ -389,8 +391,7 @@ class IterationTable:
     def decode_run(self, decode_seqs: int, context_tokens: float) -> tuple[float, float]:
         """(first, growth): decode iteration i (from 0) of the run takes first + growth x i."""
         n = decode_seqs
-        first = self.tokens[n] + self.sampled[n] + self.per_context * context_tokens
-        return first, self.per_context * n
+        return self.decode_base[n] + self.per_context * context_tokens, self.per_context * n
 
     @staticmethod
     def decode_run_s(first: float, growth: float, iterations: float) -> float:
