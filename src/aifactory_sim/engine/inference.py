@@ -560,6 +560,8 @@ class Service:
     # --- end of the run ---------------------------------------------------------------------------
     def close(self, horizon: float) -> None:
         self.advance_to(horizon)
+        late = self.log.first_token_s > horizon  # a chained plan's head, applied ahead
+        self.log.first_token_s[late] = math.nan
         for r in self.replicas:
             if r.state in ("ready", "draining"):
                 self.busy_gpu_s += self.spec.tp * r.core.busy_until(horizon)

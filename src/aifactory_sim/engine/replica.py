@@ -338,19 +338,30 @@ class ReplicaCore:
                 self._decode_stretch(now, i, cap)
             return
         used = self._decode_blocks(i) + self._pre_blocks  # exact: admission depends on it
-        n = self._n_dec
-        budget = self.max_batched_tokens - n
+        budget = self.max_batched_tokens - self._n_dec
         chunks: list[tuple[Seq, int]] = []
-        for s in self.prefilling.values():  # prefills under way, oldest first
+        extra = 0  # blocks the chunks add
+        for s in list(self.prefilling.values()):  # prefills under way, oldest first
             if budget <= 0:
                 break
             left = s.target - s.prefilled
             c = min(left, budget)
             if not self.chunked_prefill and c < left:
                 continue
+            more = -(-(s.cached + c) // BLOCK_TOKENS) - -(-s.cached // BLOCK_TOKENS)
+            # vLLM V1: a running request's new tokens get blocks, preempting the newest running
+            # request (possibly itself, which ends the pass) until they do.
+            while used + extra + more > cap and s.order in self.running:
+                self._preempt(self.running[next(reversed(self.running))])
+                used = self._decode_blocks(i) + self._pre_blocks
+                budget = self.max_batched_tokens - self._n_dec - sum(c for _, c in chunks)
+            if s.order not in self.running:
+                break
             chunks.append((s, c))
             budget -= c
-            used += -(-(s.cached + c) // BLOCK_TOKENS) - -(-s.cached // BLOCK_TOKENS)
+            extra += more
+        used += extra
+        n = self._n_dec
         waiting = self.waiting
         while waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             head = waiting[0]
