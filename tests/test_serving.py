@@ -330,3 +330,17 @@ def test_slo_attainment_counts_requests_meeting_every_target():
     assert s["slo_attainment"] == pytest.approx(ok.sum() / (len(done) + s["dropped"]))
     assert 0.0 < s["slo_attainment"] < 1.0
     assert s["slo_met"]["ttft"] == bool(np.percentile(ttft, 90) <= 0.5)
+
+
+def test_a_saved_run_holds_the_request_table_and_the_serving_figures(tmp_path):
+    res = af.run(scenario(duration="10min", slo={"ttft_s": 1.0}))
+    out = res.save(tmp_path / "run")
+    import pandas as pd
+
+    table = pd.read_csv(out / "requests.csv")
+    assert len(table) == len(res.requests) == res.summary["inference"]["chat"]["requests"]
+    assert list(pd.read_csv(out / "services.csv").columns)[:3] == ["service", "time_s",
+                                                                  "arrivals_rps"]
+    for name in ("latency.png", "replicas.png", "kv_cache.png"):
+        assert (out / name).stat().st_size > 10_000, name
+    assert "inference services" in res.text() and "chat" in res.text()

@@ -562,6 +562,7 @@ class Service:
         self.advance_to(horizon)
         late = self.log.first_token_s > horizon  # a chained plan's head, applied ahead
         self.log.first_token_s[late] = math.nan
+        self._check_little(horizon)
         for r in self.replicas:
             if r.state in ("ready", "draining"):
                 self.busy_gpu_s += self.spec.tp * r.core.busy_until(horizon)
@@ -569,8 +570,6 @@ class Service:
                 self.cold_gpu_s += self.spec.tp * (horizon - r.placed_s)
         self._book_held()
         self._set_provisioned(0)
-        self._area += self._in_system * (horizon - self._area_t)
-        self._area_t = horizon
         last = self._tick_s
         arrived = self._arrivals_since_tick(horizon)
         if horizon > last:  # a partial tick: its rate over the time it lasted
@@ -580,6 +579,22 @@ class Service:
         tel.add("cold_start", self.cold_gpu_s)
         tel.add("inference_busy", self.busy_gpu_s)
         tel.add("inference_idle", max(idle, 0.0))
+
+    def _check_little(self, horizon: float) -> None:
+        """Little's law on every run: the time integral of requests in the system, kept from
+        the engine's own arrivals and completions, must equal the sum over the request table
+        of each request's time in the system (to the end of the run). A mismatch means a
+        request was lost or counted twice: an internal error, never a user's."""
+        n = self._next
+        log = self.log
+        keep = ~self.dropped[:n]
+        spent = np.minimum(np.nan_to_num(log.finish_s[:n], nan=horizon), horizon)
+        total = float((spent - log.arrival_s[:n])[keep].sum())
+        self._area += self._in_system * (horizon - self._area_t)
+        self._area_t = horizon
+        if not math.isclose(self._area, total, rel_tol=1e-9, abs_tol=1e-6):
+            raise RuntimeError(f"service {self.name}: requests in system integrate to "
+                               f"{self._area} request-s, the request table to {total}")
 
     # --- results --------------------------------------------------------------------------------
     def requests_frame(self) -> dict[str, np.ndarray]:
