@@ -328,11 +328,11 @@ def bench_year(quick: bool) -> dict[str, Any]:
 GOAL_SERVE_REQ_S = 50_000
 SERVE_REQUESTS = 1_000_000
 SERVE_REPLICAS = 32
-#: Offered load: 5 requests/s per replica (about 40 requests in flight on each: a
-#: latency-first tier), and a busy one at 10/s (about 120 in flight). The fast tier skips the
+#: Offered load: 5 requests/s per replica (about 7 requests in flight on each: a
+#: latency-first tier), and a busier one at 10/s (about 18 in flight). The fast tier skips the
 #: decode iterations between two batch changes, so its lead over `step` is the number of
-#: iterations between them: it shrinks as the load per replica grows (measured: 15x at
-#: 2 requests/s per replica, 7x at 5, 2.6x at 10, 1.1x at 20; tools in the closing note).
+#: iterations between them, which shrinks as the load per replica grows (40,000-request runs
+#: on one core: 15x at 2 requests/s per replica, 7x at 5, 2.6x at 10, 1.1x at 20).
 SERVE_RATES_RPS = {"": 160.0, "-busy": 320.0}
 
 
