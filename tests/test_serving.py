@@ -344,3 +344,26 @@ def test_a_saved_run_holds_the_request_table_and_the_serving_figures(tmp_path):
     for name in ("latency.png", "replicas.png", "kv_cache.png"):
         assert (out / name).stat().st_size > 10_000, name
     assert "inference services" in res.text() and "chat" in res.text()
+
+
+def test_an_azure_trace_replays_with_its_lengths(tmp_path):
+    """The public Azure LLM inference trace's layout (TIMESTAMP, ContextTokens,
+    GeneratedTokens): each row becomes one request with its own lengths, times from the first."""
+    rows = ["TIMESTAMP,ContextTokens,GeneratedTokens"]
+    rng = np.random.default_rng(0)
+    t = 0.0
+    for _ in range(400):
+        t += rng.exponential(0.25)
+        stamp = f"2023-11-16 18:{15 + int(t // 60):02d}:{t % 60:09.6f}"
+        rows.append(f"{stamp},{int(rng.integers(50, 3000))},{int(rng.integers(5, 400))}")
+    path = tmp_path / "azure.csv"
+    path.write_text("\n".join(rows) + "\n")
+    res = af.run(scenario(duration="10min", traffic={"kind": "trace", "path": str(path)},
+                          prompt_tokens=None, output_tokens=None))
+    req = res.requests
+    assert len(req) == 400
+    assert req["arrival_s"].iloc[0] == 0.0
+    written = [r.split(",") for r in rows[1:]]
+    assert req["prompt_tokens"].tolist() == [int(w[1]) for w in written]
+    assert req["output_tokens"].tolist() == [int(w[2]) for w in written]
+    assert req["finish_s"].notna().all()

@@ -341,7 +341,7 @@ class ReplicaCore:
         budget = self.max_batched_tokens - self._n_dec
         chunks: list[tuple[Seq, int]] = []
         extra = 0  # blocks the chunks add
-        for s in list(self.prefilling.values()):  # prefills under way, oldest first
+        for s in list(self.prefilling.values()) if self.prefilling else ():  # oldest first
             if budget <= 0:
                 break
             left = s.target - s.prefilled
