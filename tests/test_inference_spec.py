@@ -160,9 +160,6 @@ def test_replicas_outside_the_autoscaler_bounds() -> None:
 @pytest.mark.parametrize(
     ("path", "value", "where", "words"),
     [
-        ("inference.0.fidelity", "fluid", "inference.0.fidelity",
-         "'fluid' (the aggregate serving tier) is not in this version yet; allowed: 'step', "
-         "'fast'"),
         ("inference.0.fidelity", "slow", "inference.0.fidelity", "'step', 'fast' or 'fluid'"),
         ("inference.0.precision", "fp4", "inference.0.precision", "'bf16', 'fp8' or 'int4'"),
         ("inference.0.kv_precision", "int4", "inference.0.kv_precision", "'bf16' or 'fp8'"),
@@ -200,10 +197,10 @@ def test_field_errors_are_located(path: str, value: Any, where: str, words: str)
     assert words in msg
 
 
-def test_top_level_fluid_refused_with_the_same_words() -> None:
-    msg = error_of(with_("fidelity", "fluid"))
-    assert msg.startswith("fidelity: 'fluid' (the aggregate serving tier) is not in this version")
-    assert af.load(with_("fidelity", "step")).fidelity == "step"
+def test_fluid_is_a_tier_for_the_scenario_and_for_each_service() -> None:
+    assert af.load(with_("fidelity", "fluid")).fidelity == "fluid"
+    s = af.load(with_("inference.0.fidelity", "fluid"))
+    assert s.fidelity == "fast" and s.inference[0].fidelity == "fluid"
 
 
 def test_names_are_unique_among_services_and_jobs() -> None:

@@ -266,10 +266,10 @@ def test_failure_checkpoint_and_elastic_sections_are_checked() -> None:
     assert "min_dp=99 exceeds parallel.dp" in msg
 
 
-def test_fluid_fidelity_refused() -> None:
-    msg = error_of(with_("fidelity", "fluid"))
+def test_an_unknown_fidelity_names_the_three_tiers() -> None:
+    msg = error_of(with_("fidelity", "exact"))
     assert msg.startswith("fidelity: ")
-    assert "allowed: 'step', 'fast'" in msg
+    assert "'step', 'fast' or 'fluid'" in msg
 
 
 def test_global_batch_not_divisible() -> None:
@@ -406,18 +406,11 @@ def test_global_batch_tokens_rounds_to_whole_microbatches() -> None:
 # --- the example factory ---------------------------------------------------------------------
 
 
-def test_example_factory_fails_only_on_fluid() -> None:
-    # The chat service asks for `fidelity: fluid`, the aggregate tier this version refuses;
-    # with `fast` instead the example loads as it stands (tests/test_inference_spec.py checks
-    # the service).
+def test_example_factory_loads_as_written() -> None:
+    # tests/test_inference_spec.py checks the service.
     data = yaml.safe_load(FACTORY_YAML.read_text())
-    msg = error_of(data)
-    assert msg == (  # the only complaint
-        "inference.0.fidelity: 'fluid' (the aggregate serving tier) is not in this version yet;"
-        " allowed: 'step', 'fast' (got 'fluid')"
-    )
-    data["inference"][0]["fidelity"] = "fast"
     s = af.load(data)
+    assert s.inference[0].fidelity == "fluid"
     assert s.cluster.node_pools[0].gpus == 2080 * 8
     assert s.training[0].parallel.gpus == 16384
     assert s.training[0].elastic is not None and s.training[0].elastic.min_dp == 96

@@ -125,10 +125,12 @@ class Results:
             "bucket": list(ledger_h), "gpu_h": list(ledger_h.values()),
         })
         ledger["share"] = ledger["gpu_h"] / total_h
+        frames = [(svc.name, svc.requests_frame()) for svc in factory.services]
+        frames = [(name, cols) for name, cols in frames if cols]  # the fluid tier has none
         requests = pd.concat(
-            [pd.DataFrame({"service": svc.name, **svc.requests_frame()})
-             for svc in factory.services], ignore_index=True,
-        ) if factory.services else None
+            [pd.DataFrame({"service": name, **cols}) for name, cols in frames],
+            ignore_index=True,
+        ) if frames else None
         services = pd.concat(
             [pd.DataFrame(svc.rows, columns=list(SERVICE_COLUMNS)).assign(service=svc.name)
              [["service", *SERVICE_COLUMNS]] for svc in factory.services], ignore_index=True,
@@ -233,6 +235,7 @@ class Results:
         self.events.to_csv(tmp / "events.csv", index=False)
         if len(self.requests):
             self.requests.to_csv(tmp / "requests.csv", index=False)
+        if len(self.services):
             self.services.to_csv(tmp / "services.csv", index=False)
         if plots:
             self.plot.save_all(tmp)

@@ -79,8 +79,15 @@ class PoolState:
         if count == 0:
             return np.zeros(0, dtype=np.int64)
         free_per_leaf = np.bincount(self.leaf[free], minlength=self.n_leaves)
-        leaf_nodes = [np.flatnonzero(free & (self.leaf == lf)) for lf in range(self.n_leaves)]
+        nodes_of: dict[int, np.ndarray] = {}
+
+        def leaf_free(lf: int) -> np.ndarray:  # a leaf's free nodes, looked up when needed
+            if lf not in nodes_of:
+                nodes_of[lf] = np.flatnonzero(free & (self.leaf == lf))
+            return nodes_of[lf]
+
         if placement == "spread":
+            leaf_nodes = [leaf_free(lf) for lf in range(self.n_leaves)]
             order = np.argsort(-free_per_leaf, kind="stable")
             picked: list[int] = []
             depth = 0
@@ -96,11 +103,11 @@ class PoolState:
             fits = np.flatnonzero(free_per_leaf >= need)
             if fits.size:  # best fit: the fullest leaf that still holds the rest
                 lf = int(fits[np.argmin(free_per_leaf[fits])])
-                chosen.append(leaf_nodes[lf][:need])
+                chosen.append(leaf_free(lf)[:need])
                 need = 0
             else:  # take the emptiest leaf whole
                 lf = int(np.argmax(free_per_leaf))
-                chosen.append(leaf_nodes[lf])
+                chosen.append(leaf_free(lf))
                 need -= int(free_per_leaf[lf])
                 free_per_leaf[lf] = 0
         return np.sort(np.concatenate(chosen))

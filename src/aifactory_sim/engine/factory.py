@@ -12,6 +12,7 @@ import simpy
 from ..spec.scenario import Scenario
 from .cluster import Allocation, ClusterState
 from .failures import FailureInjector
+from .fluid import FluidService
 from .inference import Service
 from .scheduler import Scheduler
 from .storage import SharedStorage
@@ -46,7 +47,8 @@ class Factory:
             for i, job in enumerate(scenario.training)
         ]
         self.services = [
-            Service(self, k, len(self.jobs) + k, svc, scenario.pool(svc.pool), {
+            (FluidService if (svc.fidelity or scenario.fidelity) == "fluid" else Service)(
+                self, k, len(self.jobs) + k, svc, scenario.pool(svc.pool), {
                 name: rng_for(scenario.seed, f"inference.{svc.name}.{name}")
                 for name in ("arrivals", "prompts", "outputs", "router")
             })

@@ -119,24 +119,14 @@ class Service:
         self.slots_per_node = max(1, gpn // spec.tp)
         self.nodes_per_replica = max(1, spec.tp // gpn)
 
-        horizon = factory.scenario.duration
-        reqs = draw_requests(spec.traffic, spec.prompt_tokens, spec.output_tokens,
-                             max(horizon - spec.start_at, 0.0),
-                             arrivals_rng=rngs["arrivals"], prompt_rng=rngs["prompts"],
-                             output_rng=rngs["outputs"])
-        self.log = RequestLog(reqs.arrival_s + spec.start_at, reqs.prompt_tokens,
-                              reqs.output_tokens)
-        too_long = self.log.prompt_tokens + self.log.output_tokens > self.kv_tokens
-        if not b.chunked_prefill:
-            too_long |= self.log.prompt_tokens > b.max_batched_tokens
-        self.dropped = too_long
-        self._arrivals = self.log.arrival_s.tolist()
-        self._drop = too_long.tolist()
-        self._uniform = (rngs["router"].random(len(self.log)).tolist()
-                         if spec.router == "random" else None)
-        self._next = 0  # next arrival to handle
+        self.model_args, self.gpu_args = m, g
+        self.policy = None if spec.autoscaler is None else policy_for(spec.autoscaler)
+        self.interval_s = SAMPLE_S if self.policy is None else self.policy.interval_s
+        self._next = 0  # requests arrived so far
+        self._init_requests(rngs, max(factory.scenario.duration - spec.start_at, 0.0))
 
-        self.replicas: list[Replica] = []
+        self.replicas: list[Replica] = []  # every replica ever asked for, by index
+        self.live: dict[int, Replica] = {}  # those not gone, in index order
         self.ready: list[int] = []  # indices of ready replicas, in order of readiness
         self.outs: list[int] = []  # requests in flight per replica (by index)
         self.queue: deque[int] = deque()  # the router's queue
@@ -144,8 +134,6 @@ class Service:
         self._heap: list[tuple[float, int, int]] = []  # (plan end, seq, replica)
         self._seq = 0
         self.node_slots: dict[int, list[int]] = {}  # held node -> replica per slot (-1 free)
-        self.policy = None if spec.autoscaler is None else policy_for(spec.autoscaler)
-        self.interval_s = SAMPLE_S if self.policy is None else self.policy.interval_s
         self.desired = 0
         self.rows: list[tuple[Any, ...]] = []
         self._arrivals_at_tick = 0
@@ -166,6 +154,33 @@ class Service:
         self._prov_since = 0.0
         self.replicas_max = 0
         self.process = self.env.process(self._life())
+
+    def _init_requests(self, rngs: dict[str, np.random.Generator], span_s: float) -> None:
+        """Every request of the run, drawn at once (vectorised)."""
+        spec, b = self.spec, self.spec.batching
+        reqs = draw_requests(spec.traffic, spec.prompt_tokens, spec.output_tokens, span_s,
+                             arrivals_rng=rngs["arrivals"], prompt_rng=rngs["prompts"],
+                             output_rng=rngs["outputs"])
+        self.log = RequestLog(reqs.arrival_s + spec.start_at, reqs.prompt_tokens,
+                              reqs.output_tokens)
+        too_long = self.log.prompt_tokens + self.log.output_tokens > self.kv_tokens
+        if not b.chunked_prefill:
+            too_long |= self.log.prompt_tokens > b.max_batched_tokens
+        self.dropped = too_long
+        self._arrivals = self.log.arrival_s.tolist()
+        self._drop = too_long.tolist()
+        self._uniform = (rngs["router"].random(len(self.log)).tolist()
+                         if spec.router == "random" else None)
+
+    def _new_core(self, index: int) -> Any:
+        b = self.spec.batching
+        return ReplicaCore(self.table, self.log, kv_capacity_tokens=self.kv_tokens,
+                           max_num_seqs=b.max_num_seqs, max_batched_tokens=b.max_batched_tokens,
+                           chunked_prefill=b.chunked_prefill, fast=self.fast, index=index)
+
+    @property
+    def tier(self) -> str:
+        return "fast" if self.fast else "step"
 
     @property
     def held_gpus(self) -> int:
@@ -294,7 +309,7 @@ class Service:
         next_tick = env.now + self.interval_s
         while True:
             wake = next_tick
-            for r in self.replicas:
+            for r in self.live.values():
                 if r.state == "draining":
                     wake = min(wake, r.core.next_time())
             yield env.timeout(max(wake - env.now, 0.0))
@@ -308,7 +323,7 @@ class Service:
     def _tick(self, now: float) -> None:
         arrived = self._arrivals_since_tick(now)
         if self.policy is not None:
-            current = sum(r.state in ("pending", "starting", "ready") for r in self.replicas)
+            current = sum(r.state != "draining" for r in self.live.values())
             metric = self._metric(arrived)
             self.desired = self.policy.update(now, current, metric, ready=len(self.ready))
             if self.desired > current:
@@ -335,9 +350,8 @@ class Service:
 
     def _sample(self, rps: float = 0.0) -> None:
         counts = dict.fromkeys(("pending", "starting", "ready", "draining"), 0)
-        for r in self.replicas:
-            if r.state in counts:
-                counts[r.state] += 1
+        for r in self.live.values():
+            counts[r.state] += 1
         kv = [self.replicas[k].core.kv_used_blocks() / max(self.replicas[k].core.kv_blocks, 1)
               for k in self.ready]
         self.rows.append((
@@ -348,20 +362,16 @@ class Service:
 
     # --- replicas ------------------------------------------------------------------------------
     def _add_replica(self) -> None:
-        b = self.spec.batching
-        core = ReplicaCore(self.table, self.log, kv_capacity_tokens=self.kv_tokens,
-                           max_num_seqs=b.max_num_seqs, max_batched_tokens=b.max_batched_tokens,
-                           chunked_prefill=b.chunked_prefill, fast=self.fast,
-                           index=len(self.replicas))
-        r = Replica(len(self.replicas), core)
+        r = Replica(len(self.replicas), self._new_core(len(self.replicas)))
         self.replicas.append(r)
+        self.live[r.index] = r
         self.outs.append(0)
         self._place(r)
 
     def place_pending(self) -> bool:
         """Nodes were freed: place replicas waiting for them, oldest first. True if any was."""
         placed = False
-        for r in self.replicas:
+        for r in list(self.live.values()):
             if r.state == "pending":
                 if not self._place(r):
                     break
@@ -470,13 +480,15 @@ class Service:
 
     def _remove_replicas(self, count: int) -> None:
         now = self.env.now
-        order = ([r for r in reversed(self.replicas) if r.state == "pending"]
-                 + [r for r in reversed(self.replicas) if r.state == "starting"]
+        live = list(reversed(self.live.values()))
+        order = ([r for r in live if r.state == "pending"]
+                 + [r for r in live if r.state == "starting"]
                  + sorted((self.replicas[k] for k in self.ready),
-                          key=lambda r: (self.outs[r.index], -r.index)))
+                          key=lambda r: (self._node_load(r), self.outs[r.index], -r.index)))
         for r in order[:count]:
             if r.state == "pending":
                 r.state = "gone"
+                del self.live[r.index]
             elif r.state == "starting":
                 self.cold_gpu_s += self.spec.tp * (now - r.placed_s)
                 r.generation += 1
@@ -487,10 +499,16 @@ class Service:
         self._finish_drains()
         self._release_empty_nodes()
 
+    def _node_load(self, r: Replica) -> int:
+        """Replicas on the nodes of `r`: a scale-down takes replicas from the emptiest nodes
+        first, so that whole nodes go back to the cluster (then the fewest requests in flight,
+        then the newest)."""
+        return sum(1 for node in r.nodes for k in self.node_slots.get(node, ()) if k >= 0)
+
     def _finish_drains(self) -> None:
         now = self.env.now
         done = False
-        for r in self.replicas:
+        for r in list(self.live.values()):
             if r.state == "draining" and r.core.outstanding == 0:
                 self._retire(r, now)
                 done = True
@@ -504,6 +522,7 @@ class Service:
 
     def _gone(self, r: Replica) -> None:
         r.state = "gone"
+        del self.live[r.index]
         r.seq = -1
         self._vacate(r)
         self._set_provisioned(-1)
@@ -560,10 +579,8 @@ class Service:
     # --- end of the run ---------------------------------------------------------------------------
     def close(self, horizon: float) -> None:
         self.advance_to(horizon)
-        late = self.log.first_token_s > horizon  # a chained plan's head, applied ahead
-        self.log.first_token_s[late] = math.nan
-        self._check_little(horizon)
-        for r in self.replicas:
+        self._close_requests(horizon)
+        for r in self.live.values():
             if r.state in ("ready", "draining"):
                 self.busy_gpu_s += self.spec.tp * r.core.busy_until(horizon)
             elif r.state == "starting":
@@ -579,6 +596,11 @@ class Service:
         tel.add("cold_start", self.cold_gpu_s)
         tel.add("inference_busy", self.busy_gpu_s)
         tel.add("inference_idle", max(idle, 0.0))
+
+    def _close_requests(self, horizon: float) -> None:
+        late = self.log.first_token_s > horizon  # a chained plan's head, applied ahead
+        self.log.first_token_s[late] = math.nan
+        self._check_little(horizon)
 
     def _check_little(self, horizon: float) -> None:
         """Little's law on every run: the time integral of requests in the system, kept from
@@ -648,7 +670,7 @@ class Service:
             judged = int(done.sum()) + dropped
             attained = float(ok.sum() / judged) if judged else None
         return {
-            "fidelity": "fast" if self.fast else "step",
+            "fidelity": self.tier,
             "requests": int(cols["arrival_s"].size),
             "completed": int(done.sum()),
             "dropped": dropped,

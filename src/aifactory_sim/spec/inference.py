@@ -8,9 +8,9 @@ weights against the GPU's memory) are in Scenario's validator.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import AfterValidator, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from .autoscaling import Autoscaler
 from .base import NonNegativeDurationS, Spec
@@ -20,20 +20,9 @@ from .serving import Workload
 # --- fidelity -------------------------------------------------------------------------------
 
 
-def _fluid_not_yet(value: str) -> str:
-    # The one place that refuses the aggregate tier, for the scenario and for each service:
-    # drop this validator from `Fidelity` when `fluid` lands.
-    if value == "fluid":
-        raise ValueError(
-            "'fluid' (the aggregate serving tier) is not in this version yet; "
-            "allowed: 'step', 'fast'"
-        )
-    return value
-
-
 #: The fidelity tiers of DESIGN.md: `step` (one event per iteration), `fast` (exact skipping),
-#: `fluid` (aggregate flows; refused for now).
-Fidelity = Annotated[Literal["step", "fast", "fluid"], AfterValidator(_fluid_not_yet)]
+#: `fluid` (aggregate flows, engine/fluid.py).
+Fidelity = Literal["step", "fast", "fluid"]
 
 
 # --- parts of a service ---------------------------------------------------------------------
@@ -152,7 +141,7 @@ class InferenceService(Workload):
     )
     fidelity: Fidelity | None = Field(
         None,
-        description="step or fast for this service (fluid is refused in this version); none: "
+        description="step, fast or fluid for this service; none: "
         "the scenario's fidelity",
     )
     start_at: NonNegativeDurationS = Field(

@@ -372,8 +372,8 @@ class Scenario(Spec):
     fidelity: Fidelity = Field(
         "fast",
         description="step: one event per training step or serving iteration (the reference); "
-        "fast: the same timestamps, skipping between events that change something; fluid "
-        "(aggregate serving) is refused in this version",
+        "fast: the same timestamps, skipping between events that change something; fluid: "
+        "services as aggregate flows (training jobs, which have no fluid tier, run fast)",
     )
     cluster: Cluster
     power: Power = Power()

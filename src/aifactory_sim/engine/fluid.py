@@ -1,0 +1,535 @@
+"""The `fluid` serving tier: a service advanced as aggregate flows, for weeks of heavy traffic.
+
+A fluid service keeps everything of a per-request one that is about replicas (nodes, cold
+starts, the autoscaler, drains, failures, the ledger; engine/inference.py) and replaces the
+requests by flows. Per interval between two moments that matter (a tick of the traffic grid, an
+autoscaler decision, a replica becoming ready, a failure) it knows R ready replicas, the
+arrivals of the interval and a backlog Q, and computes:
+
+1. The operating point of a replica fed x requests/s. In vLLM's steady state (Little's law per
+   iteration of length t): n = x t prompts start per iteration, D = x (E[O] - 1) t sequences
+   decode, P = n E[I] prompt tokens are prefilled, the decoding sequences attend to
+   D c_bar tokens (c_bar = E[I] + E[O (O - 1) / 2] / E[O - 1], the context averaged over decode
+   steps, weighted by how many steps each request has), and the prompts' causal attention
+   covers n E[I (I + 1) / 2] query-key pairs. t is the fixed point of the kernel's iteration
+   time t = f(P, D, context, pairs, n) (kernels/inference.py), solved once per service on a grid
+   of x, vectorised. A replica saturates at x_max, the largest x that keeps the token budget
+   (P + D), the seats (D + n r, r = max(1, E[I] / budget) iterations in prefill) and the KV
+   cache (D (E[I] + E[O] / 2 + 7.5) + n r (E[I] + 7.5) tokens, blocks half full on average)
+   within their limits: kernels.inference.offline_steady_state's limits, at the run's mean
+   lengths.
+2. The flow: with demand lambda (arrivals per second) and backlog Q, R replicas admit
+   s = min(R x_max, lambda + Q / dt) per second, each at x = s / R (a backlog that clears
+   within the interval is admitted at R x_max until it is gone); Q grows by (lambda - s) dt.
+   Requests in service L relax to R x T_s, T_s = (r + E[O] - 1) t, with time constant T_s
+   (completions trail admissions by a time in service). The share of time a replica iterates
+   (for the ledger) is 1 - exp(-L / R) (a Poisson number in service).
+3. Latency, from a documented model sampled per interval (32 requests drawn from the run's
+   lengths, each standing for s dt / 32 requests served in the interval):
+   - queue wait: the fluid FIFO wait t - A^-1(S(t)) (A: cumulative arrivals, S: cumulative
+     admissions; zero while nothing is backlogged), plus, below saturation, the wait for a
+     seat of Allen-Cunneen with Sakasegawa's probability of waiting (Hopp & Spearman, Factory
+     Physics, 3rd ed., eq. 8.10; Sakasegawa, Ann. Inst. Stat. Math. 29, 1977): c = R x seats
+     servers (seats: max_num_seqs, or the sequences the KV cache holds at mean lengths),
+     utilisation u = (R x T_s) / c, P(wait) = u^(sqrt(2 (c + 1)) - 1), a wait then exponential
+     with mean T_s / (c (1 - u)) (c_a^2 + c_s^2) / 2 (Poisson arrivals, c_a^2 = 1; c_s^2 of the
+     time in service from the output lengths), plus the rest of the iteration under way when
+     it arrives (admission happens at a boundary; the iteration is drawn size-biased among
+     candidates of Poisson(n) prompts of the run's lengths);
+   - time to first token: that wait plus the iterations that prefill its prompt, each costing
+     the kernel's time for the interval's batch with the prompt's chunk added;
+   - time per output token: the decode-only iteration at the interval's batch plus the prefill
+     work other prompts add to the O - 1 iterations it decodes through: their number is
+     Poisson (n per iteration), their mean cost the mean iteration's excess over decode-only,
+     their spread the second moment of a prompt's excess (normal approximation of the sum).
+   The run's percentiles are those of all samples weighted by the requests they stand for.
+
+What this tier leaves out, by design: per-request preemptions (reported as 0), the drain of a
+removed replica (its requests are carried by the others: a fluid replica retires at once), the
+router's policy (every policy is the ideal central queue), dropped requests counted by the
+share of the run's lengths too long for the cache. docs/background/serving.md holds the
+validation against the `fast` tier.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from scipy.special import gammaln
+
+from ..kernels.inference import BLOCK_TOKENS, offline_steady_state
+from .inference import Service
+from .traffic import counts_per_tick, draw_requests, lengths, tick_edges
+
+if TYPE_CHECKING:
+    from .inference import Replica
+
+#: Length draws the latency model and the moments come from.
+POOL = 1 << 16
+#: Latency samples per interval.
+SAMPLES = 32
+#: Candidate iterations per sample for the size-biased choice of the one under way.
+CANDIDATES = 6
+#: Points of the operating-point grid over x in [0, x_hi].
+GRID = 512
+#: Widest range of prompt counts per iteration the Poisson mixture sums over.
+KMAX = 512
+#: Fixed-point iterations (the map is a contraction: t grows slower than linearly in t).
+FIXED_POINT_ITERATIONS = 100
+
+
+class FluidCore:
+    """What the replica life cycle asks of a replica's core, for a replica without requests of
+    its own: nothing in flight, no plan; the service books its busy time."""
+
+    __slots__ = ("busy_s", "kv_blocks", "plan", "waiting")
+
+    outstanding = 0
+
+    def __init__(self) -> None:
+        self.busy_s = 0.0
+        self.kv_blocks = 1
+        self.plan = None
+        self.waiting: tuple[()] = ()
+
+    def busy_until(self, t: float) -> float:
+        return 0.0
+
+    def evict(self, now: float) -> list[int]:
+        return []
+
+    def next_time(self) -> float:
+        return math.inf
+
+    def kv_used_blocks(self) -> int:
+        return 0
+
+
+class FluidService(Service):
+    """An `inference` service in the `fluid` tier (see the module docstring)."""
+
+    @property
+    def tier(self) -> str:
+        return "fluid"
+
+    # --- set-up ---------------------------------------------------------------------------
+    def _init_requests(self, rngs: dict[str, np.random.Generator], span_s: float) -> None:
+        spec, b = self.spec, self.spec.batching
+        start = spec.start_at
+        self.edges = tick_edges(self.interval_s, span_s) + start if span_s > 0 else np.array(
+            [start, start])
+        counts = (counts_per_tick(spec.traffic, self.interval_s, span_s, rngs["arrivals"])
+                  .astype(np.float64) if span_s > 0 else np.zeros(1))
+        self.cum_arrivals = np.concatenate(([0.0], np.cumsum(counts)))
+        if spec.traffic.kind == "trace":  # the trace's own lengths, each row once
+            reqs = draw_requests(spec.traffic, spec.prompt_tokens, spec.output_tokens, span_s,
+                                 arrivals_rng=rngs["arrivals"], prompt_rng=rngs["prompts"],
+                                 output_rng=rngs["outputs"])
+            prompt, output = reqs.prompt_tokens, reqs.output_tokens
+            if prompt is None or prompt.size == 0:
+                prompt = output = np.ones(1, dtype=np.int64)
+        else:
+            assert spec.prompt_tokens is not None and spec.output_tokens is not None
+            prompt = lengths(spec.prompt_tokens, POOL, rngs["prompts"])
+            output = lengths(spec.output_tokens, POOL, rngs["outputs"])
+        too_long = prompt + output > self.kv_tokens
+        if not b.chunked_prefill:
+            too_long |= prompt > b.max_batched_tokens
+        self.drop_share = float(too_long.mean())
+        keep = ~too_long if not too_long.all() else np.ones_like(too_long)
+        self.pool_prompt = prompt[keep].astype(np.float64)
+        self.pool_output = output[keep].astype(np.float64)
+        self._mc_rng = rngs["router"]
+        i, o = self.pool_prompt, self.pool_output
+        self.mean_prompt = float(i.mean())
+        self.mean_output = float(o.mean())
+        self.mean_pairs = float((i * (i + 1.0) / 2.0).mean())
+        decode_steps = float((o - 1.0).mean())
+        self.mean_context = self.mean_prompt + (
+            float((o * (o - 1.0) / 2.0).mean()) / decode_steps if decode_steps > 0 else 0.0)
+        self.output_cv2 = float(o.var() / o.mean() ** 2)
+        self._operating_points()
+        # The flows.
+        self._t = start
+        self._backlog = 0.0
+        self._in_service = 0.0
+        self._x = 0.0  # per-replica admission rate of the last interval
+        self._arrived = self._arrived_at_tick = 0.0
+        self._admitted = 0.0
+        self._dropped = 0.0
+        self._fluid_area = 0.0
+        self._preempted = 0.0
+        self._intervals: list[tuple[float, ...]] = []
+        self.dropped = np.zeros(0, dtype=bool)
+
+    def _iteration_s(self, prefill: np.ndarray, decode: np.ndarray, context: np.ndarray,
+                     pairs: np.ndarray, prompts: np.ndarray) -> np.ndarray:
+        """The kernel's iteration time for fractional batches: the replica's IterationTable,
+        linear between whole tokens and sequences (exact at whole numbers)."""
+        tab = self.table
+        tokens = np.clip(prefill + decode, 0.0, len(tab.tokens) - 1.0)
+        seqs = np.clip(decode + prompts, 0.0, len(tab.sampled) - 1.0)
+        return (np.interp(tokens, self._tok_axis, tab.tokens)
+                + np.interp(seqs, self._seq_axis, tab.sampled)
+                + tab.per_context * context + tab.per_prefill_pair * pairs)
+
+    def _operating_points(self) -> None:
+        """The replica's steady state on a grid of per-replica admission rates (step 1 of the
+        module docstring), and the saturation rate x_max."""
+        spec, b = self.spec, self.spec.batching
+        tab = self.table
+        self._tok_axis = np.arange(len(tab.tokens), dtype=np.float64)
+        self._seq_axis = np.arange(len(tab.sampled), dtype=np.float64)
+        ei, eo = self.mean_prompt, self.mean_output
+        dec_steps = max(eo - 1.0, 0.0)
+        one = np.ones(1)
+        t_min = float(self._iteration_s(0.0 * one, one, ei * one, 0.0 * one, 0.0 * one)[0])
+        closed = offline_steady_state(  # the saturation rate at mean lengths, closed form
+            self.model_args, self.gpu_args, prompt_tokens=ei, output_tokens=eo,
+            max_num_seqs=b.max_num_seqs, max_batched_tokens=b.max_batched_tokens, tp=spec.tp,
+            precision=spec.precision, kv_precision=spec.kv_precision,
+            kv_capacity=self.kv_tokens)
+        x_hi = 1.5 * float(closed["requests_per_iteration"] / closed["iteration_time_s"])
+        x = x_hi * np.linspace(0.0, 1.0, GRID)[:, None]
+        t = np.full((GRID, 1), t_min)
+        for _ in range(FIXED_POINT_ITERATIONS):
+            t_new = self._mixture(x * t, x * dec_steps * t)[0]
+            if np.allclose(t_new, t, rtol=1e-12, atol=0.0):
+                t = t_new
+                break
+            t = t_new
+        n = x * t
+        d = x * dec_steps * t
+        t_mean, t_decode = self._mixture(n, d)
+        resid = max(1.0, ei / b.max_batched_tokens)
+        half = (BLOCK_TOKENS - 1) / 2.0
+        usage = np.maximum.reduce([
+            (n * ei + d) / b.max_batched_tokens,
+            (d + n * resid) / b.max_num_seqs,
+            (d * (ei + eo / 2.0 + half) + n * resid * (ei + half)) / self.kv_tokens,
+        ])[:, 0]
+        fits = np.flatnonzero(usage <= 1.0)
+        last = int(fits[-1]) if fits.size else 0
+        stop = max(last, 1) + 1
+        self.x_max = float(x[max(last, 1), 0])
+        self.seats = min(float(b.max_num_seqs), self.kv_tokens / (ei + eo / 2.0 + half))
+        self.op_x = x[:stop, 0]
+        self.op_t = t_mean[:stop, 0]
+        self.op_n = n[:stop, 0]
+        self.op_d = d[:stop, 0]
+        self.op_t_decode = t_decode[:stop, 0]
+        self.op_service_s = (resid + dec_steps) * self.op_t
+        self.op_kv = (self.op_d * (ei + eo / 2.0 + half) + self.op_n * resid * (ei + half)) / (
+            self.kv_tokens)
+
+    def _mixture(self, n: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, ...]:
+        """The mean iteration time when K ~ Poisson(n) prompts join D decodes, and the
+        decode-only one (K = 0). Prompts of mean length, their prefill
+        cut to the token budget left by the decodes (chunked prefill). K runs over the
+        Poisson's bulk (n +- 7 sqrt(n) + 8), whatever n."""
+        b = self.spec.batching
+        width = int(min(np.ceil(14.0 * np.sqrt(float(n.max())) + 17.0), KMAX))
+        lo = np.floor(np.maximum(n - 7.0 * np.sqrt(n) - 8.0, 0.0))
+        k = lo + np.arange(width, dtype=np.float64)[None, :]
+        k = np.concatenate((np.zeros_like(n), k), axis=1)
+        safe_n = np.maximum(n, 1e-300)
+        pmf = np.exp(k * np.log(safe_n) - n - gammaln(k + 1.0))
+        pmf[:, :1] = 0.0  # K = 0 is evaluated apart, for the decode-only time
+        pmf[:, 1:] = np.where(n > 0, pmf[:, 1:], (k[:, 1:] == 0).astype(np.float64))
+        room = np.maximum(b.max_batched_tokens - d, 0.0)
+        prefill = np.minimum(k * self.mean_prompt, room)
+        share = np.where(k > 0, prefill / np.maximum(k * self.mean_prompt, 1.0), 0.0)
+        f = self._iteration_s(prefill, d, d * self.mean_context, k * self.mean_pairs * share, k)
+        mean = (pmf * f).sum(axis=1, keepdims=True) / pmf.sum(axis=1, keepdims=True)
+        return mean, f[:, :1]
+
+    def _new_core(self, index: int) -> Any:
+        return FluidCore()
+
+    def _op(self, x: float) -> tuple[float, ...]:
+        """(t, t_decode, n, D, T_s, kv share) at per-replica rate x (linear interpolation on
+        the grid)."""
+        xs = self.op_x
+        return tuple(float(np.interp(x, xs, a)) for a in (
+            self.op_t, self.op_t_decode, self.op_n, self.op_d, self.op_service_s, self.op_kv))
+
+    # --- the flows --------------------------------------------------------------------------
+    def _arrivals_until(self, t: float) -> float:
+        return float(np.interp(t, self.edges, self.cum_arrivals))
+
+    def advance_to(self, t: float) -> None:
+        """Integrate the flows to `t`, in pieces that never cross a tick of the traffic grid."""
+        edges = self.edges
+        while self._t < t:
+            k = int(np.searchsorted(edges, self._t, side="right"))
+            t1 = min(t, float(edges[k])) if k < edges.size else t
+            self._flow(self._t, t1)
+            self._t = t1
+
+    def _flow(self, t0: float, t1: float) -> None:
+        dt = t1 - t0
+        if dt <= 0:
+            return
+        arrived = self._arrivals_until(t1) - self._arrivals_until(t0)
+        self._arrived += arrived
+        dropped = arrived * self.drop_share
+        self._dropped += dropped
+        lam = (arrived - dropped) / dt
+        r = len(self.ready)
+        cap = r * self.x_max
+        q0 = self._backlog
+        if r and q0 > 0 and cap > lam and q0 / (cap - lam) < dt:
+            # The backlog clears within the interval: at full admission rate until it is
+            # gone, then at the arrival rate.
+            split = t0 + q0 / (cap - lam)
+            self._piece(t0, split, lam, cap)
+            self._piece(split, t1, lam, lam)
+        else:
+            self._piece(t0, t1, lam, min(cap, lam + q0 / dt) if r else 0.0)
+
+    def _piece(self, t0: float, t1: float, lam: float, s: float) -> None:
+        """Admit s requests/s over [t0, t1] while lam arrive (per second)."""
+        dt = t1 - t0
+        if dt <= 0:
+            return
+        r = len(self.ready)
+        q0 = self._backlog
+        q1 = max(q0 + (lam - s) * dt, 0.0)
+        x = s / r if r else 0.0
+        t_it, t_dec, n, d, service_s, _kv = self._op(x)
+        # Requests in service relax to their steady state r x T_s over one time in service
+        # (completions lag admissions by T_s), not at once.
+        steady = r * x * service_s
+        relax = math.exp(-dt / service_s) if service_s > 0 else 0.0
+        in_service = steady + (self._in_service - steady) * relax
+        busy = 1.0 - math.exp(-in_service / r) if r else 0.0
+        self.busy_gpu_s += self.spec.tp * r * dt * busy
+        self._fluid_area += (in_service + (q0 + q1) / 2.0) * dt
+        self._admitted += s * dt
+        self._backlog = q1
+        self._in_service = in_service
+        self._x = x
+        if s * dt > 0:
+            # Admission waits only for a seat (a replica's max_num_seqs, or the sequences its
+            # KV cache holds at mean lengths): c seats, busy a share u of the time.
+            servers = max(r * self.seats, 1.0)
+            u = min(steady / servers, 0.999)
+            p_wait = u ** (math.sqrt(2.0 * (servers + 1.0)) - 1.0) if q1 <= 0 else 0.0
+            mean_wait = service_s / (servers * (1.0 - u)) * (1.0 + self.output_cv2) / 2.0
+            self._intervals.append((s * dt, t0, t1, self._admitted - s * dt, self._admitted,
+                                    t_it, t_dec, n, d, p_wait, mean_wait, busy))
+
+    # --- what the life cycle asks ------------------------------------------------------------
+    def _arrivals_since_tick(self, now: float) -> int:
+        arrived = self._arrived - self._arrived_at_tick
+        self._arrived_at_tick = self._arrived
+        self._tick_s = now
+        return arrived  # type: ignore[return-value]
+
+    def _metric(self, arrived: int) -> float:
+        kind = self.spec.autoscaler.metric  # type: ignore[union-attr]
+        if kind == "rps":
+            return arrived / self.interval_s
+        if kind == "queue":
+            return self._backlog
+        return self._backlog + self._in_service
+
+    def _sample(self, rps: float = 0.0) -> None:
+        counts = dict.fromkeys(("pending", "starting", "ready", "draining"), 0)
+        for r in self.live.values():
+            counts[r.state] += 1
+        kv = self._op(self._x)[5] if self.ready else 0.0
+        self.rows.append((self.env.now, rps, counts["pending"], counts["starting"],
+                          counts["ready"], counts["draining"], self.desired,
+                          self._backlog + self._in_service, self._backlog, kv))
+
+    def node_failed(self, node: int, component: str) -> None:
+        """The requests in service on the replicas of a failed node go back to the backlog."""
+        self.advance_to(self.env.now)
+        slots = self.node_slots.get(node, [])
+        hit = sum(1 for k in set(slots) if k >= 0 and self.replicas[k].state == "ready")
+        if hit and self.ready:
+            lost = self._in_service * hit / len(self.ready)
+            self._backlog += lost
+            self._preempted += lost
+        super().node_failed(node, component)
+
+    def _retire(self, r: Replica, now: float) -> None:
+        self._gone(r)
+
+    # --- results ------------------------------------------------------------------------------
+    def _close_requests(self, horizon: float) -> None:
+        self._latency = self._latency_samples()
+
+    def requests_frame(self) -> dict[str, np.ndarray]:
+        return {}  # no per-request table in this tier
+
+    def _latency_samples(self) -> dict[str, np.ndarray]:
+        """Step 3 of the module docstring, vectorised over every interval at once."""
+        if not self._intervals:
+            empty = np.zeros(0)
+            return dict.fromkeys(("weight", "ttft", "tpot", "tpot_weight", "e2e", "wait",
+                                  "output"), empty)
+        cols = np.array(self._intervals, dtype=np.float64).T
+        weight, t0, t1, s0, s1, t_it, t_dec, n, d, p_wait, mean_wait, busy = cols
+        k = weight.size
+        m = SAMPLES
+        rng = self._mc_rng
+        pick = rng.integers(0, self.pool_prompt.size, size=(k, m))
+        prompt = self.pool_prompt[pick]
+        output = self.pool_output[pick]
+        col = (slice(None), None)
+        # The fluid FIFO wait of the m-th of M admissions spread evenly over the interval: it
+        # is admitted at t when S(t) = s, and arrived when A reached s.
+        frac = (np.arange(m) + 0.5) / m
+        t_adm = t0[col] + (t1 - t0)[col] * frac
+        s_adm = s0[col] + (s1 - s0)[col] * frac
+        kept = self.cum_arrivals * (1.0 - self.drop_share)
+        fluid_wait = np.maximum(t_adm - np.interp(s_adm, kept, self.edges), 0.0)
+        waits = (rng.random((k, m)) < p_wait[col]) * rng.exponential(1.0, (k, m)) * mean_wait[col]
+        b = self.spec.batching
+        dd = np.broadcast_to(d[col], prompt.shape)
+        room = np.maximum(b.max_batched_tokens - dd, 1.0)
+        ctx = dd * self.mean_context
+        sd_prompt = float(self.pool_prompt.std())
+
+        def prompts_of(count: np.ndarray, cap: np.ndarray) -> np.ndarray:
+            """Tokens of `count` prompts: their sum's mean and spread (normal), in [0, cap]."""
+            z = rng.standard_normal(count.shape)
+            return np.clip(count * self.mean_prompt + np.sqrt(count) * sd_prompt * z, 0.0, cap)
+
+        # Admission waits for the end of the iteration under way, picked in proportion to its
+        # length among CANDIDATES iterations of Poisson(n) prompts each (size-biased sampling).
+        cand = np.repeat(n[col], m, axis=1)[..., None] * np.ones(CANDIDATES)
+        cand_k = rng.poisson(cand).astype(np.float64)
+        dd3, room3 = dd[..., None], room[..., None]
+        cand_p = prompts_of(cand_k, room3)
+        cand_t = self._iteration_s(np.minimum(cand_p, room3), dd3, dd3 * self.mean_context,
+                                   cand_p * (self.mean_pairs / max(self.mean_prompt, 1.0)),
+                                   cand_k)
+        cum = np.cumsum(cand_t, axis=2)
+        chosen = np.minimum((rng.random((k, m, 1)) * cum[..., -1:] > cum).sum(axis=2),
+                            CANDIDATES - 1)
+        iteration = np.take_along_axis(cand_t, chosen[..., None], axis=2)[..., 0]
+        residual = rng.random((k, m)) * iteration * busy[col]
+        wait = fluid_wait + waits + residual
+        # Prefill: chunks of at most the budget left by the decodes, each one iteration, with
+        # the prompts that arrived during the wait for admission.
+        chunks = np.ceil(prompt / room)
+        last = prompt - (chunks - 1.0) * room
+        joined_now = rng.poisson(n[col] / np.maximum(t_it[col], 1e-300) * residual)
+        others = prompts_of(joined_now.astype(np.float64), room)
+        others_pairs = others * (self.mean_pairs / max(self.mean_prompt, 1.0))
+        nn = joined_now.astype(np.float64)
+
+        def with_chunk(c: np.ndarray, before: np.ndarray) -> np.ndarray:
+            tokens = np.minimum(others + c, room)
+            return self._iteration_s(tokens, dd, ctx,
+                                     others_pairs + c * before + c * (c + 1) / 2.0, nn + 1.0)
+
+        full_chunk = with_chunk(room, room / 2.0)
+        prefill = with_chunk(last, (chunks - 1.0) * room)
+        many = chunks > 1
+        if many.any():
+            prefill = prefill + np.where(many, (chunks - 1.0) * full_chunk, 0.0)
+        # Prompts longer than one iteration's budget queue for it: the budget is one server
+        # taking prompts first come first served, a prompt holding it for the iterations
+        # beyond its first (the first is the residual above). M/G/1 (Pollaczek-Khinchine,
+        # Kleinrock, Queueing Systems I, eq. 5.105): busy with probability rho = lambda E[S],
+        # a wait then exponential with mean E[S^2] / (2 E[S] (1 - rho)).
+        beyond = np.maximum(prompt / room - 1.0, 0.0) * full_chunk
+        lam = (n / np.maximum(t_it, 1e-300))[col]
+        es = beyond.mean(axis=1, keepdims=True)
+        rho = np.minimum(lam * es, 0.95)
+        pk_mean = (beyond**2).mean(axis=1, keepdims=True) / np.maximum(2.0 * es * (1.0 - rho),
+                                                                        1e-300)
+        queued = (rng.random((k, m)) < rho) * rng.exponential(1.0, (k, m)) * pk_mean
+        wait = wait + queued
+        ttft = wait + prefill
+        # TPOT: decode-only iterations, plus the prompts prefilled while it decodes: their
+        # number Poisson(n (O - 1)), each adding its prefill's excess over decode-only
+        # iterations (all its chunks); the spread of that excess from the prompts drawn here.
+        steps = np.maximum(output - 1.0, 1.0)
+        joined = rng.poisson(n[col] * steps)
+        zero = np.zeros_like(prompt)
+        own = prefill - chunks * self._iteration_s(zero, dd, ctx, zero, zero)
+        mean_own = own.mean(axis=1, keepdims=True)
+        another = np.roll(own, 1, axis=1)  # another prompt of the interval, for the skew
+        extra = joined * mean_own + np.sqrt(joined) * (another - mean_own)
+        tpot = t_dec[col] + np.maximum(extra, 0.0) / steps
+        multi = output > 1
+        e2e = ttft + (output - 1.0) * tpot
+        w = np.broadcast_to((weight / m)[col], prompt.shape)
+        return {"weight": w.ravel(), "ttft": ttft.ravel(), "tpot": tpot[multi],
+                "tpot_weight": w[multi], "e2e": e2e.ravel(), "wait": wait.ravel(),
+                "output": output.ravel()}
+
+    def summary(self, horizon: float) -> dict[str, Any]:
+        lat = self._latency
+        w = lat["weight"]
+        active_s = max(horizon - self.spec.start_at, 0.0)
+        completed = max(self._admitted - self._in_service, 0.0)
+        slo = self.spec.slo
+        attained: float | None = None
+        met: dict[str, bool] = {}
+        if slo is not None and w.size:
+            ok = np.ones(w.size, dtype=bool)
+            tpot_all = np.where(lat["output"] > 1, (lat["e2e"] - lat["ttft"])
+                                / np.maximum(lat["output"] - 1.0, 1.0), 0.0)
+            if slo.ttft_s is not None:
+                ok &= lat["ttft"] <= slo.ttft_s
+                met["ttft"] = bool(weighted_percentiles(lat["ttft"], w, [slo.percentile])[0]
+                                   <= slo.ttft_s)
+            if slo.tpot_s is not None:
+                ok &= tpot_all <= slo.tpot_s
+                if lat["tpot"].size:
+                    met["tpot"] = bool(weighted_percentiles(
+                        lat["tpot"], lat["tpot_weight"], [slo.percentile])[0] <= slo.tpot_s)
+            judged = w.sum() + self._dropped
+            attained = float((w * ok).sum() / judged) if judged > 0 else None
+        output_tokens = completed * self.mean_output
+        requests = round(self._arrived)
+        done = min(round(completed), requests)
+        dropped = min(round(self._dropped), requests - done)
+        return {
+            "fidelity": self.tier,
+            "requests": requests,
+            "completed": done,
+            "dropped": dropped,
+            "in_flight": requests - done - dropped,
+            "output_tokens": round(output_tokens),
+            "output_tokens_per_s": output_tokens / active_s if active_s else 0.0,
+            "ttft_s": weighted_stats(lat["ttft"], w),
+            "tpot_s": weighted_stats(lat["tpot"], lat["tpot_weight"]),
+            "e2e_s": weighted_stats(lat["e2e"], w),
+            "queue_wait_s": weighted_stats(lat["wait"], w),
+            "preemptions": round(self._preempted),
+            "slo_attainment": attained,
+            "slo_met": met,
+            "in_system_mean": self._fluid_area / active_s if active_s else 0.0,
+            "replicas_mean": self._replica_s / active_s if active_s else 0.0,
+            "replicas_max": self.replicas_max,
+            "kv_capacity_tokens": self.kv_tokens,
+            "gpu_h": {"held": self.held_gpu_s / 3600.0, "busy": self.busy_gpu_s / 3600.0,
+                      "cold_start": self.cold_gpu_s / 3600.0},
+        }
+
+
+def weighted_percentiles(x: np.ndarray, w: np.ndarray, q: list[float]) -> np.ndarray:
+    """Percentiles q (0-100) of samples x with weights w: the smallest x whose cumulative
+    weight reaches q % of the total (the inverse of the weighted empirical CDF)."""
+    order = np.argsort(x, kind="stable")
+    cw = np.cumsum(w[order])
+    idx = np.searchsorted(cw, np.asarray(q) / 100.0 * cw[-1], side="left")
+    return x[order][np.minimum(idx, x.size - 1)]
+
+
+def weighted_stats(x: np.ndarray, w: np.ndarray) -> dict[str, float | None]:
+    """mean, p50, p90, p99 of weighted samples; None for none."""
+    if x.size == 0 or not w.sum() > 0:
+        return dict.fromkeys(("mean", "p50", "p90", "p99"))
+    p50, p90, p99 = weighted_percentiles(x, w, [50, 90, 99])
+    return {"mean": float(np.average(x, weights=w)), "p50": float(p50), "p90": float(p90),
+            "p99": float(p99)}

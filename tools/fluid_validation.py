@@ -1,0 +1,109 @@
+"""Hold the `fluid` serving tier to `fast` on a fixed set of workloads (issue 5's table).
+
+    python tools/fluid_validation.py            # prints the table
+Each workload runs in both tiers with the same scenario and seed; errors are fluid / fast - 1.
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+import time
+from typing import Any
+
+import aifactory_sim as af
+
+CLUSTER = {
+    "node_pools": [{"name": "h100", "nodes": 8, "gpu": "H100-SXM", "gpus_per_node": 8,
+                    "nic_gbit_s": 400}],
+    "storage": {"read_gb_s": 200, "write_gb_s": 100},
+}
+CHAT = {"prompt_tokens": {"kind": "lognormal", "median": 1000, "sigma": 0.8, "max": 8192},
+        "output_tokens": {"kind": "geometric", "mean": 300, "max": 2048}}
+HPA = {"kind": "hpa", "metric": "concurrency", "target": 24, "min_replicas": 2,
+       "max_replicas": 24}
+
+#: name -> (duration, service fields)
+WORKLOADS: dict[str, tuple[str, dict[str, Any]]] = {
+    "light-8b-fp8": ("1h", {**CHAT, "replicas": 4,
+                            "traffic": {"kind": "poisson", "rate_rps": 8}}),
+    "heavy-8b-fp8": ("1h", {**CHAT, "replicas": 4,
+                            "traffic": {"kind": "poisson", "rate_rps": 60}}),
+    "diurnal-hpa": ("4h", {**CHAT, "autoscaler": HPA, "cold_start": {"container_s": 60},
+                           "traffic": {"kind": "diurnal", "mean_rps": 40, "peak_to_trough": 3,
+                                       "period": "2h", "phase": "1h"}}),
+    "diurnal-hpa-tight": ("4h", {
+        **CHAT, "autoscaler": {**HPA, "target": 48}, "cold_start": {"container_s": 60},
+        "traffic": {"kind": "diurnal", "mean_rps": 40, "peak_to_trough": 3, "period": "2h",
+                    "phase": "1h"}}),
+    "bursty-fixed": ("2h", {**CHAT, "replicas": 6,
+                            "traffic": {"kind": "bursty", "base_rps": 10, "burst_rps": 80,
+                                        "mean_burst": "2min", "mean_gap": "10min"}}),
+    "long-prompts": ("1h", {"replicas": 4, "traffic": {"kind": "poisson", "rate_rps": 6},
+                            "prompt_tokens": {"kind": "lognormal", "median": 6000,
+                                              "sigma": 0.6, "max": 32000},
+                            "output_tokens": {"kind": "geometric", "mean": 150}}),
+    "short-prompts-long-outputs": ("1h", {
+        "replicas": 4, "traffic": {"kind": "poisson", "rate_rps": 10},
+        "prompt_tokens": {"kind": "uniform", "low": 50, "high": 200},
+        "output_tokens": {"kind": "geometric", "mean": 800, "max": 4096}}),
+    "70b-bf16-tp4": ("1h", {**CHAT, "model": "llama3-70b", "precision": "bf16", "tp": 4,
+                            "replicas": 4, "traffic": {"kind": "poisson", "rate_rps": 6}}),
+}
+
+METRICS = ("gpu_h", "output_tokens", "replicas_mean", "ttft_p50", "ttft_p99", "tpot_p50",
+           "tpot_p99")
+TOLERANCE = {"gpu_h": 0.05, "output_tokens": 0.05, "replicas_mean": 0.10, "ttft_p50": 0.15,
+             "ttft_p99": 0.15, "tpot_p50": 0.15, "tpot_p99": 0.15}
+
+
+def scenario(name: str, fidelity: str) -> dict[str, Any]:
+    duration, fields = WORKLOADS[name]
+    # Fixed replicas are a deployment already up (no cold start at t = 0); an autoscaled
+    # service's new replicas cold-start.
+    svc = {"name": "chat", "model": "llama3-8b", "precision": "fp8", "tp": 1,
+           "cold_start": {"container_s": 0, "weights_s": 0}, **copy.deepcopy(fields),
+           "fidelity": fidelity}
+    return {"name": f"fluid-{name}", "seed": 7, "duration": duration,
+            "cluster": copy.deepcopy(CLUSTER), "inference": [svc]}
+
+
+def metrics(res: Any) -> dict[str, float]:
+    s = res.summary["inference"]["chat"]
+    return {"gpu_h": s["gpu_h"]["held"], "output_tokens": s["output_tokens"],
+            "replicas_mean": s["replicas_mean"], "ttft_p50": s["ttft_s"]["p50"],
+            "ttft_p99": s["ttft_s"]["p99"], "tpot_p50": s["tpot_s"]["p50"],
+            "tpot_p99": s["tpot_s"]["p99"]}
+
+
+def compare(name: str) -> dict[str, Any]:
+    out: dict[str, Any] = {"workload": name}
+    for tier in ("fast", "fluid"):
+        t0 = time.perf_counter()
+        out[tier] = metrics(af.run(scenario(name, tier)))
+        out[f"{tier}_wall_s"] = time.perf_counter() - t0
+    out["error"] = {k: out["fluid"][k] / out["fast"][k] - 1.0 for k in METRICS}
+    return out
+
+
+def main() -> int:
+    names = sys.argv[1:] or list(WORKLOADS)
+    print(f"{'workload':<28}" + "".join(f"{k:>14}" for k in METRICS) + "   fast s  fluid s")
+    worst = 0.0
+    for name in names:
+        row = compare(name)
+        cells = []
+        for k in METRICS:
+            e = row["error"][k]
+            flag = "*" if abs(e) > TOLERANCE[k] else " "
+            cells.append(f"{e:>+13.1%}{flag}")
+            worst = max(worst, abs(e) / TOLERANCE[k])
+        print(f"{name:<28}" + "".join(cells)
+              + f"{row['fast_wall_s']:>9.1f}{row['fluid_wall_s']:>9.2f}")
+        print(f"{'  fast':<28}" + "".join(f"{row['fast'][k]:>14.4g}" for k in METRICS))
+    print(f"worst error / tolerance: {worst:.2f} (* outside)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
