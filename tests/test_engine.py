@@ -61,7 +61,7 @@ def test_every_bundled_scenario_runs_and_its_ledger_sums_to_gpus_times_duration(
     # they only add up if every allocated GPU-second was booked once: 1e-9 relative.
     assert ledger_total_h(res) == pytest.approx(expected_h, rel=1e-9)
     assert all(v >= 0 for v in s["ledger_gpu_h"].values())
-    assert s["ledger_gpu_h"]["training"] > 0
+    assert s["ledger_gpu_h"]["training"] > 0 or not s["training"]
     for name, j in s["training"].items():
         assert j["tokens_trained"] <= j["tokens_target"], name
 

@@ -79,7 +79,8 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     scenario = _load(args.scenario, args.set)
     gpus = sum(p.gpus for p in scenario.cluster.node_pools)
     print(f"ok: {scenario.name}: {len(scenario.cluster.node_pools)} pool(s), {gpus:,} GPUs, "
-          f"{len(scenario.training)} training job(s), {scenario.duration / 86400:g} days")
+          f"{len(scenario.training)} training job(s), {len(scenario.inference)} inference "
+          f"service(s), {scenario.duration / 86400:g} days")
     return 0
 
 
@@ -114,7 +115,7 @@ def _cmd_catalog(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="aifactory-sim", description="Simulate an AI factory: GPU clusters that "
-                "train generative-AI models.")
+                "train and serve generative-AI models.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     r = sub.add_parser("run", help="run a scenario and write its results")

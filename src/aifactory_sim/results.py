@@ -185,7 +185,9 @@ class Results:
                          f"{'replicas':>10}")
             for name, v in s["inference"].items():
                 def ms(x: float | None) -> str:
-                    return "-" if x is None else f"{x * 1e3:.0f}ms"
+                    if x is None:
+                        return "-"
+                    return f"{x * 1e3:.0f}ms" if x < 10 else f"{x:.0f}s"
                 slo = "-" if v["slo_attainment"] is None else f"{v['slo_attainment']:.1%}"
                 lines.append(
                     f"  {name:<16}{v['requests']:>10,}{v['completed']:>10,}"

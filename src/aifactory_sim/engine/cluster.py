@@ -161,7 +161,9 @@ class ClusterState:
 
     def _claim(self, state: PoolState, nodes: np.ndarray, owner: int,
                allowed: tuple[int, ...] = (FREE,)) -> None:
-        if not np.all(np.isin(state.owner[nodes], allowed)):  # never two owners for one node
+        owners = state.owner[nodes]
+        ok = owners == allowed[0] if len(allowed) == 1 else np.isin(owners, allowed)
+        if not ok.all():  # never two owners for one node
             raise RuntimeError(f"node of pool {state.name} allocated twice")
         state.owner[nodes] = owner
 

@@ -24,8 +24,9 @@ arrivals of the interval and a backlog Q, and computes:
    Requests in service L relax to R x T_s, T_s = (r + E[O] - 1) t, with time constant T_s
    (completions trail admissions by a time in service). The share of time a replica iterates
    (for the ledger) is 1 - exp(-L / R) (a Poisson number in service).
-3. Latency, from a documented model sampled per interval (32 requests drawn from the run's
-   lengths, each standing for s dt / 32 requests served in the interval):
+3. Latency, from a documented model sampled per interval (M = 32 requests drawn from the
+   run's lengths, fewer in runs of more than 16,384 intervals, each standing for s dt / M
+   requests served in the interval):
    - queue wait: the fluid FIFO wait t - A^-1(S(t)) (A: cumulative arrivals, S: cumulative
      admissions; zero while nothing is backlogged), plus, below saturation, the wait for a
      seat of Allen-Cunneen with Sakasegawa's probability of waiting (Hopp & Spearman, Factory
@@ -53,6 +54,7 @@ validation against the `fast` tier.
 
 from __future__ import annotations
 
+import bisect
 import math
 from typing import TYPE_CHECKING, Any
 
@@ -68,8 +70,11 @@ if TYPE_CHECKING:
 
 #: Length draws the latency model and the moments come from.
 POOL = 1 << 16
-#: Latency samples per interval.
+#: Latency samples per interval: 32, fewer (down to 8) when a long run has many intervals,
+#: so that a run never draws much more than MAX_SAMPLES in all.
 SAMPLES = 32
+MIN_SAMPLES = 8
+MAX_SAMPLES = 1 << 19
 #: Candidate iterations per sample for the size-biased choice of the one under way.
 CANDIDATES = 6
 #: Points of the operating-point grid over x in [0, x_hi].
@@ -123,6 +128,8 @@ class FluidService(Service):
         counts = (counts_per_tick(spec.traffic, self.interval_s, span_s, rngs["arrivals"])
                   .astype(np.float64) if span_s > 0 else np.zeros(1))
         self.cum_arrivals = np.concatenate(([0.0], np.cumsum(counts)))
+        self._edges_list = self.edges.tolist()
+        self._cum_list = self.cum_arrivals.tolist()
         if spec.traffic.kind == "trace":  # the trace's own lengths, each row once
             reqs = draw_requests(spec.traffic, spec.prompt_tokens, spec.output_tokens, span_s,
                                  arrivals_rng=rngs["arrivals"], prompt_rng=rngs["prompts"],
@@ -151,6 +158,7 @@ class FluidService(Service):
             float((o * (o - 1.0) / 2.0).mean()) / decode_steps if decode_steps > 0 else 0.0)
         self.output_cv2 = float(o.var() / o.mean() ** 2)
         self._operating_points()
+        self._op_rows: list[list[float]] | None = None
         # The flows.
         self._t = start
         self._backlog = 0.0
@@ -250,14 +258,30 @@ class FluidService(Service):
 
     def _op(self, x: float) -> tuple[float, ...]:
         """(t, t_decode, n, D, T_s, kv share) at per-replica rate x (linear interpolation on
-        the grid)."""
-        xs = self.op_x
-        return tuple(float(np.interp(x, xs, a)) for a in (
-            self.op_t, self.op_t_decode, self.op_n, self.op_d, self.op_service_s, self.op_kv))
+        the grid; plain floats: called once per interval)."""
+        if self._op_rows is None:
+            self._op_xs = self.op_x.tolist()
+            self._op_rows = np.stack([self.op_t, self.op_t_decode, self.op_n, self.op_d,
+                                      self.op_service_s, self.op_kv], axis=1).tolist()
+        xs, rows = self._op_xs, self._op_rows
+        i = bisect.bisect_right(xs, x)
+        if i <= 0:
+            return tuple(rows[0])
+        if i >= len(xs):
+            return tuple(rows[-1])
+        w = (x - xs[i - 1]) / (xs[i] - xs[i - 1])
+        return tuple(a + w * (b - a) for a, b in zip(rows[i - 1], rows[i], strict=True))
 
     # --- the flows --------------------------------------------------------------------------
     def _arrivals_until(self, t: float) -> float:
-        return float(np.interp(t, self.edges, self.cum_arrivals))
+        """Cumulative arrivals at t: the tick's count spread evenly over the tick."""
+        edges, cum = self._edges_list, self._cum_list
+        k = bisect.bisect_right(edges, t) - 1
+        if k < 0:
+            return 0.0
+        if k >= len(edges) - 1:
+            return cum[-1]
+        return cum[k] + (cum[k + 1] - cum[k]) * (t - edges[k]) / (edges[k + 1] - edges[k])
 
     def advance_to(self, t: float) -> None:
         """Integrate the flows to `t`, in pieces that never cross a tick of the traffic grid."""
@@ -337,9 +361,7 @@ class FluidService(Service):
         return self._backlog + self._in_service
 
     def _sample(self, rps: float = 0.0) -> None:
-        counts = dict.fromkeys(("pending", "starting", "ready", "draining"), 0)
-        for r in self.live.values():
-            counts[r.state] += 1
+        counts = self.counts
         kv = self._op(self._x)[5] if self.ready else 0.0
         self.rows.append((self.env.now, rps, counts["pending"], counts["starting"],
                           counts["ready"], counts["draining"], self.desired,
@@ -375,7 +397,7 @@ class FluidService(Service):
         cols = np.array(self._intervals, dtype=np.float64).T
         weight, t0, t1, s0, s1, t_it, t_dec, n, d, p_wait, mean_wait, busy = cols
         k = weight.size
-        m = SAMPLES
+        m = int(np.clip(MAX_SAMPLES // max(k, 1), MIN_SAMPLES, SAMPLES))
         rng = self._mc_rng
         pick = rng.integers(0, self.pool_prompt.size, size=(k, m))
         prompt = self.pool_prompt[pick]

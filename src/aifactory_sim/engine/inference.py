@@ -127,6 +127,7 @@ class Service:
 
         self.replicas: list[Replica] = []  # every replica ever asked for, by index
         self.live: dict[int, Replica] = {}  # those not gone, in index order
+        self.counts = dict.fromkeys(("pending", "starting", "ready", "draining"), 0)
         self.ready: list[int] = []  # indices of ready replicas, in order of readiness
         self.outs: list[int] = []  # requests in flight per replica (by index)
         self.queue: deque[int] = deque()  # the router's queue
@@ -303,15 +304,15 @@ class Service:
             yield env.timeout(start)
         self._held_since = self._prov_since = self._tick_s = self._area_t = env.now
         self.desired = self.spec.initial_replicas
-        for _ in range(self.desired):
-            self._add_replica()
+        self._add_replicas(self.desired)
         self._sample()
         next_tick = env.now + self.interval_s
         while True:
             wake = next_tick
-            for r in self.live.values():
-                if r.state == "draining":
-                    wake = min(wake, r.core.next_time())
+            if self.counts["draining"]:
+                for r in self.live.values():
+                    if r.state == "draining":
+                        wake = min(wake, r.core.next_time())
             yield env.timeout(max(wake - env.now, 0.0))
             now = env.now
             self.advance_to(now)
@@ -323,12 +324,12 @@ class Service:
     def _tick(self, now: float) -> None:
         arrived = self._arrivals_since_tick(now)
         if self.policy is not None:
-            current = sum(r.state != "draining" for r in self.live.values())
+            c = self.counts
+            current = c["pending"] + c["starting"] + c["ready"]
             metric = self._metric(arrived)
             self.desired = self.policy.update(now, current, metric, ready=len(self.ready))
             if self.desired > current:
-                for _ in range(self.desired - current):
-                    self._add_replica()
+                self._add_replicas(self.desired - current)
             elif self.desired < current:
                 self._remove_replicas(current - self.desired)
         self._sample(arrived / self.interval_s)
@@ -349,9 +350,7 @@ class Service:
         return float(len(self.queue) + sum(self.outs[k] for k in self.ready))
 
     def _sample(self, rps: float = 0.0) -> None:
-        counts = dict.fromkeys(("pending", "starting", "ready", "draining"), 0)
-        for r in self.live.values():
-            counts[r.state] += 1
+        counts = self.counts
         kv = [self.replicas[k].core.kv_used_blocks() / max(self.replicas[k].core.kv_blocks, 1)
               for k in self.ready]
         self.rows.append((
@@ -361,45 +360,51 @@ class Service:
         ))
 
     # --- replicas ------------------------------------------------------------------------------
-    def _add_replica(self) -> None:
-        r = Replica(len(self.replicas), self._new_core(len(self.replicas)))
-        self.replicas.append(r)
-        self.live[r.index] = r
-        self.outs.append(0)
-        self._place(r)
+    def _add_replicas(self, count: int) -> None:
+        """Ask for `count` replicas: they wait for nodes (pending), then cold-start."""
+        for _ in range(count):
+            r = Replica(len(self.replicas), self._new_core(len(self.replicas)))
+            self.replicas.append(r)
+            self.live[r.index] = r
+            self.counts["pending"] += 1
+            self.outs.append(0)
+        if count:
+            self.place_pending()
 
     def place_pending(self) -> bool:
-        """Nodes were freed: place replicas waiting for them, oldest first. True if any was."""
-        placed = False
-        for r in list(self.live.values()):
-            if r.state == "pending":
-                if not self._place(r):
-                    break
-                placed = True
-        return placed
-
-    def _place(self, r: Replica) -> bool:
+        """Place replicas waiting for nodes, oldest first: into free slots of the service's
+        nodes, then onto nodes claimed from the cluster, all that are needed in one claim (a
+        scale-up of many replicas is one allocation). True if any was placed."""
+        if not self.counts["pending"]:
+            return False
+        pending = [r for r in self.live.values() if r.state == "pending"]
+        placed = 0
         if self.slots_per_node > 1:
-            for node, slots in sorted(self.node_slots.items()):
-                if -1 in slots:
-                    slots[slots.index(-1)] = r.index
-                    r.nodes = [node]
-                    break
-            else:
-                if not self._claim(1):
-                    return False
-                node = self._last_claimed[0]
-                self.node_slots[node][0] = r.index
+            free = [(node, j) for node, slots in sorted(self.node_slots.items())
+                    for j, k in enumerate(slots) if k < 0]
+            short = len(pending) - len(free)
+            if short > 0:
+                want = -(-short // self.slots_per_node)
+                available = self.factory.cluster.pools[self.pool.name].free_nodes
+                if min(want, available) > 0 and self._claim(min(want, available)):
+                    free += [(node, j) for node in self._last_claimed
+                             for j in range(self.slots_per_node)]
+            for r, (node, j) in zip(pending, free, strict=False):
+                self.node_slots[node][j] = r.index
                 r.nodes = [node]
+                placed += 1
         else:
-            if not self._claim(self.nodes_per_replica):
-                return False
-            r.nodes = list(self._last_claimed)
-            for node in r.nodes:
-                self.node_slots[node][0] = r.index
-        self._set_provisioned(+1)
-        self._cold_start(r)
-        return True
+            for r in pending:
+                if not self._claim(self.nodes_per_replica):
+                    break
+                r.nodes = list(self._last_claimed)
+                for node in r.nodes:
+                    self.node_slots[node][0] = r.index
+                placed += 1
+        if placed:
+            self._set_provisioned(+placed)
+            self._cold_start(pending[:placed])
+        return placed > 0
 
     def _claim(self, count: int) -> bool:
         cluster = self.factory.cluster
@@ -433,36 +438,48 @@ class Service:
                 slots[slots.index(r.index)] = -1
         r.nodes = []
 
-    def _cold_start(self, r: Replica) -> None:
+    def _cold_start(self, group: list[Replica]) -> None:
+        """Start replicas placed together: their containers start at once (one timer), then
+        each loads its weights (one storage flow each, opened together)."""
         env = self.env
-        r.state = "starting"
-        r.placed_s = env.now
-        r.generation += 1
-        gen = r.generation
         cs = self.spec.cold_start
+        for r in group:
+            self._set_state(r, "starting")
+            r.placed_s = env.now
+            r.generation += 1
+        gens = [(r, r.generation) for r in group]
 
-        def loaded(_ev: Any) -> None:
-            if r.generation == gen and r.state == "starting":
-                self._ready(r)
+        def loaded(r: Replica, gen: int) -> Any:
+            def done(_ev: Any) -> None:
+                if r.generation == gen and r.state == "starting":
+                    self._ready(r)
+            return done
 
         def container_up(_ev: Any) -> None:
-            if r.generation != gen or r.state != "starting":
+            alive = [(r, gen) for r, gen in gens if r.generation == gen and r.state == "starting"]
+            if not alive:
                 return
             if cs.weights_s is not None:
-                env.timeout(cs.weights_s).callbacks.append(loaded)
+                timer = env.timeout(cs.weights_s)
+                for r, gen in alive:
+                    timer.callbacks.append(loaded(r, gen))
                 return
             source = cs.weights_from or ("storage" if self.factory.storage is not None
                                          else "nvme")
             if source == "storage":
                 assert self.factory.storage is not None
                 cap = self.spec.tp * self.pool.nic_gbit_s / 8.0 * 1e9
-                flow = self.factory.storage.open("read", self.weight_bytes, cap,
-                                                 owner=f"{self.name}/{r.index}")
-                flow.done.callbacks.append(loaded)
+                flows = self.factory.storage.open_many(
+                    "read", [(self.weight_bytes, cap, f"{self.name}/{r.index}")
+                             for r, _ in alive])
+                for (r, gen), flow in zip(alive, flows, strict=True):
+                    flow.done.callbacks.append(loaded(r, gen))
             else:
                 assert self.pool.nvme is not None
                 rate = self.pool.nvme.read_gb_s * 1e9 * self.nodes_per_replica
-                env.timeout(self.weight_bytes / rate).callbacks.append(loaded)
+                timer = env.timeout(self.weight_bytes / rate)
+                for r, gen in alive:
+                    timer.callbacks.append(loaded(r, gen))
 
         env.timeout(cs.container_s).callbacks.append(container_up)
 
@@ -470,7 +487,7 @@ class Service:
         now = self.env.now
         self.advance_to(now)
         self.cold_gpu_s += self.spec.tp * (now - r.placed_s)
-        r.state = "ready"
+        self._set_state(r, "ready")
         r.core.busy_s = 0.0
         r.placed_s = now  # from here on: serving time
         self.ready.append(r.index)
@@ -487,15 +504,14 @@ class Service:
                           key=lambda r: (self._node_load(r), self.outs[r.index], -r.index)))
         for r in order[:count]:
             if r.state == "pending":
-                r.state = "gone"
-                del self.live[r.index]
+                self._gone(r)
             elif r.state == "starting":
                 self.cold_gpu_s += self.spec.tp * (now - r.placed_s)
                 r.generation += 1
                 self._gone(r)
             else:
                 self.ready.remove(r.index)
-                r.state = "draining"
+                self._set_state(r, "draining")
         self._finish_drains()
         self._release_empty_nodes()
 
@@ -506,6 +522,8 @@ class Service:
         return sum(1 for node in r.nodes for k in self.node_slots.get(node, ()) if k >= 0)
 
     def _finish_drains(self) -> None:
+        if not self.counts["draining"]:
+            return
         now = self.env.now
         done = False
         for r in list(self.live.values()):
@@ -520,9 +538,18 @@ class Service:
         self.busy_gpu_s += self.spec.tp * r.core.busy_until(now)
         self._gone(r)
 
+    def _set_state(self, r: Replica, state: str) -> None:
+        self.counts[r.state] -= 1
+        r.state = state
+        if state != "gone":
+            self.counts[state] += 1
+
     def _gone(self, r: Replica) -> None:
-        r.state = "gone"
+        placed = r.state != "pending"
+        self._set_state(r, "gone")
         del self.live[r.index]
+        if not placed:
+            return
         r.seq = -1
         self._vacate(r)
         self._set_provisioned(-1)
@@ -564,13 +591,12 @@ class Service:
             if r.state == "ready":
                 self.ready.remove(r.index)
             if component == "software" and r.state != "draining":
-                self._cold_start(r)  # restart in place
+                self._cold_start([r])  # restart in place
                 continue
             replace += r.state in ("ready", "starting")
             self._gone(r)
         self._release_empty_nodes()  # a multi-node replica's nodes that are still up
-        for _ in range(replace):
-            self._add_replica()  # the ReplicaSet asks for a replacement at once
+        self._add_replicas(replace)  # the ReplicaSet asks for replacements at once
         for rid in sorted(orphans):
             target = self._route(rid, now)
             if target is not None:

@@ -82,6 +82,21 @@ class SharedStorage:
         self._reshare(direction)
         return flow
 
+    def open_many(self, direction: str, flows: list[tuple[float, float, str]]) -> list[Flow]:
+        """`open` for several flows starting together, (nbytes, cap, owner) each: the shares
+        are recomputed once."""
+        self._bring_up_to_date(direction)
+        out = []
+        for nbytes, cap, owner in flows:
+            flow = Flow(direction, float(nbytes), float(cap), self.env.event(), owner=owner)
+            if flow.remaining <= DONE_BYTES:
+                flow.done.succeed()
+            else:
+                self.flows[direction].append(flow)
+            out.append(flow)
+        self._reshare(direction)
+        return out
+
     def close(self, flow: Flow) -> None:
         """Stop a flow before its end (its job failed or stopped loading data)."""
         if flow not in self.flows[flow.direction]:
