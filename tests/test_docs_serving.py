@@ -46,3 +46,12 @@ def test_chat_diurnal_loads_and_a_short_run_reports_the_service():
     assert sum(s["ledger_gpu_h"].values()) == pytest.approx(s["gpus"] * 1.0, rel=1e-9)
     assert len(res.requests) == chat["requests"]
     assert set(res.services["service"]) == {"chat"}
+
+
+def test_scenario_reference_is_current():
+    """docs/reference/scenario.md is generated from the pydantic models' descriptions."""
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "docs" / "gen_reference.py"), "--check"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, done.stderr + done.stdout
