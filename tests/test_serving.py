@@ -367,3 +367,16 @@ def test_an_azure_trace_replays_with_its_lengths(tmp_path):
     assert req["prompt_tokens"].tolist() == [int(w[1]) for w in written]
     assert req["output_tokens"].tolist() == [int(w[2]) for w in written]
     assert req["finish_s"].notna().all()
+
+
+@pytest.mark.parametrize("fidelity", ["fast", "fluid"])
+def test_busy_gpus_over_time_integrate_to_the_ledger(fidelity):
+    """The services timeseries' busy GPUs (what a power model reads) integrate to the
+    ledger's inference_busy."""
+    res = af.run(scenario(duration="20min", fidelity=fidelity, replicas=None,
+                          cold_start={"container_s": 20},
+                          autoscaler={"kind": "hpa", "target": 8, "min_replicas": 1,
+                                      "max_replicas": 6}))
+    ts = res.services
+    busy_h = float((ts["busy_gpus"].iloc[1:] * ts["time_s"].diff().iloc[1:]).sum()) / 3600
+    assert busy_h == pytest.approx(res.summary["ledger_gpu_h"]["inference_busy"], rel=1e-9)

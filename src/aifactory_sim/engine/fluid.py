@@ -365,7 +365,11 @@ class FluidService(Service):
         kv = self._op(self._x)[5] if self.ready else 0.0
         self.rows.append((self.env.now, rps, counts["pending"], counts["starting"],
                           counts["ready"], counts["draining"], self.desired,
-                          self._backlog + self._in_service, self._backlog, kv))
+                          self._backlog + self._in_service, self._backlog, kv,
+                          self._busy_gpus_since_sample()))
+
+    def _busy_so_far(self) -> float:
+        return self.busy_gpu_s
 
     def node_failed(self, node: int, component: str) -> None:
         """The requests in service on the replicas of a failed node go back to the backlog."""

@@ -141,6 +141,7 @@ class Service:
         self._tick_s = 0.0  # time of the last tick
         # Requests in the system (arrived, not dropped, not finished) and their time integral,
         # kept from the events themselves: Little's law checks it against the request table.
+        self._busy_mark = (0.0, 0.0)  # (time, busy GPU-seconds) at the last sample
         self._in_system = 0
         self._area = 0.0
         self._area_t = 0.0
@@ -303,6 +304,7 @@ class Service:
         if start > 0:
             yield env.timeout(start)
         self._held_since = self._prov_since = self._tick_s = self._area_t = env.now
+        self._busy_mark = (env.now, 0.0)
         self.desired = self.spec.initial_replicas
         self._add_replicas(self.desired)
         self._sample()
@@ -357,7 +359,23 @@ class Service:
             self.env.now, rps, counts["pending"], counts["starting"], counts["ready"],
             counts["draining"], self.desired, sum(self.outs[k] for k in self.ready)
             + len(self.queue), len(self.queue), float(np.mean(kv)) if kv else 0.0,
+            self._busy_gpus_since_sample(),
         ))
+
+    def _busy_so_far(self) -> float:
+        """GPU-seconds spent iterating up to now, replicas still serving included."""
+        now = self.env.now
+        return self.busy_gpu_s + self.spec.tp * sum(
+            r.core.busy_until(now) for r in self.live.values()
+            if r.state in ("ready", "draining"))
+
+    def _busy_gpus_since_sample(self) -> float:
+        """Mean GPUs iterating since the previous sample (0 at the first): what a power model
+        needs of serving's activity over time."""
+        now, busy = self.env.now, self._busy_so_far()
+        last_t, last_busy = self._busy_mark
+        self._busy_mark = (now, busy)
+        return (busy - last_busy) / (now - last_t) if now > last_t else 0.0
 
     # --- replicas ------------------------------------------------------------------------------
     def _add_replicas(self, count: int) -> None:
@@ -606,6 +624,10 @@ class Service:
     def close(self, horizon: float) -> None:
         self.advance_to(horizon)
         self._close_requests(horizon)
+        last = self._tick_s
+        arrived = self._arrivals_since_tick(horizon)
+        if horizon > last:  # a partial tick: its rate over the time it lasted
+            self._sample(arrived / (horizon - last))
         for r in self.live.values():
             if r.state in ("ready", "draining"):
                 self.busy_gpu_s += self.spec.tp * r.core.busy_until(horizon)
@@ -613,10 +635,6 @@ class Service:
                 self.cold_gpu_s += self.spec.tp * (horizon - r.placed_s)
         self._book_held()
         self._set_provisioned(0)
-        last = self._tick_s
-        arrived = self._arrivals_since_tick(horizon)
-        if horizon > last:  # a partial tick: its rate over the time it lasted
-            self._sample(arrived / (horizon - last))
         tel = self.factory.telemetry
         idle = self.held_gpu_s - self.cold_gpu_s - self.busy_gpu_s
         tel.add("cold_start", self.cold_gpu_s)
@@ -721,7 +739,7 @@ class Service:
 
 #: Columns of the services' timeseries (one row per sync tick and service).
 SERVICE_COLUMNS = ("time_s", "arrivals_rps", "pending", "starting", "ready", "draining",
-                   "desired", "in_flight", "queued", "kv_used")
+                   "desired", "in_flight", "queued", "kv_used", "busy_gpus")
 
 
 def _stats(x: np.ndarray) -> dict[str, float | None]:
