@@ -1,6 +1,8 @@
 """The `aifactory-sim` command.
 
     aifactory-sim run [SCENARIO] [--out DIR] [--json] [--set path=value ...] [--no-plots] [--force]
+                      [--report]
+    aifactory-sim report RESULTS_DIR [--out FILE]
     aifactory-sim validate SCENARIO [--set path=value ...]
     aifactory-sim catalog [gpus|networks|models]
 
@@ -60,6 +62,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from .results import summary_json
     from .spec.loader import content_hash
 
+    if args.report and args.no_save:
+        raise ScenarioError("--report writes into the results folder; drop --no-save")
     scenario = _load(args.scenario, args.set)
     res = run(scenario)
     default_out = Path("results") / f"{scenario.name}-{content_hash(scenario)}"
@@ -72,6 +76,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
         written = res.save(out, plots=not args.no_plots, force=args.force)
         names = ", ".join(sorted(p.name for p in written.iterdir()))
         print(f"\nwrote {out}/ ({names})", file=sys.stderr if args.json else sys.stdout)
+        if args.report:
+            from .report import write_report
+
+            page = write_report(out)
+            print(f"wrote {page}", file=sys.stderr if args.json else sys.stdout)
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .report import write_report
+
+    page = write_report(args.results_dir, out=args.out)
+    figures = page.read_text(encoding="utf-8").count('data-file="')
+    print(f"wrote {page} ({figures} figures embedded, also as PNG files beside it)")
     return 0
 
 
@@ -128,7 +146,16 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-save", action="store_true", help="write no files")
     r.add_argument("--force", action="store_true",
                    help="overwrite an --out folder that holds other files")
+    r.add_argument("--report", action="store_true",
+                   help="also write the review report (report.html) into the results folder")
     r.set_defaults(func=_cmd_run)
+
+    rep = sub.add_parser("report", help="write the review report (one HTML page) of a results "
+                         "folder")
+    rep.add_argument("results_dir", metavar="RESULTS_DIR", help="a folder written by `run`")
+    rep.add_argument("--out", help="the page to write (default: RESULTS_DIR/report.html); the "
+                     "figures go beside it as NAME-FIGURE.png")
+    rep.set_defaults(func=_cmd_report)
 
     v = sub.add_parser("validate", help="check a scenario without running it")
     v.add_argument("scenario")

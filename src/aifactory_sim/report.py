@@ -1,0 +1,425 @@
+"""The architecture-review report: one self-contained HTML page built from a results folder.
+
+`write_report(folder)` reads what `Results.save` wrote (summary.json, scenario.yaml and the CSV
+tables), draws the figures with `Plotter`, and writes `report.html` with every figure embedded
+as a base64 PNG (no network, no external CSS or JS) plus the same figures as `report-NAME.png`.
+A figure a run has no data for (no services, no power model) is left out with a one-line note.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import re
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import yaml
+
+from .errors import ScenarioError
+from .results import MARKER, Results
+
+#: The page names its generator so that a later report may replace it and its figures.
+GENERATOR = "aifactory-sim report"
+
+#: Tables the report reads, with the Results attribute each becomes.
+TABLES = {"jobs": "jobs.csv", "timeseries": "timeseries.csv", "ledger": "ledger.csv",
+          "failures": "failures.csv", "events": "events.csv", "requests": "requests.csv",
+          "services": "services.csv", "power": "power.csv"}
+
+#: Summary sections the headline and the sections below already show.
+KNOWN_SECTIONS = {"scenario", "seed", "fidelity", "duration_s", "gpus", "ledger_gpu_h",
+                  "utilisation", "training", "inference", "failures"}
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+# --- reading a results folder ------------------------------------------------------------------
+
+
+def _check_folder(folder: Path) -> None:
+    if not folder.is_dir():
+        raise ScenarioError(f"{folder} is not a results folder (not a folder); write one with "
+                            "`aifactory-sim run SCENARIO --out DIR`")
+    missing = [n for n in (MARKER, "summary.json", "timeseries.csv", "ledger.csv")
+               if not (folder / n).is_file()]
+    if missing:
+        raise ScenarioError(f"{folder} is not a results folder (no {', '.join(missing)}); write "
+                            "one with `aifactory-sim run SCENARIO --out DIR`")
+
+
+def _namespace(value: Any) -> Any:
+    """A scenario mapping as attributes, for when the saved scenario no longer validates."""
+    if isinstance(value, dict):
+        return SimpleNamespace(**{k: _namespace(v) for k, v in value.items()})
+    if isinstance(value, list):
+        return [_namespace(v) for v in value]
+    return value
+
+
+def load_results(folder: str | Path) -> tuple[Results, list[str]]:
+    """A Results rebuilt from a saved folder, and notes on what could not be read as saved."""
+    import pandas as pd
+
+    from .spec.loader import load
+
+    folder = Path(folder)
+    _check_folder(folder)
+    notes: list[str] = []
+    try:
+        summary = json.loads((folder / "summary.json").read_text())
+        meta = json.loads((folder / MARKER).read_text())
+    except ValueError as err:
+        raise ScenarioError(f"{folder}: summary.json or {MARKER} is not valid JSON: {err}") from err
+    scenario: Any = None
+    if (folder / "scenario.yaml").is_file():
+        try:
+            scenario = load(folder / "scenario.yaml")
+        except ScenarioError as err:
+            # An older run whose scenario the current schema refuses: keep its fields as read.
+            notes.append(f"scenario.yaml does not validate with this version ({err}); its "
+                         "fields are shown as saved")
+            scenario = _namespace(yaml.safe_load((folder / "scenario.yaml").read_text()))
+    tables: dict[str, Any] = {}
+    for attr, name in TABLES.items():
+        path = folder / name
+        if not path.is_file():
+            continue
+        try:
+            tables[attr] = pd.read_csv(path)
+        except pd.errors.EmptyDataError:
+            tables[attr] = pd.DataFrame()
+    power = tables.pop("power", None)
+    res = Results(scenario, summary, meta, tables.get("jobs", pd.DataFrame()),
+                  tables["timeseries"], tables["ledger"], failures=tables.get("failures"),
+                  events=tables.get("events"), requests=tables.get("requests"),
+                  services=tables.get("services"))
+    if res.events is not None and not len(res.events.columns):
+        res.events = pd.DataFrame(columns=["job", "time_s", "event"])
+    if power is not None:
+        res.power = power  # type: ignore[attr-defined]
+    return res, notes
+
+
+# --- numbers -----------------------------------------------------------------------------------
+
+
+def _leaves(value: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """(dotted key, value) for every scalar in a nested summary section."""
+    if isinstance(value, dict):
+        out: list[tuple[str, Any]] = []
+        for k, v in value.items():
+            out += _leaves(v, f"{prefix}.{k}" if prefix else str(k))
+        return out
+    return [(prefix, value)]
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        if value == 0:
+            return "0"
+        if abs(value) >= 1e6:
+            return f"{value:.3g}"
+        if abs(value) >= 100:
+            return f"{value:,.0f}"
+        return f"{value:.3g}"
+    return str(value)
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{x:.1%}"
+
+
+def _ms(x: float | None) -> str:
+    if x is None:
+        return "-"
+    return f"{x * 1e3:.0f} ms" if x < 10 else f"{x:,.0f} s"
+
+
+def _duration(seconds: float) -> str:
+    if seconds >= 2 * 86400:
+        return f"{seconds / 86400:g} days"
+    if seconds >= 2 * 3600:
+        return f"{seconds / 3600:g} hours"
+    return f"{seconds / 60:g} minutes"
+
+
+def _energy_cards(summary: dict[str, Any]) -> list[tuple[str, str]]:
+    """Energy, peak power and cost from whatever energy/power/cost sections the summary has,
+    found by their keys' units, so that the report follows those sections as they grow."""
+    cards: list[tuple[str, str]] = []
+    leaves = [(k.lower(), v) for k, v in _leaves({k: v for k, v in summary.items()
+                                                  if k not in KNOWN_SECTIONS})
+              if isinstance(v, int | float) and not isinstance(v, bool)]
+
+    def first(test: Any) -> tuple[str, float] | None:
+        return next(((k, float(v)) for k, v in leaves if test(k)), None)
+
+    mwh = first(lambda k: k.endswith("mwh"))
+    if mwh:
+        cards.append(("energy", f"{mwh[1]:,.3g} MWh"))
+    peak = first(lambda k: "peak" in k and (k.endswith("_mw") or k.endswith(".mw")))
+    if peak:
+        cards.append(("peak power", f"{peak[1]:,.3g} MW"))
+    for side in ("private", "cloud"):
+        usd = first(lambda k, side=side: side in k and "usd" in k and "per" not in k)
+        if usd:
+            cards.append((f"cost, {side}", f"${usd[1]:,.0f}"))
+    return cards
+
+
+def _table(head: list[str], rows: list[list[str]], cls: str = "") -> str:
+    attr = f' class="{cls}"' if cls else ""
+    out = [f"<table{attr}><thead><tr>"]
+    out += [f"<th>{html.escape(h)}</th>" for h in head]
+    out.append("</tr></thead><tbody>")
+    for row in rows:
+        out.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>")
+    out.append("</tbody></table>")
+    return "".join(out)
+
+
+def _headline(res: Results) -> str:
+    s = res.summary
+    ledger = s.get("ledger_gpu_h", {})
+    total = sum(ledger.values()) or 1.0
+    util = s.get("utilisation", {})
+    cards = [("GPUs", f"{s['gpus']:,}"), ("duration", _duration(s["duration_s"])),
+             ("fidelity", str(s.get("fidelity", "-"))),
+             ("goodput (training GPU-h)", _pct(ledger.get("training", 0.0) / total)),
+             ("allocated", _pct(util.get("allocated"))),
+             ("serving busy", _pct(util.get("serving"))),
+             ("failures", f"{s.get('failures', {}).get('count', 0):,}")]
+    cards += _energy_cards(s)
+    parts = ['<div class="cards">']
+    for label, value in cards:
+        parts.append(f'<div class="card"><div class="v">{html.escape(value)}</div>'
+                     f'<div class="k">{html.escape(label)}</div></div>')
+    parts.append("</div>")
+    if s.get("training"):
+        rows = []
+        for name, j in s["training"].items():
+            rows.append([name, str(j.get("state", "-")), f"{j.get('gpus', 0):,}",
+                         f"{j.get('tokens_trained', 0):.3g}", _pct(j.get("mfu")),
+                         _pct(j.get("ettr")), f"{j.get('interruptions', 0)}",
+                         f"{j.get('checkpoints', 0)}"])
+        parts.append("<h3>Training jobs</h3>")
+        parts.append(_table(["job", "state", "GPUs", "tokens", "MFU", "ETTR", "interruptions",
+                             "checkpoints"], rows))
+    if s.get("inference"):
+        specs = {svc.name: svc for svc in (getattr(res.scenario, "inference", None) or [])}
+        rows = []
+        for name, v in s["inference"].items():
+            slo = getattr(specs.get(name), "slo", None)
+            met = v.get("slo_met") or {}
+
+            def against(key: str, v: dict[str, Any] = v, slo: Any = slo,
+                        met: dict[str, Any] = met) -> str:
+                target = getattr(slo, f"{key}_s", None)
+                if target is None:
+                    return "-"
+                verdict = {True: " met", False: " missed"}.get(met.get(key), "")
+                return f"{_ms(target)} at p{slo.percentile:g}{verdict}"
+
+            rows.append([name, f"{v.get('requests', 0):,}", f"{v.get('completed', 0):,}",
+                         f"{v.get('output_tokens_per_s', 0):,.0f}",
+                         _ms(v.get("ttft_s", {}).get("p50")), _ms(v.get("ttft_s", {}).get("p99")),
+                         against("ttft"), _ms(v.get("tpot_s", {}).get("p50")),
+                         _ms(v.get("tpot_s", {}).get("p99")), against("tpot"),
+                         _pct(v.get("slo_attainment")),
+                         f"{v.get('replicas_mean', 0):.1f} / {v.get('replicas_max', 0)}"])
+        parts.append("<h3>Inference services</h3>")
+        parts.append(_table(["service", "requests", "completed", "output tok/s", "TTFT p50",
+                             "TTFT p99", "TTFT SLO", "TPOT p50", "TPOT p99", "TPOT SLO",
+                             "SLO attainment", "replicas mean / max"], rows))
+    extra = {k: v for k, v in s.items() if k not in KNOWN_SECTIONS and isinstance(v, dict)}
+    for section, value in extra.items():
+        parts.append(f"<h3>{html.escape(section.replace('_', ' ').capitalize())}</h3>")
+        parts.append(_table(["quantity", "value"],
+                            [[k, _fmt(v)] for k, v in _leaves(value)], cls="kv"))
+    return "".join(parts)
+
+
+# --- figures -----------------------------------------------------------------------------------
+
+#: (figure, section title, caption); the order of the page.
+FIGURES = (
+    ("ledger", "GPU-hour ledger",
+     "Where the GPU-hours went: from all GPU-hours of the run down to productive training."),
+    ("allocation", "Allocation over time",
+     "GPUs held by each training job and by the inference services, with GPUs down in repair."),
+    ("power", "Facility power", "Facility power over the run."),
+    ("replicas", "Replicas against load",
+     "Replicas ready, provisioned and desired by the autoscaler, with the arrival rate."),
+    ("latency", "Latency against the SLO",
+     "Empirical CDFs of TTFT, TPOT and end-to-end latency, with each SLO target."),
+    ("kv_cache", "KV cache and requests in flight", "KV-cache use and requests in flight."),
+    ("cost", "Cost: private against cloud", "What the run costs on owned hardware and in the "
+     "cloud."),
+    ("timeline", "Job timelines", "One row per training job: when it ran, its failures, "
+     "checkpoints and restarts."),
+    ("ettr", "Effective training time ratio",
+     "Each job's time since its first start: productive, lost work, recovery, the rest."),
+)
+
+
+def _absent(res: Results, name: str, plotter: Any) -> str | None:
+    """Why figure `name` is left out of this run's report, or None to draw it."""
+    s = res.summary
+    has_energy = any(k in s for k in ("energy", "power")) or getattr(res, "power", None) is not None
+    if name in ("power", "cost") and getattr(plotter, name, None) is None:
+        return f"not drawn: this version of aifactory_sim has no {name} figure"
+    if name == "power" and not has_energy:
+        return "not drawn: this run has no power data"
+    if name == "cost" and "cost" not in s:
+        return "not drawn: this run's summary has no cost section"
+    if name in ("timeline", "ettr") and not s.get("training"):
+        return "not drawn: this run has no training jobs"
+    if name == "latency" and not len(plotter._frame("requests")):
+        return ("not drawn: no per-request table (a run without services, or services on the "
+                "fluid tier)")
+    if name in ("replicas", "kv_cache") and not len(plotter._frame("services")):
+        return "not drawn: this run has no inference services"
+    return None
+
+
+def _png(fig: Any) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    return buf.getvalue()
+
+
+# --- the page ----------------------------------------------------------------------------------
+
+CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0 auto;
+max-width:1200px;padding:1.5em;color:#212121;line-height:1.4}
+h1{margin-bottom:.2em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:1.6em}
+.sub{color:#616161;margin-top:0}
+.cards{display:flex;flex-wrap:wrap;gap:.6em;margin:1em 0}
+.card{border:1px solid #ddd;border-radius:6px;padding:.5em .9em;min-width:9em}
+.card .v{font-size:1.35em;font-weight:600}.card .k{color:#616161;font-size:.85em}
+table{border-collapse:collapse;margin:.5em 0;font-size:.9em}
+th,td{border:1px solid #ddd;padding:.25em .6em;text-align:right}
+th:first-child,td:first-child{text-align:left}
+table.kv td:first-child{font-family:ui-monospace,monospace}
+figure{margin:.5em 0}figure img{max-width:100%;height:auto;border:1px solid #eee}
+figcaption{color:#616161;font-size:.9em}
+.note{color:#757575;font-style:italic}
+pre{background:#f5f5f5;padding:.8em;overflow:auto;font-size:.8em}
+"""
+
+#: Marks the page once every figure has decoded, so a headless browser can tell it rendered.
+SCRIPT = """
+window.addEventListener("load", function () {
+  var imgs = document.querySelectorAll("img");
+  var ok = 0;
+  for (var i = 0; i < imgs.length; i++) {
+    if (imgs[i].complete && imgs[i].naturalWidth > 0) { ok += 1; }
+  }
+  document.body.setAttribute("data-figures", imgs.length);
+  document.body.setAttribute("data-figures-rendered", ok);
+});
+"""
+
+
+def _owned(html_path: Path) -> set[str] | None:
+    """Files an earlier report at `html_path` wrote (itself included), or None when a file
+    there is not such a report."""
+    if not html_path.exists():
+        return set()
+    if not html_path.is_file():
+        return None
+    text = html_path.read_text(errors="replace")
+    if f'<meta name="generator" content="{GENERATOR}">' not in text:
+        return None
+    return {html_path.name, *re.findall(r'data-file="([^"/\\]+)"', text)}
+
+
+def write_report(results_dir: str | Path, *, out: str | Path | None = None) -> Path:
+    """Write the review report of a saved run and return the path of its HTML page.
+
+    `out` is the page's path (default `RESULTS_DIR/report.html`; a folder means `report.html`
+    in it); the figures go beside it as `STEM-NAME.png`. Files that an earlier report did not
+    write are never overwritten.
+    """
+    folder = Path(results_dir)
+    res, notes = load_results(folder)
+    page = Path(out) if out is not None else folder / "report.html"
+    if page.is_dir():
+        page = page / "report.html"
+    if page.suffix.lower() not in (".html", ".htm"):
+        raise ScenarioError(f"--out {page}: the report is an HTML page; name a .html file or "
+                            "a folder")
+    owned = _owned(page)
+    if owned is None:
+        raise ScenarioError(f"{page} exists and was not written by a report; choose another "
+                            "--out")
+
+    plotter = res.plot
+    sections: list[tuple[str, str]] = []
+    figures: dict[str, bytes] = {}
+    for name, _title, _caption in FIGURES:
+        why = _absent(res, name, plotter)
+        if why is None:
+            try:
+                figures[name] = _png(getattr(plotter, name)())
+            except (ValueError, KeyError, TypeError) as err:
+                if name not in ("power", "cost"):  # the core figures must draw
+                    raise
+                why = f"not drawn: {type(err).__name__}: {err}"
+        sections.append((name, why or ""))
+
+    files = {name: page.with_name(f"{page.stem}-{name}.png") for name in figures}
+    for path in files.values():
+        if path.exists() and path.name not in owned:
+            raise ScenarioError(f"{path} exists and was not written by a report; choose "
+                                "another --out")
+
+    s = res.summary
+    title = f"Architecture review: {s['scenario']}"
+    body = [f"<h1>{html.escape(title)}</h1>",
+            f'<p class="sub">seed {s["seed"]}, {s["gpus"]:,} GPUs, {_duration(s["duration_s"])}, '
+            f'fidelity {html.escape(str(s.get("fidelity", "-")))}; scenario hash '
+            f'{html.escape(str(res.meta.get("scenario_hash", "-")))}, aifactory_sim '
+            f'{html.escape(str(res.meta.get("version", "-")))}</p>']
+    for note in notes:
+        body.append(f'<p class="note">{html.escape(note)}</p>')
+    body += ["<h2>Headline numbers</h2>", _headline(res)]
+    captions = {name: (title, caption) for name, title, caption in FIGURES}
+    for name, why in sections:
+        sec_title, caption = captions[name]
+        body.append(f'<h2 id="{name}">{html.escape(sec_title)}</h2>')
+        if name in figures:
+            data = base64.b64encode(figures[name]).decode("ascii")
+            body.append(f'<figure><img alt="{html.escape(sec_title)}" '
+                        f'data-file="{files[name].name}" src="data:image/png;base64,{data}">'
+                        f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+        else:
+            body.append(f'<p class="note">{html.escape(sec_title)}: {html.escape(why)}.</p>')
+    if (folder / "scenario.yaml").is_file():
+        body += ["<h2>Scenario as run</h2>", "<details><summary>scenario.yaml</summary><pre>",
+                 html.escape((folder / "scenario.yaml").read_text()), "</pre></details>"]
+    text = "\n".join([
+        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+        f'<meta name="generator" content="{GENERATOR}">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>{html.escape(title)}</title>", f"<style>{CSS}</style>",
+        f"<script>{SCRIPT}</script>", "</head><body>", *body, "</body></html>", ""])
+
+    page.parent.mkdir(parents=True, exist_ok=True)
+    for name, path in files.items():
+        path.write_bytes(figures[name])
+    tmp = page.with_name(page.name + ".partial")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(page)
+    return page
