@@ -193,3 +193,16 @@ def test_every_figure_renders_in_a_headless_browser(page: Path, tmp_path: Path):
     assert total and rendered, body.group(0)
     assert int(total.group(1)) == len(FIGURES)
     assert int(rendered.group(1)) == len(FIGURES)
+
+
+def test_energy_and_cost_headline_cards_follow_the_summary_section():
+    from aifactory_sim.report import _energy_cards
+
+    summary = {"gpus": 8, "energy": {
+        "energy_mwh": 12.5, "energy_mwh_by": {"training": 10.0}, "peak_mw": 1.25,
+        "cost_usd": {"private": {"capex": 1.0, "energy": 2.0, "total": 3000.0},
+                     "cloud": {"on_demand": 5000.0, "total": 5000.0}},
+        "training_usd_per_btok": {"private": 0.5, "cloud": 0.9}}}
+    assert _energy_cards(summary) == [("energy", "12.5 MWh"), ("peak power", "1.25 MW"),
+                                      ("cost, private", "$3,000"), ("cost, cloud", "$5,000")]
+    assert _energy_cards({"gpus": 8}) == []

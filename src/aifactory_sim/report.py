@@ -171,7 +171,9 @@ def _energy_cards(summary: dict[str, Any]) -> list[tuple[str, str]]:
     if peak:
         cards.append(("peak power", f"{peak[1]:,.3g} MW"))
     for side in ("private", "cloud"):
-        usd = first(lambda k, side=side: side in k and "usd" in k and "per" not in k)
+        # A total where the section splits the cost (capex, opex, energy), else the one figure.
+        usd = (first(lambda k, side=side: side in k and "usd" in k and k.endswith("total"))
+               or first(lambda k, side=side: side in k and "usd" in k and "per" not in k))
         if usd:
             cards.append((f"cost, {side}", f"${usd[1]:,.0f}"))
     return cards
@@ -275,12 +277,16 @@ FIGURES = (
 def _absent(res: Results, name: str, plotter: Any) -> str | None:
     """Why figure `name` is left out of this run's report, or None to draw it."""
     s = res.summary
-    has_energy = any(k in s for k in ("energy", "power")) or getattr(res, "power", None) is not None
+    extra = [k.lower() for k, _ in _leaves({k: v for k, v in s.items()
+                                            if k not in KNOWN_SECTIONS})]
+    has_energy = (getattr(res, "power", None) is not None
+                  or any(k.endswith("mwh") or k.endswith("_mw") for k in extra))
+    has_cost = any("usd" in k or "cost" in k for k in extra)
     if name in ("power", "cost") and getattr(plotter, name, None) is None:
         return f"not drawn: this version of aifactory_sim has no {name} figure"
     if name == "power" and not has_energy:
         return "not drawn: this run has no power data"
-    if name == "cost" and "cost" not in s:
+    if name == "cost" and not has_cost:
         return "not drawn: this run's summary has no cost section"
     if name in ("timeline", "ettr") and not s.get("training"):
         return "not drawn: this run has no training jobs"
