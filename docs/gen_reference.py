@@ -35,8 +35,8 @@ DESCRIPTIONS = {
     "Scenario.seed": "seed of every random stream of the run",
     "Scenario.duration": "simulated horizon",
     "Scenario.cluster": "the hardware",
-    "Scenario.power": "power draw and energy price (accepted; not yet used by the engine)",
-    "Scenario.cost": "capital and cloud prices (accepted; not yet used by the engine)",
+    "Scenario.power": "power draw and energy price: energy, peak and mean power of a run",
+    "Scenario.cost": "capital and cloud prices: private and cloud cost of a run",
     "Scenario.scheduler": "queueing and placement of jobs",
     "Scenario.training": "training jobs, in any order",
     "Scenario.failures": "node failures, repairs and what restarting costs a job; none: nothing"
@@ -59,11 +59,6 @@ DESCRIPTIONS = {
     " and checkpoint reloads",
     "Storage.write_gb_s": "aggregate write bandwidth, GB/s, max-min shared among checkpoint"
     " writes",
-    "Power.pue": "power usage effectiveness",
-    "Power.usd_per_kwh": "energy price, USD per kWh",
-    "Cost.node_capex_usd": "purchase price of one node, USD",
-    "Cost.amortization_years": "years over which capex is spread",
-    "Cost.cloud_usd_per_gpu_hour": "rental price, USD per GPU-hour",
     "Scheduler.placement": "pack: fewest leaf switches per job; spread: round-robin over leaves",
     "Parallel.microbatch_seqs": "sequences per microbatch",
     "DataSpec.source": "where the loader reads: shared storage, local NVMe, or nothing",

@@ -435,10 +435,74 @@ class Plotter:
         fig.suptitle(f"{s['scenario']}: KV cache and load")
         return fig
 
+    def power(self) -> Figure:
+        """Facility power (MW) over time, stacked training / serving / idle, peak marked."""
+        import numpy as np
+
+        p = self.results.power
+        end = float(self.results.summary["duration_s"])
+        scale, unit = _time_scale(end)
+        fig = _figure()
+        ax = fig.add_subplot()
+        if len(p) > 1:
+            t = p["time_s"].to_numpy(dtype=float) / scale
+            parts = [("training", "training_w", COLOURS["training"]),
+                     ("serving", "serving_w", COLOURS["inference_busy"]),
+                     ("idle", "idle_w", COLOURS["unallocated"])]
+            ys = [p[col].to_numpy(dtype=float) / 1e6 for _, col, _ in parts]
+            ax.stackplot(t, *ys, labels=[n for n, _, _ in parts],
+                         colors=[c for _, _, c in parts], step="post", alpha=0.85)
+            total = p["facility_w"].to_numpy(dtype=float)[:-1] / 1e6
+            i = int(np.argmax(total))
+            ax.axhline(total[i], color="k", ls="--", lw=0.8)
+            ax.annotate(f"peak {total[i]:.3g} MW", (t[i], total[i]), xytext=(4, 4),
+                        textcoords="offset points", fontsize=8)
+            ax.legend(loc="lower right", fontsize=8)
+        s = self.results.summary
+        ax.set_title(f"Facility power: {s.get('energy_mwh', 0.0):,.3g} MWh, mean "
+                     f"{s.get('mean_mw', 0.0):.3g} MW")
+        ax.set_xlabel(unit)
+        ax.set_ylabel("MW (IT x PUE)")
+        ax.set_xlim(0, end / scale)
+        ax.set_ylim(bottom=0)
+        return fig
+
+    def cost(self) -> Figure:
+        """Private (capex, opex, energy) vs cloud (on-demand, reserved, spot) cost of the run,
+        the break-even utilisation in the title."""
+        s = self.results.summary
+        cost = s.get("cost_usd") or {"private": {}, "cloud": {}}
+        priv, cloud = cost["private"], cost["cloud"]
+        fig = _figure()
+        ax = fig.add_subplot()
+        bottom = 0.0
+        for part, colour in (("capex", "#5d4037"), ("opex", "#8d6e63"), ("energy", "#fbc02d")):
+            v = float(priv.get(part) or 0.0)
+            ax.bar("private", v, bottom=bottom, color=colour, label=part)
+            bottom += v
+        for kind, colour in (("on_demand", "#1565c0"), ("reserved", "#42a5f5"),
+                             ("spot", "#90caf9")):
+            if cloud.get(kind) is not None:
+                ax.bar(f"cloud\n{kind.replace('_', '-')}", cloud[kind], color=colour)
+        ax.legend(fontsize=8)
+        be = s.get("break_even_utilisation")
+        util = (s.get("utilisation") or {}).get("allocated")
+        title = "Cost of the run"
+        if be is not None:
+            title += f": private breaks even with cloud at {be:.0%} utilisation"
+            if util is not None:
+                title += f" (this run {util:.0%})"
+        ax.set_title(title, fontsize=10)
+        ax.set_ylabel("USD")
+        return fig
+
     def save_all(self, folder: str | Path) -> list[Path]:
-        """Write every figure as PNG; the serving ones only for a run with services."""
+        """Write every figure as PNG; the serving ones only for a run with services, power and
+        cost for results that hold a power timeline (every run)."""
         folder = Path(folder)
         names = ["ledger", "allocation", "timeline", "ettr"]
+        if getattr(self.results, "power", None) is not None:
+            names += ["power", "cost"]
         if len(self._frame("requests")):
             names.append("latency")
         if len(self._frame("services")):

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from .energy import POWER_COLUMNS, energy_and_cost, power_timeline
 from .engine.inference import SERVICE_COLUMNS
 from .engine.telemetry import BUCKETS, COLUMNS
 from .errors import ScenarioError
@@ -55,6 +56,7 @@ class Results:
         events: pd.DataFrame | None = None,
         requests: pd.DataFrame | None = None,
         services: pd.DataFrame | None = None,
+        power: pd.DataFrame | None = None,
     ):
         self.scenario = scenario
         self.summary = summary
@@ -68,6 +70,7 @@ class Results:
             columns=["service", *REQUEST_COLUMNS])
         self.services = services if services is not None else pd.DataFrame(
             columns=["service", *SERVICE_COLUMNS])
+        self.power = power if power is not None else pd.DataFrame(columns=list(POWER_COLUMNS))
 
     # --- construction --------------------------------------------------------------------
     @classmethod
@@ -117,9 +120,20 @@ class Results:
             "python": platform.python_version(),
             "numpy": np.__version__,
         }
+        ts = pd.DataFrame(tel.rows, columns=list(COLUMNS))
+        services = pd.concat(
+            [pd.DataFrame(svc.rows, columns=list(SERVICE_COLUMNS)).assign(service=svc.name)
+             [["service", *SERVICE_COLUMNS]] for svc in factory.services], ignore_index=True,
+        ) if factory.services else None
+        power = power_timeline(sc, summary, ts, services)
+        extra = energy_and_cost(sc, summary, power)
+        for name, vals in extra.pop("jobs").items():
+            jobs[name].update(vals)
+        for name, vals in extra.pop("services").items():
+            summary["inference"][name].update(vals)
+        summary.update(extra)
         job_rows = [{"job": name, **vals} for name, vals in jobs.items()]
         jobs_df = pd.DataFrame(job_rows)
-        ts = pd.DataFrame(tel.rows, columns=list(COLUMNS))
         total_h = tel.total_gpus * duration / 3600.0
         ledger = pd.DataFrame({
             "bucket": list(ledger_h), "gpu_h": list(ledger_h.values()),
@@ -131,11 +145,8 @@ class Results:
             [pd.DataFrame({"service": name, **cols}) for name, cols in frames],
             ignore_index=True,
         ) if frames else None
-        services = pd.concat(
-            [pd.DataFrame(svc.rows, columns=list(SERVICE_COLUMNS)).assign(service=svc.name)
-             [["service", *SERVICE_COLUMNS]] for svc in factory.services], ignore_index=True,
-        ) if factory.services else None
-        return cls(sc, summary, meta, jobs_df, ts, ledger, failures, events, requests, services)
+        return cls(sc, summary, meta, jobs_df, ts, ledger, failures, events, requests, services,
+                   power)
 
     # --- views ---------------------------------------------------------------------------
     @property
@@ -239,6 +250,7 @@ class Results:
             self.requests.to_csv(tmp / "requests.csv", index=False)
         if len(self.services):
             self.services.to_csv(tmp / "services.csv", index=False)
+        self.power.to_csv(tmp / "power.csv", index=False)
         if plots:
             self.plot.save_all(tmp)
         out.mkdir(parents=True, exist_ok=True)

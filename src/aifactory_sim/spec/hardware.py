@@ -55,6 +55,10 @@ class GPUSpec(Spec):
     hbm_gb: float = Field(gt=0, description="HBM capacity, 10^9 bytes")
     hbm_tb_s: float = Field(gt=0, description="HBM bandwidth, TB/s")
     tdp_w: float = Field(gt=0, description="board power at full load, W")
+    idle_w: float | None = Field(
+        None, gt=0, description="board power idle, W; default 0.115 x tdp_w (measured H200 "
+        "idle, docs/background/power-cost.md)"
+    )
     nvlink_gb_s: float = Field(gt=0, description="NVLink bandwidth per GPU, both directions, GB/s")
     nvlink_domain: int = Field(8, gt=0, description="GPUs reachable over NVLink")
     source: str = ""

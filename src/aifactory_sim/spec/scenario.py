@@ -208,15 +208,47 @@ class Cluster(Spec):
 
 
 class Power(Spec):
-    pue: float = Field(1.2, ge=1.0)
-    usd_per_kwh: float = Field(0.08, ge=0)
-    node_overhead_w: float = Field(0.0, ge=0, description="everything in a node but the GPUs")
+    """Power draw and energy price (docs/background/power-cost.md)."""
+
+    pue: float = Field(
+        1.2, ge=1.0, description="power usage effectiveness: facility power over IT power"
+    )
+    usd_per_kwh: float = Field(0.08, ge=0, description="energy price, USD per kWh")
+    node_overhead_w: float = Field(
+        0.0, ge=0, description="everything in a node but the GPUs (CPUs, NICs, fans), W; drawn "
+        "while the node is up"
+    )
+    gpu_power_cap_w: float | None = Field(
+        None, gt=0, description="board power limit per GPU (nvidia-smi -pl), between the GPU's "
+        "idle power and its TDP; none: TDP. Caps power only: the engine does not yet slow work "
+        "under a cap"
+    )
 
 
 class Cost(Spec):
-    node_capex_usd: float = Field(0.0, ge=0)
-    amortization_years: float = Field(4.0, gt=0)
-    cloud_usd_per_gpu_hour: float = Field(0.0, ge=0)
+    """Owning (capex, opex, energy) and renting (cloud) prices (docs/background/power-cost.md)."""
+
+    node_capex_usd: float = Field(0.0, ge=0, description="purchase price of one node, USD")
+    amortization_years: float = Field(
+        4.0, gt=0, description="years over which capex is spread (straight line)"
+    )
+    network_capex_per_node_usd: float = Field(
+        0.0, ge=0, description="fabric (switches, optics, cables) per node, USD, amortised "
+        "with the nodes"
+    )
+    opex_share_per_year: float = Field(
+        0.0, ge=0, description="operations and maintenance per year as a share of capex "
+        "(energy excluded)"
+    )
+    cloud_usd_per_gpu_hour: float = Field(
+        0.0, ge=0, description="on-demand rental price, USD per GPU-hour"
+    )
+    cloud_reserved_usd_per_gpu_hour: float | None = Field(
+        None, ge=0, description="reserved (committed) rental price, USD per GPU-hour"
+    )
+    cloud_spot_usd_per_gpu_hour: float | None = Field(
+        None, ge=0, description="spot rental price, USD per GPU-hour"
+    )
 
 
 class Scheduler(Spec):
@@ -458,6 +490,23 @@ class Scenario(Spec):
                     "describe; add a storage section, or give measured write_s and reload_s",
                 )
             check_job_feasible(job, pool, where)
+        return self
+
+    @model_validator(mode="after")
+    def _cap_in_range(self) -> Scenario:
+        from ..kernels.power import idle_power_w  # kernels are pure; imported lazily
+
+        cap = self.power.gpu_power_cap_w
+        if cap is None:
+            return self
+        for pool in self.cluster.node_pools:
+            idle = float(idle_power_w(pool.gpu.tdp_w, pool.gpu.idle_w))
+            if not idle <= cap <= pool.gpu.tdp_w:
+                raise located(
+                    "power.gpu_power_cap_w",
+                    f"{cap:g} W is outside {pool.gpu.name}'s range in pool {pool.name!r}: "
+                    f"allowed {idle:g} W (idle) to {pool.gpu.tdp_w:g} W (TDP)",
+                )
         return self
 
     @model_validator(mode="after")
