@@ -190,6 +190,15 @@ def _table(head: list[str], rows: list[list[str]], cls: str = "") -> str:
     return "".join(out)
 
 
+def _against(slo: Any, met: dict[str, Any], key: str) -> str:
+    """A service's SLO target for `key` (ttft, tpot) at its percentile, met or missed."""
+    target = getattr(slo, f"{key}_s", None)
+    if target is None:
+        return "-"
+    verdict = "" if met.get(key) is None else (" met" if met[key] else " missed")
+    return f"{_ms(target)} at p{slo.percentile:g}{verdict}"
+
+
 def _headline(res: Results) -> str:
     s = res.summary
     ledger = s.get("ledger_gpu_h", {})
@@ -223,20 +232,11 @@ def _headline(res: Results) -> str:
         for name, v in s["inference"].items():
             slo = getattr(specs.get(name), "slo", None)
             met = v.get("slo_met") or {}
-
-            def against(key: str, v: dict[str, Any] = v, slo: Any = slo,
-                        met: dict[str, Any] = met) -> str:
-                target = getattr(slo, f"{key}_s", None)
-                if target is None:
-                    return "-"
-                verdict = {True: " met", False: " missed"}.get(met.get(key), "")
-                return f"{_ms(target)} at p{slo.percentile:g}{verdict}"
-
             rows.append([name, f"{v.get('requests', 0):,}", f"{v.get('completed', 0):,}",
                          f"{v.get('output_tokens_per_s', 0):,.0f}",
                          _ms(v.get("ttft_s", {}).get("p50")), _ms(v.get("ttft_s", {}).get("p99")),
-                         against("ttft"), _ms(v.get("tpot_s", {}).get("p50")),
-                         _ms(v.get("tpot_s", {}).get("p99")), against("tpot"),
+                         _against(slo, met, "ttft"), _ms(v.get("tpot_s", {}).get("p50")),
+                         _ms(v.get("tpot_s", {}).get("p99")), _against(slo, met, "tpot"),
                          _pct(v.get("slo_attainment")),
                          f"{v.get('replicas_mean', 0):.1f} / {v.get('replicas_max', 0)}"])
         parts.append("<h3>Inference services</h3>")
@@ -244,10 +244,10 @@ def _headline(res: Results) -> str:
                              "TTFT p99", "TTFT SLO", "TPOT p50", "TPOT p99", "TPOT SLO",
                              "SLO attainment", "replicas mean / max"], rows))
     extra = {k: v for k, v in s.items() if k not in KNOWN_SECTIONS and isinstance(v, dict)}
-    for section, value in extra.items():
+    for section, numbers in extra.items():
         parts.append(f"<h3>{html.escape(section.replace('_', ' ').capitalize())}</h3>")
         parts.append(_table(["quantity", "value"],
-                            [[k, _fmt(v)] for k, v in _leaves(value)], cls="kv"))
+                            [[key, _fmt(x)] for key, x in _leaves(numbers)], cls="kv"))
     return "".join(parts)
 
 
