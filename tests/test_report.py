@@ -219,4 +219,9 @@ def test_energy_and_cost_headline_cards_follow_the_summary_section():
         "training_usd_per_btok": {"private": 0.5, "cloud": 0.9}}}
     assert _energy_cards(summary) == [("energy", "12.5 MWh"), ("peak power", "1.25 MW"),
                                       ("cost, private", "$3,000"), ("cost, cloud", "$5,000")]
+    # The same numbers at the summary's top level, and small sums in cents.
+    flat = {"gpus": 8, "energy_mwh": 0.0053, "peak_mw": 0.016,
+            "cost_usd": {"private": {"total": 0.425}, "cloud": {"total": 0.0}}}
+    assert _energy_cards(flat) == [("energy", "0.0053 MWh"), ("peak power", "0.016 MW"),
+                                   ("cost, private", "$0.42"), ("cost, cloud", "$0.00")]
     assert _energy_cards({"gpus": 8}) == []

@@ -145,6 +145,10 @@ def _ms(x: float | None) -> str:
     return f"{x * 1e3:.0f} ms" if x < 10 else f"{x:,.0f} s"
 
 
+def _usd(x: float) -> str:
+    return f"${x:,.0f}" if abs(x) >= 100 else f"${x:,.2f}"
+
+
 def _duration(seconds: float) -> str:
     if seconds >= 2 * 86400:
         return f"{seconds / 86400:g} days"
@@ -175,7 +179,7 @@ def _energy_cards(summary: dict[str, Any]) -> list[tuple[str, str]]:
         usd = (first(lambda k, side=side: side in k and "usd" in k and k.endswith("total"))
                or first(lambda k, side=side: side in k and "usd" in k and "per" not in k))
         if usd:
-            cards.append((f"cost, {side}", f"${usd[1]:,.0f}"))
+            cards.append((f"cost, {side}", _usd(usd[1])))
     return cards
 
 
@@ -243,11 +247,12 @@ def _headline(res: Results) -> str:
         parts.append(_table(["service", "requests", "completed", "output tok/s", "TTFT p50",
                              "TTFT p99", "TTFT SLO", "TPOT p50", "TPOT p99", "TPOT SLO",
                              "SLO attainment", "replicas mean / max"], rows))
-    extra = {k: v for k, v in s.items() if k not in KNOWN_SECTIONS and isinstance(v, dict)}
-    for section, numbers in extra.items():
-        parts.append(f"<h3>{html.escape(section.replace('_', ' ').capitalize())}</h3>")
-        parts.append(_table(["quantity", "value"],
-                            [[key, _fmt(x)] for key, x in _leaves(numbers)], cls="kv"))
+    extra = _leaves({k: v for k, v in s.items() if k not in KNOWN_SECTIONS})
+    if extra:
+        # Whatever else the summary reports (energy, power, cost), each number by its key.
+        parts.append("<h3>Energy, cost and other figures</h3>")
+        parts.append(_table(["quantity", "value"], [[key, _fmt(x)] for key, x in extra],
+                            cls="kv"))
     return "".join(parts)
 
 
