@@ -206,8 +206,8 @@ Checked when the scenario is loaded (`aifactory-sim validate`, `aifactory_sim.lo
   `distribution: weibull` needs a shape, `{kind: weibull, shape: 0.8}`.
 - `elastic.min_dp` is at most the job's `parallel.dp`; `checkpoint.interval` is `young-daly`,
   `none` or a positive duration.
-- `fidelity: fluid` (the aggregate serving tier), at the top level or on a service, is refused
-  with a message that names the field and says so, never silently ignored.
+- `fidelity: fluid` at the top level puts every inference service in the aggregate tier;
+  training jobs, which have no fluid tier, then run `fast`.
 
 Inference services (`inference[]`):
 

@@ -160,7 +160,9 @@ class Results:
         s = self.summary
         lines = [
             f"scenario {s['scenario']}  seed {s['seed']}  {s['gpus']:,} GPUs  "
-            f"{s['duration_s'] / 86400:.2f} days  fidelity {s['fidelity']}",
+            f"{s['duration_s'] / 86400:.2f} days  fidelity {s['fidelity']}"
+            + "".join(f" ({name}: {v['fidelity']})" for name, v in s.get("inference", {}).items()
+                      if v["fidelity"] != s["fidelity"]),
             "",
             "GPU-hour ledger",
         ]
@@ -191,7 +193,7 @@ class Results:
                 )
         if s.get("inference"):
             lines += ["", "inference services"]
-            lines.append(f"  {'service':<16}{'requests':>10}{'done':>10}{'tok/s':>10}"
+            lines.append(f"  {'service':<16}{'requests':>13}{'done':>13}{'tok/s':>10}"
                          f"{'TTFT p50':>10}{'p99':>8}{'TPOT p50':>10}{'p99':>8}{'SLO':>7}"
                          f"{'replicas':>10}")
             for name, v in s["inference"].items():
@@ -201,7 +203,7 @@ class Results:
                     return f"{x * 1e3:.0f}ms" if x < 10 else f"{x:.0f}s"
                 slo = "-" if v["slo_attainment"] is None else f"{v['slo_attainment']:.1%}"
                 lines.append(
-                    f"  {name:<16}{v['requests']:>10,}{v['completed']:>10,}"
+                    f"  {name:<16}{v['requests']:>13,}{v['completed']:>13,}"
                     f"{v['output_tokens_per_s']:>10,.0f}{ms(v['ttft_s']['p50']):>10}"
                     f"{ms(v['ttft_s']['p99']):>8}{ms(v['tpot_s']['p50']):>10}"
                     f"{ms(v['tpot_s']['p99']):>8}{slo:>7}"

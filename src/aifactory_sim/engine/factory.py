@@ -105,8 +105,11 @@ class Factory:
         self.sample()
 
     def may_grow(self, job: TrainingRun) -> bool:
-        """An elastic job may widen only when nobody waits for nodes of its pool."""
-        return not self.waiting and not self.scheduler.queued_in(job.pool.name)
+        """An elastic job may widen only when nobody waits for nodes of its pool: no job, no
+        service replica."""
+        pool = job.pool.name
+        return (not self.waiting and not self.scheduler.queued_in(pool)
+                and not any(s.pool.name == pool and s.counts["pending"] for s in self.services))
 
     def node_failed(self, pool: str, node: int, component: str, repair_s: float) -> str | None:
         """The failure injector's report: take the node down, tell its job, plan the repair."""

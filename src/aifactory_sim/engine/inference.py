@@ -422,6 +422,11 @@ class Service:
         if placed:
             self._set_provisioned(+placed)
             self._cold_start(pending[:placed])
+        if placed < len(pending):  # still short: borrow from training of lower priority
+            per_replica = (self.nodes_per_replica if self.slots_per_node == 1
+                           else 1.0 / self.slots_per_node)
+            self.factory.scheduler.lend_to_service(
+                self, math.ceil((len(pending) - placed) * per_replica))
         return placed > 0
 
     def _claim(self, count: int) -> bool:

@@ -11,6 +11,10 @@
 - With `preemption`, a job that cannot start may take nodes from running jobs of lower
   priority: elastic ones shrink towards `min_dp` first, the others stop (checkpointing first
   when the write fits `preemption_grace_s`) and go back to the queue.
+- An inference service short of nodes borrows them from training jobs of lower priority in
+  the same way (`lend_to_service`), whatever the `preemption` setting: serving is the
+  factory's latency-bound work. An elastic job grows back after a checkpoint once nobody in
+  its pool (job or service) waits for nodes.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .factory import Factory
+    from .inference import Service
     from .training import TrainingRun
 
 
@@ -134,6 +139,50 @@ class Scheduler:
         for victim, shrink_to in plan:
             self.yielding.add(victim.index)
             victim.preempt(shrink_to)
+
+    def lend_to_service(self, service: Service, short: int) -> int:
+        """A service wants `short` more nodes of its pool and none are free: ask training jobs
+        of lower priority for them (issue 6's "one factory"). Elastic jobs shrink first, down
+        to `min_dp`, lowest priority first; only if that is not enough do the others stop
+        (checkpointing first when the write fits `preemption_grace_s`). Unlike a gang, a
+        service takes whatever it can get, replica by replica. Nodes already on their way
+        back count against the need. Returns the nodes asked for."""
+        pool = service.pool.name
+        coming = sum(j.held_nodes - j.nodes_for(j.preempt_to) if j.preempt_to is not None
+                     else j.held_nodes
+                     for j in self.factory.jobs if j.index in self.yielding
+                     and j.pool.name == pool)
+        short -= coming
+        if short <= 0:
+            return 0
+        running = [j for j in self.factory.jobs if j.state == "running" and j.pool.name == pool
+                   and j.spec.priority < service.spec.priority and j.index not in self.yielding]
+        order = sorted(running, key=lambda j: (j.spec.elastic is None, j.spec.priority,
+                                               -(j.started_at or 0.0), -j.index))
+        asked = 0
+        for victim in order:
+            if asked >= short:
+                break
+            el = victim.spec.elastic
+            if el is not None:
+                if victim.dp <= el.min_dp:
+                    continue
+                dp = victim.dp - 1  # the narrowest shrink that frees what is short
+                while dp > el.min_dp and victim.held_nodes - victim.nodes_for(dp) < short - asked:
+                    dp -= 1
+                freed = victim.held_nodes - victim.nodes_for(dp)
+                if freed <= 0:
+                    continue
+                self.yielding.add(victim.index)
+                victim.lent.append((self.factory.env.now, service.name, freed))
+                victim.preempt(dp)
+                asked += freed
+            else:
+                self.yielding.add(victim.index)
+                victim.lent.append((self.factory.env.now, service.name, victim.held_nodes))
+                victim.preempt(None)
+                asked += victim.held_nodes
+        return asked
 
     def yielded(self, job: TrainingRun) -> None:
         self.yielding.discard(job.index)

@@ -92,6 +92,7 @@ class TrainingRun:
         self.pending: list[str] = []  # interrupts that arrived before _run began
         self.gang_ready: simpy.Event | None = None
         self.preempt_to: int | None = None  # dp to shrink to when preempted (None: stop)
+        self.lent: list[tuple[float, str, int]] = []  # (time, service, nodes) asked of it
         # counts for the summary
         self.interruptions = 0
         self.restarts = 0
@@ -650,6 +651,7 @@ class TrainingRun:
             "interruptions": self.interruptions,
             "restarts": self.restarts,
             "preemptions": self.preemptions,
+            "lends": len(self.lent),
             "checkpoints": self.checkpoints,
             "checkpoint_interval_s": None if not math.isfinite(self.interval_s())
             else self.interval_s(),

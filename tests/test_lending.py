@@ -1,0 +1,78 @@
+"""Training and serving on one cluster: a service short of nodes borrows them from training of
+lower priority (elastic jobs shrink, others stop) and the jobs take them back."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+import aifactory_sim as af
+
+BASE: dict[str, Any] = {
+    "name": "lend", "seed": 3, "duration": "6h",
+    "cluster": {"node_pools": [{"name": "h100", "nodes": 20, "gpu": "H100-SXM",
+                                "gpus_per_node": 8, "nic_gbit_s": 400}],
+                "fabric": {"nodes_per_leaf": 16},
+                "storage": {"read_gb_s": 200, "write_gb_s": 100}},
+    "scheduler": {"policy": "priority-backfill", "preemption": True,
+                  "preemption_grace_s": 120},
+    "training": [{"name": "train", "model": "llama3-8b", "priority": 1, "tokens": 1e12,
+                  "seq_len": 8192, "global_batch_tokens": "4M",
+                  "parallel": {"tp": 1, "pp": 1, "dp": 144}, "elastic": {"min_dp": 64},
+                  "checkpoint": {"interval": "20min", "mode": "async"}}],
+    "inference": [{"name": "chat", "model": "llama3-8b", "precision": "fp8", "tp": 1,
+                   "priority": 10, "cold_start": {"container_s": 30},
+                   "traffic": {"kind": "diurnal", "mean_rps": 200, "peak_to_trough": 6,
+                               "period": "3h", "phase": "90min"},
+                   "prompt_tokens": {"kind": "lognormal", "median": 1000, "sigma": 0.8,
+                                     "max": 8192},
+                   "output_tokens": {"kind": "geometric", "mean": 300, "max": 2048},
+                   "autoscaler": {"kind": "hpa", "target": 16, "min_replicas": 2,
+                                  "max_replicas": 64}}],
+}
+
+
+def scenario(**changes: Any) -> dict[str, Any]:
+    sc = copy.deepcopy(BASE)
+    for path, value in changes.items():
+        node = sc
+        *head, last = path.split(".")
+        for key in head:
+            node = node[int(key)] if key.isdigit() else node[key]
+        node[last] = value
+    return sc
+
+
+@pytest.mark.parametrize("fidelity", ["fast", "fluid"])
+def test_an_elastic_job_lends_nodes_at_the_peak_and_takes_them_back(fidelity):
+    res = af.run(scenario(**{"inference.0.fidelity": fidelity}))
+    s = res.summary
+    job = s["training"]["train"]
+    ts = res.timeseries
+    # Two free nodes hold 16 one-GPU replicas; the peak needs more than that.
+    assert s["inference"]["chat"]["replicas_max"] > 16
+    assert job["lends"] > 0 and job["state"] == "running"
+    assert ts["training_gpus"].min() < 144 and ts["training_gpus"].min() >= 64
+    last = ts.iloc[-1]
+    assert last["training_gpus"] > ts["training_gpus"].min()  # grown back at night
+    events = res.events
+    assert (events["event"] == "resize").sum() >= 2
+    assert sum(s["ledger_gpu_h"].values()) == pytest.approx(s["gpus"] * s["duration_s"] / 3600,
+                                                            rel=1e-9)
+    assert (ts["training_gpus"] + ts["serving_gpus"] <= ts["allocated_gpus"]).all()
+
+
+def test_a_rigid_job_of_lower_priority_is_stopped_for_the_service():
+    res = af.run(scenario(**{"training.0.elastic": None, "duration": "3h"}))
+    job = res.summary["training"]["train"]
+    assert job["lends"] > 0 and job["preemptions"] > 0
+    assert res.summary["inference"]["chat"]["replicas_max"] > 16
+
+
+def test_a_job_of_higher_priority_lends_nothing():
+    res = af.run(scenario(**{"training.0.priority": 20, "duration": "3h"}))
+    job = res.summary["training"]["train"]
+    assert job["lends"] == 0 and job["preemptions"] == 0
+    assert res.summary["inference"]["chat"]["replicas_max"] <= 16
