@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 import zlib
 from typing import Any
@@ -42,6 +43,7 @@ class Factory:
             self.env, st.read_gb_s * 1e9, st.write_gb_s * 1e9)
         self.scheduler = Scheduler(self)
         self.waiting: list[TrainingRun] = []  # running jobs short of nodes after a failure
+        self.last_wanted: dict[str, float] = {}  # pool -> when someone last lacked nodes
         self.jobs = [
             TrainingRun(self, i, job, scenario.pool(job.pool))
             for i, job in enumerate(scenario.training)
@@ -105,11 +107,19 @@ class Factory:
         self.sample()
 
     def may_grow(self, job: TrainingRun) -> bool:
-        """An elastic job may widen only when nobody waits for nodes of its pool: no job, no
-        service replica."""
+        """An elastic job may widen only when nobody waits for nodes of its pool (no job, no
+        service replica) and nobody has for `scheduler.regrow_after_s`."""
         pool = job.pool.name
+        if any(s.pool.name == pool and s.counts["pending"] for s in self.services):
+            self.wanted(pool)
+            return False
+        hold = self.scenario.scheduler.regrow_after_s
         return (not self.waiting and not self.scheduler.queued_in(pool)
-                and not any(s.pool.name == pool and s.counts["pending"] for s in self.services))
+                and self.env.now - self.last_wanted.get(pool, -math.inf) >= hold)
+
+    def wanted(self, pool: str) -> None:
+        """Someone in `pool` is short of nodes now (see may_grow)."""
+        self.last_wanted[pool] = self.env.now
 
     def node_failed(self, pool: str, node: int, component: str, repair_s: float) -> str | None:
         """The failure injector's report: take the node down, tell its job, plan the repair."""

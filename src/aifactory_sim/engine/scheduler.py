@@ -148,6 +148,7 @@ class Scheduler:
         service takes whatever it can get, replica by replica. Nodes already on their way
         back count against the need. Returns the nodes asked for."""
         pool = service.pool.name
+        self.factory.wanted(pool)
         coming = sum(j.held_nodes - j.nodes_for(j.preempt_to) if j.preempt_to is not None
                      else j.held_nodes
                      for j in self.factory.jobs if j.index in self.yielding

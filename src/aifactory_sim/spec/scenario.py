@@ -266,6 +266,12 @@ class Scheduler(Spec):
         " is killed and loses the work since its last checkpoint",
     )
     placement: Literal["pack", "spread"] = "pack"
+    regrow_after_s: NonNegativeDurationS = Field(
+        1800.0,
+        description="an elastic job takes nodes back (after a checkpoint) only once nobody in its"
+        " pool has been short of nodes for this long: a resize restarts the job, so a service"
+        " whose load swings does not make it shrink and grow at every swing",
+    )
 
 
 class Parallel(Spec):
