@@ -10,7 +10,8 @@ from typing import Any
 import numpy as np
 import simpy
 
-from ..spec.scenario import Scenario
+from ..kernels.power import cap_slowdown
+from ..spec.scenario import NodePool, Scenario
 from .cluster import Allocation, ClusterState
 from .failures import FailureInjector
 from .fluid import FluidService
@@ -45,12 +46,12 @@ class Factory:
         self.waiting: list[TrainingRun] = []  # running jobs short of nodes after a failure
         self.last_wanted: dict[str, float] = {}  # pool -> when someone last lacked nodes
         self.jobs = [
-            TrainingRun(self, i, job, scenario.pool(job.pool))
+            TrainingRun(self, i, job, self.pool(job.pool))
             for i, job in enumerate(scenario.training)
         ]
         self.services = [
             (FluidService if (svc.fidelity or scenario.fidelity) == "fluid" else Service)(
-                self, k, len(self.jobs) + k, svc, scenario.pool(svc.pool), {
+                self, k, len(self.jobs) + k, svc, self.pool(svc.pool), {
                 name: rng_for(scenario.seed, f"inference.{svc.name}.{name}")
                 for name in ("arrivals", "prompts", "outputs", "router")
             })
@@ -63,6 +64,23 @@ class Factory:
                 for name in ("times", "repairs", "components")
             })
         self.sample()
+
+    def pool(self, name: str | None) -> NodePool:
+        """A pool as the engine runs it: under `power.gpu_power_cap_w` its GPUs' compute peaks
+        are slowed by the cap's clock factor (kernels.power.cap_slowdown with all of the work
+        compute-bound), so every compute-bound phase of a training step or a serving iteration
+        slows and every memory- or network-bound one does not: decode, bound by HBM, slows
+        least. Reported MFU stays against the nominal peak (TrainingRun.peak_scale)."""
+        pool = self.scenario.pool(name)
+        cap = self.scenario.power.gpu_power_cap_w
+        if cap is None:
+            return pool
+        slow = float(cap_slowdown(cap, pool.gpu.tdp_w, 1.0))
+        gpu = pool.gpu
+        faster = {"bf16_tflops": gpu.bf16_tflops / slow}
+        if gpu.fp8_tflops is not None:
+            faster["fp8_tflops"] = gpu.fp8_tflops / slow
+        return pool.model_copy(update={"gpu": gpu.model_copy(update=faster)})
 
     # --- hooks the components call -------------------------------------------------------
     def sample(self) -> None:

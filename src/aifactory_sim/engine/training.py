@@ -93,6 +93,10 @@ class TrainingRun:
         self.gang_ready: simpy.Event | None = None
         self.preempt_to: int | None = None  # dp to shrink to when preempted (None: stop)
         self.lent: list[tuple[float, str, int]] = []  # (time, service, nodes) asked of it
+        # The pool's peak over the nominal one (below 1 under a power cap): MFU is reported
+        # against the nominal peak.
+        nominal = factory.scenario.pool(spec.pool).gpu
+        self.peak_scale = pool.gpu.bf16_tflops / nominal.bf16_tflops
         # counts for the summary
         self.interruptions = 0
         self.restarts = 0
@@ -636,7 +640,8 @@ class TrainingRun:
             "steps_done": self.steps_done,
             "steps_total": self.steps_total,
             "step_time_s": mean_step,
-            "mfu": None if scale is None else float(est.mfu) * scale,  # type: ignore[union-attr]
+            "mfu": None if scale is None  # type: ignore[union-attr]
+            else float(est.mfu) * scale * self.peak_scale,
             "hardware_tflops_per_gpu": None if scale is None
             else float(est.hardware_tflops_per_gpu) * scale,  # type: ignore[union-attr]
             "recompute": None if est is None else str(est.recompute),
