@@ -220,8 +220,8 @@ class Power(Spec):
     )
     gpu_power_cap_w: float | None = Field(
         None, gt=0, description="board power limit per GPU (nvidia-smi -pl), between the GPU's "
-        "idle power and its TDP; none: TDP. Caps power only: the engine does not yet slow work "
-        "under a cap"
+        "idle power and its TDP; none: TDP. Compute-bound work slows by the cap's clock factor "
+        "(kernels.power.cap_slowdown), memory-bound decode hardly at all"
     )
 
 
