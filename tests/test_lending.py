@@ -76,3 +76,14 @@ def test_a_job_of_higher_priority_lends_nothing():
     job = res.summary["training"]["train"]
     assert job["lends"] == 0 and job["preemptions"] == 0
     assert res.summary["inference"]["chat"]["replicas_max"] <= 16
+
+
+def test_the_allocation_plot_shows_what_the_jobs_really_held():
+    """Stacked, the training band (shrunk by lends) and the serving band never rise above the
+    cluster: the plot follows the GPUs held, not the jobs' nominal sizes."""
+    res = af.run(scenario(duration="3h"))
+    ax = res.plot.allocation().axes[0]
+    tops = [p.get_data().values.max() for p in ax.patches]
+    assert tops and max(tops) <= res.summary["gpus"] + 1e-9
+    train = ax.patches[0].get_data().values
+    assert train.min() < 144 <= train.max()  # shrunk at the peak, full width before

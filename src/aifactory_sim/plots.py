@@ -153,7 +153,8 @@ class Plotter:
         if ts is not None and len(ts):
             ts_t = np.asarray(ts["time_s"], dtype=float)
             gauges = {c: np.nan_to_num(np.asarray(ts[c], dtype=float))
-                      for c in ("serving_gpus", "down_gpus") if c in ts.columns}
+                      for c in ("serving_gpus", "down_gpus", "training_gpus")
+                      if c in ts.columns}
         gauges = {c: v for c, v in gauges.items() if v.any()}
 
         def step_at(column: str, at: np.ndarray) -> np.ndarray:
@@ -172,9 +173,19 @@ class Plotter:
         ax = fig.subplots()
         base = np.zeros(mid.size)
         cmap = _job_colours(len(jobs))
-        for (name, j), colour in zip(jobs, cmap, strict=True):
+        nominal = []
+        for _, j in jobs:
             end = t_end if j["finished_at_s"] is None else j["finished_at_s"]
-            held = np.where((mid >= j["started_at_s"]) & (mid < end), j["gpus"], 0)
+            nominal.append(np.where((mid >= j["started_at_s"]) & (mid < end), j["gpus"], 0))
+        # What the jobs really held (narrower after a failure or a lend to serving): the
+        # timeseries' training total, shared among the running jobs by their nominal sizes.
+        scale_held = np.ones(mid.size)
+        if "training_gpus" in gauges and nominal:
+            total = np.sum(nominal, axis=0)
+            scale_held = np.where(total > 0, step_at("training_gpus", mid)
+                                  / np.maximum(total, 1), 1.0)
+        for (name, _j), colour, nom in zip(jobs, cmap, nominal, strict=True):
+            held = nom * scale_held
             ax.stairs(base + held, edges_arr / scale, baseline=base, fill=True, color=colour,
                       label=name)
             base = base + held
