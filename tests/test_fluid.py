@@ -58,6 +58,8 @@ def test_the_summary_has_the_same_keys_in_every_tier():
     fluid = af.run(fv.scenario("light-8b-fp8", "fluid")).summary
     assert keys(fast) == keys(fluid)
     assert fluid["inference"]["chat"]["fidelity"] == "fluid"
+    meta = af.run(fv.scenario("light-8b-fp8", "fluid")).meta
+    assert meta["tiers"] == {"training": "fast", "inference.chat": "fluid"}
     ledger = fluid["ledger_gpu_h"]
     assert sum(ledger.values()) == pytest.approx(fluid["gpus"] * fluid["duration_s"] / 3600,
                                                  rel=1e-9)

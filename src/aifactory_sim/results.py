@@ -114,6 +114,8 @@ class Results:
         }
         meta = {
             "scenario_hash": content_hash(sc),
+            "tiers": {"training": sc.fidelity if sc.fidelity != "fluid" else "fast",
+                      **{f"inference.{svc.name}": svc.tier for svc in factory.services}},
             "wall_s": wall_s,
             "events": tel.events,
             "version": aifactory_sim.__version__,
