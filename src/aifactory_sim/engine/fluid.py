@@ -56,7 +56,7 @@ from __future__ import annotations
 
 import bisect
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from scipy.special import gammaln
@@ -64,9 +64,6 @@ from scipy.special import gammaln
 from ..kernels.inference import BLOCK_TOKENS, offline_steady_state
 from .inference import Service
 from .traffic import counts_per_tick, draw_requests, lengths, tick_edges
-
-if TYPE_CHECKING:
-    from .inference import Replica
 
 #: Length draws the latency model and the moments come from.
 POOL = 1 << 16
@@ -89,15 +86,13 @@ class FluidCore:
     """What the replica life cycle asks of a replica's core, for a replica without requests of
     its own: nothing in flight, no plan; the service books its busy time."""
 
-    __slots__ = ("busy_s", "kv_blocks", "plan", "waiting")
+    __slots__ = ("busy_s", "plan")
 
     outstanding = 0
 
     def __init__(self) -> None:
         self.busy_s = 0.0
-        self.kv_blocks = 1
         self.plan = None
-        self.waiting: tuple[()] = ()
 
     def busy_until(self, t: float) -> float:
         return 0.0
@@ -107,9 +102,6 @@ class FluidCore:
 
     def next_time(self) -> float:
         return math.inf
-
-    def kv_used_blocks(self) -> int:
-        return 0
 
 
 class FluidService(Service):
@@ -381,9 +373,6 @@ class FluidService(Service):
             self._backlog += lost
             self._preempted += lost
         super().node_failed(node, component)
-
-    def _retire(self, r: Replica, now: float) -> None:
-        self._gone(r)
 
     # --- results ------------------------------------------------------------------------------
     def _close_requests(self, horizon: float) -> None:

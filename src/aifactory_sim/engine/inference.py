@@ -244,11 +244,8 @@ class Service:
             self.outs[r.index] -= done
             if self.queue and r.state == "ready":
                 self._fill_from_queue(r, now)
-        self._seq += 1
-        r.seq = self._seq
         core.schedule(now)
-        if core.plan is not None:
-            heapq.heappush(self._heap, (core.plan.end, self._seq, r.index))
+        self._push(r)
         return done
 
     # --- router ------------------------------------------------------------------------------
@@ -404,18 +401,19 @@ class Service:
             if short > 0:
                 want = -(-short // self.slots_per_node)
                 available = self.factory.cluster.pools[self.pool.name].free_nodes
-                if min(want, available) > 0 and self._claim(min(want, available)):
-                    free += [(node, j) for node in self._last_claimed
-                             for j in range(self.slots_per_node)]
+                claimed = self._claim(min(want, available)) if min(want, available) > 0 else None
+                if claimed:
+                    free += [(node, j) for node in claimed for j in range(self.slots_per_node)]
             for r, (node, j) in zip(pending, free, strict=False):
                 self.node_slots[node][j] = r.index
                 r.nodes = [node]
                 placed += 1
         else:
             for r in pending:
-                if not self._claim(self.nodes_per_replica):
+                claimed = self._claim(self.nodes_per_replica)
+                if claimed is None:
                     break
-                r.nodes = list(self._last_claimed)
+                r.nodes = claimed
                 for node in r.nodes:
                     self.node_slots[node][0] = r.index
                 placed += 1
@@ -429,19 +427,20 @@ class Service:
                 self, math.ceil((len(pending) - placed) * per_replica))
         return placed > 0
 
-    def _claim(self, count: int) -> bool:
+    def _claim(self, count: int) -> list[int] | None:
+        """Claim `count` free nodes for the service: their indices, or None."""
         cluster = self.factory.cluster
         alloc = cluster.allocate(self.pool.name, count, self.owner,
                                  self.factory.scenario.scheduler.placement)
         if alloc is None:
-            return False
+            return None
         self._book_held()
-        self._last_claimed = [int(x) for x in alloc.nodes]
-        for node in self._last_claimed:
+        nodes = [int(x) for x in alloc.nodes]
+        for node in nodes:
             self.node_slots[node] = [-1] * self.slots_per_node
         self._held_gpus += count * self.pool.gpus_per_node
         self.factory.sample()
-        return True
+        return nodes
 
     def _release_empty_nodes(self) -> None:
         empty = [node for node, slots in self.node_slots.items() if all(s < 0 for s in slots)]

@@ -140,7 +140,6 @@ class ReplicaCore:
         self.plan: _Plan | None = None
         self.iterations = 0  # I: iterations run so far
         self.busy_s = 0.0  # time spent iterating (completed plans)
-        self.finished = 0
         self._order = 0
         # Sums over the decoding sequences (functions of I through them, see Seq):
         self._n_dec = 0
@@ -154,10 +153,6 @@ class ReplicaCore:
     @property
     def outstanding(self) -> int:
         return len(self.waiting) + len(self.running)
-
-    @property
-    def idle(self) -> bool:
-        return self.plan is None
 
     def add(self, rid: int, now: float) -> None:
         """Queue request `rid` (lengths from the log). A decode stretch that could admit it ends
@@ -200,7 +195,6 @@ class ReplicaCore:
                 self._stop_decoding(s)
                 self._done(s, end)
                 done += 1
-        self.finished += done
         return done
 
     def _apply_head(self, chunks: list[tuple[Seq, int]], t: float) -> int:
@@ -451,6 +445,5 @@ class ReplicaCore:
                 else:
                     hi = mid - 1
             k = lo
-        table = self.table
-        growth = table.per_context * n  # table.decode_run, inlined: the engine's hottest line
-        return k, table.decode_base[n] + growth * i + table.per_context * self._ctx0, growth
+        first, growth = self.table.decode_run(n, self._ctx0 + n * i)
+        return k, first, growth
