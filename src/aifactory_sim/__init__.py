@@ -4,6 +4,8 @@
     sim = af.load("scenarios/pretrain-llama3-70b.yaml")
     res = af.run(sim)
     res.summary["ledger_gpu_h"]
+    df = af.sweep(sim, {"training.0.parallel.dp": [16, 32]}, seeds=3)
+    af.summarize(df, "utilisation.training")
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 from .errors import ScenarioError
 from .estimate import TrainingEstimate, estimate_training, plan_training
 from .spec import Scenario, load
+from .sweep import summarize, sweep
 
 __version__ = "0.1.0"
 
@@ -33,4 +36,6 @@ __all__ = [
     "load",
     "plan_training",
     "run",
+    "summarize",
+    "sweep",
 ]
