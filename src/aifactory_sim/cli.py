@@ -4,6 +4,9 @@
                       [--report]
     aifactory-sim report RESULTS_DIR [--out FILE]
     aifactory-sim validate SCENARIO [--set path=value ...]
+    aifactory-sim sweep [SCENARIO] [--grid path=v1,v2 ...] [--lhs|--random path=lo:hi ... --n N]
+                        [--replications R] [--workers W | --dask ADDRESS] [--out DIR] [--resume]
+                        [--set path=value ...] [--metric M ...] [--plot M] [--no-progress]
     aifactory-sim catalog [gpus|networks|models]
 
 Exit 0 when all went well, 2 for a bad scenario or argument (one line on stderr, no traceback),
@@ -102,6 +105,171 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sweep_grid(pairs: list[str]) -> dict[str, list[Any]]:
+    from .spec.loader import parse_value
+
+    grid: dict[str, list[Any]] = {}
+    for pair in pairs:
+        path, sep, text = pair.partition("=")
+        path = path.strip()
+        if not sep or not path or not text.strip():
+            raise ScenarioError(f"--grid expects path=v1,v2,... (e.g. training.0.parallel.dp="
+                                f"16,32,64) or path=[v1, v2], got {pair!r}")
+        if path in grid:
+            raise ScenarioError(f"--grid {path} is given twice; list all its values once")
+        if text.strip().startswith("["):
+            values = parse_value(text)
+            if not isinstance(values, list) or not values:
+                raise ScenarioError(f"--grid {path}: {text!r} is not a non-empty YAML list")
+        else:
+            values = [parse_value(v.strip()) for v in text.split(",")]
+        grid[path] = values
+    return grid
+
+
+def _sweep_ranges(pairs: list[str], flag: str) -> dict[str, tuple[float, float]]:
+    from .spec.loader import parse_value
+
+    ranges: dict[str, tuple[float, float]] = {}
+    for pair in pairs:
+        path, sep, text = pair.partition("=")
+        path = path.strip()
+        lo, colon, hi = text.partition(":")
+        bounds = (parse_value(lo.strip()), parse_value(hi.strip()))
+        numbers = all(isinstance(b, int | float) and not isinstance(b, bool) for b in bounds)
+        if not sep or not path or not colon or not numbers or not bounds[0] < bounds[1]:
+            raise ScenarioError(f"{flag} expects path=lo:hi, two numbers with lo < hi (e.g. "
+                                f"inference.0.traffic.rate_rps=5:20), got {pair!r}")
+        if path in ranges:
+            raise ScenarioError(f"{flag} {path} is given twice")
+        ranges[path] = bounds  # type: ignore[assignment]
+    return ranges
+
+
+#: Summary keys shown by `sweep` when no --metric is given (those the runs have).
+HEADLINE = ("utilisation.training", "utilisation.serving", "energy_mwh",
+            "cost_usd.private.total")
+HEADLINE_SERVICE = ("ttft_s.p99", "usd_per_mtok.private")
+HEADLINE_JOB = ("ettr",)
+
+
+def _headline(df: Any) -> list[str]:
+    cols = [c for c in HEADLINE if c in df.columns]
+    for c in df.columns:
+        parts = c.split(".")
+        if (len(parts) >= 3 and parts[0] == "inference"
+                and ".".join(parts[2:]) in HEADLINE_SERVICE) or (
+                len(parts) == 3 and parts[0] == "training" and parts[2] in HEADLINE_JOB):
+            cols.append(c)
+    return [c for c in cols if (df[c].fillna(0) != 0).any()][:6]  # leave out all-zero ones
+
+
+def _fmt(x: Any) -> str:
+    if isinstance(x, float):
+        return "-" if x != x else f"{x:.4g}"
+    return str(x)
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from .sweep import parameter_columns, summarize, sweep
+
+    if args.lhs and args.random:
+        raise ScenarioError("--lhs and --random are two designs; give one of them")
+    ranges = _sweep_ranges(args.lhs or args.random or [], "--lhs" if args.lhs else "--random")
+    if ranges and args.n is None:
+        raise ScenarioError(f"{'--lhs' if args.lhs else '--random'} needs --n N, the number of "
+                            "points to draw")
+    if args.n is not None and not ranges:
+        raise ScenarioError("--n needs --lhs or --random ranges to draw the points in")
+    if args.n is not None and args.n < 1:
+        raise ScenarioError(f"--n must be >= 1, got {args.n}")
+    if args.replications < 1:
+        raise ScenarioError(f"--replications must be >= 1, got {args.replications}")
+    if args.workers is not None and args.workers < 1:
+        raise ScenarioError(f"--workers must be >= 1, got {args.workers}")
+    if args.dask and args.workers is not None:
+        raise ScenarioError("--workers sizes the local process pool; with --dask the cluster "
+                            "has its own workers: drop one of them")
+    if args.resume and not args.out:
+        raise ScenarioError("--resume needs --out DIR, the folder of the sweep to finish")
+    if args.plot and not args.out:
+        raise ScenarioError("--plot writes a PNG into --out DIR; give --out")
+    executor: Any = None
+    client = None
+    if args.dask:
+        try:
+            from distributed import Client
+        except ImportError:
+            raise ScenarioError("--dask needs Dask: pip install 'aifactory_sim[dask]'") from None
+        try:
+            client = Client(args.dask, timeout="10s")
+        except (OSError, TimeoutError) as err:
+            raise ScenarioError(f"--dask: cannot reach a scheduler at {args.dask!r} ({err})"
+                                ) from None
+        executor = client
+    try:
+        df = sweep(
+            args.scenario if args.scenario else bundled_scenario(),
+            _sweep_grid(args.grid),
+            ranges=ranges or None,
+            samples=args.n,
+            design="random" if args.random else "lhs",
+            seeds=args.replications,
+            overrides=_overrides(args.set),
+            executor=executor,
+            workers=args.workers,
+            out=args.out,
+            resume=args.resume,
+            progress=not args.no_progress,
+        )
+    finally:
+        if client is not None:
+            client.close()
+    params = parameter_columns(df)
+    shown = args.metric or _headline(df)
+    missing = [m for m in shown if m not in df.columns]
+    if missing:
+        raise ScenarioError(f"--metric {missing[0]}: no such column in the sweep table (the "
+                            "summary flattened to dotted keys, e.g. utilisation.training)")
+    failed = int(df["error"].notna().sum())
+    if args.replications > 1:
+        stats = summarize(df, shown)
+        wide = stats[params].drop_duplicates().reset_index(drop=True) if params else (
+            pd.DataFrame(index=[0]))
+        for metric in shown:
+            part = stats[stats["metric"] == metric].reset_index(drop=True)
+            wide[metric] = [f"{_fmt(m)} ± {_fmt((hi - lo) / 2)}" for m, lo, hi in
+                            zip(part["mean"], part["ci95_lo"], part["ci95_hi"], strict=True)]
+        print(f"{len(wide)} points x {args.replications} replications: mean ± half-width of "
+              "its 95 % confidence interval (Student's t)")
+        print(wide.to_string(index=False))
+    else:
+        print(f"{len(df)} points")
+        print(df[[*params, *shown]].to_string(index=False, float_format=_fmt))
+    if failed:
+        print(f"\n{failed} run(s) failed; first error: {df['error'].dropna().iloc[0]}")
+    if args.out:
+        out = Path(args.out)
+        print(f"\nwrote {out}/ (manifest.json, points/, sweep.csv)")
+        if args.plot:
+            from . import sweep_plots
+
+            if args.plot not in df.columns:
+                raise ScenarioError(f"--plot {args.plot}: no such column in the sweep table")
+            name = out / f"sweep-{args.plot.replace('/', '_')}.png"
+            if len(params) == 2:
+                sweep_plots.heatmap(df, args.plot, save=name)
+            elif len(params) == 1:
+                sweep_plots.metric_vs_param(df, args.plot, save=name)
+            else:
+                raise ScenarioError("--plot draws a sweep of one parameter (the metric against "
+                                    f"it) or two (a heatmap); this one has {len(params)}")
+            print(f"wrote {name}")
+    return 0
+
+
 def _cmd_catalog(args: argparse.Namespace) -> int:
     from . import catalog
 
@@ -161,6 +329,34 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("scenario")
     v.add_argument("--set", action="append", default=[], metavar="PATH=VALUE")
     v.set_defaults(func=_cmd_validate)
+
+    sw = sub.add_parser("sweep", help="run a scenario over a grid or a sample of variants, "
+                        "with replications, on local cores or a Dask cluster")
+    sw.add_argument("scenario", nargs="?", help="scenario file (default: the bundled one)")
+    sw.add_argument("--grid", action="append", default=[], metavar="PATH=V1,V2",
+                    help="sweep a field over these values (repeatable: the full factorial)")
+    sw.add_argument("--lhs", action="append", metavar="PATH=LO:HI",
+                    help="draw the field from [LO, HI] by Latin hypercube (repeatable; --n)")
+    sw.add_argument("--random", action="append", metavar="PATH=LO:HI",
+                    help="draw the field uniformly from [LO, HI] (repeatable; --n)")
+    sw.add_argument("--n", type=int, help="points to draw over the --lhs/--random ranges")
+    sw.add_argument("--replications", type=int, default=1, metavar="R",
+                    help="runs of each point, each with its own seed (default 1)")
+    sw.add_argument("--workers", type=int, metavar="W",
+                    help="local processes (default: one per core)")
+    sw.add_argument("--dask", metavar="ADDRESS",
+                    help="run on a Dask cluster, e.g. tcp://10.0.0.5:8786 (needs the dask extra)")
+    sw.add_argument("--out", help="folder for the manifest, one file per run and sweep.csv")
+    sw.add_argument("--resume", action="store_true",
+                    help="finish the sweep in --out: run only the points not yet there")
+    sw.add_argument("--set", action="append", default=[], metavar="PATH=VALUE",
+                    help="a fixed override for every point (repeatable)")
+    sw.add_argument("--metric", action="append", metavar="KEY",
+                    help="summary key to print, e.g. inference.chat.ttft_s.p99 (repeatable)")
+    sw.add_argument("--plot", metavar="KEY", help="also draw this metric into --out: against "
+                    "the parameter, or a heatmap over two")
+    sw.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    sw.set_defaults(func=_cmd_sweep)
 
     c = sub.add_parser("catalog", help="list the GPUs, networks and models in the catalog")
     c.add_argument("kind", nargs="?", choices=["gpus", "networks", "models"])
