@@ -147,7 +147,11 @@ def latin_hypercube(n: int, d: int, rng: np.random.Generator) -> np.ndarray:
     Beckman and Conover 1979, Technometrics 21(2)); drawn by scipy.stats.qmc.LatinHypercube."""
     from scipy.stats import qmc
 
-    return qmc.LatinHypercube(d=d, rng=rng).random(n)
+    try:
+        sampler = qmc.LatinHypercube(d=d, rng=rng)
+    except TypeError:  # scipy < 1.15 names it seed
+        sampler = qmc.LatinHypercube(d=d, seed=rng)
+    return sampler.random(n)
 
 
 def _design(
@@ -339,8 +343,13 @@ def _csv_text(rows: Sequence[Mapping[str, str]]) -> str:
     return buf.getvalue()
 
 
+#: pandas before 3 parses floats fast but not always exactly unless asked; 3 is exact already
+#: (and deprecates the argument).
+_EXACT = {"float_precision": "round_trip"} if int(pd.__version__.split(".")[0]) < 3 else {}
+
+
 def _frame(text: str) -> pd.DataFrame:
-    return pd.read_csv(io.StringIO(text), float_precision="round_trip")
+    return pd.read_csv(io.StringIO(text), **_EXACT)  # type: ignore[arg-type]
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
