@@ -142,18 +142,73 @@ def test_fifo_queue_is_strict_and_priority_reorders():
 
 
 def test_pack_keeps_a_gang_in_one_leaf_and_spread_pays_the_spine():
-    # 8 nodes per leaf, oversubscription 16: a ring spanning leaves with m nodes per leaf
-    # slows by max(1, 16/m) (estimate.ring_cross_leaf_slowdown).
+    # 8 nodes per leaf, oversubscription 64: a ring spanning leaves puts one flow on each leaf,
+    # which gets 8/64 of a node's worth of up-links: slowdown F x 64 / 8 with F = 1.
     jobs = [job("a", 8, tokens=1e9)]
-    fab = {"nodes_per_leaf": 8, "oversubscription": 16.0}
+    fab = {"nodes_per_leaf": 8, "oversubscription": 64.0}
     pools = [{"name": "p", "nodes": 32, "gpu": "H100-SXM"}]
     packed = af.run(af.load(scenario(jobs, cluster={"node_pools": pools, "fabric": fab})))
     spread = af.run(af.load(scenario(jobs, scheduler={"placement": "spread"},
                                      cluster={"node_pools": pools, "fabric": fab})))
-    assert packed.summary["training"]["a"]["leaves"] == 1
-    assert spread.summary["training"]["a"]["leaves"] == 4
-    assert spread.summary["training"]["a"]["step_time_s"] > (
-        packed.summary["training"]["a"]["step_time_s"])
+    a_packed, a_spread = packed.summary["training"]["a"], spread.summary["training"]["a"]
+    assert (a_packed["leaves"], a_packed["fabric_slowdown_max"]) == (1, 1.0)
+    assert (a_spread["leaves"], a_spread["fabric_slowdown_max"]) == (4, 8.0)
+    assert a_spread["step_time_s"] > a_packed["step_time_s"]
+
+
+def _step_time(sc: af.Scenario, name: str, slowdown: float) -> float:
+    from aifactory_sim.estimate import job_estimate
+
+    spec = next(j for j in sc.training if j.name == name)
+    return float(job_estimate(spec, sc.pool(spec.pool), cross_leaf_slowdown=slowdown).step_time_s)
+
+
+@pytest.mark.parametrize("placement", ["pack", "spread"])
+def test_jobs_sharing_leaf_uplinks_share_their_bandwidth(placement):
+    # 4 leaves of 4 nodes, oversubscription 16: a leaf's up-links carry a quarter of one node's
+    # NICs. Spread, each 8-node job has 2 nodes on every leaf and one ring flow through each:
+    # alone a flow runs 16 x 1 / 4 = 4x slower than its NICs, and while the other job runs the
+    # two flows share the leaf: 16 x 2 / 4 = 8x. Packed, each job holds two whole leaves and
+    # the flows never meet: 4x alone and together. The step time follows the share (closed
+    # form: the step-time model at that slowdown, to 1e-9 relative).
+    fab = {"nodes_per_leaf": 4, "oversubscription": 16.0}
+    pools = [{"name": "p", "nodes": 16, "gpu": "H100-SXM"}]
+    jobs = [job("a", 8, tokens=2e8), job("b", 8, tokens=2e8)]
+    sc = af.load(scenario(jobs, scheduler={"placement": placement},
+                          cluster={"node_pools": pools, "fabric": fab}))
+    res = af.run(sc)
+    together = 8.0 if placement == "spread" else 4.0
+    for name in "ab":
+        s = res.summary["training"][name]
+        assert s["fabric_slowdown_max"] == together
+        assert s["step_time_s"] == pytest.approx(_step_time(sc, name, together), rel=1e-9)
+    # Alone, a job sees only its own flow.
+    alone = af.run(af.load(scenario([jobs[0]], scheduler={"placement": placement},
+                                    cluster={"node_pools": pools, "fabric": fab})))
+    a_alone = alone.summary["training"]["a"]
+    assert a_alone["fabric_slowdown_max"] == 4.0
+    assert a_alone["step_time_s"] == pytest.approx(_step_time(sc, "a", 4.0), rel=1e-9)
+
+
+def test_a_job_speeds_up_when_its_leaf_neighbour_ends():
+    # Spread, a short job b shares every leaf with a long job a, then ends: a runs at 8x while
+    # both run and 4x after; its mean step time lies strictly between the two closed forms.
+    fab = {"nodes_per_leaf": 4, "oversubscription": 16.0}
+    pools = [{"name": "p", "nodes": 16, "gpu": "H100-SXM"}]
+    jobs = [job("a", 8, tokens=4e8), job("b", 8, tokens=5e7)]
+    sc = af.load(scenario(jobs, scheduler={"placement": "spread"},
+                          cluster={"node_pools": pools, "fabric": fab}))
+    a = af.run(sc).summary["training"]["a"]
+    assert _step_time(sc, "a", 4.0) < a["step_time_s"] < _step_time(sc, "a", 8.0)
+
+
+def test_a_full_bisection_fabric_never_slows_a_ring():
+    fab = {"nodes_per_leaf": 4, "oversubscription": 1.0}
+    pools = [{"name": "p", "nodes": 16, "gpu": "H100-SXM"}]
+    jobs = [job("a", 8, tokens=2e8), job("b", 8, tokens=2e8)]
+    res = af.run(af.load(scenario(jobs, scheduler={"placement": "spread"},
+                                  cluster={"node_pools": pools, "fabric": fab})))
+    assert all(res.summary["training"][n]["fabric_slowdown_max"] == 1.0 for n in "ab")
 
 
 def test_cluster_pack_is_best_fit():

@@ -677,3 +677,35 @@ def test_array_call_equals_scalar_calls() -> None:
             assert x == pytest.approx(vec.breakdown[k][i], rel=1e-12, abs=1e-300), (grid[i], k)
         assert one.fits == vec.fits[i]
         assert one.recompute == vec.recompute[i]
+
+
+# --- sharing the spine (kernels.collectives.ring_leaf_flows, leaf_share_slowdown) -------------
+def test_ring_leaf_flows_counts_one_flow_per_spanning_stage_block():
+    from aifactory_sim.kernels.collectives import ring_leaf_flows
+
+    leaf = np.repeat(np.arange(4), 4)  # 16 nodes on 4 leaves of 4, in rank order
+    # One stage: a ring over all 16 nodes leaves each leaf once.
+    assert ring_leaf_flows(leaf, 1, 4).tolist() == [1, 1, 1, 1]
+    # Four stages of 4 nodes, one per leaf: every ring stays inside its leaf.
+    assert ring_leaf_flows(leaf, 4, 4).tolist() == [0, 0, 0, 0]
+    # Two stages of 8 nodes: each block spans two leaves.
+    assert ring_leaf_flows(leaf, 2, 4).tolist() == [1, 1, 1, 1]
+    # Three stages over 16 nodes: blocks of nodes 0-5, 6-10, 11-15 touch leaves {0,1}, {1,2},
+    # {2,3}, so the middle leaves carry two flows.
+    assert ring_leaf_flows(leaf, 3, 4).tolist() == [1, 2, 2, 1]
+    # Fewer nodes than stages: each stage sits inside a node, nothing crosses.
+    assert ring_leaf_flows(np.array([0, 1]), 4, 4).tolist() == [0, 0, 0, 0]
+    # A job on one leaf puts nothing on the spine.
+    assert ring_leaf_flows(np.zeros(4, dtype=np.int64), 1, 4).tolist() == [0, 0, 0, 0]
+
+
+@given(flows=st.integers(0, 64), per_leaf=st.integers(1, 64), over=st.floats(1.0, 16.0))
+def test_leaf_share_slowdown_is_the_max_min_fair_share(flows, per_leaf, over):
+    from aifactory_sim.kernels.collectives import leaf_share_slowdown
+
+    s = float(leaf_share_slowdown(flows, per_leaf, over))
+    capacity = per_leaf / over  # up-links, in flows at line rate
+    # Each flow gets min(line rate, capacity / flows): the slowdown is its inverse.
+    share = 1.0 if flows == 0 else min(1.0, capacity / flows)
+    assert s == pytest.approx(1.0 / share, rel=1e-12)
+    assert s >= 1.0

@@ -153,14 +153,17 @@ def estimate_training(
     sequence_parallel: bool | None = None,
     data_bytes_per_token: ArrayLike = 0.0,
     data_gb_s: ArrayLike = np.inf,
+    cross_leaf_slowdown: ArrayLike | None = None,
 ) -> TrainingEstimate:
     """Step time, throughput, MFU and memory of training `model` on `gpu`, arrays in, arrays out.
 
     `recompute="auto"` picks, per configuration, the cheapest mode that fits in HBM (none, then
     selective, then full). A job of more than `nodes_per_leaf` nodes spans leaf switches: its
     scale-out collectives slow by max(1, oversubscription / nodes per leaf), what rings lose on
-    the spine (`ring_cross_leaf_slowdown`). `data_gb_s` is the storage bandwidth the job's
-    loader gets.
+    the spine (`ring_cross_leaf_slowdown`): a bound for a leaf whose other nodes all send across
+    the spine too. `cross_leaf_slowdown` replaces it with a known factor (the engine's, from the
+    flows really sharing each leaf: engine.factory.Factory.fabric_update). `data_gb_s` is the
+    storage bandwidth the job's loader gets.
     """
     m = as_model(model)
     g = as_gpu(gpu)
@@ -170,7 +173,10 @@ def estimate_training(
     tp_a, pp_a, dp_a, cp_a = (np.asarray(x) for x in (tp, pp, dp, cp))
     gpn = np.asarray(gpus_per_node)
     nodes = tp_a * pp_a * dp_a * cp_a / gpn
-    if nodes_per_leaf is None:
+    if cross_leaf_slowdown is not None:
+        slowdown = np.broadcast_to(np.asarray(cross_leaf_slowdown, dtype=np.float64),
+                                   np.shape(nodes)).copy()
+    elif nodes_per_leaf is None:
         slowdown = np.ones_like(nodes, dtype=np.float64)
     else:
         slowdown = ring_cross_leaf_slowdown(
@@ -309,9 +315,11 @@ def job_estimate(
     net_latency_us: float = 5.0,
     data_gb_s: float = np.inf,
     dp: int | None = None,
+    cross_leaf_slowdown: float | None = None,
 ) -> TrainingEstimate:
-    """The estimate for one scenario job on its pool. With `leaves` given (the engine knows the
-    placement), the job's nodes per leaf decide what the spine's oversubscription costs. `dp`
+    """The estimate for one scenario job on its pool. With `leaves` given, the job's nodes per
+    leaf bound what the spine's oversubscription costs; `cross_leaf_slowdown` gives that cost
+    outright (the engine's, from the flows sharing the job's leaves). `dp`
     overrides the data-parallel width (an elastic job running narrower): the global batch stays,
     and the busiest rank's whole microbatches, ceil(B / (dp b)), pace the step."""
     par = job.parallel
@@ -329,7 +337,7 @@ def job_estimate(
         oversubscription=oversubscription, nodes_per_leaf=nodes_per_leaf,
         net_latency_us=net_latency_us,
         data_bytes_per_token=job.data.bytes_per_token if job.data.source != "synthetic" else 0.0,
-        data_gb_s=data_gb_s,
+        data_gb_s=data_gb_s, cross_leaf_slowdown=cross_leaf_slowdown,
     )
 
 

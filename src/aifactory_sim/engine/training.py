@@ -71,6 +71,9 @@ class TrainingRun:
         self.data_gb_s = math.inf
         self.estimate: TrainingEstimate | None = None
         self.leaves: int | None = None  # leaf switches the gang spanned when last placed
+        # What sharing the spine costs its rings now, and the most it cost (Factory.fabric_update)
+        self.fabric_slowdown = 1.0
+        self.fabric_slowdown_max = 1.0
         self.started = self.env.event()
         self.process = self.env.process(self._life())
         # progress and its bookkeeping
@@ -135,23 +138,22 @@ class TrainingRun:
         return float(self.estimate.step_time_s)
 
     def _estimate(self, data_gb_s: float | None = None) -> TrainingEstimate:
+        """The step-time model at the job's width, storage share and fabric share (the flows
+        sharing its leaves' up-links, not the kernel's busy-leaf bound)."""
         fabric = self.factory.scenario.cluster.fabric
-        leaves = None if self.alloc is None or self.alloc.nodes.size == 0 else (
-            self.alloc.leaves(self.factory.cluster))
-        if leaves is not None:
-            self.leaves = leaves
+        if self.alloc is not None and self.alloc.nodes.size:
+            self.leaves = self.alloc.leaves(self.factory.cluster)
         return self.factory.estimates.get(
-            self.spec, self.pool, dp=self.dp, leaves=leaves,
-            oversubscription=fabric.oversubscription, net_latency_us=fabric.latency_us,
+            self.spec, self.pool, dp=self.dp, cross_leaf_slowdown=self.fabric_slowdown,
+            net_latency_us=fabric.latency_us,
             data_gb_s=self.data_gb_s if data_gb_s is None else data_gb_s,
         )
 
     def _free_running_estimate(self) -> TrainingEstimate:
         fabric = self.factory.scenario.cluster.fabric
         return self.factory.estimates.get(
-            self.spec, self.pool, dp=self.dp, leaves=None,
-            oversubscription=fabric.oversubscription, net_latency_us=fabric.latency_us,
-            data_gb_s=math.inf,
+            self.spec, self.pool, dp=self.dp, cross_leaf_slowdown=1.0,
+            net_latency_us=fabric.latency_us, data_gb_s=math.inf,
         )
 
     def projected_duration(self) -> float:
@@ -265,6 +267,19 @@ class TrainingRun:
             return
         self.book()
         self.data_gb_s = gb_s
+        if self.alloc is not None and self.held_nodes:
+            self.estimate = self._estimate()
+        if self.bucket == "compute" and self.in_run:
+            self.process.interrupt(RERATE)
+
+    def set_fabric_slowdown(self, slowdown: float) -> None:
+        """A new share of the spine for the job's rings: book the past, continue at the new
+        step time."""
+        if slowdown == self.fabric_slowdown:
+            return
+        self.book()
+        self.fabric_slowdown = slowdown
+        self.fabric_slowdown_max = max(self.fabric_slowdown_max, slowdown)
         if self.alloc is not None and self.held_nodes:
             self.estimate = self._estimate()
         if self.bucket == "compute" and self.in_run:
@@ -666,6 +681,7 @@ class TrainingRun:
             "dp": self.dp,
             "nodes": self.nodes_for(self.spec.parallel.dp),
             "leaves": self.leaves,
+            "fabric_slowdown_max": self.fabric_slowdown_max,
             "global_batch_seqs": self.spec.batch_seqs,
         }
 
