@@ -556,6 +556,8 @@ def sweep(
 
     from tqdm.auto import tqdm
 
+    from .engine import factory  # noqa: F401  (a forked worker inherits it instead of importing)
+
     total = len(points) * seeds
     with tqdm(total=total, initial=total - len(tasks), disable=not progress, file=sys.stderr,
               desc=f"sweep {base.name}", unit="run", dynamic_ncols=True) as bar:
