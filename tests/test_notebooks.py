@@ -26,7 +26,8 @@ nbformat = pytest.importorskip(
 
 def test_the_notebooks_are_there() -> None:
     names = {p.name for p in NOTEBOOKS}
-    assert {"01-quickstart.ipynb", "02-checkpointing-at-scale.ipynb"} <= names
+    assert {"01-quickstart.ipynb", "02-checkpointing-at-scale.ipynb", "03-serving.ipynb",
+            "04-build-or-rent.ipynb"} <= names
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
