@@ -444,6 +444,52 @@ def bench_fluid_week(quick: bool) -> dict[str, Any]:
     }
 
 
+#: The sweep rows: 40 points (5 arrival rates x 8 replica counts) of the `serve` scenario with
+#: 36,000 expected requests, about 0.6 s a run on one core, so that starting processes and
+#: moving results is a small share of the work.
+SWEEP_REQUESTS = 36_000
+SWEEP_GRID = {"inference.0.traffic.rate_rps": [120.0, 140.0, 160.0, 180.0, 200.0],
+              "inference.0.replicas": [18, 20, 22, 24, 26, 28, 30, 32]}
+
+
+def bench_sweep(quick: bool, workers: int) -> dict[str, Any]:
+    """`aifactory_sim.sweep` of SWEEP_GRID on a local process pool of `workers` processes;
+    with --quick 8 points of 6,000 requests."""
+    import aifactory_sim as af
+
+    requests = SWEEP_REQUESTS // 6 if quick else SWEEP_REQUESTS
+    grid = dict(SWEEP_GRID)
+    if quick:
+        grid = {k: v[:2] if k.endswith("rate_rps") else v[-4:] for k, v in grid.items()}
+    scenario = af.load(scenario_serve(requests, "fast", 160.0))
+    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    base = _peak_rss_mib()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)  # the workers, once they are reaped
+    t0 = time.perf_counter()
+    df = af.sweep(scenario, grid, workers=workers, progress=False)
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    points = len(df)
+    failed = int(df["error"].notna().sum())
+    return {
+        "benchmark": f"sweep-{workers}w",
+        "workload": f"{points} points ({' x '.join(str(len(v)) for v in grid.values())} grid of "
+                    f"rate_rps x replicas), serve scenario of {requests:,} requests each, "
+                    f"{workers} worker process{'es' * (workers > 1)}",
+        "wall_s": wall,
+        "rate": f"{_fmt_rate(points / wall)} points/s",
+        "rate_value": points / wall,
+        "rate_unit": "points/s",
+        "peak_mib": _peak_rss_mib(),
+        "base_mib": base,
+        "worker_cpu_s": cpu,
+        "note": f"workers' CPU {cpu:.1f} s ({cpu / points:.2f} s a point, {cpu / wall:.2f} "
+                f"CPUs busy on average); {failed} failed; load average {load_before:.2f} "
+                f"before, {os.cpu_count()} CPUs",
+    }
+
+
 BENCHMARKS: dict[str, Callable[[bool], dict[str, Any]]] = {
     "estimate": lambda q: bench_estimate(q, string_modes=False),
     "estimate-auto": lambda q: bench_estimate(q, string_modes=True),
@@ -457,7 +503,23 @@ BENCHMARKS: dict[str, Callable[[bool], dict[str, Any]]] = {
     "serve-fast-busy": lambda q: bench_serve(q, "fast", "-busy"),
     "serve-step-busy": lambda q: bench_serve(q, "step", "-busy"),
     "serve-fluid-week": bench_fluid_week,
+    "sweep-1w": lambda q: bench_sweep(q, 1),
+    "sweep-2w": lambda q: bench_sweep(q, 2),
 }
+GOAL_SWEEP_SPEEDUP = 1.7
+
+
+def _speedup(rows: list[dict[str, Any]]) -> None:
+    """Add the 2-worker sweep's speedup over the 1-worker one to its note, when both ran."""
+    by = {r["benchmark"]: r for r in rows if "error" not in r}
+    one, two = by.get("sweep-1w"), by.get("sweep-2w")
+    if one and two:
+        x = one["wall_s"] / two["wall_s"]
+        two["speedup"] = x
+        verdict = "meets" if x >= GOAL_SWEEP_SPEEDUP else "BELOW"
+        cpu = two["worker_cpu_s"] / one["worker_cpu_s"]
+        two["note"] += (f"; speedup {x:.2f}x over 1 worker ({verdict} goal "
+                        f"{GOAL_SWEEP_SPEEDUP}x); CPU per point {cpu:.2f}x that of 1 worker")
 
 
 # --------------------------------------------------------------------------------------------
@@ -534,6 +596,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     t0 = time.perf_counter()
     rows = [_run_child(key, args.quick) for key in (args.only or BENCHMARKS)]
+    _speedup(rows)
     print(_table(rows))
     print(f"\ntotal {time.perf_counter() - t0:.1f} s")
     if args.json:
