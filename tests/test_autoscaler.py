@@ -152,6 +152,15 @@ def test_hpa_scale_up_limit_is_the_larger_of_100_percent_and_4_pods_per_period()
     assert got == [6, 12, 24, 48, 96, 100]
 
 
+def test_hpa_wanted_is_the_decision_before_the_rate_limit() -> None:
+    # The same climb: each tick is rate-limited, but the count it heads for (what the engine
+    # borrows nodes for in one go) is the metric's 150, clamped to max_replicas = 100.
+    p = hpa()
+    for k, c in enumerate([2, 6, 12]):
+        p.decide(15.0 * k, c, 1500.0)
+        assert p.wanted == 100
+
+
 def test_hpa_tolerance_can_stop_a_climb_short_of_the_ceiling() -> None:
     # 96 replicas for 1000 requests at 10 each: 1000 / 960 = 1.04 is within tolerance
     assert hpa().decide(0.0, 96, 1000.0) == 96

@@ -105,6 +105,9 @@ class HPAPolicy:
         self._proposals: deque[tuple[float, int]] = deque()
         #: (time, replica change) of the decisions that changed the count, oldest first.
         self._events: deque[tuple[float, int]] = deque()
+        #: The count the last decision was heading for before the scale-up rate limit: what
+        #: this swing will ask for over the next ticks (the engine borrows nodes for it once).
+        self.wanted = 0
 
     @property
     def interval_s(self) -> float:
@@ -128,12 +131,13 @@ class HPAPolicy:
             self._events.popleft()
 
         if current > s.max_replicas:
-            desired = s.max_replicas
+            desired = self.wanted = s.max_replicas
         elif current < s.min_replicas:
-            desired = s.min_replicas
+            desired = self.wanted = s.min_replicas
         else:
             proposal = self._proposal(current, ready, metric_total)
             desired = self._stabilize(now, current, proposal)
+            self.wanted = min(max(desired, s.min_replicas), s.max_replicas)
             if desired > current:
                 desired = min(desired, max(self._scale_up_limit(current), current))
             desired = min(max(desired, s.min_replicas), s.max_replicas)
@@ -228,6 +232,7 @@ class KPAPolicy:
         self._panic_since: float | None = None  # Knative's panicTime: last time over threshold
         self._max_panic_pods = 0
         self._zero_since: float | None = None
+        self.wanted = 0  # the count before the scale-up rate limit (see HPAPolicy.wanted)
 
     @property
     def interval_s(self) -> float:
@@ -263,7 +268,8 @@ class KPAPolicy:
         self._prune(now)
         avgs = self.averages(now)
         if avgs is None:
-            return min(max(current, s.min_replicas), s.max_replicas)
+            self.wanted = min(max(current, s.min_replicas), s.max_replicas)
+            return self.wanted
         stable_avg, panic_avg = avgs
 
         ready_pods = max(1, ready)
@@ -287,6 +293,8 @@ class KPAPolicy:
             self._max_panic_pods = desired
 
         desired = min(max(desired, s.min_replicas), s.max_replicas)
+        unlimited = max(dspc, dppc) if self._panic_since is not None else dspc
+        self.wanted = min(max(desired, unlimited), s.max_replicas)
 
         if desired == 0 and current > 0:
             if self._zero_since is None:

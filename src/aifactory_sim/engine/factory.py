@@ -163,6 +163,11 @@ class Factory:
         return (not self.waiting and not self.scheduler.queued_in(pool)
                 and self.env.now - self.last_wanted.get(pool, -math.inf) >= hold)
 
+    def held_back(self, pool: str) -> int:
+        """Free nodes of `pool` an elastic job leaves alone when it grows: what the pool's
+        services held within the regrow hold over what they hold now (Service.held_back)."""
+        return sum(s.held_back() for s in self.services if s.pool.name == pool)
+
     def wanted(self, pool: str) -> None:
         """Someone in `pool` is short of nodes now (see may_grow)."""
         self.last_wanted[pool] = self.env.now

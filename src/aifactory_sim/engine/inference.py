@@ -147,6 +147,7 @@ class Service:
         self._area_t = 0.0
         # GPU-second meters
         self._held_gpus = 0
+        self._holdings: deque[tuple[float, int]] = deque()  # (time, nodes held) after claims
         self._held_since = 0.0
         self.held_gpu_s = 0.0
         self.cold_gpu_s = 0.0
@@ -421,11 +422,38 @@ class Service:
             self._set_provisioned(+placed)
             self._cold_start(pending[:placed])
         if placed < len(pending):  # still short: borrow from training of lower priority
-            per_replica = (self.nodes_per_replica if self.slots_per_node == 1
-                           else 1.0 / self.slots_per_node)
-            self.factory.scheduler.lend_to_service(
-                self, math.ceil((len(pending) - placed) * per_replica))
+            self.factory.scheduler.lend_to_service(self, self._borrow(len(pending) - placed))
         return placed > 0
+
+    def _ahead(self) -> int:
+        """Replicas the autoscaler is heading for beyond those it has asked for: the rest of a
+        scale-up that its rate limit spreads over the next ticks (0 without an autoscaler)."""
+        if self.policy is None:
+            return 0
+        c = self.counts
+        return max(0, self.policy.wanted - (c["pending"] + c["starting"] + c["ready"]))
+
+    def _borrow(self, unplaced: int) -> int:
+        """Nodes to ask of training when `unplaced` replicas find none free: enough for them and
+        for the rest of the autoscaler's swing, and at least back up to the most the service
+        held within `scheduler.regrow_after_s` (a load that swung up once there is likely to
+        again). So an elastic job shrinks once per swing instead of once per autoscaler tick;
+        nodes freed ahead of need sit free until the next ticks claim them, and elastic jobs
+        do not take them back within the regrow hold."""
+        per_replica = (self.nodes_per_replica if self.slots_per_node == 1
+                       else 1.0 / self.slots_per_node)
+        need = math.ceil((unplaced + self._ahead()) * per_replica)
+        return max(need, self.held_back())
+
+    def held_back(self) -> int:
+        """Nodes the service may want back soon: the most it held within
+        `scheduler.regrow_after_s` over what it holds now. Borrowing asks for them at once,
+        and elastic jobs leave that many free nodes alone when they grow (Factory.held_back)."""
+        cutoff = self.env.now - self.factory.scenario.scheduler.regrow_after_s
+        while len(self._holdings) > 1 and self._holdings[1][0] <= cutoff:
+            self._holdings.popleft()  # the first kept entry is what was held at the cutoff
+        peak = max((n for _, n in self._holdings), default=0)
+        return max(peak - self._held_gpus // self.pool.gpus_per_node, 0)
 
     def _claim(self, count: int) -> list[int] | None:
         """Claim `count` free nodes for the service: their indices, or None."""
@@ -439,8 +467,12 @@ class Service:
         for node in nodes:
             self.node_slots[node] = [-1] * self.slots_per_node
         self._held_gpus += count * self.pool.gpus_per_node
+        self._note_holding()
         self.factory.sample()
         return nodes
+
+    def _note_holding(self) -> None:
+        self._holdings.append((self.env.now, self._held_gpus // self.pool.gpus_per_node))
 
     def _release_empty_nodes(self) -> None:
         empty = [node for node, slots in self.node_slots.items() if all(s < 0 for s in slots)]
@@ -450,6 +482,7 @@ class Service:
         for node in empty:
             del self.node_slots[node]
         self._held_gpus -= len(empty) * self.pool.gpus_per_node
+        self._note_holding()
         self.factory.release_nodes(self, Allocation(self.pool.name, np.array(empty,
                                                                               dtype=np.int64)))
 
@@ -599,6 +632,7 @@ class Service:
             self._book_held()
             del self.node_slots[node]
             self._held_gpus -= self.pool.gpus_per_node
+            self._note_holding()
         orphans: list[int] = []
         replace = 0
         for r in hit:

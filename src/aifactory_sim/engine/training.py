@@ -484,7 +484,8 @@ class TrainingRun:
             return False
         if not self.factory.may_grow(self):
             return False
-        free = self.factory.cluster.pools[self.pool.name].free_nodes
+        free = (self.factory.cluster.pools[self.pool.name].free_nodes
+                - self.factory.held_back(self.pool.name))
         self.book()
         for dp in range(self.spec.parallel.dp, self.dp, -1):
             extra = self.nodes_for(dp) - self.held_nodes
