@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+import numpy as np
 import pytest
 
 import aifactory_sim as af
@@ -64,6 +65,22 @@ def test_an_elastic_job_lends_nodes_at_the_peak_and_takes_them_back(fidelity):
     assert (ts["training_gpus"] + ts["serving_gpus"] <= ts["allocated_gpus"]).all()
 
 
+@pytest.mark.parametrize("fidelity", ["fast", "fluid"])
+def test_an_elastic_job_shrinks_once_for_a_load_that_keeps_swinging(fidelity):
+    """Eight 15-minute swings of the load in 2 h. The service borrows up to the most it held
+    within the regrow hold, and the job leaves that many free nodes alone, so the job shrinks
+    once or twice, not once a swing; with no hold (checked in the cheaper fluid tier) it grows
+    back between swings and shrinks again each time."""
+    swings = {"inference.0.fidelity": fidelity, "duration": "2h",
+              "inference.0.traffic.period": "15min", "inference.0.traffic.phase": "7min"}
+    held = af.run(scenario(**swings)).summary["training"]["train"]
+    assert 1 <= held["lends"] <= 2
+    if fidelity == "fluid":
+        eager = af.run(scenario(**swings, **{"scheduler.regrow_after_s": 0})).summary
+        assert eager["training"]["train"]["lends"] >= 2 * held["lends"] + 2
+        assert held["ettr"] >= eager["training"]["train"]["ettr"]
+
+
 def test_a_rigid_job_of_lower_priority_is_stopped_for_the_service():
     res = af.run(scenario(**{"training.0.elastic": None, "duration": "3h"}))
     job = res.summary["training"]["train"]
@@ -87,3 +104,27 @@ def test_the_allocation_plot_shows_what_the_jobs_really_held():
     assert tops and max(tops) <= res.summary["gpus"] + 1e-9
     train = ax.patches[0].get_data().values
     assert train.min() < 144 <= train.max()  # shrunk at the peak, full width before
+
+
+@pytest.mark.parametrize("fidelity", ["fast", "fluid"])
+def test_gpu_states_split_the_cluster_between_training_and_serving(fidelity):
+    """energy.gpu_states (the utilisation figure's data) accounts for every GPU at every step,
+    and its training and serving columns integrate to the ledger's buckets (1e-9 relative)."""
+    from aifactory_sim.energy import gpu_states
+
+    res = af.run(scenario(**{"inference.0.fidelity": fidelity, "duration": "2h"}))
+    s = res.summary
+    g = gpu_states(res.timeseries, res.services, s["gpus"], s["duration_s"])
+    parts = g.drop(columns="time_s")
+    assert (parts >= -1e-9).all().all()
+    assert parts.sum(axis=1).to_numpy() == pytest.approx(s["gpus"], rel=1e-12)
+    dt = np.diff([*g["time_s"], s["duration_s"]])
+    ledger = s["ledger_gpu_h"]
+    serving = ledger["inference_busy"] + ledger["inference_idle"] + ledger["cold_start"]
+    train = sum(ledger[k] for k in ("training", "data_stall", "checkpoint", "lost_work",
+                                    "recovery", "queued"))
+    assert float(((g["serving_busy"] + g["serving_idle"]) * dt).sum()) / 3600 == pytest.approx(
+        serving, rel=1e-9)
+    assert float((g["training"] * dt).sum()) / 3600 == pytest.approx(train, rel=1e-9)
+    fig = res.plot.utilisation()
+    assert fig.axes[0].get_ylabel() == "% of the cluster's GPUs"

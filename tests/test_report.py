@@ -45,7 +45,8 @@ SCENARIO: dict[str, Any] = {
 }
 
 #: The figures a run with training and a (fast-tier) service always has.
-FIGURES = {"ledger", "allocation", "timeline", "ettr", "latency", "replicas", "kv_cache"}
+FIGURES = {"ledger", "allocation", "utilisation", "timeline", "ettr", "latency", "replicas",
+           "kv_cache"}
 #: Drawn once the package has a power model and its figures (Plotter.power, Plotter.cost);
 #: before that each is a one-line note.
 OPTIONAL = {"power", "cost"}

@@ -226,7 +226,7 @@ def test_allocation_stacks_serving_gpus():
 
 
 def test_save_all_writes_the_serving_figures_only_for_services(tmp_path):
-    old = {"ledger.png", "allocation.png", "timeline.png", "ettr.png"}
+    old = {"ledger.png", "allocation.png", "utilisation.png", "timeline.png", "ettr.png"}
     plain = tmp_path / "plain"
     plain.mkdir()
     written = Plotter(fake()).save_all(plain)

@@ -128,33 +128,55 @@ def _busy_at(services: pd.DataFrame | None, t: np.ndarray) -> np.ndarray:
     return busy
 
 
-def power_timeline(sc: Scenario, summary: dict[str, Any], timeseries: pd.DataFrame,
-                   services: pd.DataFrame | None) -> pd.DataFrame:
-    """The facility power step function (POWER_COLUMNS); the last row, at the run's end,
-    repeats the one before it and closes the timeline."""
-    c = constants(sc)
-    duration = float(summary["duration_s"])
+#: What every GPU of the cluster is doing at each step of gpu_states.
+GPU_STATES = ("training", "serving_busy", "serving_idle", "held_idle", "down", "free")
+
+
+def gpu_states(timeseries: pd.DataFrame, services: pd.DataFrame | None, gpus: int,
+               duration: float) -> pd.DataFrame:
+    """GPUs by state as a step function from each `time_s` on: held by training jobs; held by
+    services and iterating (their ticks' mean busy GPUs) or not; held by no one's work
+    (allocated, neither); down; free. The states add up to the cluster's `gpus`."""
     ts = timeseries.sort_values("time_s", kind="stable")
     cuts = [ts["time_s"].to_numpy(dtype=float)]
     if services is not None and len(services):
         cuts.append(services["time_s"].to_numpy(dtype=float))
     t = np.unique(np.concatenate([[0.0], *cuts]))
     t = t[(t >= 0.0) & (t < duration)]
+    keys = ("allocated_gpus", "down_gpus", "training_gpus", "serving_gpus")
     if ts.empty:
-        state = {k: np.zeros(t.size) for k in ("allocated_gpus", "down_gpus", "training_gpus",
-                                                "serving_gpus")}
+        state = {k: np.zeros(t.size) for k in keys}
     else:
         idx = np.searchsorted(ts["time_s"].to_numpy(dtype=float), t, side="right") - 1
         state = {}
-        for k in ("allocated_gpus", "down_gpus", "training_gpus", "serving_gpus"):
+        for k in keys:
             col = ts[k].to_numpy(dtype=float)
             state[k] = np.where(idx >= 0, col[np.maximum(idx, 0)], 0.0)
-    down = state["down_gpus"]
-    train = state["training_gpus"]
     serve = state["serving_gpus"]
     busy = np.minimum(_busy_at(services, t), serve)
-    other = np.maximum(state["allocated_gpus"] - train - serve, 0.0)  # held, neither: idle
-    unalloc = np.maximum(c.gpus - state["allocated_gpus"] - down, 0.0)
+    return pd.DataFrame({
+        "time_s": t,
+        "training": state["training_gpus"],
+        "serving_busy": busy,
+        "serving_idle": serve - busy,
+        "held_idle": np.maximum(state["allocated_gpus"] - state["training_gpus"] - serve, 0.0),
+        "down": state["down_gpus"],
+        "free": np.maximum(gpus - state["allocated_gpus"] - state["down_gpus"], 0.0),
+    })
+
+
+def power_timeline(sc: Scenario, summary: dict[str, Any], timeseries: pd.DataFrame,
+                   services: pd.DataFrame | None) -> pd.DataFrame:
+    """The facility power step function (POWER_COLUMNS); the last row, at the run's end,
+    repeats the one before it and closes the timeline."""
+    c = constants(sc)
+    duration = float(summary["duration_s"])
+    g = gpu_states(timeseries, services, c.gpus, duration)
+    t = g["time_s"].to_numpy()
+    down, train = g["down"].to_numpy(), g["training"].to_numpy()
+    busy = g["serving_busy"].to_numpy()
+    serve = busy + g["serving_idle"].to_numpy()
+    other, unalloc = g["held_idle"].to_numpy(), g["free"].to_numpy()
     p_train = training_gpu_w(sc, summary, c)
     train_gpu = train * p_train
     serve_gpu = busy * c.serving_w + (serve - busy) * c.idle_w

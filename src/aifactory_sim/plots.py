@@ -478,6 +478,42 @@ class Plotter:
         ax.set_ylim(bottom=0)
         return fig
 
+    def utilisation(self) -> Figure:
+        """What the cluster's GPUs did over time, stacked as shares of the cluster: training
+        (held by jobs), serving (iterating, and held but idle), held by no one's work, down;
+        the rest is free (energy.gpu_states)."""
+        from .energy import gpu_states
+
+        s = self.results.summary
+        end = float(s["duration_s"])
+        scale, unit = _time_scale(end)
+        services = self._frame("services")
+        g = gpu_states(self.results.timeseries, services if len(services) else None,
+                       int(s["gpus"]), end)
+        fig = _figure()
+        ax = fig.add_subplot()
+        parts = [("training", "training", COLOURS["training"]),
+                 ("serving, iterating", "serving_busy", COLOURS["inference_busy"]),
+                 ("serving, idle", "serving_idle", COLOURS["inference_idle"]),
+                 ("held, idle", "held_idle", COLOURS["queued"]),
+                 ("down", "down", COLOURS["down"])]
+        parts = [p for p in parts if g[p[1]].to_numpy().any()]
+        if len(g) and parts:
+            t = [*(g["time_s"].to_numpy(dtype=float) / scale), end / scale]
+            ys = [[*(100.0 * g[col].to_numpy(dtype=float) / s["gpus"]),
+                   100.0 * float(g[col].iloc[-1]) / s["gpus"]] for _, col, _ in parts]
+            ax.stackplot(t, *ys, labels=[n for n, _, _ in parts],
+                         colors=[c for _, _, c in parts], step="post", alpha=0.9)
+        ax.set_xlim(0, end / scale)
+        ax.set_ylim(0, 130)  # room for the legend above 100 %
+        ax.axhline(100, color="k", lw=1, ls="--")
+        ax.set_xlabel(f"simulated time ({unit})")
+        ax.set_ylabel("% of the cluster's GPUs")
+        ax.set_title(f"{s['scenario']}: what the GPUs did (the rest is free)")
+        if parts and len(g):
+            ax.legend(loc="upper right", fontsize=8, ncols=3)
+        return fig
+
     def cost(self) -> Figure:
         """Private (capex, opex, energy) vs cloud (on-demand, reserved, spot) cost of the run,
         the break-even utilisation in the title."""
@@ -511,7 +547,7 @@ class Plotter:
         """Write every figure as PNG; the serving ones only for a run with services, power and
         cost for results that hold a power timeline (every run)."""
         folder = Path(folder)
-        names = ["ledger", "allocation", "timeline", "ettr"]
+        names = ["ledger", "allocation", "utilisation", "timeline", "ettr"]
         if getattr(self.results, "power", None) is not None:
             names += ["power", "cost"]
         if len(self._frame("requests")):

@@ -264,6 +264,8 @@ FIGURES = (
      "Where the GPU-hours went: from all GPU-hours of the run down to productive training."),
     ("allocation", "Allocation over time",
      "GPUs held by each training job and by the inference services, with GPUs down in repair."),
+    ("utilisation", "Utilisation: training and serving",
+     "What the GPUs did over time: training, serving (iterating or idle), down; the rest free."),
     ("power", "Facility power", "Facility power over the run."),
     ("replicas", "Replicas against load",
      "Replicas ready, provisioned and desired by the autoscaler, with the arrival rate."),
