@@ -128,10 +128,6 @@ def _busy_at(services: pd.DataFrame | None, t: np.ndarray) -> np.ndarray:
     return busy
 
 
-#: What every GPU of the cluster is doing at each step of gpu_states.
-GPU_STATES = ("training", "serving_busy", "serving_idle", "held_idle", "down", "free")
-
-
 def gpu_states(timeseries: pd.DataFrame, services: pd.DataFrame | None, gpus: int,
                duration: float) -> pd.DataFrame:
     """GPUs by state as a step function from each `time_s` on: held by training jobs; held by

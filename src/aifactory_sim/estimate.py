@@ -309,24 +309,18 @@ def job_estimate(
     job: TrainingJob,
     pool: NodePool,
     *,
-    nodes_per_leaf: int | None = None,
-    oversubscription: float = 1.0,
-    leaves: int | None = None,
     net_latency_us: float = 5.0,
     data_gb_s: float = np.inf,
     dp: int | None = None,
     cross_leaf_slowdown: float | None = None,
 ) -> TrainingEstimate:
-    """The estimate for one scenario job on its pool. With `leaves` given, the job's nodes per
-    leaf bound what the spine's oversubscription costs; `cross_leaf_slowdown` gives that cost
-    outright (the engine's, from the flows sharing the job's leaves). `dp`
-    overrides the data-parallel width (an elastic job running narrower): the global batch stays,
-    and the busiest rank's whole microbatches, ceil(B / (dp b)), pace the step."""
+    """The estimate for one scenario job on its pool. `cross_leaf_slowdown` is what the spine
+    costs its cross-node rings (the engine's, from the flows sharing the job's leaves; none
+    when not given). `dp` overrides the data-parallel width (an elastic job running narrower):
+    the global batch stays, and the busiest rank's whole microbatches, ceil(B / (dp b)), pace
+    the step."""
     par = job.parallel
     dp = par.dp if dp is None else dp
-    if leaves is not None:  # the engine knows the placement: nodes per leaf it actually used
-        nodes = math.ceil(par.tp * par.pp * par.cp * dp / pool.gpus_per_node)
-        nodes_per_leaf = math.ceil(nodes / leaves)
     unit = dp * par.microbatch_seqs
     paced_batch = math.ceil(job.batch_seqs / unit) * unit
     return estimate_training(
@@ -334,7 +328,6 @@ def job_estimate(
         global_batch_seqs=paced_batch, microbatch_seqs=par.microbatch_seqs,
         recompute=job.recompute, zero_stage=job.zero_stage, gpus_per_node=pool.gpus_per_node,
         nic_gbit_s=pool.nic_gbit_s, interleave=par.interleave, precision=job.precision,
-        oversubscription=oversubscription, nodes_per_leaf=nodes_per_leaf,
         net_latency_us=net_latency_us,
         data_bytes_per_token=job.data.bytes_per_token if job.data.source != "synthetic" else 0.0,
         data_gb_s=data_gb_s, cross_leaf_slowdown=cross_leaf_slowdown,

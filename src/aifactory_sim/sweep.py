@@ -441,21 +441,10 @@ def _short(value: Any) -> str:
 def _base(scenario: Any, overrides: Mapping[str, Any] | None) -> tuple[dict[str, Any], Any]:
     """The base scenario as a mapping (the file's own text when there is one, so that paths
     mean what they mean to `run --set`), and validated."""
-    from .spec import Scenario
-    from .spec.loader import _read, load, set_path
+    from .spec.loader import scenario_data, validate
 
-    if isinstance(scenario, Scenario):
-        raw = scenario.model_dump(mode="python", exclude_none=True)
-    elif isinstance(scenario, Mapping):
-        raw = dict(scenario)
-    elif isinstance(scenario, str | os.PathLike):
-        raw = _read(Path(scenario))
-    else:
-        raise ScenarioError(f"scenario: a Scenario, a mapping or a file path (got "
-                            f"{type(scenario).__name__})")
-    for path, value in (overrides or {}).items():
-        raw = set_path(raw, path, value)
-    return raw, load(raw)
+    data = scenario_data(scenario, overrides)
+    return data, validate(data)
 
 
 def sweep(

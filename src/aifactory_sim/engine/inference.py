@@ -147,7 +147,7 @@ class Service:
         self._area_t = 0.0
         # GPU-second meters
         self._held_gpus = 0
-        self._holdings: deque[tuple[float, int]] = deque()  # (time, nodes held) after claims
+        self._holdings: deque[tuple[float, int]] = deque()  # (time, nodes held) at each change
         self._held_since = 0.0
         self.held_gpu_s = 0.0
         self.cold_gpu_s = 0.0
@@ -449,9 +449,7 @@ class Service:
         """Nodes the service may want back soon: the most it held within
         `scheduler.regrow_after_s` over what it holds now. Borrowing asks for them at once,
         and elastic jobs leave that many free nodes alone when they grow (Factory.held_back)."""
-        cutoff = self.env.now - self.factory.scenario.scheduler.regrow_after_s
-        while len(self._holdings) > 1 and self._holdings[1][0] <= cutoff:
-            self._holdings.popleft()  # the first kept entry is what was held at the cutoff
+        self._forget_old_holdings()
         peak = max((n for _, n in self._holdings), default=0)
         return max(peak - self._held_gpus // self.pool.gpus_per_node, 0)
 
@@ -473,6 +471,14 @@ class Service:
 
     def _note_holding(self) -> None:
         self._holdings.append((self.env.now, self._held_gpus // self.pool.gpus_per_node))
+        self._forget_old_holdings()
+
+    def _forget_old_holdings(self) -> None:
+        """Keep the holdings within `scheduler.regrow_after_s`, and the last one before it (what
+        was held at the window's start)."""
+        cutoff = self.env.now - self.factory.scenario.scheduler.regrow_after_s
+        while len(self._holdings) > 1 and self._holdings[1][0] <= cutoff:
+            self._holdings.popleft()
 
     def _release_empty_nodes(self) -> None:
         empty = [node for node, slots in self.node_slots.items() if all(s < 0 for s in slots)]

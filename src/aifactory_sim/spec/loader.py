@@ -9,6 +9,8 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -111,21 +113,33 @@ def validate(data: dict[str, Any]) -> Scenario:
         raise ScenarioError(str(err.args[0])) from None
 
 
+def scenario_data(
+    source: str | Path | Mapping[str, Any] | Scenario,
+    overrides: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The scenario as a mapping, before validation: a YAML/JSON file's own content, a copy of
+    a mapping, or a Scenario's fields; `overrides` ({"training.0.parallel.dp": 64}) applied."""
+    if isinstance(source, Scenario):
+        data = source.model_dump(mode="python", exclude_none=True)
+    elif isinstance(source, Mapping):
+        data = copy.deepcopy(dict(source))
+    elif isinstance(source, str | os.PathLike):
+        data = _read(Path(source))
+    else:
+        raise ScenarioError(f"scenario: a Scenario, a mapping or a file path (got "
+                            f"{type(source).__name__})")
+    for path, value in (overrides or {}).items():
+        data = set_path(data, path, value)
+    return data
+
+
 def load(
-    source: str | Path | dict[str, Any] | Scenario,
-    overrides: dict[str, Any] | None = None,
+    source: str | Path | Mapping[str, Any] | Scenario,
+    overrides: Mapping[str, Any] | None = None,
 ) -> Scenario:
     """Load a scenario from a YAML/JSON file, a mapping or a Scenario, applying `overrides`
     ({"training.0.parallel.dp": 64}) first."""
-    if isinstance(source, Scenario):
-        data = source.model_dump(mode="python", exclude_none=True)
-    elif isinstance(source, dict):
-        data = copy.deepcopy(source)
-    else:
-        data = _read(Path(source))
-    for path, value in (overrides or {}).items():
-        data = set_path(data, path, value)
-    return validate(data)
+    return validate(scenario_data(source, overrides))
 
 
 def content_hash(scenario: Scenario) -> str:
