@@ -162,7 +162,7 @@ def estimate_training(
     scale-out collectives slow by max(1, oversubscription / nodes per leaf), what rings lose on
     the spine (`ring_cross_leaf_slowdown`): a bound for a leaf whose other nodes all send across
     the spine too. `cross_leaf_slowdown` replaces it with a known factor (the engine's, from the
-    flows really sharing each leaf: engine.factory.Factory.fabric_update). `data_gb_s` is the
+    flows really sharing each leaf: engine.fabric.Fabric.update). `data_gb_s` is the
     storage bandwidth the job's loader gets.
     """
     m = as_model(model)

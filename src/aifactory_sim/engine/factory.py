@@ -10,10 +10,10 @@ from typing import Any
 import numpy as np
 import simpy
 
-from ..kernels.collectives import leaf_share_slowdown, ring_leaf_flows
 from ..kernels.power import cap_slowdown
 from ..spec.scenario import NodePool, Scenario
 from .cluster import Allocation, ClusterState
+from .fabric import Fabric
 from .failures import FailureInjector
 from .fluid import FluidService
 from .inference import Service
@@ -38,6 +38,8 @@ class Factory:
         self.fidelity = scenario.fidelity
         self.env = simpy.Environment()
         self.cluster = ClusterState(scenario)
+        fab = scenario.cluster.fabric
+        self.fabric = Fabric(self.cluster, fab.nodes_per_leaf, fab.oversubscription)
         self.telemetry = Telemetry(total_gpus=self.cluster.total_gpus)
         self.estimates = EstimateCache()
         st = scenario.cluster.storage
@@ -84,33 +86,8 @@ class Factory:
         return pool.model_copy(update={"gpu": gpu.model_copy(update=faster)})
 
     # --- hooks the components call -------------------------------------------------------
-    def fabric_update(self) -> None:
-        """Share each leaf's up-links among the data-parallel rings crossing them, and re-rate
-        every running job whose share changed (kernels.collectives: ring_leaf_flows,
-        leaf_share_slowdown). A running job's rings count while it holds its gang, computing
-        or not (a bound: a restarting neighbour sends nothing). With oversubscription <= 1 a
-        leaf's up-links carry all its nodes at line rate, so nothing can slow."""
-        fabric = self.scenario.cluster.fabric
-        if fabric.oversubscription <= 1.0:
-            return
-        totals: dict[str, np.ndarray] = {}
-        flows: list[tuple[TrainingRun, np.ndarray]] = []
-        for job in self.jobs:
-            if job.state != "running" or job.alloc is None or not job.alloc.nodes.size:
-                continue
-            state = self.cluster.pools[job.alloc.pool]
-            f = ring_leaf_flows(state.leaf[job.alloc.nodes], job.spec.parallel.pp,
-                                state.n_leaves)
-            flows.append((job, f))
-            totals[job.alloc.pool] = totals.get(job.alloc.pool, 0) + f
-        for job, f in flows:
-            crossed = totals[job.alloc.pool][f > 0]  # type: ignore[union-attr]
-            job.set_fabric_slowdown(float(leaf_share_slowdown(
-                crossed, fabric.nodes_per_leaf, fabric.oversubscription).max())
-                if crossed.size else 1.0)
-
     def sample(self) -> None:
-        self.fabric_update()
+        self.fabric.update(self.jobs)
         running = [j for j in self.jobs if j.state == "running"]
         self.telemetry.sample(
             self.env.now,
@@ -129,7 +106,7 @@ class Factory:
     def release(self, job: TrainingRun, alloc: Allocation, count: int | None = None) -> None:
         """A job gives nodes back: waiting gangs are served first, then the queue."""
         self.cluster.release(alloc, job.index, count)
-        self.fabric_update()
+        self.fabric.update(self.jobs)
         self._nodes_freed()
 
     def release_nodes(self, service: Service, alloc: Allocation) -> None:

@@ -71,7 +71,7 @@ class TrainingRun:
         self.data_gb_s = math.inf
         self.estimate: TrainingEstimate | None = None
         self.leaves: int | None = None  # leaf switches the gang spanned when last placed
-        # What sharing the spine costs its rings now, and the most it cost (Factory.fabric_update)
+        # What sharing the spine costs its rings now, and the most it cost (engine.fabric)
         self.fabric_slowdown = 1.0
         self.fabric_slowdown_max = 1.0
         self.started = self.env.event()
