@@ -15,14 +15,8 @@ from aifactory_sim.results import summary_json
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 import fluid_validation as fv
 
-#: diurnal-hpa-tight sets the HPA target at the saturation knee: after a scale-down the fluid
-#: tier swings back to the maximum where `fast` does not (on most seeds: a systematic gap in how
-#: the fluid tier follows a scale-down near saturation, not noise); docs/background/serving.md
-#: reports its error rather than tuning the model to it.
-HELD = [name for name in fv.WORKLOADS if name != "diurnal-hpa-tight"]
 
-
-@pytest.mark.parametrize("name", HELD)
+@pytest.mark.parametrize("name", list(fv.WORKLOADS))
 def test_fluid_agrees_with_fast(name):
     """GPU-hours and output tokens within 5 %, mean replicas within 10 %, p50 and p99 of TTFT
     and TPOT within 15 %."""

@@ -56,7 +56,7 @@ class Factory:
             (FluidService if (svc.fidelity or scenario.fidelity) == "fluid" else Service)(
                 self, k, len(self.jobs) + k, svc, self.pool(svc.pool), {
                 name: rng_for(scenario.seed, f"inference.{svc.name}.{name}")
-                for name in ("arrivals", "prompts", "outputs", "router")
+                for name in ("arrivals", "prompts", "outputs", "router", "metric")
             })
             for k, svc in enumerate(scenario.inference)
         ]
