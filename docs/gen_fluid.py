@@ -93,8 +93,11 @@ def workloads_table() -> str:
                      f"TP{s['tp']} | {_traffic(s['traffic'])} | {_dist(s['prompt_tokens'])} "
                      f"| {_dist(s['output_tokens'])} | {reps} |")
     pool = fv.CLUSTER["node_pools"][0]
+    seed = fv.scenario(next(iter(fv.WORKLOADS)), "fast")["seed"]
     lines += ["", f"All on {pool['nodes']} nodes of {pool['gpus_per_node']} {pool['gpu']}, seed "
-              f"{fv.scenario(next(iter(fv.WORKLOADS)), 'fast')['seed']}."]
+              f"{seed}"
+              + "".join(f"; `{name}` the mean of seeds {seed} to {seed + n - 1} in each tier"
+                        for name, n in fv.SEEDS.items()) + "."]
     return "\n".join(lines)
 
 

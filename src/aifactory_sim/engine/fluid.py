@@ -18,12 +18,18 @@ arrivals of the interval and a backlog Q, and computes:
    cache (D (E[I] + E[O] / 2 + 7.5) + n r (E[I] + 7.5) tokens, blocks half full on average)
    within their limits: kernels.inference.offline_steady_state's limits, at the run's mean
    lengths.
-2. The flow: with demand lambda (arrivals per second) and backlog Q, R replicas admit
-   s = min(R x_max, lambda + Q / dt) per second, each at x = s / R (a backlog that clears
-   within the interval is admitted at R x_max until it is gone); Q grows by (lambda - s) dt.
-   Requests in service L relax to R x T_s, T_s = (r + E[O] - 1) t, with time constant T_s
-   (completions trail admissions by a time in service). The share of time a replica iterates
-   (for the ledger) is 1 - exp(-L / R) (a Poisson number in service).
+2. The flow (FluidService._serve). Per replica, l requests in service complete at g(l), the
+   rate whose steady state holds l (g inverts l(x) = x T_s(x), T_s = (r + E[O] - 1) t the time
+   in service): dl/dt = a - g(l) for admissions a, the fluid limit of a server whose speed
+   depends on its load. Near the knee g is flat and l moves slowly, with time constant l'(x).
+   A replica admits what arrives while it has a seat (l below l_top = l(x_max)); full, it
+   admits what completes, and the backlog Q takes the rest. Requests that wait are taken at
+   once by replicas that become ready (a fill): those prefill l_top prompts back to back in
+   iterations filled to the token budget, completing nothing until done. A scaled-down
+   replica's requests drain outside the autoscaler's count. The share of time a replica
+   iterates (for the ledger) is 1 - exp(-L / R) (a Poisson number in service). The
+   autoscaler's concurrency metric is L + Q plus the fluctuation of a count about the flow
+   (FluidService._fluctuation: variance R x l'(x), the linear-noise approximation).
 3. Latency, from a documented model sampled per interval (M = 32 requests drawn from the
    run's lengths, fewer in runs of more than 16,384 intervals, each standing for s dt / M
    requests served in the interval):
@@ -42,13 +48,17 @@ arrivals of the interval and a backlog Q, and computes:
    - time per output token: the decode-only iteration at the interval's batch plus the prefill
      work other prompts add to the O - 1 iterations it decodes through: their number is
      Poisson (n per iteration), their mean cost the mean iteration's excess over decode-only,
-     their spread the second moment of a prompt's excess (normal approximation of the sum).
+     their spread the second moment of a prompt's excess (normal approximation of the sum);
+   - a request taken in a fill waits for the prompts ahead of it (a uniform share of the
+     fill) and decodes at the fill's pace until the fill ends.
+   The interval's batch is the operating point whose steady state holds the interval's mean
+   number in service.
    The run's percentiles are those of all samples weighted by the requests they stand for.
 
-What this tier leaves out, by design: per-request preemptions (reported as 0), the drain of a
-removed replica (its requests are carried by the others: a fluid replica retires at once), the
-router's policy (every policy is the ideal central queue), dropped requests counted by the
-share of the run's lengths too long for the cache. docs/background/serving.md holds the
+What this tier leaves out, by design: per-request preemptions (reported as 0), the nodes of a
+draining replica (its requests finish, but its nodes go back at once), the router's policy
+(every policy is the ideal central queue), dropped requests counted by the share of the run's
+lengths too long for the cache. docs/background/serving.md holds the
 validation against the `fast` tier.
 """
 
@@ -144,6 +154,7 @@ class FluidService(Service):
         self._noise_rng = rngs["metric"]
         self._noise = 0.0
         self._noise_t = start
+        self._count_at, self._counted = math.nan, 0.0
         i, o = self.pool_prompt, self.pool_output
         self.mean_prompt = float(i.mean())
         self.mean_output = float(o.mean())
@@ -165,6 +176,8 @@ class FluidService(Service):
         self._fluid_area = 0.0
         self._preempted = 0.0
         self._intervals: list[tuple[float, ...]] = []
+        #: Requests taken at once into empty replicas, still prefilling: (ends, requests).
+        self._fills: list[tuple[float, float]] = []
         self.dropped = np.zeros(0, dtype=bool)
 
     def _iteration_s(self, prefill: np.ndarray, decode: np.ndarray, context: np.ndarray,
@@ -231,11 +244,21 @@ class FluidService(Service):
         self.op_l = self.op_x * self.op_service_s
         slope = np.gradient(self.op_l, self.op_x) if self.op_x.size > 1 else self.op_service_s
         self.op_tau = np.maximum(slope, self.op_service_s)
+        # A replica that takes l_top requests at once (joining a backlog) prefills their
+        # prompts in iterations filled to the token budget beside the decodes of those already
+        # prefilled, l_top / 2 on average: t_fill per iteration, the whole in fill_s.
+        half_full = np.array([min(float(self.op_l[-1]), b.max_batched_tokens - 1.0) / 2.0])
+        room = b.max_batched_tokens - half_full
+        self.fill_t = float(self._iteration_s(room, half_full, half_full * self.mean_context,
+                                              room * self.mean_pairs / max(ei, 1.0),
+                                              np.maximum(room / max(ei, 1.0), 1.0))[0])
+        self.fill_s = float(self.op_l[-1]) * ei / float(room[0]) * self.fill_t
         # Plain lists for the per-interval look-ups (bisect on floats beats numpy there).
         self._op_xs = self.op_x.tolist()
         self._op_l_list = self.op_l.tolist()
         self._op_rows = np.stack([self.op_t, self.op_t_decode, self.op_n, self.op_d,
-                                  self.op_service_s, self.op_kv, self.op_tau], axis=1).tolist()
+                                  self.op_service_s, self.op_kv, self.op_tau],
+                                 axis=1).tolist()
 
     def _mixture(self, n: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, ...]:
         """The mean iteration time when K ~ Poisson(n) prompts join D decodes, and the
@@ -313,13 +336,13 @@ class FluidService(Service):
             self._backlog = q0 + lam * dt
             self._fluid_area += (q0 + self._backlog) / 2.0 * dt + drained
             return
-        admitted, area = self._serve(lam, dt)
+        admitted, area, filled = self._serve(lam, dt)
         q1 = self._backlog
         in_service = self._in_service
         # The replicas' batches are those of the requests they hold: the operating point whose
         # steady state holds the interval's mean number in service.
         x_held = self._rate_at(area / (r * dt))
-        t_it, t_dec, n, d, service_s, _kv, _tau = self._op(x_held)
+        t_it, t_dec, n, d, service_s = self._op(x_held)[:5]
         busy = 1.0 - math.exp(-in_service / r)
         self.busy_gpu_s += self.spec.tp * r * dt * busy
         self._fluid_area += area + (q0 + q1) / 2.0 * dt + drained
@@ -333,41 +356,61 @@ class FluidService(Service):
             p_wait = u ** (math.sqrt(2.0 * (servers + 1.0)) - 1.0) if q1 <= 0 else 0.0
             mean_wait = service_s / (servers * (1.0 - u)) * (1.0 + self.output_cv2) / 2.0
             self._intervals.append((admitted, t0, t1, self._admitted - admitted,
-                                    self._admitted, t_it, t_dec, n, d, p_wait, mean_wait, busy))
+                                    self._admitted, t_it, t_dec, n, d, p_wait, mean_wait, busy,
+                                    filled / admitted))
 
-    def _serve(self, lam: float, dt: float) -> tuple[float, float]:
+    def _serve(self, lam: float, dt: float) -> tuple[float, float, float]:
         """Advance the backlog and the requests in service of the ready replicas by dt while
-        lam arrive per second; return the requests admitted and the integral of those in
-        service.
+        lam arrive per second. Returns the requests admitted, the integral of those in service,
+        and how many of the admitted were taken at once into empty replicas (fills).
 
         Per replica, l requests in service complete at g(l), the rate whose steady state holds
         l (the inverse of l(x) = x T_s(x)): dl/dt = a - g(l) for admissions a, the fluid limit
         of a server whose speed depends on its load (Chen & Yao, Fundamentals of Queueing
         Networks, 2001, ch. 7). Near the knee g is flat (1 / g' = l'(x) is the time constant of
-        _fluctuation) and the count climbs slowly, as it does in `fast`. A replica admits what
-        arrives while it has a free seat (l below l(x_max), the seats of its steady state at
-        saturation) and takes the backlog into free seats at once (at its next iteration);
-        full, it admits only what completes, x_max, and the rest waits. Each of a few steps is
-        exact for g linear about its start (exponential Euler), stable at any length."""
+        _fluctuation) and the count climbs slowly, as it does in `fast`. Each step is exact
+        for g linear about its start (exponential Euler), stable at any length.
+
+        A replica admits what arrives while it has a free seat (l below l_top = l(x_max), the
+        seats of its steady state at saturation); full, it admits what completes, and the rest
+        waits. Free seats while requests wait are those of replicas that just became ready:
+        they take l_top requests each at once and prefill their prompts back to back, in
+        iterations filled to the token budget (fill_s in all), completing nothing meanwhile;
+        then their requests join the others in service. A replica joining a backlog serves
+        little until it has prefilled it, as in `fast`."""
         r = len(self.ready)
         total, backlog = self._in_service, self._backlog
-        a = lam / r
-        l_top, x_top = self._op_l_list[-1], self._op_xs[-1]
-        steps = max(1, min(8, math.ceil(dt / max(self._op(self._rate_at(total / r))[4], 1e-9))))
+        l_top = self._op_l_list[-1]
+        now = self._t
+        service_s = self._op(self._rate_at(total / r))[4]
+        busy_start = backlog > 0 or bool(self._fills)
+        steps = 16 if busy_start else max(1, min(8, math.ceil(dt / max(service_s, 1e-9))))
         h = dt / steps
-        admitted = area = 0.0
-        for _ in range(steps):
-            if backlog > 0 and total < l_top * r:
-                take = min(backlog, l_top * r - total)
+        admitted = area = filled = 0.0
+        for step in range(steps):
+            t = now + step * h
+            while self._fills and self._fills[0][0] <= t:  # prefilled: they join the rest
+                self._fills.pop(0)
+            filling = sum(f for _, f in self._fills)
+            r_free = max(r - filling / l_top, 1e-9)
+            held = total - filling
+            if backlog > 0 and held < l_top * r_free:
+                take = min(backlog, l_top * r_free - held)
                 backlog -= take
                 total += take
                 admitted += take
-            l0 = total / r
+                filled += take
+                self._fills.append((t + self.fill_s, take))
+                filling += take
+                r_free = max(r - filling / l_top, 1e-9)
+            a = lam / r_free
+            l0 = held / r_free
             if l0 >= l_top:  # full: admits what completes, the rest waits
-                inflow = min(x_top * h, a * h + backlog / r)
+                x_top = self._op_xs[-1]
+                inflow = min(x_top * h, a * h + backlog / r_free)
                 l1 = l0 - x_top * h + inflow
-                backlog += (a * h - inflow) * r
-                admitted += inflow * r
+                backlog += (a * h - inflow) * r_free
+                admitted += inflow * r_free
             else:
                 g0 = self._rate_at(l0)
                 tau = self._op(g0)[6]
@@ -375,13 +418,13 @@ class FluidService(Service):
                 l1 = target + (l0 - target) * math.exp(-h / tau)
                 over = max(l1 - l_top, 0.0)
                 l1 -= over
-                backlog += over * r
-                admitted += (a * h - over) * r
+                backlog += over * r_free
+                admitted += (a * h - over) * r_free
             l1 = max(l1, 0.0)
-            area += (l0 + l1) / 2.0 * h * r
-            total = l1 * r
+            area += ((l0 + l1) / 2.0 * r_free + filling) * h
+            total = l1 * r_free + filling
         self._in_service, self._backlog = total, max(backlog, 0.0)
-        return admitted, area
+        return admitted, area, filled
 
     def _drain(self, dt: float) -> float:
         """Requests left on replicas that were scaled down finish at the pace of one time in
@@ -420,10 +463,26 @@ class FluidService(Service):
             return arrived / self.interval_s
         if kind == "queue":
             return self._backlog
-        return max(self._backlog + self._in_service + self._fluctuation(), 0.0)
+        return self._count()
+
+    def _count(self) -> float:
+        """The requests in the service (waiting or in service on a ready replica) as a count
+        taken now would find them: the flow's plus its fluctuation, one draw per moment, shared
+        by the autoscaler's metric and the `in_flight` column of the time series."""
+        now = self.env.now
+        if self._count_at != now:
+            self._count_at = now
+            # The seats bound the count in service: full replicas (a backlog waits) hold l_top
+            # each, whatever the fluctuation, and none holds fewer than none.
+            seats = len(self.ready) * self._op_l_list[-1]
+            held = self._in_service + self._fluctuation()
+            if self._backlog > 0:
+                held = self._in_service
+            self._counted = self._backlog + min(max(held, 0.0), max(seats, self._in_service))
+        return self._counted
 
     def _fluctuation(self) -> float:
-        """What a count of the requests in service would add to the flow's mean at this tick.
+        """What a count of the requests in service would add to the flow's mean now.
 
         The number in service is a birth-death process: arrivals at rate Lambda, completions at
         D(L) = R g(L / R), g the inverse of l(x) = x T_s(x). Its linear-noise approximation
@@ -458,8 +517,7 @@ class FluidService(Service):
         kv = self._op(self._x)[5] if self.ready else 0.0
         self.rows.append((self.env.now, rps, counts["pending"], counts["starting"],
                           counts["ready"], counts["draining"], self.desired,
-                          self._backlog + self._in_service, self._backlog, kv,
-                          self._busy_gpus_since_sample()))
+                          self._count(), self._backlog, kv, self._busy_gpus_since_sample()))
 
     def _busy_so_far(self) -> float:
         return self.busy_gpu_s
@@ -471,9 +529,14 @@ class FluidService(Service):
         before = len(self.ready)
         super()._remove_replicas(count)
         if before and len(self.ready) < before:
-            share = self._in_service * (before - len(self.ready)) / before
-            self._in_service -= share
-            self._draining += share
+            self._draining += self._take_share((before - len(self.ready)) / before)
+
+    def _take_share(self, share: float) -> float:
+        """Remove a share of the requests in service (and of each fill) and return it."""
+        out = self._in_service * share
+        self._in_service -= out
+        self._fills = [(end, count * (1.0 - share)) for end, count in self._fills]
+        return out
 
     def node_failed(self, node: int, component: str) -> None:
         """The requests in service on the replicas of a failed node go back to the backlog."""
@@ -481,7 +544,7 @@ class FluidService(Service):
         slots = self.node_slots.get(node, [])
         hit = sum(1 for k in set(slots) if k >= 0 and self.replicas[k].state == "ready")
         if hit and self.ready:
-            lost = self._in_service * hit / len(self.ready)
+            lost = self._take_share(hit / len(self.ready))
             self._backlog += lost
             self._preempted += lost
         super().node_failed(node, component)
@@ -500,7 +563,7 @@ class FluidService(Service):
             return dict.fromkeys(("weight", "ttft", "tpot", "tpot_weight", "e2e", "wait",
                                   "output"), empty)
         cols = np.array(self._intervals, dtype=np.float64).T
-        weight, t0, t1, s0, s1, t_it, t_dec, n, d, p_wait, mean_wait, busy = cols
+        weight, t0, t1, s0, s1, t_it, t_dec, n, d, p_wait, mean_wait, busy, fill = cols
         k = weight.size
         m = int(np.clip(MAX_SAMPLES // max(k, 1), MIN_SAMPLES, SAMPLES))
         rng = self._mc_rng
@@ -587,6 +650,19 @@ class FluidService(Service):
         extra = joined * mean_own + np.sqrt(joined) * (another - mean_own)
         tpot = t_dec[col] + np.maximum(extra, 0.0) / steps
         multi = output > 1
+        # Fills (_serve): a request taken into an empty replica waits for the prompts taken
+        # before it (a uniform share u of fill_s), then decodes at the fill's pace, fill_t per
+        # token, until the fill ends: it loses the tokens it would have made at its own pace
+        # meanwhile and makes them up after.
+        if (fill > 0).any():
+            u = rng.random((k, m))
+            took = rng.random((k, m)) < fill[col]
+            ahead = np.where(took, u * self.fill_s, 0.0)
+            wait = wait + ahead
+            ttft = ttft + ahead
+            during = np.minimum((1.0 - u) * self.fill_s, (output - 1.0) * self.fill_t)
+            lost = np.where(took, during / tpot - during / self.fill_t, 0.0)
+            tpot = np.where(multi, tpot + np.maximum(lost, 0.0) * tpot / steps, tpot)
         e2e = ttft + (output - 1.0) * tpot
         w = np.broadcast_to((weight / m)[col], prompt.shape)
         return {"weight": w.ravel(), "ttft": ttft.ravel(), "tpot": tpot[multi],
