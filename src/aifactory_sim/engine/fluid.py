@@ -472,13 +472,12 @@ class FluidService(Service):
         now = self.env.now
         if self._count_at != now:
             self._count_at = now
+            fluctuation = self._fluctuation()  # drawn whatever the state: the AR(1) goes on
             # The seats bound the count in service: full replicas (a backlog waits) hold l_top
             # each, whatever the fluctuation, and none holds fewer than none.
-            seats = len(self.ready) * self._op_l_list[-1]
-            held = self._in_service + self._fluctuation()
-            if self._backlog > 0:
-                held = self._in_service
-            self._counted = self._backlog + min(max(held, 0.0), max(seats, self._in_service))
+            held = self._in_service + (fluctuation if self._backlog <= 0 else 0.0)
+            seats = max(len(self.ready) * self._op_l_list[-1], self._in_service)
+            self._counted = self._backlog + min(max(held, 0.0), seats)
         return self._counted
 
     def _fluctuation(self) -> float:
