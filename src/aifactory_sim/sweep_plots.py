@@ -45,10 +45,6 @@ def _check_metric(df: pd.DataFrame, metric: str) -> None:
         raise ScenarioError(f"metric: no column {metric!r} in the sweep table")
 
 
-def _label(name: str) -> str:
-    return name  # dotted keys as they are: the name to type to get the column
-
-
 def metric_vs_param(
     df: pd.DataFrame,
     metric: str,
@@ -87,8 +83,8 @@ def metric_vs_param(
         ax.scatter([position(v) for v in rows[param]], raw, s=10, color=colour, alpha=0.5)
     if not numeric:
         ax.set_xticks(range(len(levels)), [str(v) for v in levels])
-    ax.set_xlabel(_label(param))
-    ax.set_ylabel(_label(metric))
+    ax.set_xlabel(param)  # axes carry the dotted keys: the names to type to get the columns
+    ax.set_ylabel(metric)
     reps = int(stats["n"].max()) if len(stats) else 0
     ax.set_title(f"{metric} against {param} ({reps} replication{'s' * (reps != 1)} a point)",
                  fontsize=10)
@@ -127,7 +123,7 @@ def heatmap(
     ax = fig.subplots()
     image = ax.imshow(np.ma.masked_invalid(values), origin="lower", aspect="auto",
                       cmap="viridis")
-    fig.colorbar(image, ax=ax, label=_label(metric))
+    fig.colorbar(image, ax=ax, label=metric)
     finite = values[np.isfinite(values)]
     middle = (finite.min() + finite.max()) / 2 if finite.size else 0.0
     if values.size <= 400:
@@ -137,8 +133,8 @@ def heatmap(
                         color="white" if v < middle else "black")
     ax.set_xticks(range(len(table.columns)), [_tick(v) for v in table.columns])
     ax.set_yticks(range(len(table.index)), [_tick(v) for v in table.index])
-    ax.set_xlabel(_label(x))
-    ax.set_ylabel(_label(y))
+    ax.set_xlabel(x)
+    ax.set_ylabel(y)
     ax.set_title(f"{metric}: mean over replications", fontsize=10)
     return _save(fig, save)
 
@@ -179,8 +175,8 @@ def pareto(
             text = ", ".join(f"{p.rsplit('.', 1)[-1]}={_tick(row[p])}" for p in params)
             ax.annotate(text, (row[x], row[y]), fontsize=7, xytext=(4, 4),
                         textcoords="offset points")
-    ax.set_xlabel(_label(x) + (" (lower is better)" if minimize[0] else " (higher is better)"))
-    ax.set_ylabel(_label(y) + (" (lower is better)" if minimize[1] else " (higher is better)"))
+    ax.set_xlabel(x + (" (lower is better)" if minimize[0] else " (higher is better)"))
+    ax.set_ylabel(y + (" (lower is better)" if minimize[1] else " (higher is better)"))
     ax.set_title(f"Pareto front: {len(best)} of {len(means)} points", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
