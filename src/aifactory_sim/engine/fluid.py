@@ -18,12 +18,19 @@ arrivals of the interval and a backlog Q, and computes:
    cache (D (E[I] + E[O] / 2 + 7.5) + n r (E[I] + 7.5) tokens, blocks half full on average)
    within their limits: kernels.inference.offline_steady_state's limits, at the run's mean
    lengths.
-2. The flow (FluidService._serve). Per replica, l requests in service complete at g(l), the
-   rate whose steady state holds l (g inverts l(x) = x T_s(x), T_s = (r + E[O] - 1) t the time
-   in service): dl/dt = a - g(l) for admissions a, the fluid limit of a server whose speed
-   depends on its load. Near the knee g is flat and l moves slowly, with time constant l'(x).
+2. The flow (FluidService._serve). Per replica, l requests in service complete at G(l, a)
+   while a are admitted per second: of l, n r are in prefill (n = a t prompts start per
+   iteration) and D = l - n r decode, D / (E[O] - 1) complete per iteration, and t is the
+   kernel's iteration for that batch (a table over l and a, solved once per service). In the
+   steady state a = G and G(l, a) = g(l), the inverse of l(x) = x T_s(x)
+   (T_s = (r + E[O] - 1) t the time in service). dl/dt = a - G(l, a): the fluid limit of a
+   server whose speed depends on its load and on the prompts it takes in. Near the knee G is
+   flat and l moves slowly; a replica that admits less than it completes drains at the pace
+   of its decodes.
    A replica admits what arrives while it has a seat (l below l_top = l(x_max)); full, it
-   admits what completes, and the backlog Q takes the rest. Requests that wait are taken at
+   admits what completes, and the backlog Q takes the rest. Admitting faster than it can
+   prefill (x_pf prompts/s in iterations filled to the token budget), it holds the excess w
+   unprefilled and completes little until w is prefilled. Requests that wait are taken at
    once by replicas that become ready (a fill): those prefill l_top prompts back to back in
    iterations filled to the token budget, completing nothing until done. A scaled-down
    replica's requests drain outside the autoscaler's count. The share of time a replica
@@ -51,8 +58,15 @@ arrivals of the interval and a backlog Q, and computes:
      their spread the second moment of a prompt's excess (normal approximation of the sum);
    - a request taken in a fill waits for the prompts ahead of it (a uniform share of the
      fill) and decodes at the fill's pace until the fill ends.
+   - a request admitted while its replica holds prompts it has not prefilled (w, see step 2)
+     waits behind them, w / x_pf;
+   - a request decodes through the intervals that follow its first token, not only the one it
+     was admitted in: its time per output token is scaled by the mean iteration along its way
+     over its own interval's (the path integral of 1 / t; 1 in a steady state).
    The interval's batch is the operating point whose steady state holds the interval's mean
-   number in service.
+   number in service, moved by the completion table's difference between that steady state
+   and one admitting what the interval admitted (a drain: fewer prompts; seats filling: more).
+   A fill's requests are a record of their own at the moment it took them.
    The run's percentiles are those of all samples weighted by the requests they stand for.
 
 What this tier leaves out, by design: per-request preemptions (reported as 0), the nodes of a
@@ -90,6 +104,9 @@ GRID = 512
 KMAX = 512
 #: Fixed-point iterations (the map is a contraction: t grows slower than linearly in t).
 FIXED_POINT_ITERATIONS = 100
+#: Points of the completion-rate table G(l, a) over requests held and admission rate.
+TABLE_L = 65
+TABLE_A = 33
 
 
 class FluidCore:
@@ -154,7 +171,7 @@ class FluidService(Service):
         self._noise_rng = rngs["metric"]
         self._noise = 0.0
         self._noise_t = start
-        self._count_at, self._counted = math.nan, 0.0
+        self._count_at, self._drawn = math.nan, 0.0
         i, o = self.pool_prompt, self.pool_output
         self.mean_prompt = float(i.mean())
         self.mean_output = float(o.mean())
@@ -178,6 +195,10 @@ class FluidService(Service):
         self._intervals: list[tuple[float, ...]] = []
         #: Requests taken at once into empty replicas, still prefilling: (ends, requests).
         self._fills: list[tuple[float, float]] = []
+        self._fill_at: float | None = None
+        #: Requests admitted to the other replicas faster than they prefill prompts, waiting
+        #: in them for the token budget (all replicas together).
+        self._unprefilled = 0.0
         self.dropped = np.zeros(0, dtype=bool)
 
     def _iteration_s(self, prefill: np.ndarray, decode: np.ndarray, context: np.ndarray,
@@ -216,18 +237,33 @@ class FluidService(Service):
                 t = t_new
                 break
             t = t_new
+        resid = max(1.0, ei / b.max_batched_tokens)
+        half = (BLOCK_TOKENS - 1) / 2.0
+
+        def usage_of(x: np.ndarray, t: np.ndarray) -> np.ndarray:
+            n, d = x * t, x * dec_steps * t
+            return np.maximum.reduce([
+                (n * ei + d) / b.max_batched_tokens,
+                (d + n * resid) / b.max_num_seqs,
+                (d * (ei + eo / 2.0 + half) + n * resid * (ei + half)) / self.kv_tokens,
+            ])[:, 0]
+
+        usage = usage_of(x, t)
+        fits = np.flatnonzero(usage <= 1.0)
+        last = int(fits[-1]) if fits.size else 0
+        if 0 < last < GRID - 1 and usage[last] < 1.0:
+            # The limit falls between two grid points, where l(x) is steep (17 requests a
+            # step for llama3-70b TP4): end the grid on it, at usage 1 (linear in between).
+            w = (1.0 - usage[last]) / (usage[last + 1] - usage[last])
+            x_end = x[last] + w * (x[last + 1] - x[last])
+            t_end = t[last] + w * (t[last + 1] - t[last])
+            if usage_of(x_end[None, :], t_end[None, :])[0] <= 1.0 + 1e-9:
+                last += 1
+                x = np.concatenate((x[:last], x_end[None, :]))
+                t = np.concatenate((t[:last], t_end[None, :]))
         n = x * t
         d = x * dec_steps * t
         t_mean, t_decode = self._mixture(n, d)
-        resid = max(1.0, ei / b.max_batched_tokens)
-        half = (BLOCK_TOKENS - 1) / 2.0
-        usage = np.maximum.reduce([
-            (n * ei + d) / b.max_batched_tokens,
-            (d + n * resid) / b.max_num_seqs,
-            (d * (ei + eo / 2.0 + half) + n * resid * (ei + half)) / self.kv_tokens,
-        ])[:, 0]
-        fits = np.flatnonzero(usage <= 1.0)
-        last = int(fits[-1]) if fits.size else 0
         stop = max(last, 1) + 1
         self.x_max = float(x[max(last, 1), 0])
         self.seats = min(float(b.max_num_seqs), self.kv_tokens / (ei + eo / 2.0 + half))
@@ -253,12 +289,94 @@ class FluidService(Service):
                                               room * self.mean_pairs / max(ei, 1.0),
                                               np.maximum(room / max(ei, 1.0), 1.0))[0])
         self.fill_s = float(self.op_l[-1]) * ei / float(room[0]) * self.fill_t
+        #: Prompts per second a replica prefills in iterations filled to the budget.
+        self.prefill_rate = float(self.op_l[-1]) / self.fill_s
+        self._completion_table(resid, dec_steps)
         # Plain lists for the per-interval look-ups (bisect on floats beats numpy there).
         self._op_xs = self.op_x.tolist()
         self._op_l_list = self.op_l.tolist()
         self._op_rows = np.stack([self.op_t, self.op_t_decode, self.op_n, self.op_d,
                                   self.op_service_s, self.op_kv, self.op_tau],
                                  axis=1).tolist()
+
+    def _completion_table(self, resid: float, dec_steps: float) -> None:
+        """G(l, a): the rate at which a replica holding l requests completes them while it
+        admits a requests/s, on a grid of l in [0, l_top] and a in [0, 1.5 x_max] (a
+        replica admitting more fills its seats with prompts it cannot prefill yet: _serve).
+
+        The prompts prefilled per iteration are those admitted, n = a t, not those completing:
+        away from the steady state (G = a, where G is the operating point's g(l)) the two part.
+        Of the l in service, n r are in prefill and D = l - n r decode, one token an iteration,
+        so D / (E[O] - 1) complete per iteration (geometric or not: in the mean over the
+        decoding sequences, as Little's law per iteration in step 1 of the module docstring),
+        and t is the fixed point of t = f(a t, D) (the kernel's mean iteration, _mixture). A
+        replica that took a backlog and admits little afterwards decodes without prefills,
+        and completes up to 2.5 times faster than g(l) (llama3-70b FP8 TP4 holding 123
+        requests: 25 requests/s against 10). At fixed a, G grows with l faster than g does
+        (prefill does not grow with l), so the number in service relaxes faster than l'(x)."""
+        l_top = float(self.op_l[-1])
+        a_top = float(self.op_x[-1]) * 1.5
+        ls = l_top * np.linspace(0.0, 1.0, TABLE_L)[:, None]
+        a = a_top * np.linspace(0.0, 1.0, TABLE_A)[None, :]
+        ls, a = np.broadcast_arrays(ls, a)
+        ls, a = ls.reshape(-1, 1), a.reshape(-1, 1)
+
+        def batch(t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            n = np.minimum(a * t, ls / resid)  # no more in prefill than are held
+            return n, ls - resid * n
+
+        def excess(t: np.ndarray) -> np.ndarray:
+            return self._mixture(*batch(t))[0] - t
+
+        # Secant iterations on f(t) - t (smooth in t; plain iteration oscillates near the
+        # knee, where more prefill shortens D as much as it lengthens t).
+        t0 = np.interp(ls, self.op_l, self.op_t)  # the steady state's, where a = g(l)
+        r0 = excess(t0)
+        t = t0 + r0
+        for _ in range(FIXED_POINT_ITERATIONS):
+            r1 = excess(t)
+            if np.all(np.abs(r1) <= 1e-8 * t):
+                break
+            slope = (r1 - r0) / np.where(t != t0, t - t0, 1.0)
+            step = np.where((t != t0) & (slope < 0.0), -r1 / np.where(slope < 0.0, slope, -1.0),
+                            r1)
+            t0, r0 = t, r1
+            t = np.maximum(t + step, 1e-9)
+        n, d = batch(t)
+        rate = (d / (max(dec_steps, 1e-9) * t)).reshape(TABLE_L, TABLE_A)
+        if dec_steps <= 0:  # every request completes with its prefill: the 1-D g(l)
+            rate = np.interp(ls, self.op_l, self.op_x).reshape(TABLE_L, TABLE_A)
+        self._g_dl = l_top / (TABLE_L - 1)
+        self._g_da = a_top / (TABLE_A - 1)
+        self._g_rows = rate.tolist()
+        # The batch of each state, for the latency model: (t, t_decode, n, D) per point.
+        t_decode = self._mixture(n, d)[1]
+        batch_of = np.stack([t, t_decode, n, d], axis=-1).reshape(TABLE_L, TABLE_A, 4)
+        self._batch_rows = batch_of.tolist()
+
+    def _completion(self, held: float, admit: float) -> tuple[float, float]:
+        """(G(l, a), dG/dl at fixed a) per replica: bilinear on the table, the slope that of
+        the l segment holding `held` (so an exponential-Euler step is exact within it)."""
+        fl = min(max(held / self._g_dl, 0.0), TABLE_L - 1.000001)
+        fa = min(max(admit / self._g_da, 0.0), TABLE_A - 1.000001)
+        i, j = int(fl), int(fa)
+        u, v = fl - i, fa - j
+        lo, hi = self._g_rows[i], self._g_rows[i + 1]
+        g_lo = lo[j] + v * (lo[j + 1] - lo[j])
+        g_hi = hi[j] + v * (hi[j + 1] - hi[j])
+        return g_lo + u * (g_hi - g_lo), (g_hi - g_lo) / self._g_dl
+
+    def _batch(self, held: float, admit: float) -> list[float]:
+        """(t, t_decode, n, D) of a replica holding `held` requests while it admits `admit`
+        per second (bilinear on the completion table's grid)."""
+        fl = min(max(held / self._g_dl, 0.0), TABLE_L - 1.000001)
+        fa = min(max(admit / self._g_da, 0.0), TABLE_A - 1.000001)
+        i, j = int(fl), int(fa)
+        u, v = fl - i, fa - j
+        rows = self._batch_rows
+        w = ((1.0 - u) * (1.0 - v), (1.0 - u) * v, u * (1.0 - v), u * v)
+        corners = (rows[i][j], rows[i][j + 1], rows[i + 1][j], rows[i + 1][j + 1])
+        return [sum(wk * c[q] for wk, c in zip(w, corners, strict=True)) for q in range(4)]
 
     def _mixture(self, n: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, ...]:
         """The mean iteration time when K ~ Poisson(n) prompts join D decodes, and the
@@ -336,13 +454,31 @@ class FluidService(Service):
             self._backlog = q0 + lam * dt
             self._fluid_area += (q0 + self._backlog) / 2.0 * dt + drained
             return
+        behind = self._unprefilled
         admitted, area, filled = self._serve(lam, dt)
+        # Admitted faster than they prefill, requests wait in their replica behind the prompts
+        # not yet prefilled (w per replica, taken at x_pf per second, first come first served).
+        filling = sum(f for _, f in self._fills)
+        behind = (behind + self._unprefilled) / 2.0 / max(r - filling / self._op_l_list[-1],
+                                                          1e-9) / self.prefill_rate
         q1 = self._backlog
         in_service = self._in_service
-        # The replicas' batches are those of the requests they hold: the operating point whose
-        # steady state holds the interval's mean number in service.
-        x_held = self._rate_at(area / (r * dt))
+        # The replicas' batches are those of the requests they hold while they admit what they
+        # admitted: the operating point whose steady state holds the interval's mean number in
+        # service, moved by the completion table's difference between that steady state and
+        # the interval's (a drain: fewer prompts, more decodes; seats filling: more prompts).
+        # A fill's prompts are apart (the latency model takes them as a fill).
+        held = area / (r * dt)
+        x_held = self._rate_at(held)
         t_it, t_dec, n, d, service_s = self._op(x_held)[:5]
+        admit = max(admitted - filled, 0.0) / (r * dt)
+        if held > 0 and abs(admit - x_held) > 1e-9 * x_held:
+            now_b, steady_b = self._batch(held, admit), self._batch(held, x_held)
+            t_it *= now_b[0] / steady_b[0]
+            t_dec *= now_b[1] / steady_b[1]
+            n = max(n + now_b[2] - steady_b[2], 0.0)
+            d = max(d + now_b[3] - steady_b[3], 0.0)
+            service_s *= x_held / max(self._completion(held, admit)[0], 1e-12)
         busy = 1.0 - math.exp(-in_service / r)
         self.busy_gpu_s += self.spec.tp * r * dt * busy
         self._fluid_area += area + (q0 + q1) / 2.0 * dt + drained
@@ -355,35 +491,56 @@ class FluidService(Service):
             u = min(area / dt / servers, 0.999)
             p_wait = u ** (math.sqrt(2.0 * (servers + 1.0)) - 1.0) if q1 <= 0 else 0.0
             mean_wait = service_s / (servers * (1.0 - u)) * (1.0 + self.output_cv2) / 2.0
-            self._intervals.append((admitted, t0, t1, self._admitted - admitted,
-                                    self._admitted, t_it, t_dec, n, d, p_wait, mean_wait, busy,
-                                    filled / admitted))
+            # A fill takes its requests at one moment (a replica becoming ready): a record of
+            # its own at that moment, first (they were the backlog's oldest), so that their
+            # admissions are not spread over the interval; the rest over the interval.
+            start = self._admitted - admitted
+            if filled > 0:
+                at = self._fill_at if self._fill_at is not None else t0
+                self._intervals.append((filled, at, at, start, start + filled, t_it, t_dec, n,
+                                        d, p_wait, mean_wait, busy, 1.0, behind))
+            if admitted - filled > 1e-12:
+                self._intervals.append((admitted - filled, t0, t1, start + filled,
+                                        self._admitted, t_it, t_dec, n, d, p_wait, mean_wait,
+                                        busy, 0.0, behind))
 
     def _serve(self, lam: float, dt: float) -> tuple[float, float, float]:
         """Advance the backlog and the requests in service of the ready replicas by dt while
         lam arrive per second. Returns the requests admitted, the integral of those in service,
         and how many of the admitted were taken at once into empty replicas (fills).
 
-        Per replica, l requests in service complete at g(l), the rate whose steady state holds
-        l (the inverse of l(x) = x T_s(x)): dl/dt = a - g(l) for admissions a, the fluid limit
-        of a server whose speed depends on its load (Chen & Yao, Fundamentals of Queueing
-        Networks, 2001, ch. 7). Near the knee g is flat (1 / g' = l'(x) is the time constant of
-        _fluctuation) and the count climbs slowly, as it does in `fast`. Each step is exact
-        for g linear about its start (exponential Euler), stable at any length.
+        Per replica, l requests in service complete at G(l, a) while a are admitted per
+        second (_completion_table; G(l, g(l)) = g(l), the inverse of l(x) = x T_s(x)):
+        dl/dt = a - G(l, a), the fluid limit of a server whose speed depends on its load and
+        on the prompts it takes in (Chen & Yao, Fundamentals of Queueing Networks, 2001,
+        ch. 7). Near the knee G grows slowly with l and the count climbs slowly, as it does in
+        `fast`; a replica that admits less than it completes (after a fill, or when a
+        scale-up spreads the load) drains at the pace of its decodes, faster than g(l). Each
+        step is exact for G linear in l about its start (exponential Euler), stable at any
+        length.
 
         A replica admits what arrives while it has a free seat (l below l_top = l(x_max), the
-        seats of its steady state at saturation); full, it admits what completes, and the rest
-        waits. Free seats while requests wait are those of replicas that just became ready:
-        they take l_top requests each at once and prefill their prompts back to back, in
-        iterations filled to the token budget (fill_s in all), completing nothing meanwhile;
-        then their requests join the others in service. A replica joining a backlog serves
-        little until it has prefilled it, as in `fast`."""
+        seats of its steady state at saturation); full (from the moment within a step at which
+        l reaches l_top), it admits what completes, x_max, and the rest waits. Admitted faster
+        than it prefills prompts (x_pf = l_top / fill_s per second, iterations filled to the
+        token budget), a replica holds the excess w unprefilled: its iterations stay full of
+        prompts and it completes little, G(l, x_pf), until w is prefilled, full or not (a
+        replica left with five replicas' load by a scale-down, in `fast` as here).
+
+        Free seats while requests wait are those of replicas that just became ready: they take
+        l_top requests each at once and prefill their prompts back to back, in iterations
+        filled to the token budget (fill_s in all), completing nothing meanwhile; then their
+        requests join the others in service. A replica joining a backlog serves little until
+        it has prefilled it, as in `fast`."""
         r = len(self.ready)
         total, backlog = self._in_service, self._backlog
         l_top = self._op_l_list[-1]
         now = self._t
+        self._fill_at = None  # when the first fill of this call took the backlog
         service_s = self._op(self._rate_at(total / r))[4]
-        busy_start = backlog > 0 or bool(self._fills)
+        busy_start = backlog > 0 or bool(self._fills) or self._unprefilled > 0
+        x_pf = self.prefill_rate
+        unprefilled = self._unprefilled
         steps = 16 if busy_start else max(1, min(8, math.ceil(dt / max(service_s, 1e-9))))
         h = dt / steps
         admitted = area = filled = 0.0
@@ -401,29 +558,56 @@ class FluidService(Service):
                 admitted += take
                 filled += take
                 self._fills.append((t + self.fill_s, take))
+                if self._fill_at is None:
+                    self._fill_at = t
                 filling += take
                 r_free = max(r - filling / l_top, 1e-9)
             a = lam / r_free
             l0 = held / r_free
-            if l0 >= l_top:  # full: admits what completes, the rest waits
+            w = unprefilled / r_free
+            full = h  # how long the replicas are full in this step
+            held_s = 0.0  # the integral over the step of those in service, per replica
+            if l0 < l_top * (1.0 - 1e-9):
+                # Admitted faster than it prefills, or still prefilling what was: every
+                # iteration is filled to the budget with prompts (the table at a >= x_pf).
+                g0, k = self._completion(l0, max(a, x_pf) if w > 0 else a)
+                w = max(w + (a - x_pf) * h, 0.0) if (w > 0 or a > x_pf) else 0.0
+                if k > 1e-12:
+                    target = l0 + (a - g0) / k
+                    l1 = target + (l0 - target) * math.exp(-h * k)
+                else:
+                    target, l1 = math.inf, l0 + (a - g0) * h
+                if l1 <= l_top:
+                    full = 0.0
+                    admitted += a * h * r_free
+                    held_s = (l0 + max(l1, 0.0)) / 2.0 * h
+                else:  # full within the step: below the seats until then
+                    if k > 1e-12:
+                        fill = -math.log((target - l_top) / (target - l0)) / k
+                    else:
+                        fill = (l_top - l0) / max(a - g0, 1e-12)
+                    full = max(h - fill, 0.0)
+                    admitted += a * (h - full) * r_free
+                    held_s = (l0 + l_top) / 2.0 * (h - full)
+                    l0 = l_top
+            if full > 0:  # full: admits what completes, the rest waits
                 x_top = self._op_xs[-1]
-                inflow = min(x_top * h, a * h + backlog / r_free)
-                l1 = l0 - x_top * h + inflow
-                backlog += (a * h - inflow) * r_free
+                if w > 0:  # the prompts admitted but not prefilled go first, little completes
+                    slow = self._completion(l_top, x_pf)[0]
+                    clear = min(w / max(x_pf - slow, 1e-9), full)
+                    w -= (x_pf - slow) * clear
+                    x_top = (slow * clear + x_top * (full - clear)) / full
+                inflow = min(x_top * full, a * full + backlog / r_free)
+                l1 = l0 - x_top * full + inflow
+                backlog += (a * full - inflow) * r_free
                 admitted += inflow * r_free
-            else:
-                g0 = self._rate_at(l0)
-                tau = self._op(g0)[6]
-                target = l0 + (a - g0) * tau
-                l1 = target + (l0 - target) * math.exp(-h / tau)
-                over = max(l1 - l_top, 0.0)
-                l1 -= over
-                backlog += over * r_free
-                admitted += (a * h - over) * r_free
+                held_s += (l0 + l1) / 2.0 * full
             l1 = max(l1, 0.0)
-            area += ((l0 + l1) / 2.0 * r_free + filling) * h
+            unprefilled = min(max(w, 0.0), l1) * r_free
+            area += held_s * r_free + filling * h
             total = l1 * r_free + filling
         self._in_service, self._backlog = total, max(backlog, 0.0)
+        self._unprefilled = unprefilled
         return admitted, area, filled
 
     def _drain(self, dt: float) -> float:
@@ -468,17 +652,18 @@ class FluidService(Service):
     def _count(self) -> float:
         """The requests in the service (waiting or in service on a ready replica) as a count
         taken now would find them: the flow's plus its fluctuation, one draw per moment, shared
-        by the autoscaler's metric and the `in_flight` column of the time series."""
+        by the autoscaler's metric and the `in_flight` column of the time series (the flow's
+        part as it stands at the call: a scale-down between the two leaves the drained
+        requests out of the column, as in `fast`)."""
         now = self.env.now
         if self._count_at != now:
             self._count_at = now
-            fluctuation = self._fluctuation()  # drawn whatever the state: the AR(1) goes on
-            # The seats bound the count in service: full replicas (a backlog waits) hold l_top
-            # each, whatever the fluctuation, and none holds fewer than none.
-            held = self._in_service + (fluctuation if self._backlog <= 0 else 0.0)
-            seats = max(len(self.ready) * self._op_l_list[-1], self._in_service)
-            self._counted = self._backlog + min(max(held, 0.0), seats)
-        return self._counted
+            self._drawn = self._fluctuation()  # drawn whatever the state: the AR(1) goes on
+        # The seats bound the count in service: full replicas (a backlog waits) hold l_top
+        # each, whatever the fluctuation, and none holds fewer than none.
+        held = self._in_service + (self._drawn if self._backlog <= 0 else 0.0)
+        seats = max(len(self.ready) * self._op_l_list[-1], self._in_service)
+        return self._backlog + min(max(held, 0.0), seats)
 
     def _fluctuation(self) -> float:
         """What a count of the requests in service would add to the flow's mean now.
@@ -494,7 +679,12 @@ class FluidService(Service):
         with coefficient exp(-dt / tau) fed by the tick's rate); the draw adds the rest, as an
         AR(1) over the time between ticks. `fast` runs show the variance: 4 replicas of
         llama3-8b at 40 to 66 requests per second vary by 136 to 906 requests squared about their
-        mean, this model 127 to 818 (docs/background/serving.md)."""
+        mean, this model 127 to 818 (docs/background/serving.md). The flow itself (_serve)
+        relaxes faster, with 1 / (dG/dl) at the admissions held; the fluctuation keeps the
+        steady state's l'(x), whose variance is the one `fast`'s counts show (tests/
+        test_fluid.py); with 1 / (dG/dl) in its place the variance would be 20 % to 60 %
+        smaller (the two time constants' ratio: 0.81 for llama3-8b at 10 requests/s, 0.39
+        for llama3-70b TP4 at 10)."""
         r = len(self.ready)
         now = self.env.now
         gap, self._noise_t = now - self._noise_t, now
@@ -534,6 +724,7 @@ class FluidService(Service):
         """Remove a share of the requests in service (and of each fill) and return it."""
         out = self._in_service * share
         self._in_service -= out
+        self._unprefilled *= 1.0 - share
         self._fills = [(end, count * (1.0 - share)) for end, count in self._fills]
         return out
 
@@ -562,7 +753,7 @@ class FluidService(Service):
             return dict.fromkeys(("weight", "ttft", "tpot", "tpot_weight", "e2e", "wait",
                                   "output"), empty)
         cols = np.array(self._intervals, dtype=np.float64).T
-        weight, t0, t1, s0, s1, t_it, t_dec, n, d, p_wait, mean_wait, busy, fill = cols
+        weight, t0, t1, s0, s1, t_it, t_dec, n, d, p_wait, mean_wait, busy, fill, behind = cols
         k = weight.size
         m = int(np.clip(MAX_SAMPLES // max(k, 1), MIN_SAMPLES, SAMPLES))
         rng = self._mc_rng
@@ -603,7 +794,7 @@ class FluidService(Service):
                             CANDIDATES - 1)
         iteration = np.take_along_axis(cand_t, chosen[..., None], axis=2)[..., 0]
         residual = rng.random((k, m)) * iteration * busy[col]
-        wait = fluid_wait + waits + residual
+        wait = fluid_wait + waits + residual + behind[col]
         # Prefill: chunks of at most the budget left by the decodes, each one iteration, with
         # the prompts that arrived during the wait for admission.
         chunks = np.ceil(prompt / room)
@@ -640,6 +831,11 @@ class FluidService(Service):
         # TPOT: decode-only iterations, plus the prompts prefilled while it decodes: their
         # number Poisson(n (O - 1)), each adding its prefill's excess over decode-only
         # iterations (all its chunks); the spread of that excess from the prompts drawn here.
+        # The request decodes its O - 1 tokens through the intervals that follow its first
+        # token, not all in the one it was admitted in: the whole is scaled by the mean
+        # iteration along its way over the interval's own (the path integral of 1 / t_it; a
+        # request admitted as the seats fill up decodes its first tokens beside many prompts,
+        # then at the pace of full replicas; in a steady state the scale is 1).
         steps = np.maximum(output - 1.0, 1.0)
         joined = rng.poisson(n[col] * steps)
         zero = np.zeros_like(prompt)
@@ -647,7 +843,10 @@ class FluidService(Service):
         mean_own = own.mean(axis=1, keepdims=True)
         another = np.roll(own, 1, axis=1)  # another prompt of the interval, for the skew
         extra = joined * mean_own + np.sqrt(joined) * (another - mean_own)
-        tpot = t_dec[col] + np.maximum(extra, 0.0) / steps
+        pace = (t_dec[col] + n[col] * mean_own)[:, 0]
+        first = t_adm + (ttft - fluid_wait)
+        scale = self._along(t0, t1, pace, first, steps) / pace[:, None]
+        tpot = (t_dec[col] + np.maximum(extra, 0.0) / steps) * scale
         multi = output > 1
         # Fills (_serve): a request taken into an empty replica waits for the prompts taken
         # before it (a uniform share u of fill_s), then decodes at the fill's pace, fill_t per
@@ -667,6 +866,21 @@ class FluidService(Service):
         return {"weight": w.ravel(), "ttft": ttft.ravel(), "tpot": tpot[multi],
                 "tpot_weight": w[multi], "e2e": e2e.ravel(), "wait": wait.ravel(),
                 "output": output.ravel()}
+
+    @staticmethod
+    def _along(t0: np.ndarray, t1: np.ndarray, pace: np.ndarray, start: np.ndarray,
+               tokens: np.ndarray) -> np.ndarray:
+        """Mean seconds per token of `tokens` iterations from `start`, when iterations last
+        pace[i] during interval [t0[i], t1[i]] (the intervals in time order; a gap, and the
+        time after the last, at the pace before it): the iterations run by time t are
+        C(t) = integral of 1 / pace, and the last token comes at C^-1(C(start) + tokens)."""
+        pace = np.maximum(pace, 1e-9)
+        ends = np.append(t0[1:], t1[-1] + 1e9)  # each interval's pace holds until the next
+        times = np.concatenate(([t0[0]], ends))
+        count = np.concatenate(([0.0], np.cumsum((ends - t0) / pace)))
+        c0 = np.interp(start, times, count)
+        done = np.interp(c0 + tokens, count, times)
+        return (done - np.maximum(start, t0[0])) / tokens
 
     def summary(self, horizon: float) -> dict[str, Any]:
         lat = self._latency
