@@ -32,7 +32,9 @@ arrivals of the interval and a backlog Q, and computes:
    prefill (x_pf prompts/s in iterations filled to the token budget), it holds the excess w
    unprefilled and completes little until w is prefilled. Requests that wait are taken at
    once by replicas that become ready (a fill): those prefill l_top prompts back to back in
-   iterations filled to the token budget, completing nothing until done. A scaled-down
+   iterations filled to the token budget; the share already prefilled decodes meanwhile, one
+   token per fill iteration, and what waits takes the seats its completions free (prefilled
+   last, so the fill ends that much later). A scaled-down
    replica's requests drain outside the autoscaler's count. The share of time a replica
    iterates (for the ledger) is 1 - exp(-L / R) (a Poisson number in service). The
    autoscaler's concurrency metric is L + Q plus the fluctuation of a count about the flow
@@ -291,6 +293,7 @@ class FluidService(Service):
         self.fill_s = float(self.op_l[-1]) * ei / float(room[0]) * self.fill_t
         #: Prompts per second a replica prefills in iterations filled to the budget.
         self.prefill_rate = float(self.op_l[-1]) / self.fill_s
+        self._dec_steps = dec_steps
         self._completion_table(resid, dec_steps)
         # Plain lists for the per-interval look-ups (bisect on floats beats numpy there).
         self._op_xs = self.op_x.tolist()
@@ -529,9 +532,11 @@ class FluidService(Service):
 
         Free seats while requests wait are those of replicas that just became ready: they take
         l_top requests each at once and prefill their prompts back to back, in iterations
-        filled to the token budget (fill_s in all), completing nothing meanwhile; then their
-        requests join the others in service. A replica joining a backlog serves little until
-        it has prefilled it, as in `fast`."""
+        filled to the token budget (fill_s in all). The share prefilled so far decodes, one
+        token per fill iteration, and completes (D / (E[O] - 1) per iteration); the backlog
+        takes the seats that frees at once, and their prompts, prefilled last, make the fill
+        longer by their share of it. Then the fill's requests join the others in service. A
+        replica joining a backlog serves little until it has prefilled it, as in `fast`."""
         r = len(self.ready)
         total, backlog = self._in_service, self._backlog
         l_top = self._op_l_list[-1]
@@ -546,8 +551,8 @@ class FluidService(Service):
         admitted = area = filled = 0.0
         for step in range(steps):
             t = now + step * h
-            while self._fills and self._fills[0][0] <= t:  # prefilled: they join the rest
-                self._fills.pop(0)
+            if self._fills and min(end for end, _ in self._fills) <= t:
+                self._fills = [c for c in self._fills if c[0] > t]  # prefilled: they join the rest
             filling = sum(f for _, f in self._fills)
             r_free = max(r - filling / l_top, 1e-9)
             held = total - filling
@@ -561,6 +566,28 @@ class FluidService(Service):
                 if self._fill_at is None:
                     self._fill_at = t
                 filling += take
+                r_free = max(r - filling / l_top, 1e-9)
+            if self._fills and self._dec_steps > 0:
+                # A fill's prompts are prefilled in order, so a share of its requests already
+                # decode, one token per fill iteration: they complete meanwhile (D / (E[O] - 1)
+                # per iteration), and what waits takes their seats at once, as in `fast`.
+                cohorts = []
+                for end, count in self._fills:
+                    decoding = count * min(max((t + h / 2.0 - end) / self.fill_s + 1.0, 0.0),
+                                           1.0)
+                    done = min(decoding * h / (self._dec_steps * self.fill_t), count)
+                    refill = min(done, backlog)
+                    backlog -= refill
+                    admitted += refill
+                    filled += refill
+                    total -= done - refill
+                    area -= done * h / 2.0
+                    # The prompts taken into freed seats are prefilled after the rest, at the
+                    # fill's pace: the fill ends that much later (l_top / x_pf = fill_s).
+                    later = refill * self.fill_s / count if count > 0 else 0.0
+                    cohorts.append((end + later, count - done + refill))
+                self._fills = cohorts
+                filling = sum(f for _, f in cohorts)
                 r_free = max(r - filling / l_top, 1e-9)
             a = lam / r_free
             l0 = held / r_free
