@@ -581,7 +581,7 @@ class FluidService(Service):
                     admitted += refill
                     filled += refill
                     total -= done - refill
-                    area -= done * h / 2.0
+                    area += (done - refill) * h / 2.0  # the mean over the step, not its end
                     # The prompts taken into freed seats are prefilled after the rest, at the
                     # fill's pace: the fill ends that much later (l_top / x_pf = fill_s).
                     later = refill * self.fill_s / count if count > 0 else 0.0
