@@ -357,13 +357,18 @@ class FluidService(Service):
         batch_of = np.stack([t, t_decode, n, d], axis=-1).reshape(TABLE_L, TABLE_A, 4)
         self._batch_rows = batch_of.tolist()
 
-    def _completion(self, held: float, admit: float) -> tuple[float, float]:
-        """(G(l, a), dG/dl at fixed a) per replica: bilinear on the table, the slope that of
-        the l segment holding `held` (so an exponential-Euler step is exact within it)."""
+    def _cell(self, held: float, admit: float) -> tuple[int, int, float, float]:
+        """The completion table's cell holding (held, admit), clamped to the grid, and the
+        position within it: (i, j, u, v)."""
         fl = min(max(held / self._g_dl, 0.0), TABLE_L - 1.000001)
         fa = min(max(admit / self._g_da, 0.0), TABLE_A - 1.000001)
         i, j = int(fl), int(fa)
-        u, v = fl - i, fa - j
+        return i, j, fl - i, fa - j
+
+    def _completion(self, held: float, admit: float) -> tuple[float, float]:
+        """(G(l, a), dG/dl at fixed a) per replica: bilinear on the table, the slope that of
+        the l segment holding `held` (so an exponential-Euler step is exact within it)."""
+        i, j, u, v = self._cell(held, admit)
         lo, hi = self._g_rows[i], self._g_rows[i + 1]
         g_lo = lo[j] + v * (lo[j + 1] - lo[j])
         g_hi = hi[j] + v * (hi[j + 1] - hi[j])
@@ -372,10 +377,7 @@ class FluidService(Service):
     def _batch(self, held: float, admit: float) -> list[float]:
         """(t, t_decode, n, D) of a replica holding `held` requests while it admits `admit`
         per second (bilinear on the completion table's grid)."""
-        fl = min(max(held / self._g_dl, 0.0), TABLE_L - 1.000001)
-        fa = min(max(admit / self._g_da, 0.0), TABLE_A - 1.000001)
-        i, j = int(fl), int(fa)
-        u, v = fl - i, fa - j
+        i, j, u, v = self._cell(held, admit)
         rows = self._batch_rows
         w = ((1.0 - u) * (1.0 - v), (1.0 - u) * v, u * (1.0 - v), u * v)
         corners = (rows[i][j], rows[i][j + 1], rows[i + 1][j], rows[i + 1][j + 1])
