@@ -295,6 +295,8 @@ class FluidService(Service):
         self.prefill_rate = float(self.op_l[-1]) / self.fill_s
         self._dec_steps = dec_steps
         self._completion_table(resid, dec_steps)
+        #: G at every seat taken while prompts wait unprefilled (_serve's full replicas).
+        self._full_prefilling = self._completion(float(self.op_l[-1]), self.prefill_rate)[0]
         # Plain lists for the per-interval look-ups (bisect on floats beats numpy there).
         self._op_xs = self.op_x.tolist()
         self._op_l_list = self.op_l.tolist()
@@ -622,7 +624,7 @@ class FluidService(Service):
             if full > 0:  # full: admits what completes, the rest waits
                 x_top = self._op_xs[-1]
                 if w > 0:  # the prompts admitted but not prefilled go first, little completes
-                    slow = self._completion(l_top, x_pf)[0]
+                    slow = self._full_prefilling
                     clear = min(w / max(x_pf - slow, 1e-9), full)
                     w -= (x_pf - slow) * clear
                     x_top = (slow * clear + x_top * (full - clear)) / full
