@@ -4,7 +4,7 @@
     python docs/gen_serving.py --check  # exit 1 if the file is out of date
 
 Each section sits between a pair of HTML-comment markers in the Markdown file:
-- `constants`: the inference constants of src/aifactory_sim/catalog/calibration.yaml, per family.
+- `constants`: the inference constants of aifactory_sim/catalog/calibration.yaml, per family.
 - `example`: one replica of Llama 3 70B, FP8, TP4 on H100-SXM: memory, KV capacity and the
   phases of a few iterations, from kernels/inference.py.
 - `tensorrt`: the five TensorRT-LLM rows (Llama 3.1 8B FP8, one H100) run through the engine as

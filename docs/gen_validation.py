@@ -4,7 +4,7 @@
     python docs/gen_validation.py --check  # exit 1 if the file is out of date
 
 Three tables, each between a pair of HTML-comment markers in the Markdown file:
-- `calibration`: the constants of src/aifactory_sim/catalog/calibration.yaml, per family.
+- `calibration`: the constants of aifactory_sim/catalog/calibration.yaml, per family.
 - `validation`: every row of shared/reference/megatron_2021_table1.csv (Narayanan et al., SC'21,
   Table 1) against `aifactory_sim.estimate_training`, and the largest error.
 - `crosscheck`: Llama 3 405B on 16,384 H100 against the Llama 3 paper (Table 4): reported, not

@@ -12,7 +12,7 @@ import pytest
 import aifactory_sim as af
 
 ROOT = Path(__file__).resolve().parents[1]
-CHAT = ROOT / "src" / "aifactory_sim" / "scenarios" / "chat-diurnal.yaml"
+CHAT = ROOT / "aifactory_sim" / "scenarios" / "chat-diurnal.yaml"
 
 
 def test_serving_page_is_current():

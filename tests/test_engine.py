@@ -17,7 +17,7 @@ from aifactory_sim.engine.factory import Factory, rng_for
 from aifactory_sim.engine.storage import max_min_share
 from aifactory_sim.results import summary_json
 
-SCENARIOS = sorted((Path(__file__).parents[1] / "src" / "aifactory_sim" / "scenarios").glob(
+SCENARIOS = sorted((Path(__file__).parents[1] / "aifactory_sim" / "scenarios").glob(
     "*.yaml"))
 
 

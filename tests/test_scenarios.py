@@ -1,4 +1,4 @@
-"""The bundled scenario library (src/aifactory_sim/scenarios/): every file validates and says where
+"""The bundled scenario library (aifactory_sim/scenarios/): every file validates and says where
 its numbers come from; the GB200 variant and the build-or-rent study pass a physics check each.
 
 Kept fast: validation and the step-time estimate, and one short run (build-or-rent, one day)."""
