@@ -1,11 +1,11 @@
 """aifactory_sim: a discrete-event simulator of an AI factory.
 
-    import aifactory_sim as af
-    sim = af.load("scenarios/pretrain-llama3-70b.yaml")
-    res = af.run(sim)
-    res.summary["ledger_gpu_h"]
-    df = af.sweep(sim, {"training.0.parallel.dp": [16, 32]}, seeds=3)
-    af.summarize(df, "utilisation.training")
+import aifactory_sim as af
+sim = af.load("scenarios/pretrain-llama3-70b.yaml")
+res = af.run(sim)
+res.summary["ledger_gpu_h"]
+df = af.sweep(sim, {"training.0.parallel.dp": [16, 32]}, seeds=3)
+af.summarize(df, "utilisation.training")
 """
 
 from __future__ import annotations

@@ -43,8 +43,9 @@ def _overrides(pairs: list[str]) -> dict[str, Any]:
     for pair in pairs:
         path, sep, value = pair.partition("=")
         if not sep or not path.strip():
-            raise ScenarioError(f"--set expects path=value (e.g. training.0.parallel.dp=64), "
-                                f"got {pair!r}")
+            raise ScenarioError(
+                f"--set expects path=value (e.g. training.0.parallel.dp=64), got {pair!r}"
+            )
         out[path.strip()] = parse_value(value)
     return out
 
@@ -99,9 +100,11 @@ def _cmd_report(args: argparse.Namespace) -> int:
 def _cmd_validate(args: argparse.Namespace) -> int:
     scenario = _load(args.scenario, args.set)
     gpus = sum(p.gpus for p in scenario.cluster.node_pools)
-    print(f"ok: {scenario.name}: {len(scenario.cluster.node_pools)} pool(s), {gpus:,} GPUs, "
-          f"{len(scenario.training)} training job(s), {len(scenario.inference)} inference "
-          f"service(s), {scenario.duration / 86400:g} days")
+    print(
+        f"ok: {scenario.name}: {len(scenario.cluster.node_pools)} pool(s), {gpus:,} GPUs, "
+        f"{len(scenario.training)} training job(s), {len(scenario.inference)} inference "
+        f"service(s), {scenario.duration / 86400:g} days"
+    )
     return 0
 
 
@@ -113,8 +116,10 @@ def _sweep_grid(pairs: list[str]) -> dict[str, list[Any]]:
         path, sep, text = pair.partition("=")
         path = path.strip()
         if not sep or not path or not text.strip():
-            raise ScenarioError(f"--grid expects path=v1,v2,... (e.g. training.0.parallel.dp="
-                                f"16,32,64) or path=[v1, v2], got {pair!r}")
+            raise ScenarioError(
+                f"--grid expects path=v1,v2,... (e.g. training.0.parallel.dp="
+                f"16,32,64) or path=[v1, v2], got {pair!r}"
+            )
         if path in grid:
             raise ScenarioError(f"--grid {path} is given twice; list all its values once")
         if text.strip().startswith("["):
@@ -138,8 +143,10 @@ def _sweep_ranges(pairs: list[str], flag: str) -> dict[str, tuple[float, float]]
         bounds = (parse_value(lo.strip()), parse_value(hi.strip()))
         numbers = all(isinstance(b, int | float) and not isinstance(b, bool) for b in bounds)
         if not sep or not path or not colon or not numbers or not bounds[0] < bounds[1]:
-            raise ScenarioError(f"{flag} expects path=lo:hi, two numbers with lo < hi (e.g. "
-                                f"inference.0.traffic.rate_rps=5:20), got {pair!r}")
+            raise ScenarioError(
+                f"{flag} expects path=lo:hi, two numbers with lo < hi (e.g. "
+                f"inference.0.traffic.rate_rps=5:20), got {pair!r}"
+            )
         if path in ranges:
             raise ScenarioError(f"{flag} {path} is given twice")
         ranges[path] = bounds  # type: ignore[assignment]
@@ -147,8 +154,7 @@ def _sweep_ranges(pairs: list[str], flag: str) -> dict[str, tuple[float, float]]
 
 
 #: Summary keys shown by `sweep` when no --metric is given (those the runs have).
-HEADLINE = ("utilisation.training", "utilisation.serving", "energy_mwh",
-            "cost_usd.private.total")
+HEADLINE = ("utilisation.training", "utilisation.serving", "energy_mwh", "cost_usd.private.total")
 HEADLINE_SERVICE = ("ttft_s.p99", "usd_per_mtok.private")
 HEADLINE_JOB = ("ettr",)
 
@@ -157,9 +163,9 @@ def _headline(df: Any) -> list[str]:
     cols = [c for c in HEADLINE if c in df.columns]
     for c in df.columns:
         parts = c.split(".")
-        if (len(parts) >= 3 and parts[0] == "inference"
-                and ".".join(parts[2:]) in HEADLINE_SERVICE) or (
-                len(parts) == 3 and parts[0] == "training" and parts[2] in HEADLINE_JOB):
+        if (
+            len(parts) >= 3 and parts[0] == "inference" and ".".join(parts[2:]) in HEADLINE_SERVICE
+        ) or (len(parts) == 3 and parts[0] == "training" and parts[2] in HEADLINE_JOB):
             cols.append(c)
     return [c for c in cols if (df[c].fillna(0) != 0).any()][:6]  # leave out all-zero ones
 
@@ -179,8 +185,9 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         raise ScenarioError("--lhs and --random are two designs; give one of them")
     ranges = _sweep_ranges(args.lhs or args.random or [], "--lhs" if args.lhs else "--random")
     if ranges and args.n is None:
-        raise ScenarioError(f"{'--lhs' if args.lhs else '--random'} needs --n N, the number of "
-                            "points to draw")
+        raise ScenarioError(
+            f"{'--lhs' if args.lhs else '--random'} needs --n N, the number of points to draw"
+        )
     if args.n is not None and not ranges:
         raise ScenarioError("--n needs --lhs or --random ranges to draw the points in")
     if args.n is not None and args.n < 1:
@@ -190,8 +197,10 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     if args.workers is not None and args.workers < 1:
         raise ScenarioError(f"--workers must be >= 1, got {args.workers}")
     if args.dask and args.workers is not None:
-        raise ScenarioError("--workers sizes the local process pool; with --dask the cluster "
-                            "has its own workers: drop one of them")
+        raise ScenarioError(
+            "--workers sizes the local process pool; with --dask the cluster "
+            "has its own workers: drop one of them"
+        )
     if args.resume and not args.out:
         raise ScenarioError("--resume needs --out DIR, the folder of the sweep to finish")
     if args.plot and not args.out:
@@ -206,8 +215,9 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         try:
             client = Client(args.dask, timeout="10s")
         except (OSError, TimeoutError) as err:
-            raise ScenarioError(f"--dask: cannot reach a scheduler at {args.dask!r} ({err})"
-                                ) from None
+            raise ScenarioError(
+                f"--dask: cannot reach a scheduler at {args.dask!r} ({err})"
+            ) from None
         executor = client
     try:
         df = sweep(
@@ -231,19 +241,28 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     shown = args.metric or _headline(df)
     missing = [m for m in shown if m not in df.columns]
     if missing:
-        raise ScenarioError(f"--metric {missing[0]}: no such column in the sweep table (the "
-                            "summary flattened to dotted keys, e.g. utilisation.training)")
+        raise ScenarioError(
+            f"--metric {missing[0]}: no such column in the sweep table (the "
+            "summary flattened to dotted keys, e.g. utilisation.training)"
+        )
     failed = int(df["error"].notna().sum())
     if args.replications > 1:
         stats = summarize(df, shown)
-        wide = stats[params].drop_duplicates().reset_index(drop=True) if params else (
-            pd.DataFrame(index=[0]))
+        wide = (
+            stats[params].drop_duplicates().reset_index(drop=True)
+            if params
+            else (pd.DataFrame(index=[0]))
+        )
         for metric in shown:
             part = stats[stats["metric"] == metric].reset_index(drop=True)
-            wide[metric] = [f"{_fmt(m)} ± {_fmt((hi - lo) / 2)}" for m, lo, hi in
-                            zip(part["mean"], part["ci95_lo"], part["ci95_hi"], strict=True)]
-        print(f"{len(wide)} points x {args.replications} replications: mean ± half-width of "
-              "its 95 % confidence interval (Student's t)")
+            wide[metric] = [
+                f"{_fmt(m)} ± {_fmt((hi - lo) / 2)}"
+                for m, lo, hi in zip(part["mean"], part["ci95_lo"], part["ci95_hi"], strict=True)
+            ]
+        print(
+            f"{len(wide)} points x {args.replications} replications: mean ± half-width of "
+            "its 95 % confidence interval (Student's t)"
+        )
         print(wide.to_string(index=False))
     else:
         print(f"{len(df)} points")
@@ -264,8 +283,10 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
             elif len(params) == 1:
                 sweep_plots.metric_vs_param(df, args.plot, save=name)
             else:
-                raise ScenarioError("--plot draws a sweep of one parameter (the metric against "
-                                    f"it) or two (a heatmap); this one has {len(params)}")
+                raise ScenarioError(
+                    "--plot draws a sweep of one parameter (the metric against "
+                    f"it) or two (a heatmap); this one has {len(params)}"
+                )
             print(f"wrote {name}")
     return 0
 
@@ -285,13 +306,19 @@ def _cmd_catalog(args: argparse.Namespace) -> int:
         print(f"{plural}:")
         fields = list(dict.fromkeys(k for e in table.values() for k in e if k != "source"))
         width = max(len(n) for n in table) + 2
-        widths = [max(len(f), *(len(str(e.get(f, "-"))) for e in table.values())) + 2
-                  for f in fields]
-        print("  " + "name".ljust(width) + "".join(f"{f:>{w}}" for f, w in zip(fields, widths,
-                                                                                   strict=True)))
+        widths = [
+            max(len(f), *(len(str(e.get(f, "-"))) for e in table.values())) + 2 for f in fields
+        ]
+        print(
+            "  "
+            + "name".ljust(width)
+            + "".join(f"{f:>{w}}" for f, w in zip(fields, widths, strict=True))
+        )
         for name, entry in table.items():
-            cells = "".join(f"{'-' if entry.get(f) is None else entry.get(f)!s:>{w}}"
-                            for f, w in zip(fields, widths, strict=True))
+            cells = "".join(
+                f"{'-' if entry.get(f) is None else entry.get(f)!s:>{w}}"
+                for f, w in zip(fields, widths, strict=True)
+            )
             print("  " + name.ljust(width) + cells)
         print("  sources:")
         for name, entry in table.items():
@@ -300,29 +327,45 @@ def _cmd_catalog(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="aifactory-sim", description="Simulate an AI factory: GPU clusters that "
-                "train and serve generative-AI models.")
+    p = _Parser(
+        prog="aifactory-sim",
+        description="Simulate an AI factory: GPU clusters that "
+        "train and serve generative-AI models.",
+    )
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     r = sub.add_parser("run", help="run a scenario and write its results")
     r.add_argument("scenario", nargs="?", help="scenario file (default: the bundled one)")
     r.add_argument("--out", help="results folder (default: results/NAME-HASH)")
     r.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
-    r.add_argument("--set", action="append", default=[], metavar="PATH=VALUE",
-                   help="override a field, e.g. training.0.parallel.dp=64 (repeatable)")
+    r.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="PATH=VALUE",
+        help="override a field, e.g. training.0.parallel.dp=64 (repeatable)",
+    )
     r.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
     r.add_argument("--no-save", action="store_true", help="write no files")
-    r.add_argument("--force", action="store_true",
-                   help="overwrite an --out folder that holds other files")
-    r.add_argument("--report", action="store_true",
-                   help="also write the review report (report.html) into the results folder")
+    r.add_argument(
+        "--force", action="store_true", help="overwrite an --out folder that holds other files"
+    )
+    r.add_argument(
+        "--report",
+        action="store_true",
+        help="also write the review report (report.html) into the results folder",
+    )
     r.set_defaults(func=_cmd_run)
 
-    rep = sub.add_parser("report", help="write the review report (one HTML page) of a results "
-                         "folder")
+    rep = sub.add_parser(
+        "report", help="write the review report (one HTML page) of a results folder"
+    )
     rep.add_argument("results_dir", metavar="RESULTS_DIR", help="a folder written by `run`")
-    rep.add_argument("--out", help="the page to write (default: RESULTS_DIR/report.html); the "
-                     "figures go beside it as NAME-FIGURE.png")
+    rep.add_argument(
+        "--out",
+        help="the page to write (default: RESULTS_DIR/report.html); the "
+        "figures go beside it as NAME-FIGURE.png",
+    )
     rep.set_defaults(func=_cmd_report)
 
     v = sub.add_parser("validate", help="check a scenario without running it")
@@ -330,31 +373,71 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--set", action="append", default=[], metavar="PATH=VALUE")
     v.set_defaults(func=_cmd_validate)
 
-    sw = sub.add_parser("sweep", help="run a scenario over a grid or a sample of variants, "
-                        "with replications, on local cores or a Dask cluster")
+    sw = sub.add_parser(
+        "sweep",
+        help="run a scenario over a grid or a sample of variants, "
+        "with replications, on local cores or a Dask cluster",
+    )
     sw.add_argument("scenario", nargs="?", help="scenario file (default: the bundled one)")
-    sw.add_argument("--grid", action="append", default=[], metavar="PATH=V1,V2",
-                    help="sweep a field over these values (repeatable: the full factorial)")
-    sw.add_argument("--lhs", action="append", metavar="PATH=LO:HI",
-                    help="draw the field from [LO, HI] by Latin hypercube (repeatable; --n)")
-    sw.add_argument("--random", action="append", metavar="PATH=LO:HI",
-                    help="draw the field uniformly from [LO, HI] (repeatable; --n)")
+    sw.add_argument(
+        "--grid",
+        action="append",
+        default=[],
+        metavar="PATH=V1,V2",
+        help="sweep a field over these values (repeatable: the full factorial)",
+    )
+    sw.add_argument(
+        "--lhs",
+        action="append",
+        metavar="PATH=LO:HI",
+        help="draw the field from [LO, HI] by Latin hypercube (repeatable; --n)",
+    )
+    sw.add_argument(
+        "--random",
+        action="append",
+        metavar="PATH=LO:HI",
+        help="draw the field uniformly from [LO, HI] (repeatable; --n)",
+    )
     sw.add_argument("--n", type=int, help="points to draw over the --lhs/--random ranges")
-    sw.add_argument("--replications", type=int, default=1, metavar="R",
-                    help="runs of each point, each with its own seed (default 1)")
-    sw.add_argument("--workers", type=int, metavar="W",
-                    help="local processes (default: one per core)")
-    sw.add_argument("--dask", metavar="ADDRESS",
-                    help="run on a Dask cluster, e.g. tcp://10.0.0.5:8786 (needs the dask extra)")
+    sw.add_argument(
+        "--replications",
+        type=int,
+        default=1,
+        metavar="R",
+        help="runs of each point, each with its own seed (default 1)",
+    )
+    sw.add_argument(
+        "--workers", type=int, metavar="W", help="local processes (default: one per core)"
+    )
+    sw.add_argument(
+        "--dask",
+        metavar="ADDRESS",
+        help="run on a Dask cluster, e.g. tcp://10.0.0.5:8786 (needs the dask extra)",
+    )
     sw.add_argument("--out", help="folder for the manifest, one file per run and sweep.csv")
-    sw.add_argument("--resume", action="store_true",
-                    help="finish the sweep in --out: run only the points not yet there")
-    sw.add_argument("--set", action="append", default=[], metavar="PATH=VALUE",
-                    help="a fixed override for every point (repeatable)")
-    sw.add_argument("--metric", action="append", metavar="KEY",
-                    help="summary key to print, e.g. inference.chat.ttft_s.p99 (repeatable)")
-    sw.add_argument("--plot", metavar="KEY", help="also draw this metric into --out: against "
-                    "the parameter, or a heatmap over two")
+    sw.add_argument(
+        "--resume",
+        action="store_true",
+        help="finish the sweep in --out: run only the points not yet there",
+    )
+    sw.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="PATH=VALUE",
+        help="a fixed override for every point (repeatable)",
+    )
+    sw.add_argument(
+        "--metric",
+        action="append",
+        metavar="KEY",
+        help="summary key to print, e.g. inference.chat.ttft_s.p99 (repeatable)",
+    )
+    sw.add_argument(
+        "--plot",
+        metavar="KEY",
+        help="also draw this metric into --out: against the parameter, or a heatmap over two",
+    )
     sw.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     sw.set_defaults(func=_cmd_sweep)
 
@@ -378,8 +461,11 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:  # an internal error: say so plainly
         if os.environ.get("AIFACTORY_DEBUG"):
             traceback.print_exc()
-        print(f"internal error: {type(err).__name__}: {err} (set AIFACTORY_DEBUG=1 for the "
-              "traceback; please report it)", file=sys.stderr)
+        print(
+            f"internal error: {type(err).__name__}: {err} (set AIFACTORY_DEBUG=1 for the "
+            "traceback; please report it)",
+            file=sys.stderr,
+        )
         return 1
 
 

@@ -33,8 +33,16 @@ if TYPE_CHECKING:
 
 #: Columns of `Results.power` (power.csv). The split columns are facility watts and sum to
 #: facility_w.
-POWER_COLUMNS = ("time_s", "gpu_w", "node_w", "it_w", "facility_w", "training_w", "serving_w",
-                 "idle_w")
+POWER_COLUMNS = (
+    "time_s",
+    "gpu_w",
+    "node_w",
+    "it_w",
+    "facility_w",
+    "training_w",
+    "serving_w",
+    "idle_w",
+)
 
 #: Ledger buckets of GPUs held by training jobs, computing and not.
 TRAIN_COMPUTE = ("training", "lost_work", "data_stall")
@@ -71,10 +79,15 @@ def constants(sc: Scenario) -> Constants:
         gpus=gpus,
         nodes=sum(p.nodes for p in pools),
         tdp_w=mean(tdps),
-        idle_w=mean([float(kp.gpu_power_w(0.0, t, i, cap)) for t, i in zip(tdps, idles,
-                                                                           strict=True)]),
-        serving_w=mean([float(kp.gpu_power_w(kp.SERVING_ACTIVITY, t, i, cap))
-                        for t, i in zip(tdps, idles, strict=True)]),
+        idle_w=mean(
+            [float(kp.gpu_power_w(0.0, t, i, cap)) for t, i in zip(tdps, idles, strict=True)]
+        ),
+        serving_w=mean(
+            [
+                float(kp.gpu_power_w(kp.SERVING_ACTIVITY, t, i, cap))
+                for t, i in zip(tdps, idles, strict=True)
+            ]
+        ),
         overhead_w=float(sum(p.nodes * sc.power.node_overhead_w for p in pools) / gpus),
         cap_w=cap,
         pue=sc.power.pue,
@@ -107,8 +120,11 @@ def training_gpu_w(sc: Scenario, summary: dict[str, Any], c: Constants) -> float
         if w > 0:
             weights.append(w)
             powers.append(job_compute_w(sc, {**job, "name": name}))
-    compute_w = float(np.average(powers, weights=weights)) if weights else float(
-        kp.gpu_power_w(1.0, c.tdp_w, c.idle_w, c.cap_w))
+    compute_w = (
+        float(np.average(powers, weights=weights))
+        if weights
+        else float(kp.gpu_power_w(1.0, c.tdp_w, c.idle_w, c.cap_w))
+    )
     return (compute_h * compute_w + stall_h * c.idle_w) / (compute_h + stall_h)
 
 
@@ -128,8 +144,9 @@ def _busy_at(services: pd.DataFrame | None, t: np.ndarray) -> np.ndarray:
     return busy
 
 
-def gpu_states(timeseries: pd.DataFrame, services: pd.DataFrame | None, gpus: int,
-               duration: float) -> pd.DataFrame:
+def gpu_states(
+    timeseries: pd.DataFrame, services: pd.DataFrame | None, gpus: int, duration: float
+) -> pd.DataFrame:
     """GPUs by state as a step function from each `time_s` on: held by training jobs; held by
     services and iterating (their ticks' mean busy GPUs) or not; held by no one's work
     (allocated, neither); down; free. The states add up to the cluster's `gpus`."""
@@ -150,19 +167,22 @@ def gpu_states(timeseries: pd.DataFrame, services: pd.DataFrame | None, gpus: in
             state[k] = np.where(idx >= 0, col[np.maximum(idx, 0)], 0.0)
     serve = state["serving_gpus"]
     busy = np.minimum(_busy_at(services, t), serve)
-    return pd.DataFrame({
-        "time_s": t,
-        "training": state["training_gpus"],
-        "serving_busy": busy,
-        "serving_idle": serve - busy,
-        "held_idle": np.maximum(state["allocated_gpus"] - state["training_gpus"] - serve, 0.0),
-        "down": state["down_gpus"],
-        "free": np.maximum(gpus - state["allocated_gpus"] - state["down_gpus"], 0.0),
-    })
+    return pd.DataFrame(
+        {
+            "time_s": t,
+            "training": state["training_gpus"],
+            "serving_busy": busy,
+            "serving_idle": serve - busy,
+            "held_idle": np.maximum(state["allocated_gpus"] - state["training_gpus"] - serve, 0.0),
+            "down": state["down_gpus"],
+            "free": np.maximum(gpus - state["allocated_gpus"] - state["down_gpus"], 0.0),
+        }
+    )
 
 
-def power_timeline(sc: Scenario, summary: dict[str, Any], timeseries: pd.DataFrame,
-                   services: pd.DataFrame | None) -> pd.DataFrame:
+def power_timeline(
+    sc: Scenario, summary: dict[str, Any], timeseries: pd.DataFrame, services: pd.DataFrame | None
+) -> pd.DataFrame:
     """The facility power step function (POWER_COLUMNS); the last row, at the run's end,
     repeats the one before it and closes the timeline."""
     c = constants(sc)
@@ -181,16 +201,18 @@ def power_timeline(sc: Scenario, summary: dict[str, Any], timeseries: pd.DataFra
     node_w = (c.gpus - down) * c.overhead_w
     it_w = gpu_w + node_w
     o = c.overhead_w
-    frame = pd.DataFrame({
-        "time_s": t,
-        "gpu_w": gpu_w,
-        "node_w": node_w,
-        "it_w": it_w,
-        "facility_w": kp.facility_power_w(it_w, c.pue),
-        "training_w": c.pue * (train_gpu + train * o),
-        "serving_w": c.pue * (serve_gpu + serve * o),
-        "idle_w": c.pue * (idle_gpu + (unalloc + other) * o),
-    })
+    frame = pd.DataFrame(
+        {
+            "time_s": t,
+            "gpu_w": gpu_w,
+            "node_w": node_w,
+            "it_w": it_w,
+            "facility_w": kp.facility_power_w(it_w, c.pue),
+            "training_w": c.pue * (train_gpu + train * o),
+            "serving_w": c.pue * (serve_gpu + serve * o),
+            "idle_w": c.pue * (idle_gpu + (unalloc + other) * o),
+        }
+    )
     last = frame.iloc[[-1]].assign(time_s=duration)
     return pd.concat([frame, last], ignore_index=True)[list(POWER_COLUMNS)]
 
@@ -206,8 +228,7 @@ def _per_mtok(usd: float, tokens: float, per: float) -> float | None:
     return None if tokens <= 0 else usd / (tokens / per)
 
 
-def energy_and_cost(sc: Scenario, summary: dict[str, Any],
-                    power: pd.DataFrame) -> dict[str, Any]:
+def energy_and_cost(sc: Scenario, summary: dict[str, Any], power: pd.DataFrame) -> dict[str, Any]:
     """Summary additions: top-level keys, and per-job and per-service keys under
     "training" / "inference" (merged into the summary by Results.from_factory)."""
     c = constants(sc)
@@ -220,11 +241,19 @@ def energy_and_cost(sc: Scenario, summary: dict[str, Any],
     ledger = summary["ledger_gpu_h"]
     # owning: every GPU of the cluster for the whole run
     gpn = c.gpus / c.nodes
-    k = kp.capex_per_gpu_hour_usd(cost.node_capex_usd, cost.network_capex_per_node_usd, gpn,
-                                  cost.amortization_years)
-    k_opex = kp.capex_per_gpu_hour_usd(cost.node_capex_usd, cost.network_capex_per_node_usd,
-                                       gpn, cost.amortization_years,
-                                       cost.opex_share_per_year) - k
+    k = kp.capex_per_gpu_hour_usd(
+        cost.node_capex_usd, cost.network_capex_per_node_usd, gpn, cost.amortization_years
+    )
+    k_opex = (
+        kp.capex_per_gpu_hour_usd(
+            cost.node_capex_usd,
+            cost.network_capex_per_node_usd,
+            gpn,
+            cost.amortization_years,
+            cost.opex_share_per_year,
+        )
+        - k
+    )
     capex = k * c.gpus * hours
     opex = k_opex * c.gpus * hours
     energy_usd = energy_kwh * price
@@ -240,19 +269,30 @@ def energy_and_cost(sc: Scenario, summary: dict[str, Any],
         "spot": rate(cost.cloud_spot_usd_per_gpu_hour),
         "total": used_h * cost.cloud_usd_per_gpu_hour,
     }
-    private = {"capex": capex, "opex": opex, "energy": energy_usd,
-               "total": capex + opex + energy_usd}
+    private = {
+        "capex": capex,
+        "opex": opex,
+        "energy": energy_usd,
+        "total": capex + opex + energy_usd,
+    }
     # break-even: per GPU-hour, idle vs the run's mean power of a used GPU (with overhead)
     p_idle = c.idle_w + c.overhead_w
     used_j = energy_j / c.pue - integral_j(power, "idle_w") / c.pue  # IT J of used GPUs
     p_busy = used_j / (used_h * 3600.0) if used_h > 0 else c.tdp_w + c.overhead_w
-    break_even = None if cost.cloud_usd_per_gpu_hour <= 0 else kp.break_even_utilisation(
-        k + k_opex, p_idle, p_busy, c.pue, price, cost.cloud_usd_per_gpu_hour)
+    break_even = (
+        None
+        if cost.cloud_usd_per_gpu_hour <= 0
+        else kp.break_even_utilisation(
+            k + k_opex, p_idle, p_busy, c.pue, price, cost.cloud_usd_per_gpu_hour
+        )
+    )
 
     def slice_cost(gpu_h: float, joules: float) -> dict[str, float]:
         """Owning: capex and opex of the GPU-hours held plus their energy; renting them."""
-        return {"private": (k + k_opex) * gpu_h + joules / 3.6e6 * price,
-                "cloud": gpu_h * cost.cloud_usd_per_gpu_hour}
+        return {
+            "private": (k + k_opex) * gpu_h + joules / 3.6e6 * price,
+            "cloud": gpu_h * cost.cloud_usd_per_gpu_hour,
+        }
 
     # per job: computing at its power, recovery at idle; the node overhead share; x PUE
     jobs: dict[str, dict[str, Any]] = {}
@@ -260,8 +300,11 @@ def energy_and_cost(sc: Scenario, summary: dict[str, Any],
         gpus = job.get("gpus") or 0
         run_s = job.get("running_s") or 0.0
         rec_s = (job.get("recovery_h") or 0.0) * 3600.0
-        joules = c.pue * gpus * (run_s * (job_compute_w(sc, {**job, "name": name})
-                                          + c.overhead_w) + rec_s * p_idle)
+        joules = (
+            c.pue
+            * gpus
+            * (run_s * (job_compute_w(sc, {**job, "name": name}) + c.overhead_w) + rec_s * p_idle)
+        )
         tokens = float(job.get("tokens_trained") or 0.0)
         usd = slice_cost(gpus * (run_s + rec_s) / 3600.0, joules)
         jobs[name] = {
@@ -275,8 +318,9 @@ def energy_and_cost(sc: Scenario, summary: dict[str, Any],
     for name, svc in summary["inference"].items():
         held_h = svc["gpu_h"]["held"]
         busy_h = svc["gpu_h"]["busy"]
-        joules = c.pue * 3600.0 * (busy_h * (c.serving_w + c.overhead_w)
-                                   + (held_h - busy_h) * p_idle)
+        joules = (
+            c.pue * 3600.0 * (busy_h * (c.serving_w + c.overhead_w) + (held_h - busy_h) * p_idle)
+        )
         tokens = float(svc["output_tokens"])
         usd = slice_cost(held_h, joules)
         services[name] = {
@@ -285,8 +329,7 @@ def energy_and_cost(sc: Scenario, summary: dict[str, Any],
             "usd_per_mtok": {k_: _per_mtok(v, tokens, 1e6) for k_, v in usd.items()},
         }
     train_j = integral_j(power, "training_w")
-    train_tokens = float(sum(j.get("tokens_trained") or 0.0
-                             for j in summary["training"].values()))
+    train_tokens = float(sum(j.get("tokens_trained") or 0.0 for j in summary["training"].values()))
     train_h = sum(ledger.get(b, 0.0) for b in (*TRAIN_COMPUTE, *TRAIN_STALL))
     facility = power["facility_w"].to_numpy(dtype=float)
     return {
@@ -302,8 +345,7 @@ def energy_and_cost(sc: Scenario, summary: dict[str, Any],
         "break_even_utilisation": break_even,
         "training_tokens_per_joule": train_tokens / train_j if train_j > 0 else None,
         "training_usd_per_btok": {
-            k_: _per_mtok(v, train_tokens, 1e9)
-            for k_, v in slice_cost(train_h, train_j).items()
+            k_: _per_mtok(v, train_tokens, 1e9) for k_, v in slice_cost(train_h, train_j).items()
         },
         "jobs": jobs,
         "services": services,

@@ -174,8 +174,9 @@ def estimate_training(
     gpn = np.asarray(gpus_per_node)
     nodes = tp_a * pp_a * dp_a * cp_a / gpn
     if cross_leaf_slowdown is not None:
-        slowdown = np.broadcast_to(np.asarray(cross_leaf_slowdown, dtype=np.float64),
-                                   np.shape(nodes)).copy()
+        slowdown = np.broadcast_to(
+            np.asarray(cross_leaf_slowdown, dtype=np.float64), np.shape(nodes)
+        ).copy()
     elif nodes_per_leaf is None:
         slowdown = np.ones_like(nodes, dtype=np.float64)
     else:
@@ -185,11 +186,20 @@ def estimate_training(
     bsz = np.asarray(global_batch_seqs, dtype=np.float64)
     seq = np.asarray(seq_len, dtype=np.float64)
     common = dict(
-        tp=tp_a, pp=pp_a, dp=dp_a, cp=cp_a, seq_len=seq, global_batch_seqs=bsz,
-        microbatch_seqs=microbatch_seqs, interleave=interleave, zero_stage=zero_stage,
-        gpus_per_node=gpn, nic_bytes_per_s=np.asarray(nic, dtype=np.float64) * 1e9 / 8.0,
+        tp=tp_a,
+        pp=pp_a,
+        dp=dp_a,
+        cp=cp_a,
+        seq_len=seq,
+        global_batch_seqs=bsz,
+        microbatch_seqs=microbatch_seqs,
+        interleave=interleave,
+        zero_stage=zero_stage,
+        gpus_per_node=gpn,
+        nic_bytes_per_s=np.asarray(nic, dtype=np.float64) * 1e9 / 8.0,
         net_alpha_s=np.asarray(net_latency_us, dtype=np.float64) * 1e-6,
-        cross_leaf_slowdown=slowdown, overlap_dp=overlap_dp,
+        cross_leaf_slowdown=slowdown,
+        overlap_dp=overlap_dp,
         data_bytes_per_step=bsz * seq * np.asarray(data_bytes_per_token, dtype=np.float64),
         data_bytes_per_s=np.asarray(data_gb_s, dtype=np.float64) * 1e9,
     )
@@ -197,9 +207,16 @@ def estimate_training(
     codes = _recompute_codes(recompute)
     if np.any(codes == AUTO):
         mem_args = dict(
-            tp=tp_a, pp=pp_a, dp=dp_a, cp=cp_a, seq_len=seq, microbatch_seqs=microbatch_seqs,
-            microbatches=bsz / (dp_a * np.asarray(microbatch_seqs)), interleave=interleave,
-            zero_stage=zero_stage, flash_attention=gargs["flash_attention"],
+            tp=tp_a,
+            pp=pp_a,
+            dp=dp_a,
+            cp=cp_a,
+            seq_len=seq,
+            microbatch_seqs=microbatch_seqs,
+            microbatches=bsz / (dp_a * np.asarray(microbatch_seqs)),
+            interleave=interleave,
+            zero_stage=zero_stage,
+            flash_attention=gargs["flash_attention"],
             sequence_parallel=gargs["sequence_parallel"],
         )
         fits_by_mode = [
@@ -212,8 +229,17 @@ def estimate_training(
     n_gpus = tp_a * pp_a * dp_a * cp_a
     t = r["step_time_s"]
     peak = gargs["peak_flops"]
-    breakdown_keys = ("gemm_s", "elementwise_s", "tp_comm_s", "cp_comm_s", "pp_comm_s",
-                      "bubble_s", "dp_comm_s", "optimizer_s", "data_stall_s")
+    breakdown_keys = (
+        "gemm_s",
+        "elementwise_s",
+        "tp_comm_s",
+        "cp_comm_s",
+        "pp_comm_s",
+        "bubble_s",
+        "dp_comm_s",
+        "optimizer_s",
+        "data_stall_s",
+    )
     return TrainingEstimate(
         step_time_s=_scalarise(t),
         tokens_per_s=_scalarise(bsz * seq / t),
@@ -285,19 +311,41 @@ def plan_training(
         raise ValueError(f"no parallel layout of {m.name} fits the rules on {gpus} GPUs")
     a = np.array(rows, dtype=np.int64)
     est = estimate_training(
-        m, g, tp=a[:, 0], pp=a[:, 1], dp=a[:, 2], cp=a[:, 3], microbatch_seqs=a[:, 4],
-        interleave=a[:, 5], recompute=a[:, 6], seq_len=seq_len,
-        global_batch_seqs=global_batch_seqs, zero_stage=zero_stage, gpus_per_node=gpus_per_node,
-        nic_gbit_s=nic_gbit_s, precision=precision, oversubscription=oversubscription,
+        m,
+        g,
+        tp=a[:, 0],
+        pp=a[:, 1],
+        dp=a[:, 2],
+        cp=a[:, 3],
+        microbatch_seqs=a[:, 4],
+        interleave=a[:, 5],
+        recompute=a[:, 6],
+        seq_len=seq_len,
+        global_batch_seqs=global_batch_seqs,
+        zero_stage=zero_stage,
+        gpus_per_node=gpus_per_node,
+        nic_gbit_s=nic_gbit_s,
+        precision=precision,
+        oversubscription=oversubscription,
         nodes_per_leaf=nodes_per_leaf,
     )
-    df = pd.DataFrame({
-        "tp": a[:, 0], "pp": a[:, 1], "dp": a[:, 2], "cp": a[:, 3],
-        "microbatch_seqs": a[:, 4], "interleave": a[:, 5], "recompute": _MODES[a[:, 6]],
-        "step_time_s": est.step_time_s, "tokens_per_s": est.tokens_per_s, "mfu": est.mfu,
-        "model_tflops_per_gpu": est.model_tflops_per_gpu,
-        "memory_gb_per_gpu": est.memory_gb_per_gpu, "fits": est.fits,
-    })
+    df = pd.DataFrame(
+        {
+            "tp": a[:, 0],
+            "pp": a[:, 1],
+            "dp": a[:, 2],
+            "cp": a[:, 3],
+            "microbatch_seqs": a[:, 4],
+            "interleave": a[:, 5],
+            "recompute": _MODES[a[:, 6]],
+            "step_time_s": est.step_time_s,
+            "tokens_per_s": est.tokens_per_s,
+            "mfu": est.mfu,
+            "model_tflops_per_gpu": est.model_tflops_per_gpu,
+            "memory_gb_per_gpu": est.memory_gb_per_gpu,
+            "fits": est.fits,
+        }
+    )
     if not include_infeasible:
         df = df[df["fits"]]
     return df.sort_values(["step_time_s", "memory_gb_per_gpu"], kind="stable").reset_index(
@@ -324,13 +372,25 @@ def job_estimate(
     unit = dp * par.microbatch_seqs
     paced_batch = math.ceil(job.batch_seqs / unit) * unit
     return estimate_training(
-        job.model, pool.gpu, tp=par.tp, pp=par.pp, dp=dp, cp=par.cp, seq_len=job.seq_len,
-        global_batch_seqs=paced_batch, microbatch_seqs=par.microbatch_seqs,
-        recompute=job.recompute, zero_stage=job.zero_stage, gpus_per_node=pool.gpus_per_node,
-        nic_gbit_s=pool.nic_gbit_s, interleave=par.interleave, precision=job.precision,
+        job.model,
+        pool.gpu,
+        tp=par.tp,
+        pp=par.pp,
+        dp=dp,
+        cp=par.cp,
+        seq_len=job.seq_len,
+        global_batch_seqs=paced_batch,
+        microbatch_seqs=par.microbatch_seqs,
+        recompute=job.recompute,
+        zero_stage=job.zero_stage,
+        gpus_per_node=pool.gpus_per_node,
+        nic_gbit_s=pool.nic_gbit_s,
+        interleave=par.interleave,
+        precision=job.precision,
         net_latency_us=net_latency_us,
         data_bytes_per_token=job.data.bytes_per_token if job.data.source != "synthetic" else 0.0,
-        data_gb_s=data_gb_s, cross_leaf_slowdown=cross_leaf_slowdown,
+        data_gb_s=data_gb_s,
+        cross_leaf_slowdown=cross_leaf_slowdown,
     )
 
 

@@ -109,8 +109,10 @@ class Plotter:
         if service is None:
             return names
         if service not in names:
-            raise ValueError(f"no inference service {service!r}; allowed: "
-                             f"{', '.join(names) or 'none (this run has no services)'}")
+            raise ValueError(
+                f"no inference service {service!r}; allowed: "
+                f"{', '.join(names) or 'none (this run has no services)'}"
+            )
         return [service]
 
     def ledger(self) -> Figure:
@@ -128,13 +130,24 @@ class Plotter:
         for i, b in enumerate(order, start=1):
             level -= ledger[b]
             ax.bar(i, ledger[b], bottom=level, color=COLOURS[b])
-            ax.text(i, level + ledger[b], f"-{ledger[b] / total:.1%}", ha="center",
-                    va="bottom", fontsize=8)
+            ax.text(
+                i,
+                level + ledger[b],
+                f"-{ledger[b] / total:.1%}",
+                ha="center",
+                va="bottom",
+                fontsize=8,
+            )
         ax.bar(len(labels) - 1, ledger["training"], color=COLOURS["training"])
-        ax.text(len(labels) - 1, ledger["training"], f"{ledger['training'] / total:.1%}",
-                ha="center", va="bottom", fontsize=8)
-        ax.set_xticks(range(len(labels)), [lab.replace("_", " ") for lab in labels],
-                      rotation=20)
+        ax.text(
+            len(labels) - 1,
+            ledger["training"],
+            f"{ledger['training'] / total:.1%}",
+            ha="center",
+            va="bottom",
+            fontsize=8,
+        )
+        ax.set_xticks(range(len(labels)), [lab.replace("_", " ") for lab in labels], rotation=20)
         ax.set_ylabel("GPU-hours")
         ax.set_title(f"{s['scenario']}: where the GPU-hours went")
         return fig
@@ -152,9 +165,11 @@ class Plotter:
         gauges: dict[str, np.ndarray] = {}
         if ts is not None and len(ts):
             ts_t = np.asarray(ts["time_s"], dtype=float)
-            gauges = {c: np.nan_to_num(np.asarray(ts[c], dtype=float))
-                      for c in ("serving_gpus", "down_gpus", "training_gpus")
-                      if c in ts.columns}
+            gauges = {
+                c: np.nan_to_num(np.asarray(ts[c], dtype=float))
+                for c in ("serving_gpus", "down_gpus", "training_gpus")
+                if c in ts.columns
+            }
         gauges = {c: v for c, v in gauges.items() if v.any()}
 
         def step_at(column: str, at: np.ndarray) -> np.ndarray:
@@ -164,9 +179,15 @@ class Plotter:
 
         jobs = [(name, j) for name, j in s["training"].items() if j["started_at_s"] is not None]
         changes = ts_t[(ts_t > 0) & (ts_t < t_end)].tolist() if gauges else []
-        edges = sorted({0.0, t_end, *(j["started_at_s"] for _, j in jobs),
-                        *(j["finished_at_s"] for _, j in jobs if j["finished_at_s"] is not None),
-                        *changes})
+        edges = sorted(
+            {
+                0.0,
+                t_end,
+                *(j["started_at_s"] for _, j in jobs),
+                *(j["finished_at_s"] for _, j in jobs if j["finished_at_s"] is not None),
+                *changes,
+            }
+        )
         edges_arr = np.asarray(edges)
         mid = (edges_arr[:-1] + edges_arr[1:]) / 2
         fig = _figure()
@@ -182,27 +203,41 @@ class Plotter:
         scale_held = np.ones(mid.size)
         if "training_gpus" in gauges and nominal:
             total = np.sum(nominal, axis=0)
-            scale_held = np.where(total > 0, step_at("training_gpus", mid)
-                                  / np.maximum(total, 1), 1.0)
+            scale_held = np.where(
+                total > 0, step_at("training_gpus", mid) / np.maximum(total, 1), 1.0
+            )
         for (name, _j), colour, nom in zip(jobs, cmap, nominal, strict=True):
             held = nom * scale_held
-            ax.stairs(base + held, edges_arr / scale, baseline=base, fill=True, color=colour,
-                      label=name)
+            ax.stairs(
+                base + held, edges_arr / scale, baseline=base, fill=True, color=colour, label=name
+            )
             base = base + held
         if "serving_gpus" in gauges:
             serving = step_at("serving_gpus", mid)
-            ax.stairs(base + serving, edges_arr / scale, baseline=base, fill=True,
-                      color=COLOURS["inference_busy"], label="inference services")
+            ax.stairs(
+                base + serving,
+                edges_arr / scale,
+                baseline=base,
+                fill=True,
+                color=COLOURS["inference_busy"],
+                label="inference services",
+            )
         if "down_gpus" in gauges:
-            ax.stairs(step_at("down_gpus", mid), edges_arr / scale, color=COLOURS["down"], lw=1.2,
-                      label="down (in repair)")
+            ax.stairs(
+                step_at("down_gpus", mid),
+                edges_arr / scale,
+                color=COLOURS["down"],
+                lw=1.2,
+                label="down (in repair)",
+            )
         ax.axhline(s["gpus"], color="k", lw=1, ls="--", label="cluster GPUs")
         ax.set_xlim(0, t_end / scale)
         ax.set_ylim(0, s["gpus"] * 1.3)  # room for the legend above the cluster line
         ax.set_xlabel(f"simulated time ({unit})")
         ax.set_ylabel("GPUs")
-        held_by = ("training jobs and inference services" if "serving_gpus" in gauges
-                   else "training jobs")
+        held_by = (
+            "training jobs and inference services" if "serving_gpus" in gauges else "training jobs"
+        )
         ax.set_title(f"{s['scenario']}: GPUs held by {held_by}")
         ax.legend(loc="upper right", fontsize=8, ncols=3)
         return fig
@@ -217,33 +252,58 @@ class Plotter:
         fig = _figure(figsize=(9, 1.2 + 0.45 * max(len(names), 1)))
         ax = fig.subplots()
         # marker, colour, label, vertical offset within the row, drawing order
-        marks = {"checkpoint": ("|", "#fb8c00", "checkpoint", 0.0, 2),
-                 "restart": ("^", "#8e24aa", "restart", 0.22, 3),
-                 "preempt": ("v", "#6d4c41", "preempted", -0.22, 3),
-                 "resize": ("D", "#00838f", "resized", -0.22, 3),
-                 "failure": ("x", "#c62828", "failure", 0.0, 4)}
+        marks = {
+            "checkpoint": ("|", "#fb8c00", "checkpoint", 0.0, 2),
+            "restart": ("^", "#8e24aa", "restart", 0.22, 3),
+            "preempt": ("v", "#6d4c41", "preempted", -0.22, 3),
+            "resize": ("D", "#00838f", "resized", -0.22, 3),
+            "failure": ("x", "#c62828", "failure", 0.0, 4),
+        }
         seen: set[str] = set()
         for row, name in enumerate(names):
             j = s["training"][name]
             if j["started_at_s"] is not None:
                 end = t_end if j["finished_at_s"] is None else j["finished_at_s"]
-                ax.barh(row, (end - j["started_at_s"]) / scale, left=j["started_at_s"] / scale,
-                        height=0.5, color=COLOURS["training"], alpha=0.35)
+                ax.barh(
+                    row,
+                    (end - j["started_at_s"]) / scale,
+                    left=j["started_at_s"] / scale,
+                    height=0.5,
+                    color=COLOURS["training"],
+                    alpha=0.35,
+                )
             if j["submitted_at_s"] is not None and j["started_at_s"] is not None:
-                ax.barh(row, (j["started_at_s"] - j["submitted_at_s"]) / scale,
-                        left=j["submitted_at_s"] / scale, height=0.2, color=COLOURS["queued"])
+                ax.barh(
+                    row,
+                    (j["started_at_s"] - j["submitted_at_s"]) / scale,
+                    left=j["submitted_at_s"] / scale,
+                    height=0.2,
+                    color=COLOURS["queued"],
+                )
             mine = events[events["job"] == name] if len(events) else events
             for kind, (marker, colour, label, dy, order) in marks.items():
                 times = mine[mine["event"] == kind]["time_s"] if len(mine) else []
                 if kind == "checkpoint" and len(times) > 200:  # a solid smear says nothing
-                    ax.text(0.005 * t_end / scale, row - 0.3, f"{len(times):,} checkpoints",
-                            fontsize=7, color=colour, va="bottom")
+                    ax.text(
+                        0.005 * t_end / scale,
+                        row - 0.3,
+                        f"{len(times):,} checkpoints",
+                        fontsize=7,
+                        color=colour,
+                        va="bottom",
+                    )
                     continue
                 if len(times):
-                    ax.scatter([t / scale for t in times], [row + dy] * len(times),
-                               marker=marker, color=colour, s=60 if kind == "checkpoint" else 28,
-                               zorder=order, label=None if kind in seen else label,
-                               linewidths=1.2)
+                    ax.scatter(
+                        [t / scale for t in times],
+                        [row + dy] * len(times),
+                        marker=marker,
+                        color=colour,
+                        s=60 if kind == "checkpoint" else 28,
+                        zorder=order,
+                        label=None if kind in seen else label,
+                        linewidths=1.2,
+                    )
                     seen.add(kind)
         ax.set_yticks(range(len(names)), names)
         ax.set_ylim(-0.7, len(names) - 0.3)
@@ -264,16 +324,23 @@ class Plotter:
         for row, (_name, j) in enumerate(jobs):
             end = s["duration_s"] if j["finished_at_s"] is None else j["finished_at_s"]
             since_h = (end - j["started_at_s"]) / 3600.0
-            parts = [("productive", j["ettr"] * since_h, COLOURS["training"]),
-                     ("lost work", j["lost_work_h"], COLOURS["lost_work"]),
-                     ("recovery", j["recovery_h"], COLOURS["recovery"])]
+            parts = [
+                ("productive", j["ettr"] * since_h, COLOURS["training"]),
+                ("lost work", j["lost_work_h"], COLOURS["lost_work"]),
+                ("recovery", j["recovery_h"], COLOURS["recovery"]),
+            ]
             left = 0.0
             for label, hours, colour in parts:
                 share = hours / since_h if since_h else 0.0
                 ax.barh(row, share, left=left, color=colour, label=label if row == 0 else None)
                 left += share
-            ax.barh(row, max(1.0 - left, 0.0), left=left, color=COLOURS["checkpoint"],
-                    label="checkpoints, stalls, waits" if row == 0 else None)
+            ax.barh(
+                row,
+                max(1.0 - left, 0.0),
+                left=left,
+                color=COLOURS["checkpoint"],
+                label="checkpoints, stalls, waits" if row == 0 else None,
+            )
             ax.text(1.01, row, f"ETTR {j['ettr']:.1%}", va="center", fontsize=8)
         ax.set_yticks(range(len(jobs)), [n for n, _ in jobs])
         ax.invert_yaxis()
@@ -298,9 +365,11 @@ class Plotter:
         fig = _figure(figsize=(13, 4.8))
         axes = fig.subplots(1, 3, sharey=True)
         colours = _service_colours(len(names))
-        panels = (("ttft", "TTFT: arrival to first token"),
-                  ("tpot", "TPOT: time per output token after the first"),
-                  ("e2e", "E2E: arrival to last token"))
+        panels = (
+            ("ttft", "TTFT: arrival to first token"),
+            ("tpot", "TPOT: time per output token after the first"),
+            ("e2e", "E2E: arrival to last token"),
+        )
         samples: dict[str, list[np.ndarray]] = {key: [] for key, _ in panels}
         empty: list[str] = []
         for name, colour in zip(names, colours, strict=True):
@@ -317,18 +386,31 @@ class Plotter:
                 if not x.size:
                     continue
                 samples[key].append(x)
-                ax.plot(x, f, drawstyle="steps-post", color=colour, lw=1.6, label=label,
-                        gid=f"cdf:{name}")
+                ax.plot(
+                    x,
+                    f,
+                    drawstyle="steps-post",
+                    color=colour,
+                    lw=1.6,
+                    label=label,
+                    gid=f"cdf:{name}",
+                )
                 target = getattr(slo, f"{key}_s", None)  # None also without an SLO
                 if slo is None or target is None:
                     continue
                 met = stats.get(name, {}).get("slo_met", {}).get(key)
                 verdict = "" if met is None else (" met" if met else " missed")
-                ax.axvline(target * 1e3, color=colour, ls="--", lw=1.2, gid=f"slo:{name}",
-                           label=f"{name} target {target * 1e3:g} ms at "
-                                 f"p{slo.percentile:g}{verdict}")
-                ax.axhline(slo.percentile / 100.0, color=colour, ls=":", lw=1.0,
-                           gid=f"percentile:{name}")
+                ax.axvline(
+                    target * 1e3,
+                    color=colour,
+                    ls="--",
+                    lw=1.2,
+                    gid=f"slo:{name}",
+                    label=f"{name} target {target * 1e3:g} ms at p{slo.percentile:g}{verdict}",
+                )
+                ax.axhline(
+                    slo.percentile / 100.0, color=colour, ls=":", lw=1.0, gid=f"percentile:{name}"
+                )
         for ax, (key, title) in zip(axes, panels, strict=True):
             x_all = np.concatenate(samples[key]) if samples[key] else np.zeros(0)
             positive = x_all[x_all > 0]
@@ -341,12 +423,20 @@ class Plotter:
             if ax.get_legend_handles_labels()[0]:
                 ax.legend(loc="lower right", fontsize=7)
             if not samples[key]:
-                ax.text(0.5, 0.5, "no completed request", transform=ax.transAxes,
-                        ha="center", va="center", color="#757575")
+                ax.text(
+                    0.5,
+                    0.5,
+                    "no completed request",
+                    transform=ax.transAxes,
+                    ha="center",
+                    va="center",
+                    color="#757575",
+                )
         axes[0].set_ylabel("share of completed requests")
         if empty:
-            fig.text(0.01, 0.01, "no completed request: " + ", ".join(empty), fontsize=8,
-                     color="#757575")
+            fig.text(
+                0.01, 0.01, "no completed request: " + ", ".join(empty), fontsize=8, color="#757575"
+            )
         fig.suptitle(f"{s['scenario']}: request latency, empirical CDF")
         return fig
 
@@ -366,23 +456,41 @@ class Plotter:
         for ax, name in zip(axes, names, strict=False):
             rows = svc[svc["service"] == name].sort_values("time_s", kind="stable")
             t = rows["time_s"].to_numpy(dtype=float)
-            col = {c: rows[c].to_numpy(dtype=float) if c in rows else np.full(t.size, np.nan)
-                   for c in ("arrivals_rps", "starting", "ready", "draining", "desired")}
+            col = {
+                c: rows[c].to_numpy(dtype=float) if c in rows else np.full(t.size, np.nan)
+                for c in ("arrivals_rps", "starting", "ready", "draining", "desired")
+            }
             provisioned = col["starting"] + col["ready"] + col["draining"]
             for values, label, colour, ls in (
-                    (provisioned, "provisioned (starting + ready + draining)",
-                     COLOURS["cold_start"], "-"),
-                    (col["ready"], "ready", COLOURS["inference_busy"], "-"),
-                    (col["desired"], "desired (autoscaler)", "#6a1b9a", "-.")):
+                (
+                    provisioned,
+                    "provisioned (starting + ready + draining)",
+                    COLOURS["cold_start"],
+                    "-",
+                ),
+                (col["ready"], "ready", COLOURS["inference_busy"], "-"),
+                (col["desired"], "desired (autoscaler)", "#6a1b9a", "-."),
+            ):
                 x, y = _held(t, values, t_end)
-                ax.plot(x / scale, y, drawstyle="steps-post", color=colour, ls=ls, lw=1.6,
-                        label=label)
+                ax.plot(
+                    x / scale, y, drawstyle="steps-post", color=colour, ls=ls, lw=1.6, label=label
+                )
             auto = getattr(specs.get(name), "autoscaler", None)
             if auto is not None:
-                ax.axhline(auto.min_replicas, color="#616161", ls="--", lw=1,
-                           label=f"min_replicas {auto.min_replicas}")
-                ax.axhline(auto.max_replicas, color="#212121", ls="--", lw=1,
-                           label=f"max_replicas {auto.max_replicas}")
+                ax.axhline(
+                    auto.min_replicas,
+                    color="#616161",
+                    ls="--",
+                    lw=1,
+                    label=f"min_replicas {auto.min_replicas}",
+                )
+                ax.axhline(
+                    auto.max_replicas,
+                    color="#212121",
+                    ls="--",
+                    lw=1,
+                    label=f"max_replicas {auto.max_replicas}",
+                )
             rate = ax.twinx()
             # A row's rate is over the tick that ends at its time; the first row (deployment)
             # and a last one at the end of the run (the closing sample) measure no tick.
@@ -390,13 +498,27 @@ class Plotter:
             if rt.size and rt[-1] >= t_end:
                 rt, rps = rt[:-1], rps[:-1]
             if rt.size > 1:
-                rate.stairs(np.nan_to_num(rps[1:]), rt / scale, baseline=None,
-                            color="#ef6c00", alpha=0.7, lw=1.2, label="arrivals")
+                rate.stairs(
+                    np.nan_to_num(rps[1:]),
+                    rt / scale,
+                    baseline=None,
+                    color="#ef6c00",
+                    alpha=0.7,
+                    lw=1.2,
+                    label="arrivals",
+                )
             rate.set_ylabel("arrivals (requests/s)", color="#ef6c00")
             peak = np.nanmax(np.r_[rps[1:], 0.0]) if rt.size > 1 else 0.0
             rate.set_ylim(0, peak * 1.35 if peak > 0 else 1.0)  # both clear of the legend
-            top = np.nanmax(np.r_[provisioned, col["desired"], col["ready"], 1.0,
-                                  [] if auto is None else [auto.max_replicas]])
+            top = np.nanmax(
+                np.r_[
+                    provisioned,
+                    col["desired"],
+                    col["ready"],
+                    1.0,
+                    [] if auto is None else [auto.max_replicas],
+                ]
+            )
             ax.set_ylim(0, top * 1.35 + 0.5)  # room for the legend
             ax.set_ylabel("replicas")
             ax.set_title(name, fontsize=10)
@@ -423,14 +545,16 @@ class Plotter:
                 continue
             t = rows["time_s"].to_numpy(dtype=float)
             for ax, column, ls, label in (
-                    (kv_ax, "kv_used", "-", name),
-                    (load_ax, "in_flight", "-", f"{name}: in flight (queued or running)"),
-                    (load_ax, "queued", ":", f"{name}: in the router's queue")):
+                (kv_ax, "kv_used", "-", name),
+                (load_ax, "in_flight", "-", f"{name}: in flight (queued or running)"),
+                (load_ax, "queued", ":", f"{name}: in the router's queue"),
+            ):
                 if column not in rows:
                     continue
                 x, y = _held(t, rows[column].to_numpy(dtype=float), t_end)
-                ax.plot(x / scale, y, drawstyle="steps-post", color=colour, ls=ls, lw=1.4,
-                        label=label)
+                ax.plot(
+                    x / scale, y, drawstyle="steps-post", color=colour, ls=ls, lw=1.4, label=label
+                )
         kv_ax.set_ylim(0, 1.05)
         kv_ax.set_ylabel("KV-cache blocks used\n(share, mean of ready replicas)")
         kv_ax.set_title("KV cache", fontsize=10)
@@ -457,21 +581,36 @@ class Plotter:
         ax = fig.add_subplot()
         if len(p) > 1:
             t = p["time_s"].to_numpy(dtype=float) / scale
-            parts = [("training", "training_w", COLOURS["training"]),
-                     ("serving", "serving_w", COLOURS["inference_busy"]),
-                     ("idle", "idle_w", COLOURS["unallocated"])]
+            parts = [
+                ("training", "training_w", COLOURS["training"]),
+                ("serving", "serving_w", COLOURS["inference_busy"]),
+                ("idle", "idle_w", COLOURS["unallocated"]),
+            ]
             ys = [p[col].to_numpy(dtype=float) / 1e6 for _, col, _ in parts]
-            ax.stackplot(t, *ys, labels=[n for n, _, _ in parts],
-                         colors=[c for _, _, c in parts], step="post", alpha=0.85)
+            ax.stackplot(
+                t,
+                *ys,
+                labels=[n for n, _, _ in parts],
+                colors=[c for _, _, c in parts],
+                step="post",
+                alpha=0.85,
+            )
             total = p["facility_w"].to_numpy(dtype=float)[:-1] / 1e6
             i = int(np.argmax(total))
             ax.axhline(total[i], color="k", ls="--", lw=0.8)
-            ax.annotate(f"peak {total[i]:.3g} MW", (t[i], total[i]), xytext=(4, 4),
-                        textcoords="offset points", fontsize=8)
+            ax.annotate(
+                f"peak {total[i]:.3g} MW",
+                (t[i], total[i]),
+                xytext=(4, 4),
+                textcoords="offset points",
+                fontsize=8,
+            )
             ax.legend(loc="lower right", fontsize=8)
         s = self.results.summary
-        ax.set_title(f"Facility power: {s.get('energy_mwh', 0.0):,.3g} MWh, mean "
-                     f"{s.get('mean_mw', 0.0):.3g} MW")
+        ax.set_title(
+            f"Facility power: {s.get('energy_mwh', 0.0):,.3g} MWh, mean "
+            f"{s.get('mean_mw', 0.0):.3g} MW"
+        )
         ax.set_xlabel(unit)
         ax.set_ylabel("MW (IT x PUE)")
         ax.set_xlim(0, end / scale)
@@ -488,22 +627,36 @@ class Plotter:
         end = float(s["duration_s"])
         scale, unit = _time_scale(end)
         services = self._frame("services")
-        g = gpu_states(self.results.timeseries, services if len(services) else None,
-                       int(s["gpus"]), end)
+        g = gpu_states(
+            self.results.timeseries, services if len(services) else None, int(s["gpus"]), end
+        )
         fig = _figure()
         ax = fig.add_subplot()
-        parts = [("training", "training", COLOURS["training"]),
-                 ("serving, iterating", "serving_busy", COLOURS["inference_busy"]),
-                 ("serving, idle", "serving_idle", COLOURS["inference_idle"]),
-                 ("held, idle", "held_idle", COLOURS["queued"]),
-                 ("down", "down", COLOURS["down"])]
+        parts = [
+            ("training", "training", COLOURS["training"]),
+            ("serving, iterating", "serving_busy", COLOURS["inference_busy"]),
+            ("serving, idle", "serving_idle", COLOURS["inference_idle"]),
+            ("held, idle", "held_idle", COLOURS["queued"]),
+            ("down", "down", COLOURS["down"]),
+        ]
         parts = [p for p in parts if g[p[1]].to_numpy().any()]
         if len(g) and parts:
             t = [*(g["time_s"].to_numpy(dtype=float) / scale), end / scale]
-            ys = [[*(100.0 * g[col].to_numpy(dtype=float) / s["gpus"]),
-                   100.0 * float(g[col].iloc[-1]) / s["gpus"]] for _, col, _ in parts]
-            ax.stackplot(t, *ys, labels=[n for n, _, _ in parts],
-                         colors=[c for _, _, c in parts], step="post", alpha=0.9)
+            ys = [
+                [
+                    *(100.0 * g[col].to_numpy(dtype=float) / s["gpus"]),
+                    100.0 * float(g[col].iloc[-1]) / s["gpus"],
+                ]
+                for _, col, _ in parts
+            ]
+            ax.stackplot(
+                t,
+                *ys,
+                labels=[n for n, _, _ in parts],
+                colors=[c for _, _, c in parts],
+                step="post",
+                alpha=0.9,
+            )
         ax.set_xlim(0, end / scale)
         ax.set_ylim(0, 130)  # room for the legend above 100 %
         ax.axhline(100, color="k", lw=1, ls="--")
@@ -527,8 +680,11 @@ class Plotter:
             v = float(priv.get(part) or 0.0)
             ax.bar("private", v, bottom=bottom, color=colour, label=part)
             bottom += v
-        for kind, colour in (("on_demand", "#1565c0"), ("reserved", "#42a5f5"),
-                             ("spot", "#90caf9")):
+        for kind, colour in (
+            ("on_demand", "#1565c0"),
+            ("reserved", "#42a5f5"),
+            ("spot", "#90caf9"),
+        ):
             if cloud.get(kind) is not None:
                 ax.bar(f"cloud\n{kind.replace('_', '-')}", cloud[kind], color=colour)
         ax.legend(fontsize=8)

@@ -26,13 +26,30 @@ from .results import MARKER, Results
 GENERATOR = "aifactory-sim report"
 
 #: Tables the report reads, with the Results attribute each becomes.
-TABLES = {"jobs": "jobs.csv", "timeseries": "timeseries.csv", "ledger": "ledger.csv",
-          "failures": "failures.csv", "events": "events.csv", "requests": "requests.csv",
-          "services": "services.csv", "power": "power.csv"}
+TABLES = {
+    "jobs": "jobs.csv",
+    "timeseries": "timeseries.csv",
+    "ledger": "ledger.csv",
+    "failures": "failures.csv",
+    "events": "events.csv",
+    "requests": "requests.csv",
+    "services": "services.csv",
+    "power": "power.csv",
+}
 
 #: Summary sections the headline and the sections below already show.
-KNOWN_SECTIONS = {"scenario", "seed", "fidelity", "duration_s", "gpus", "ledger_gpu_h",
-                  "utilisation", "training", "inference", "failures"}
+KNOWN_SECTIONS = {
+    "scenario",
+    "seed",
+    "fidelity",
+    "duration_s",
+    "gpus",
+    "ledger_gpu_h",
+    "utilisation",
+    "training",
+    "inference",
+    "failures",
+}
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -42,13 +59,20 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 def _check_folder(folder: Path) -> None:
     if not folder.is_dir():
-        raise ScenarioError(f"{folder} is not a results folder (not a folder); write one with "
-                            "`aifactory-sim run SCENARIO --out DIR`")
-    missing = [n for n in (MARKER, "summary.json", "timeseries.csv", "ledger.csv")
-               if not (folder / n).is_file()]
+        raise ScenarioError(
+            f"{folder} is not a results folder (not a folder); write one with "
+            "`aifactory-sim run SCENARIO --out DIR`"
+        )
+    missing = [
+        n
+        for n in (MARKER, "summary.json", "timeseries.csv", "ledger.csv")
+        if not (folder / n).is_file()
+    ]
     if missing:
-        raise ScenarioError(f"{folder} is not a results folder (no {', '.join(missing)}); write "
-                            "one with `aifactory-sim run SCENARIO --out DIR`")
+        raise ScenarioError(
+            f"{folder} is not a results folder (no {', '.join(missing)}); write "
+            "one with `aifactory-sim run SCENARIO --out DIR`"
+        )
 
 
 def _namespace(value: Any) -> Any:
@@ -80,8 +104,10 @@ def load_results(folder: str | Path) -> tuple[Results, list[str]]:
             scenario = load(folder / "scenario.yaml")
         except ScenarioError as err:
             # An older run whose scenario the current schema refuses: keep its fields as read.
-            notes.append(f"scenario.yaml does not validate with this version ({err}); its "
-                         "fields are shown as saved")
+            notes.append(
+                f"scenario.yaml does not validate with this version ({err}); its "
+                "fields are shown as saved"
+            )
             scenario = _namespace(yaml.safe_load((folder / "scenario.yaml").read_text()))
     tables: dict[str, Any] = {}
     for attr, name in TABLES.items():
@@ -93,10 +119,18 @@ def load_results(folder: str | Path) -> tuple[Results, list[str]]:
         except pd.errors.EmptyDataError:
             tables[attr] = pd.DataFrame()
     power = tables.pop("power", None)
-    res = Results(scenario, summary, meta, tables.get("jobs", pd.DataFrame()),
-                  tables["timeseries"], tables["ledger"], failures=tables.get("failures"),
-                  events=tables.get("events"), requests=tables.get("requests"),
-                  services=tables.get("services"))
+    res = Results(
+        scenario,
+        summary,
+        meta,
+        tables.get("jobs", pd.DataFrame()),
+        tables["timeseries"],
+        tables["ledger"],
+        failures=tables.get("failures"),
+        events=tables.get("events"),
+        requests=tables.get("requests"),
+        services=tables.get("services"),
+    )
     if res.events is not None and not len(res.events.columns):
         res.events = pd.DataFrame(columns=["job", "time_s", "event"])
     if power is not None:
@@ -161,9 +195,11 @@ def _energy_cards(summary: dict[str, Any]) -> list[tuple[str, str]]:
     """Energy, peak power and cost from whatever energy/power/cost sections the summary has,
     found by their keys' units, so that the report follows those sections as they grow."""
     cards: list[tuple[str, str]] = []
-    leaves = [(k.lower(), v) for k, v in _leaves({k: v for k, v in summary.items()
-                                                  if k not in KNOWN_SECTIONS})
-              if isinstance(v, int | float) and not isinstance(v, bool)]
+    leaves = [
+        (k.lower(), v)
+        for k, v in _leaves({k: v for k, v in summary.items() if k not in KNOWN_SECTIONS})
+        if isinstance(v, int | float) and not isinstance(v, bool)
+    ]
 
     def first(test: Any) -> tuple[str, float] | None:
         return next(((k, float(v)) for k, v in leaves if test(k)), None)
@@ -176,8 +212,9 @@ def _energy_cards(summary: dict[str, Any]) -> list[tuple[str, str]]:
         cards.append(("peak power", f"{peak[1]:,.3g} MW"))
     for side in ("private", "cloud"):
         # A total where the section splits the cost (capex, opex, energy), else the one figure.
-        usd = (first(lambda k, side=side: side in k and "usd" in k and k.endswith("total"))
-               or first(lambda k, side=side: side in k and "usd" in k and "per" not in k))
+        usd = first(lambda k, side=side: side in k and "usd" in k and k.endswith("total")) or first(
+            lambda k, side=side: side in k and "usd" in k and "per" not in k
+        )
         if usd:
             cards.append((f"cost, {side}", _usd(usd[1])))
     return cards
@@ -208,51 +245,92 @@ def _headline(res: Results) -> str:
     ledger = s.get("ledger_gpu_h", {})
     total = sum(ledger.values()) or 1.0
     util = s.get("utilisation", {})
-    cards = [("GPUs", f"{s['gpus']:,}"), ("duration", _duration(s["duration_s"])),
-             ("fidelity", str(s.get("fidelity", "-"))),
-             ("goodput (training GPU-h)", _pct(ledger.get("training", 0.0) / total)),
-             ("allocated", _pct(util.get("allocated"))),
-             ("serving busy", _pct(util.get("serving"))),
-             ("failures", f"{s.get('failures', {}).get('count', 0):,}")]
+    cards = [
+        ("GPUs", f"{s['gpus']:,}"),
+        ("duration", _duration(s["duration_s"])),
+        ("fidelity", str(s.get("fidelity", "-"))),
+        ("goodput (training GPU-h)", _pct(ledger.get("training", 0.0) / total)),
+        ("allocated", _pct(util.get("allocated"))),
+        ("serving busy", _pct(util.get("serving"))),
+        ("failures", f"{s.get('failures', {}).get('count', 0):,}"),
+    ]
     cards += _energy_cards(s)
     parts = ['<div class="cards">']
     for label, value in cards:
-        parts.append(f'<div class="card"><div class="v">{html.escape(value)}</div>'
-                     f'<div class="k">{html.escape(label)}</div></div>')
+        parts.append(
+            f'<div class="card"><div class="v">{html.escape(value)}</div>'
+            f'<div class="k">{html.escape(label)}</div></div>'
+        )
     parts.append("</div>")
     if s.get("training"):
         rows = []
         for name, j in s["training"].items():
-            rows.append([name, str(j.get("state", "-")), f"{j.get('gpus', 0):,}",
-                         f"{j.get('tokens_trained', 0):.3g}", _pct(j.get("mfu")),
-                         _pct(j.get("ettr")), f"{j.get('interruptions', 0)}",
-                         f"{j.get('checkpoints', 0)}"])
+            rows.append(
+                [
+                    name,
+                    str(j.get("state", "-")),
+                    f"{j.get('gpus', 0):,}",
+                    f"{j.get('tokens_trained', 0):.3g}",
+                    _pct(j.get("mfu")),
+                    _pct(j.get("ettr")),
+                    f"{j.get('interruptions', 0)}",
+                    f"{j.get('checkpoints', 0)}",
+                ]
+            )
         parts.append("<h3>Training jobs</h3>")
-        parts.append(_table(["job", "state", "GPUs", "tokens", "MFU", "ETTR", "interruptions",
-                             "checkpoints"], rows))
+        parts.append(
+            _table(
+                ["job", "state", "GPUs", "tokens", "MFU", "ETTR", "interruptions", "checkpoints"],
+                rows,
+            )
+        )
     if s.get("inference"):
         specs = {svc.name: svc for svc in (getattr(res.scenario, "inference", None) or [])}
         rows = []
         for name, v in s["inference"].items():
             slo = getattr(specs.get(name), "slo", None)
             met = v.get("slo_met") or {}
-            rows.append([name, f"{v.get('requests', 0):,}", f"{v.get('completed', 0):,}",
-                         f"{v.get('output_tokens_per_s', 0):,.0f}",
-                         _ms(v.get("ttft_s", {}).get("p50")), _ms(v.get("ttft_s", {}).get("p99")),
-                         _against(slo, met, "ttft"), _ms(v.get("tpot_s", {}).get("p50")),
-                         _ms(v.get("tpot_s", {}).get("p99")), _against(slo, met, "tpot"),
-                         _pct(v.get("slo_attainment")),
-                         f"{v.get('replicas_mean', 0):.1f} / {v.get('replicas_max', 0)}"])
+            rows.append(
+                [
+                    name,
+                    f"{v.get('requests', 0):,}",
+                    f"{v.get('completed', 0):,}",
+                    f"{v.get('output_tokens_per_s', 0):,.0f}",
+                    _ms(v.get("ttft_s", {}).get("p50")),
+                    _ms(v.get("ttft_s", {}).get("p99")),
+                    _against(slo, met, "ttft"),
+                    _ms(v.get("tpot_s", {}).get("p50")),
+                    _ms(v.get("tpot_s", {}).get("p99")),
+                    _against(slo, met, "tpot"),
+                    _pct(v.get("slo_attainment")),
+                    f"{v.get('replicas_mean', 0):.1f} / {v.get('replicas_max', 0)}",
+                ]
+            )
         parts.append("<h3>Inference services</h3>")
-        parts.append(_table(["service", "requests", "completed", "output tok/s", "TTFT p50",
-                             "TTFT p99", "TTFT SLO", "TPOT p50", "TPOT p99", "TPOT SLO",
-                             "SLO attainment", "replicas mean / max"], rows))
+        parts.append(
+            _table(
+                [
+                    "service",
+                    "requests",
+                    "completed",
+                    "output tok/s",
+                    "TTFT p50",
+                    "TTFT p99",
+                    "TTFT SLO",
+                    "TPOT p50",
+                    "TPOT p99",
+                    "TPOT SLO",
+                    "SLO attainment",
+                    "replicas mean / max",
+                ],
+                rows,
+            )
+        )
     extra = _leaves({k: v for k, v in s.items() if k not in KNOWN_SECTIONS})
     if extra:
         # Whatever else the summary reports (energy, power, cost), each number by its key.
         parts.append("<h3>Energy, cost and other figures</h3>")
-        parts.append(_table(["quantity", "value"], [[key, _fmt(x)] for key, x in extra],
-                            cls="kv"))
+        parts.append(_table(["quantity", "value"], [[key, _fmt(x)] for key, x in extra], cls="kv"))
     return "".join(parts)
 
 
@@ -260,34 +338,58 @@ def _headline(res: Results) -> str:
 
 #: (figure, section title, caption); the order of the page.
 FIGURES = (
-    ("ledger", "GPU-hour ledger",
-     "Where the GPU-hours went: from all GPU-hours of the run down to productive training."),
-    ("allocation", "Allocation over time",
-     "GPUs held by each training job and by the inference services, with GPUs down in repair."),
-    ("utilisation", "Utilisation: training and serving",
-     "What the GPUs did over time: training, serving (iterating or idle), down; the rest free."),
+    (
+        "ledger",
+        "GPU-hour ledger",
+        "Where the GPU-hours went: from all GPU-hours of the run down to productive training.",
+    ),
+    (
+        "allocation",
+        "Allocation over time",
+        "GPUs held by each training job and by the inference services, with GPUs down in repair.",
+    ),
+    (
+        "utilisation",
+        "Utilisation: training and serving",
+        "What the GPUs did over time: training, serving (iterating or idle), down; the rest free.",
+    ),
     ("power", "Facility power", "Facility power over the run."),
-    ("replicas", "Replicas against load",
-     "Replicas ready, provisioned and desired by the autoscaler, with the arrival rate."),
-    ("latency", "Latency against the SLO",
-     "Empirical CDFs of TTFT, TPOT and end-to-end latency, with each SLO target."),
+    (
+        "replicas",
+        "Replicas against load",
+        "Replicas ready, provisioned and desired by the autoscaler, with the arrival rate.",
+    ),
+    (
+        "latency",
+        "Latency against the SLO",
+        "Empirical CDFs of TTFT, TPOT and end-to-end latency, with each SLO target.",
+    ),
     ("kv_cache", "KV cache and requests in flight", "KV-cache use and requests in flight."),
-    ("cost", "Cost: private against cloud", "What the run costs on owned hardware and in the "
-     "cloud."),
-    ("timeline", "Job timelines", "One row per training job: when it ran, its failures, "
-     "checkpoints and restarts."),
-    ("ettr", "Effective training time ratio",
-     "Each job's time since its first start: productive, lost work, recovery, the rest."),
+    (
+        "cost",
+        "Cost: private against cloud",
+        "What the run costs on owned hardware and in the cloud.",
+    ),
+    (
+        "timeline",
+        "Job timelines",
+        "One row per training job: when it ran, its failures, checkpoints and restarts.",
+    ),
+    (
+        "ettr",
+        "Effective training time ratio",
+        "Each job's time since its first start: productive, lost work, recovery, the rest.",
+    ),
 )
 
 
 def _absent(res: Results, name: str, plotter: Any) -> str | None:
     """Why figure `name` is left out of this run's report, or None to draw it."""
     s = res.summary
-    extra = [k.lower() for k, _ in _leaves({k: v for k, v in s.items()
-                                            if k not in KNOWN_SECTIONS})]
-    has_energy = (getattr(res, "power", None) is not None
-                  or any(k.endswith("mwh") or k.endswith("_mw") for k in extra))
+    extra = [k.lower() for k, _ in _leaves({k: v for k, v in s.items() if k not in KNOWN_SECTIONS})]
+    has_energy = getattr(res, "power", None) is not None or any(
+        k.endswith("mwh") or k.endswith("_mw") for k in extra
+    )
     has_cost = any("usd" in k or "cost" in k for k in extra)
     if name in ("power", "cost") and getattr(plotter, name, None) is None:
         return f"not drawn: this version of aifactory_sim has no {name} figure"
@@ -298,8 +400,10 @@ def _absent(res: Results, name: str, plotter: Any) -> str | None:
     if name in ("timeline", "ettr") and not s.get("training"):
         return "not drawn: this run has no training jobs"
     if name == "latency" and not len(plotter._frame("requests")):
-        return ("not drawn: no per-request table (a run without services, or services on the "
-                "fluid tier)")
+        return (
+            "not drawn: no per-request table (a run without services, or services on the "
+            "fluid tier)"
+        )
     if name in ("replicas", "kv_cache") and not len(plotter._frame("services")):
         return "not drawn: this run has no inference services"
     return None
@@ -371,12 +475,12 @@ def write_report(results_dir: str | Path, *, out: str | Path | None = None) -> P
     if page.is_dir():
         page = page / "report.html"
     if page.suffix.lower() not in (".html", ".htm"):
-        raise ScenarioError(f"--out {page}: the report is an HTML page; name a .html file or "
-                            "a folder")
+        raise ScenarioError(
+            f"--out {page}: the report is an HTML page; name a .html file or a folder"
+        )
     owned = _owned(page)
     if owned is None:
-        raise ScenarioError(f"{page} exists and was not written by a report; choose another "
-                            "--out")
+        raise ScenarioError(f"{page} exists and was not written by a report; choose another --out")
 
     plotter = res.plot
     sections: list[tuple[str, str]] = []
@@ -395,16 +499,19 @@ def write_report(results_dir: str | Path, *, out: str | Path | None = None) -> P
     files = {name: page.with_name(f"{page.stem}-{name}.png") for name in figures}
     for path in files.values():
         if path.exists() and path.name not in owned:
-            raise ScenarioError(f"{path} exists and was not written by a report; choose "
-                                "another --out")
+            raise ScenarioError(
+                f"{path} exists and was not written by a report; choose another --out"
+            )
 
     s = res.summary
     title = f"Architecture review: {s['scenario']}"
-    body = [f"<h1>{html.escape(title)}</h1>",
-            f'<p class="sub">seed {s["seed"]}, {s["gpus"]:,} GPUs, {_duration(s["duration_s"])}, '
-            f'fidelity {html.escape(str(s.get("fidelity", "-")))}; scenario hash '
-            f'{html.escape(str(res.meta.get("scenario_hash", "-")))}, aifactory_sim '
-            f'{html.escape(str(res.meta.get("version", "-")))}</p>']
+    body = [
+        f"<h1>{html.escape(title)}</h1>",
+        f'<p class="sub">seed {s["seed"]}, {s["gpus"]:,} GPUs, {_duration(s["duration_s"])}, '
+        f"fidelity {html.escape(str(s.get('fidelity', '-')))}; scenario hash "
+        f"{html.escape(str(res.meta.get('scenario_hash', '-')))}, aifactory_sim "
+        f"{html.escape(str(res.meta.get('version', '-')))}</p>",
+    ]
     for note in notes:
         body.append(f'<p class="note">{html.escape(note)}</p>')
     body += ["<h2>Headline numbers</h2>", _headline(res)]
@@ -414,20 +521,35 @@ def write_report(results_dir: str | Path, *, out: str | Path | None = None) -> P
         body.append(f'<h2 id="{name}">{html.escape(sec_title)}</h2>')
         if name in figures:
             data = base64.b64encode(figures[name]).decode("ascii")
-            body.append(f'<figure><img alt="{html.escape(sec_title)}" '
-                        f'data-file="{files[name].name}" src="data:image/png;base64,{data}">'
-                        f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+            body.append(
+                f'<figure><img alt="{html.escape(sec_title)}" '
+                f'data-file="{files[name].name}" src="data:image/png;base64,{data}">'
+                f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+            )
         else:
             body.append(f'<p class="note">{html.escape(sec_title)}: {html.escape(why)}.</p>')
     if (folder / "scenario.yaml").is_file():
-        body += ["<h2>Scenario as run</h2>", "<details><summary>scenario.yaml</summary><pre>",
-                 html.escape((folder / "scenario.yaml").read_text()), "</pre></details>"]
-    text = "\n".join([
-        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-        f'<meta name="generator" content="{GENERATOR}">',
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>{html.escape(title)}</title>", f"<style>{CSS}</style>",
-        f"<script>{SCRIPT}</script>", "</head><body>", *body, "</body></html>", ""])
+        body += [
+            "<h2>Scenario as run</h2>",
+            "<details><summary>scenario.yaml</summary><pre>",
+            html.escape((folder / "scenario.yaml").read_text()),
+            "</pre></details>",
+        ]
+    text = "\n".join(
+        [
+            "<!DOCTYPE html>",
+            '<html lang="en"><head><meta charset="utf-8">',
+            f'<meta name="generator" content="{GENERATOR}">',
+            '<meta name="viewport" content="width=device-width, initial-scale=1">',
+            f"<title>{html.escape(title)}</title>",
+            f"<style>{CSS}</style>",
+            f"<script>{SCRIPT}</script>",
+            "</head><body>",
+            *body,
+            "</body></html>",
+            "",
+        ]
+    )
 
     page.parent.mkdir(parents=True, exist_ok=True)
     for name, path in files.items():

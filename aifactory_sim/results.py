@@ -28,9 +28,19 @@ if TYPE_CHECKING:
     from .spec.scenario import Scenario
 
 #: The per-request table's columns after `service`.
-REQUEST_COLUMNS = ("request", "arrival_s", "admitted_s", "first_token_s", "finish_s",
-                   "prompt_tokens", "output_tokens", "queue_wait_s", "preemptions", "replica",
-                   "dropped")
+REQUEST_COLUMNS = (
+    "request",
+    "arrival_s",
+    "admitted_s",
+    "first_token_s",
+    "finish_s",
+    "prompt_tokens",
+    "output_tokens",
+    "queue_wait_s",
+    "preemptions",
+    "replica",
+    "dropped",
+)
 
 #: A folder holding this file was written by aifactory_sim and may be refreshed.
 MARKER = "meta.json"
@@ -66,10 +76,16 @@ class Results:
         self.ledger = ledger
         self.failures = failures if failures is not None else pd.DataFrame()
         self.events = events if events is not None else pd.DataFrame()
-        self.requests = requests if requests is not None else pd.DataFrame(
-            columns=["service", *REQUEST_COLUMNS])
-        self.services = services if services is not None else pd.DataFrame(
-            columns=["service", *SERVICE_COLUMNS])
+        self.requests = (
+            requests
+            if requests is not None
+            else pd.DataFrame(columns=["service", *REQUEST_COLUMNS])
+        )
+        self.services = (
+            services
+            if services is not None
+            else pd.DataFrame(columns=["service", *SERVICE_COLUMNS])
+        )
         self.power = power if power is not None else pd.DataFrame(columns=list(POWER_COLUMNS))
 
     # --- construction --------------------------------------------------------------------
@@ -108,14 +124,18 @@ class Results:
             "failures": {
                 "count": len(records),
                 "interrupting": int(failures["job"].notna().sum()),
-                "by_component": {c: int((failures["component"] == c).sum())
-                                 for c in sorted(set(failures["component"]))},
+                "by_component": {
+                    c: int((failures["component"] == c).sum())
+                    for c in sorted(set(failures["component"]))
+                },
             },
         }
         meta = {
             "scenario_hash": content_hash(sc),
-            "tiers": {"training": sc.fidelity if sc.fidelity != "fluid" else "fast",
-                      **{f"inference.{svc.name}": svc.tier for svc in factory.services}},
+            "tiers": {
+                "training": sc.fidelity if sc.fidelity != "fluid" else "fast",
+                **{f"inference.{svc.name}": svc.tier for svc in factory.services},
+            },
             "wall_s": wall_s,
             "events": tel.events,
             "version": aifactory_sim.__version__,
@@ -123,10 +143,19 @@ class Results:
             "numpy": np.__version__,
         }
         ts = pd.DataFrame(tel.rows, columns=list(COLUMNS))
-        services = pd.concat(
-            [pd.DataFrame(svc.rows, columns=list(SERVICE_COLUMNS)).assign(service=svc.name)
-             [["service", *SERVICE_COLUMNS]] for svc in factory.services], ignore_index=True,
-        ) if factory.services else None
+        services = (
+            pd.concat(
+                [
+                    pd.DataFrame(svc.rows, columns=list(SERVICE_COLUMNS)).assign(service=svc.name)[
+                        ["service", *SERVICE_COLUMNS]
+                    ]
+                    for svc in factory.services
+                ],
+                ignore_index=True,
+            )
+            if factory.services
+            else None
+        )
         power = power_timeline(sc, summary, ts, services)
         extra = energy_and_cost(sc, summary, power)
         for name, vals in extra.pop("jobs").items():
@@ -137,18 +166,26 @@ class Results:
         job_rows = [{"job": name, **vals} for name, vals in jobs.items()]
         jobs_df = pd.DataFrame(job_rows)
         total_h = tel.total_gpus * duration / 3600.0
-        ledger = pd.DataFrame({
-            "bucket": list(ledger_h), "gpu_h": list(ledger_h.values()),
-        })
+        ledger = pd.DataFrame(
+            {
+                "bucket": list(ledger_h),
+                "gpu_h": list(ledger_h.values()),
+            }
+        )
         ledger["share"] = ledger["gpu_h"] / total_h
         frames = [(svc.name, svc.requests_frame()) for svc in factory.services]
         frames = [(name, cols) for name, cols in frames if cols]  # the fluid tier has none
-        requests = pd.concat(
-            [pd.DataFrame({"service": name, **cols}) for name, cols in frames],
-            ignore_index=True,
-        ) if frames else None
-        return cls(sc, summary, meta, jobs_df, ts, ledger, failures, events, requests, services,
-                   power)
+        requests = (
+            pd.concat(
+                [pd.DataFrame({"service": name, **cols}) for name, cols in frames],
+                ignore_index=True,
+            )
+            if frames
+            else None
+        )
+        return cls(
+            sc, summary, meta, jobs_df, ts, ledger, failures, events, requests, services, power
+        )
 
     # --- views ---------------------------------------------------------------------------
     @property
@@ -163,8 +200,11 @@ class Results:
         lines = [
             f"scenario {s['scenario']}  seed {s['seed']}  {s['gpus']:,} GPUs  "
             f"{s['duration_s'] / 86400:.2f} days  fidelity {s['fidelity']}"
-            + "".join(f" ({name}: {v['fidelity']})" for name, v in s.get("inference", {}).items()
-                      if v["fidelity"] != s["fidelity"]),
+            + "".join(
+                f" ({name}: {v['fidelity']})"
+                for name, v in s.get("inference", {}).items()
+                if v["fidelity"] != s["fidelity"]
+            ),
             "",
             "GPU-hour ledger",
         ]
@@ -179,8 +219,10 @@ class Results:
             lines += ["", f"failures: {f['count']} ({parts}); {f['interrupting']} hit a job"]
         if s["training"]:
             lines += ["", "training jobs"]
-            head = (f"  {'job':<20}{'state':<14}{'tokens':>12}{'step s':>9}{'MFU':>7}"
-                    f"{'start h':>9}{'finish h':>10}{'ETTR':>7}{'fails':>7}{'ckpts':>7}")
+            head = (
+                f"  {'job':<20}{'state':<14}{'tokens':>12}{'step s':>9}{'MFU':>7}"
+                f"{'start h':>9}{'finish h':>10}{'ETTR':>7}{'fails':>7}{'ckpts':>7}"
+            )
             lines.append(head)
             for name, j in s["training"].items():
                 step = "-" if j["step_time_s"] is None else f"{j['step_time_s']:.2f}"
@@ -195,21 +237,26 @@ class Results:
                 )
         if s.get("inference"):
             lines += ["", "inference services"]
-            lines.append(f"  {'service':<16}{'requests':>13}{'done':>13}{'tok/s':>10}"
-                         f"{'TTFT p50':>10}{'p99':>8}{'TPOT p50':>10}{'p99':>8}{'SLO':>7}"
-                         f"{'replicas':>10}")
+            lines.append(
+                f"  {'service':<16}{'requests':>13}{'done':>13}{'tok/s':>10}"
+                f"{'TTFT p50':>10}{'p99':>8}{'TPOT p50':>10}{'p99':>8}{'SLO':>7}"
+                f"{'replicas':>10}"
+            )
             for name, v in s["inference"].items():
+
                 def ms(x: float | None) -> str:
                     if x is None:
                         return "-"
                     return f"{x * 1e3:.0f}ms" if x < 10 else f"{x:.0f}s"
+
                 slo = "-" if v["slo_attainment"] is None else f"{v['slo_attainment']:.1%}"
                 lines.append(
                     f"  {name:<16}{v['requests']:>13,}{v['completed']:>13,}"
                     f"{v['output_tokens_per_s']:>10,.0f}{ms(v['ttft_s']['p50']):>10}"
                     f"{ms(v['ttft_s']['p99']):>8}{ms(v['tpot_s']['p50']):>10}"
                     f"{ms(v['tpot_s']['p99']):>8}{slo:>7}"
-                    f"{v['replicas_mean']:>6.1f}/{v['replicas_max']:<3}")
+                    f"{v['replicas_mean']:>6.1f}/{v['replicas_max']:<3}"
+                )
         return "\n".join(lines)
 
     # --- files ---------------------------------------------------------------------------
@@ -227,8 +274,10 @@ class Results:
             same = False
             if marker.exists():
                 try:
-                    same = json.loads(marker.read_text())["scenario_hash"] == self.meta[
-                        "scenario_hash"]
+                    same = (
+                        json.loads(marker.read_text())["scenario_hash"]
+                        == self.meta["scenario_hash"]
+                    )
                 except (ValueError, KeyError):
                     same = False
             if not same:

@@ -109,16 +109,23 @@ def _walk(data: Any, path: str) -> tuple[bool, Any]:
 def _check_path(path: Any, raw: dict[str, Any], full: dict[str, Any], what: str) -> Any:
     """Raise unless `path` names a field of the scenario; return the field's current value."""
     if not isinstance(path, str) or not path:
-        raise ScenarioError(f"{what}: a parameter is a dotted path (e.g. training.0.parallel.dp), "
-                            f"got {path!r}")
+        raise ScenarioError(
+            f"{what}: a parameter is a dotted path (e.g. training.0.parallel.dp), got {path!r}"
+        )
     if path == "seed" or path.startswith("seed."):
-        raise ScenarioError(f"{what}: seed cannot be swept; replications get their own seeds "
-                            "(seeds=R, --replications R)", path=path)
+        raise ScenarioError(
+            f"{what}: seed cannot be swept; replications get their own seeds "
+            "(seeds=R, --replications R)",
+            path=path,
+        )
     ok_full, value = _walk(full, path)
     ok_raw, _ = _walk(raw, path)
     if not ok_full and not ok_raw:
-        raise ScenarioError(f"{what}: no such field in the scenario (check the spelling; lists "
-                            "are indexed by position, e.g. training.0.parallel.dp)", path=path)
+        raise ScenarioError(
+            f"{what}: no such field in the scenario (check the spelling; lists "
+            "are indexed by position, e.g. training.0.parallel.dp)",
+            path=path,
+        )
     return value
 
 
@@ -137,7 +144,7 @@ def point_seed(base_seed: int, params: Mapping[str, Any], replication: int) -> i
     its result, depends neither on the worker that ran it nor on the order of the points.
     """
     digest = _point_key(params)
-    words = tuple(int(digest[i:i + 8], 16) for i in range(0, 32, 8))
+    words = tuple(int(digest[i : i + 8], 16) for i in range(0, 32, 8))
     ss = np.random.SeedSequence(base_seed, spawn_key=(_KEY_POINT, *words, replication))
     return int(ss.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))  # < 2**63
 
@@ -170,16 +177,18 @@ def _design(
     for path, values in grid.items():
         _check_path(path, raw, full, "grid")
         if isinstance(values, str | bytes | Mapping) or not isinstance(values, Sequence):
-            raise ScenarioError(f"grid: give a list of values, e.g. [16, 32, 64] "
-                                f"(got {values!r})", path=path)
+            raise ScenarioError(
+                f"grid: give a list of values, e.g. [16, 32, 64] (got {values!r})", path=path
+            )
         if not values:
             raise ScenarioError("grid: the list of values is empty", path=path)
     if ranges and samples is None:
         raise ScenarioError("ranges need samples=N, the number of points to draw")
     if samples is not None and not ranges:
         raise ScenarioError("samples=N needs ranges={path: (lo, hi)} to draw the points in")
-    if samples is not None and (isinstance(samples, bool) or not isinstance(samples, int)
-                                or samples < 1):
+    if samples is not None and (
+        isinstance(samples, bool) or not isinstance(samples, int) or samples < 1
+    ):
         raise ScenarioError(f"samples: a whole number of points >= 1 (got {samples!r})")
     if design not in DESIGNS:
         raise ScenarioError(f"design: {design!r} is not one of {', '.join(DESIGNS)}")
@@ -188,21 +197,34 @@ def _design(
         if path in grid:
             raise ScenarioError("both in grid and in ranges; give it in one", path=path)
         current = _check_path(path, raw, full, "ranges")
-        ok = (isinstance(bounds, Sequence) and not isinstance(bounds, str) and len(bounds) == 2
-              and all(isinstance(b, int | float | np.number) and not isinstance(b, bool)
-                      and math.isfinite(b) for b in bounds))
+        ok = (
+            isinstance(bounds, Sequence)
+            and not isinstance(bounds, str)
+            and len(bounds) == 2
+            and all(
+                isinstance(b, int | float | np.number)
+                and not isinstance(b, bool)
+                and math.isfinite(b)
+                for b in bounds
+            )
+        )
         if not ok or not bounds[0] < bounds[1]:
-            raise ScenarioError(f"ranges: give (lo, hi), two numbers with lo < hi "
-                                f"(got {bounds!r})", path=path)
+            raise ScenarioError(
+                f"ranges: give (lo, hi), two numbers with lo < hi (got {bounds!r})", path=path
+            )
         # An integer field (its current value an int), or a new field with integer bounds.
         integer[path] = (isinstance(current, int) and not isinstance(current, bool)) or (
-            current is None and all(isinstance(b, int | np.integer) for b in bounds))
+            current is None and all(isinstance(b, int | np.integer) for b in bounds)
+        )
     sampled: list[dict[str, Any]] = [{}]
     if ranges:
         rng = np.random.default_rng(np.random.SeedSequence(base_seed, spawn_key=(_KEY_DESIGN,)))
         assert samples is not None
-        unit = (latin_hypercube(samples, len(ranges), rng) if design == "lhs"
-                else rng.random((samples, len(ranges))))
+        unit = (
+            latin_hypercube(samples, len(ranges), rng)
+            if design == "lhs"
+            else rng.random((samples, len(ranges)))
+        )
         sampled = []
         for row in unit:
             point: dict[str, Any] = {}
@@ -224,8 +246,9 @@ def _design(
 # ---------------------------------------------------------------------------------------------
 
 
-def _run_point(base: dict[str, Any], task: tuple[int, int, int, dict[str, Any]]
-               ) -> tuple[int, int, dict[str, Any] | str]:
+def _run_point(
+    base: dict[str, Any], task: tuple[int, int, int, dict[str, Any]]
+) -> tuple[int, int, dict[str, Any] | str]:
     """Run one (point, replication): its flattened summary, or the text of its error."""
     from .engine.factory import run
     from .spec.loader import load
@@ -248,8 +271,11 @@ def _run_point(base: dict[str, Any], task: tuple[int, int, int, dict[str, Any]]
 
 
 def _is_dask_client(obj: Any) -> bool:
-    return (type(obj).__module__.split(".")[0] == "distributed"
-            and hasattr(obj, "submit") and hasattr(obj, "scatter"))
+    return (
+        type(obj).__module__.split(".")[0] == "distributed"
+        and hasattr(obj, "submit")
+        and hasattr(obj, "scatter")
+    )
 
 
 def _execute(
@@ -259,12 +285,15 @@ def _execute(
     tasks: list[tuple[int, int, int, dict[str, Any]]],
 ) -> Iterator[tuple[int, int, dict[str, Any] | str]]:
     """Yield each task's result as it finishes, on the chosen executor."""
-    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
-                                or workers < 1):
+    if workers is not None and (
+        isinstance(workers, bool) or not isinstance(workers, int) or workers < 1
+    ):
         raise ScenarioError(f"workers: a whole number of processes >= 1 (got {workers!r})")
     if workers is not None and executor not in (None, "processes"):
-        raise ScenarioError("workers: sets the size of the default process pool; with another "
-                            "executor, size that executor instead")
+        raise ScenarioError(
+            "workers: sets the size of the default process pool; with another "
+            "executor, size that executor instead"
+        )
     if not tasks:
         return
     if executor == "inprocess":
@@ -290,12 +319,15 @@ def _execute(
         finally:
             executor.cancel([f for f in futures if not f.done()])
         return
-    raise ScenarioError(f"executor: {executor!r} is not one of {', '.join(EXECUTORS)}, a "
-                        "concurrent.futures.Executor or a dask.distributed Client")
+    raise ScenarioError(
+        f"executor: {executor!r} is not one of {', '.join(EXECUTORS)}, a "
+        "concurrent.futures.Executor or a dask.distributed Client"
+    )
 
 
-def _from_executor(pool: Executor, base: dict[str, Any], tasks: list[Any]
-                   ) -> Iterator[tuple[int, int, dict[str, Any] | str]]:
+def _from_executor(
+    pool: Executor, base: dict[str, Any], tasks: list[Any]
+) -> Iterator[tuple[int, int, dict[str, Any] | str]]:
     futures = [pool.submit(_run_point, base, task) for task in tasks]
     try:
         for fut in as_completed(futures):
@@ -322,11 +354,16 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def _record(params: Mapping[str, Any], point: int, replication: int, seed: int,
-            result: dict[str, Any] | str) -> dict[str, str]:
-    row = {**{p: _cell(v) for p, v in params.items()},
-           "point": str(point), "replication": str(replication), "seed": str(seed),
-           "error": result if isinstance(result, str) else ""}
+def _record(
+    params: Mapping[str, Any], point: int, replication: int, seed: int, result: dict[str, Any] | str
+) -> dict[str, str]:
+    row = {
+        **{p: _cell(v) for p, v in params.items()},
+        "point": str(point),
+        "replication": str(replication),
+        "seed": str(seed),
+        "error": result if isinstance(result, str) else "",
+    }
     if not isinstance(result, str):
         for key, value in result.items():
             if key not in row:
@@ -372,12 +409,16 @@ class _Store:
         old = self.out / MANIFEST
         nonempty = self.out.exists() and any(self.out.iterdir())
         if nonempty and not resume:
-            raise ScenarioError(f"out: {self.out} already holds files; pass resume=True "
-                                "(--resume) to finish the sweep there, or choose another folder")
+            raise ScenarioError(
+                f"out: {self.out} already holds files; pass resume=True "
+                "(--resume) to finish the sweep there, or choose another folder"
+            )
         if nonempty:
             if not old.is_file():
-                raise ScenarioError(f"out: {self.out} holds files but no {MANIFEST}: not a "
-                                    "sweep folder; choose another folder")
+                raise ScenarioError(
+                    f"out: {self.out} holds files but no {MANIFEST}: not a "
+                    "sweep folder; choose another folder"
+                )
             try:
                 before = json.loads(old.read_text(encoding="utf-8"))
             except (OSError, ValueError):
@@ -387,7 +428,8 @@ class _Store:
                     raise ScenarioError(
                         f"out: cannot resume: {self.out} holds a sweep with another {key} "
                         f"({_short(before.get(key))} there, {_short(manifest[key])} now); "
-                        "choose another folder")
+                        "choose another folder"
+                    )
         self.points.mkdir(parents=True, exist_ok=True)
         for stale in self.points.glob(".*.tmp"):  # an interrupted write of ours
             stale.unlink()
@@ -494,16 +536,18 @@ def sweep(
     from .spec.loader import content_hash
 
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
-        raise ScenarioError(f"seeds: the number of replications, a whole number >= 1 "
-                            f"(got {seeds!r})")
+        raise ScenarioError(
+            f"seeds: the number of replications, a whole number >= 1 (got {seeds!r})"
+        )
     if format not in FORMATS:
         raise ScenarioError(f"format: {format!r} is not one of {', '.join(FORMATS)}")
     if format == "parquet":
         try:
             import pyarrow  # noqa: F401
         except ImportError:
-            raise ScenarioError("format: parquet needs pyarrow (pip install pyarrow); "
-                                "or use csv") from None
+            raise ScenarioError(
+                "format: parquet needs pyarrow (pip install pyarrow); or use csv"
+            ) from None
     if resume and out is None:
         raise ScenarioError("resume: needs out, the folder of the sweep to finish")
     raw, base = _base(scenario, overrides)
@@ -518,18 +562,33 @@ def sweep(
             "scenario": base.name,
             "scenario_hash": content_hash(base),
             "base_seed": base.seed,
-            "design": json.loads(json.dumps({
-                "grid": {p: _plain(list(v)) for p, v in (grid or {}).items()},
-                "ranges": {p: _plain(list(v)) for p, v in (ranges or {}).items()},
-                "samples": samples, "design": design if ranges else None,
-                "replications": seeds,
-                "overrides": _plain(dict(overrides or {})),
-            })),
+            "design": json.loads(
+                json.dumps(
+                    {
+                        "grid": {p: _plain(list(v)) for p, v in (grid or {}).items()},
+                        "ranges": {p: _plain(list(v)) for p, v in (ranges or {}).items()},
+                        "samples": samples,
+                        "design": design if ranges else None,
+                        "replications": seeds,
+                        "overrides": _plain(dict(overrides or {})),
+                    }
+                )
+            ),
             "parameters": paths,
             "format": format,
-            "points": json.loads(json.dumps([
-                {"point": i, "id": _point_key(params)[:12], "params": params,
-                 "seeds": seeds_of[i]} for i, params in enumerate(points)])),
+            "points": json.loads(
+                json.dumps(
+                    [
+                        {
+                            "point": i,
+                            "id": _point_key(params)[:12],
+                            "params": params,
+                            "seeds": seeds_of[i],
+                        }
+                        for i, params in enumerate(points)
+                    ]
+                )
+            ),
         }
         store = _Store(out, manifest, resume, format)
 
@@ -548,8 +607,15 @@ def sweep(
     from .engine import factory  # noqa: F401  (a forked worker inherits it instead of importing)
 
     total = len(points) * seeds
-    with tqdm(total=total, initial=total - len(tasks), disable=not progress, file=sys.stderr,
-              desc=f"sweep {base.name}", unit="run", dynamic_ncols=True) as bar:
+    with tqdm(
+        total=total,
+        initial=total - len(tasks),
+        disable=not progress,
+        file=sys.stderr,
+        desc=f"sweep {base.name}",
+        unit="run",
+        dynamic_ncols=True,
+    ) as bar:
         failed = 0
         for i, r, result in _execute(executor, workers, raw, tasks):
             row = _record(points[i], i, r, seeds_of[i][r], result)
@@ -586,9 +652,13 @@ def parameter_columns(df: pd.DataFrame) -> list[str]:
 def metric_columns(df: pd.DataFrame) -> list[str]:
     """The numeric metric columns of a sweep table (booleans and all-empty columns left out)."""
     start = list(df.columns).index("error") + 1 if "error" in df.columns else 0
-    return [c for c in df.columns[start:]
-            if pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c])
-            and df[c].notna().any()]
+    return [
+        c
+        for c in df.columns[start:]
+        if pd.api.types.is_numeric_dtype(df[c])
+        and not pd.api.types.is_bool_dtype(df[c])
+        and df[c].notna().any()
+    ]
 
 
 def summarize(
@@ -607,8 +677,13 @@ def summarize(
     """
     from scipy import stats
 
-    chosen = (metric_columns(df) if metrics is None
-              else [metrics] if isinstance(metrics, str) else list(metrics))
+    chosen = (
+        metric_columns(df)
+        if metrics is None
+        else [metrics]
+        if isinstance(metrics, str)
+        else list(metrics)
+    )
     missing = [m for m in chosen if m not in df.columns]
     if missing:
         raise ScenarioError(f"metrics: no column {missing[0]!r} in the sweep table")
@@ -616,8 +691,11 @@ def summarize(
     frames = []
     for metric in chosen:
         values = pd.to_numeric(df[metric], errors="coerce")
-        grouped = (values.groupby([df[k] for k in keys], dropna=False, sort=False) if keys
-                   else values.groupby(np.zeros(len(df), dtype=int)))
+        grouped = (
+            values.groupby([df[k] for k in keys], dropna=False, sort=False)
+            if keys
+            else values.groupby(np.zeros(len(df), dtype=int))
+        )
         part = grouped.agg(["count", "mean", "std"]).reset_index(drop=not keys)
         part = part.rename(columns={"count": "n"})
         n = part["n"].to_numpy(dtype=float)

@@ -31,8 +31,9 @@ def _pick(df: pd.DataFrame, given: str | None, what: str, skip: tuple[str, ...] 
     params = parameter_columns(df)
     if given is not None:
         if given not in df.columns:
-            raise ScenarioError(f"{what}: no column {given!r}; the parameters are "
-                                f"{', '.join(params) or 'none'}")
+            raise ScenarioError(
+                f"{what}: no column {given!r}; the parameters are {', '.join(params) or 'none'}"
+            )
         return given
     left = [p for p in params if p not in skip]
     if len(left) != 1:
@@ -76,8 +77,15 @@ def metric_vs_param(
         label = "mean" if by is None else f"{by} = {value}"
         ax.plot(x, part["mean"], marker="o", color=colour, lw=1.6, label=label)
         if part["n"].max() >= 2:
-            ax.fill_between(x, part["ci95_lo"], part["ci95_hi"], color=colour, alpha=0.2,
-                            lw=0, label="95 % CI" if by is None else None)
+            ax.fill_between(
+                x,
+                part["ci95_lo"],
+                part["ci95_hi"],
+                color=colour,
+                alpha=0.2,
+                lw=0,
+                label="95 % CI" if by is None else None,
+            )
         rows = df if by is None else df[df[by] == value]
         raw = pd.to_numeric(rows[metric], errors="coerce")
         ax.scatter([position(v) for v in rows[param]], raw, s=10, color=colour, alpha=0.5)
@@ -86,8 +94,9 @@ def metric_vs_param(
     ax.set_xlabel(param)  # axes carry the dotted keys: the names to type to get the columns
     ax.set_ylabel(metric)
     reps = int(stats["n"].max()) if len(stats) else 0
-    ax.set_title(f"{metric} against {param} ({reps} replication{'s' * (reps != 1)} a point)",
-                 fontsize=10)
+    ax.set_title(
+        f"{metric} against {param} ({reps} replication{'s' * (reps != 1)} a point)", fontsize=10
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return _save(fig, save)
@@ -116,21 +125,28 @@ def heatmap(
             raise ScenarioError(f"heatmap: no column {name!r}")
     stats = summarize(df, [metric], by=[y, x])
     table = stats.pivot(index=y, columns=x, values="mean")
-    table = table.reindex(index=sorted(table.index, key=_order), columns=sorted(table.columns,
-                                                                                 key=_order))
+    table = table.reindex(
+        index=sorted(table.index, key=_order), columns=sorted(table.columns, key=_order)
+    )
     values = table.to_numpy(dtype=float)
     fig = _figure()
     ax = fig.subplots()
-    image = ax.imshow(np.ma.masked_invalid(values), origin="lower", aspect="auto",
-                      cmap="viridis")
+    image = ax.imshow(np.ma.masked_invalid(values), origin="lower", aspect="auto", cmap="viridis")
     fig.colorbar(image, ax=ax, label=metric)
     finite = values[np.isfinite(values)]
     middle = (finite.min() + finite.max()) / 2 if finite.size else 0.0
     if values.size <= 400:
         for (i, j), v in np.ndenumerate(values):
             if np.isfinite(v):
-                ax.text(j, i, f"{v:.3g}", ha="center", va="center", fontsize=7,
-                        color="white" if v < middle else "black")
+                ax.text(
+                    j,
+                    i,
+                    f"{v:.3g}",
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if v < middle else "black",
+                )
     ax.set_xticks(range(len(table.columns)), [_tick(v) for v in table.columns])
     ax.set_yticks(range(len(table.index)), [_tick(v) for v in table.index])
     ax.set_xlabel(x)
@@ -160,21 +176,24 @@ def pareto(
     _check_metric(df, x)
     _check_metric(df, y)
     params = parameter_columns(df)
-    means = (df.groupby(params, dropna=False, sort=False)[[x, y]].mean().reset_index()
-             if params else df[[x, y]].apply(pd.to_numeric, errors="coerce"))
+    means = (
+        df.groupby(params, dropna=False, sort=False)[[x, y]].mean().reset_index()
+        if params
+        else df[[x, y]].apply(pd.to_numeric, errors="coerce")
+    )
     means = means[means[x].notna() & means[y].notna()]
     front = pareto_front(means, x, y, minimize)
     fig = _figure()
     ax = fig.subplots()
-    ax.scatter(means.loc[~front, x], means.loc[~front, y], s=18, color="#9e9e9e",
-               label="dominated")
+    ax.scatter(means.loc[~front, x], means.loc[~front, y], s=18, color="#9e9e9e", label="dominated")
     best = means[front].sort_values(x)
     ax.plot(best[x], best[y], marker="o", color="#c62828", lw=1.4, label="Pareto front")
     if len(best) <= 12:
         for _, row in best.iterrows():
             text = ", ".join(f"{p.rsplit('.', 1)[-1]}={_tick(row[p])}" for p in params)
-            ax.annotate(text, (row[x], row[y]), fontsize=7, xytext=(4, 4),
-                        textcoords="offset points")
+            ax.annotate(
+                text, (row[x], row[y]), fontsize=7, xytext=(4, 4), textcoords="offset points"
+            )
     ax.set_xlabel(x + (" (lower is better)" if minimize[0] else " (higher is better)"))
     ax.set_ylabel(y + (" (lower is better)" if minimize[1] else " (higher is better)"))
     ax.set_title(f"Pareto front: {len(best)} of {len(means)} points", fontsize=10)

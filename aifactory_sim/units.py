@@ -25,8 +25,15 @@ _DURATION_S = {
     "wk": 604800.0,
 }
 _COUNT_SCALE = {"": 1.0, "k": 1e3, "K": 1e3, "M": 1e6, "B": 1e9, "G": 1e9, "T": 1e12}
-_BINARY_SCALE = {"": 1.0, "k": 2.0**10, "K": 2.0**10, "M": 2.0**20, "B": 2.0**30, "G": 2.0**30,
-                 "T": 2.0**40}
+_BINARY_SCALE = {
+    "": 1.0,
+    "k": 2.0**10,
+    "K": 2.0**10,
+    "M": 2.0**20,
+    "B": 2.0**30,
+    "G": 2.0**30,
+    "T": 2.0**40,
+}
 _NUMBER = r"([+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)"
 _DURATION_RE = re.compile(rf"^\s*{_NUMBER}\s*([a-zA-Z]*)\s*$")
 _COUNT_RE = re.compile(rf"^\s*{_NUMBER}\s*([kKMBGT]?)\s*$")

@@ -120,7 +120,10 @@ class ClusterState:
         c = scenario.cluster
         self.pools = {
             p.name: PoolState(
-                p.name, p.nodes, p.gpus_per_node, c.fabric.nodes_per_leaf,
+                p.name,
+                p.nodes,
+                p.gpus_per_node,
+                c.fabric.nodes_per_leaf,
                 c.spare_nodes if i == 0 else 0,
             )
             for i, p in enumerate(c.node_pools)
@@ -159,8 +162,9 @@ class ClusterState:
                 return True
         return False
 
-    def _claim(self, state: PoolState, nodes: np.ndarray, owner: int,
-               allowed: tuple[int, ...] = (FREE,)) -> None:
+    def _claim(
+        self, state: PoolState, nodes: np.ndarray, owner: int, allowed: tuple[int, ...] = (FREE,)
+    ) -> None:
         owners = state.owner[nodes]
         ok = owners == allowed[0] if len(allowed) == 1 else np.isin(owners, allowed)
         if not ok.all():  # never two owners for one node

@@ -43,6 +43,10 @@ class Fabric:
             totals[alloc.pool] = totals.get(alloc.pool, 0) + f
         for job, pool, f in flows:
             crossed = totals[pool][f > 0]
-            job.set_fabric_slowdown(float(leaf_share_slowdown(
-                crossed, self.nodes_per_leaf, self.oversubscription).max())
-                if crossed.size else 1.0)
+            job.set_fabric_slowdown(
+                float(
+                    leaf_share_slowdown(crossed, self.nodes_per_leaf, self.oversubscription).max()
+                )
+                if crossed.size
+                else 1.0
+            )

@@ -43,8 +43,9 @@ class Factory:
         self.telemetry = Telemetry(total_gpus=self.cluster.total_gpus)
         self.estimates = EstimateCache()
         st = scenario.cluster.storage
-        self.storage = None if st is None else SharedStorage(
-            self.env, st.read_gb_s * 1e9, st.write_gb_s * 1e9)
+        self.storage = (
+            None if st is None else SharedStorage(self.env, st.read_gb_s * 1e9, st.write_gb_s * 1e9)
+        )
         self.scheduler = Scheduler(self)
         self.waiting: list[TrainingRun] = []  # running jobs short of nodes after a failure
         self.last_wanted: dict[str, float] = {}  # pool -> when someone last lacked nodes
@@ -54,18 +55,28 @@ class Factory:
         ]
         self.services = [
             (FluidService if (svc.fidelity or scenario.fidelity) == "fluid" else Service)(
-                self, k, len(self.jobs) + k, svc, self.pool(svc.pool), {
-                name: rng_for(scenario.seed, f"inference.{svc.name}.{name}")
-                for name in ("arrivals", "prompts", "outputs", "router", "metric")
-            })
+                self,
+                k,
+                len(self.jobs) + k,
+                svc,
+                self.pool(svc.pool),
+                {
+                    name: rng_for(scenario.seed, f"inference.{svc.name}.{name}")
+                    for name in ("arrivals", "prompts", "outputs", "router", "metric")
+                },
+            )
             for k, svc in enumerate(scenario.inference)
         ]
         self.failures = None
         if scenario.failures is not None:
-            self.failures = FailureInjector(self, scenario.failures, {
-                name: rng_for(scenario.seed, f"failures.{name}")
-                for name in ("times", "repairs", "components")
-            })
+            self.failures = FailureInjector(
+                self,
+                scenario.failures,
+                {
+                    name: rng_for(scenario.seed, f"failures.{name}")
+                    for name in ("times", "repairs", "components")
+                },
+            )
         self.sample()
 
     def pool(self, name: str | None) -> NodePool:
@@ -137,8 +148,11 @@ class Factory:
             self.wanted(pool)
             return False
         hold = self.scenario.scheduler.regrow_after_s
-        return (not self.waiting and not self.scheduler.queued_in(pool)
-                and self.env.now - self.last_wanted.get(pool, -math.inf) >= hold)
+        return (
+            not self.waiting
+            and not self.scheduler.queued_in(pool)
+            and self.env.now - self.last_wanted.get(pool, -math.inf) >= hold
+        )
 
     def held_back(self, pool: str) -> int:
         """Free nodes of `pool` an elastic job leaves alone when it grows: what the pool's
@@ -165,8 +179,7 @@ class Factory:
             repair = self.env.timeout(repair_s)
             repair.callbacks.append(lambda _ev: self._repaired(pool, node))
         self.sample()
-        return job.spec.name if job is not None else (
-            service.name if service is not None else None)
+        return job.spec.name if job is not None else (service.name if service is not None else None)
 
     def _repaired(self, pool: str, node: int) -> None:
         self.cluster.repair(pool, node)
@@ -187,7 +200,8 @@ class Factory:
                 continue
             job.book()  # the meter books what it held so far before its gang grows
             while job.held_nodes < job.nodes and self.cluster.replacement(
-                    job.alloc, job.index, near=int(job.alloc.nodes[0]) if job.held_nodes else 0):
+                job.alloc, job.index, near=int(job.alloc.nodes[0]) if job.held_nodes else 0
+            ):
                 pass
             if job.held_nodes >= job.min_nodes:  # an elastic job runs narrower meanwhile
                 self.waiting.remove(job)

@@ -59,10 +59,14 @@ class FailureInjector:
         self.spec = spec
         self.env = factory.env
         self.records: list[FailureRecord] = []
-        self.nodes = [(name, i) for name, pool in factory.cluster.pools.items()
-                      for i in range(pool.owner.size)]
+        self.nodes = [
+            (name, i)
+            for name, pool in factory.cluster.pools.items()
+            for i in range(pool.owner.size)
+        ]
         mtbf = spec.node_mtbf_s
         if isinstance(spec.distribution, Exponential):
+
             def ttf(n: int) -> np.ndarray:
                 return rngs["times"].exponential(mtbf, n)
         else:
@@ -71,17 +75,22 @@ class FailureInjector:
 
             def ttf(n: int) -> np.ndarray:
                 return scale * rngs["times"].weibull(k, n)
+
         self._ttf = _Stream(ttf)
         r = spec.repair_h
         if isinstance(r, FixedHours):
+
             def repair(n: int) -> np.ndarray:
                 return np.full(n, r.value * 3600.0)
         elif isinstance(r, LognormalHours):
+
             def repair(n: int) -> np.ndarray:
                 return r.median * 3600.0 * rngs["repairs"].lognormal(0.0, r.sigma, n)
         else:
+
             def repair(n: int) -> np.ndarray:
                 return rngs["repairs"].exponential(r.mean * 3600.0, n)
+
         self._repair = _Stream(repair)
         shares = spec.component_shares()
         probs = np.array([shares[c] for c in COMPONENTS])
@@ -105,4 +114,3 @@ class FailureInjector:
             job = self.factory.node_failed(pool, node, component, repair_s)
             self.records.append(FailureRecord(env.now, pool, node, component, repair_s, job))
             heapq.heappush(self._heap, (env.now + repair_s + self._ttf(), i))
-

@@ -144,17 +144,29 @@ class FluidService(Service):
     def _init_requests(self, rngs: dict[str, np.random.Generator], span_s: float) -> None:
         spec, b = self.spec, self.spec.batching
         start = spec.start_at
-        self.edges = tick_edges(self.interval_s, span_s) + start if span_s > 0 else np.array(
-            [start, start])
-        counts = (counts_per_tick(spec.traffic, self.interval_s, span_s, rngs["arrivals"])
-                  .astype(np.float64) if span_s > 0 else np.zeros(1))
+        self.edges = (
+            tick_edges(self.interval_s, span_s) + start if span_s > 0 else np.array([start, start])
+        )
+        counts = (
+            counts_per_tick(spec.traffic, self.interval_s, span_s, rngs["arrivals"]).astype(
+                np.float64
+            )
+            if span_s > 0
+            else np.zeros(1)
+        )
         self.cum_arrivals = np.concatenate(([0.0], np.cumsum(counts)))
         self._edges_list = self.edges.tolist()
         self._cum_list = self.cum_arrivals.tolist()
         if spec.traffic.kind == "trace":  # the trace's own lengths, each row once
-            reqs = draw_requests(spec.traffic, spec.prompt_tokens, spec.output_tokens, span_s,
-                                 arrivals_rng=rngs["arrivals"], prompt_rng=rngs["prompts"],
-                                 output_rng=rngs["outputs"])
+            reqs = draw_requests(
+                spec.traffic,
+                spec.prompt_tokens,
+                spec.output_tokens,
+                span_s,
+                arrivals_rng=rngs["arrivals"],
+                prompt_rng=rngs["prompts"],
+                output_rng=rngs["outputs"],
+            )
             prompt, output = reqs.prompt_tokens, reqs.output_tokens
             if prompt is None or prompt.size == 0:
                 prompt = output = np.ones(1, dtype=np.int64)
@@ -180,7 +192,8 @@ class FluidService(Service):
         self.mean_pairs = float((i * (i + 1.0) / 2.0).mean())
         decode_steps = float((o - 1.0).mean())
         self.mean_context = self.mean_prompt + (
-            float((o * (o - 1.0) / 2.0).mean()) / decode_steps if decode_steps > 0 else 0.0)
+            float((o * (o - 1.0) / 2.0).mean()) / decode_steps if decode_steps > 0 else 0.0
+        )
         self.output_cv2 = float(o.var() / o.mean() ** 2)
         self._operating_points()
         # The flows.
@@ -203,16 +216,25 @@ class FluidService(Service):
         self._unprefilled = 0.0
         self.dropped = np.zeros(0, dtype=bool)
 
-    def _iteration_s(self, prefill: np.ndarray, decode: np.ndarray, context: np.ndarray,
-                     pairs: np.ndarray, prompts: np.ndarray) -> np.ndarray:
+    def _iteration_s(
+        self,
+        prefill: np.ndarray,
+        decode: np.ndarray,
+        context: np.ndarray,
+        pairs: np.ndarray,
+        prompts: np.ndarray,
+    ) -> np.ndarray:
         """The kernel's iteration time for fractional batches: the replica's IterationTable,
         linear between whole tokens and sequences (exact at whole numbers)."""
         tab = self.table
         tokens = np.clip(prefill + decode, 0.0, len(tab.tokens) - 1.0)
         seqs = np.clip(decode + prompts, 0.0, len(tab.sampled) - 1.0)
-        return (np.interp(tokens, self._tok_axis, tab.tokens)
-                + np.interp(seqs, self._seq_axis, tab.sampled)
-                + tab.per_context * context + tab.per_prefill_pair * pairs)
+        return (
+            np.interp(tokens, self._tok_axis, tab.tokens)
+            + np.interp(seqs, self._seq_axis, tab.sampled)
+            + tab.per_context * context
+            + tab.per_prefill_pair * pairs
+        )
 
     def _operating_points(self) -> None:
         """The replica's steady state on a grid of per-replica admission rates (step 1 of the
@@ -226,10 +248,17 @@ class FluidService(Service):
         one = np.ones(1)
         t_min = float(self._iteration_s(0.0 * one, one, ei * one, 0.0 * one, 0.0 * one)[0])
         closed = offline_steady_state(  # the saturation rate at mean lengths, closed form
-            self.model_args, self.gpu_args, prompt_tokens=ei, output_tokens=eo,
-            max_num_seqs=b.max_num_seqs, max_batched_tokens=b.max_batched_tokens, tp=spec.tp,
-            precision=spec.precision, kv_precision=spec.kv_precision,
-            kv_capacity=self.kv_tokens)
+            self.model_args,
+            self.gpu_args,
+            prompt_tokens=ei,
+            output_tokens=eo,
+            max_num_seqs=b.max_num_seqs,
+            max_batched_tokens=b.max_batched_tokens,
+            tp=spec.tp,
+            precision=spec.precision,
+            kv_precision=spec.kv_precision,
+            kv_capacity=self.kv_tokens,
+        )
         x_hi = 1.5 * float(closed["requests_per_iteration"] / closed["iteration_time_s"])
         x = x_hi * np.linspace(0.0, 1.0, GRID)[:, None]
         t = np.full((GRID, 1), t_min)
@@ -244,11 +273,13 @@ class FluidService(Service):
 
         def usage_of(x: np.ndarray, t: np.ndarray) -> np.ndarray:
             n, d = x * t, x * dec_steps * t
-            return np.maximum.reduce([
-                (n * ei + d) / b.max_batched_tokens,
-                (d + n * resid) / b.max_num_seqs,
-                (d * (ei + eo / 2.0 + half) + n * resid * (ei + half)) / self.kv_tokens,
-            ])[:, 0]
+            return np.maximum.reduce(
+                [
+                    (n * ei + d) / b.max_batched_tokens,
+                    (d + n * resid) / b.max_num_seqs,
+                    (d * (ei + eo / 2.0 + half) + n * resid * (ei + half)) / self.kv_tokens,
+                ]
+            )[:, 0]
 
         usage = usage_of(x, t)
         fits = np.flatnonzero(usage <= 1.0)
@@ -276,7 +307,8 @@ class FluidService(Service):
         self.op_t_decode = t_decode[:stop, 0]
         self.op_service_s = (resid + dec_steps) * self.op_t
         self.op_kv = (self.op_d * (ei + eo / 2.0 + half) + self.op_n * resid * (ei + half)) / (
-            self.kv_tokens)
+            self.kv_tokens
+        )
         # Requests in service per replica, l(x) = x T_s(x), and its slope: the time constant
         # with which the number in service returns to l after a disturbance (see _metric).
         self.op_l = self.op_x * self.op_service_s
@@ -287,9 +319,15 @@ class FluidService(Service):
         # prefilled, l_top / 2 on average: t_fill per iteration, the whole in fill_s.
         half_full = np.array([min(float(self.op_l[-1]), b.max_batched_tokens - 1.0) / 2.0])
         room = b.max_batched_tokens - half_full
-        self.fill_t = float(self._iteration_s(room, half_full, half_full * self.mean_context,
-                                              room * self.mean_pairs / max(ei, 1.0),
-                                              np.maximum(room / max(ei, 1.0), 1.0))[0])
+        self.fill_t = float(
+            self._iteration_s(
+                room,
+                half_full,
+                half_full * self.mean_context,
+                room * self.mean_pairs / max(ei, 1.0),
+                np.maximum(room / max(ei, 1.0), 1.0),
+            )[0]
+        )
         self.fill_s = float(self.op_l[-1]) * ei / float(room[0]) * self.fill_t
         #: Prompts per second a replica prefills in iterations filled to the budget.
         self.prefill_rate = float(self.op_l[-1]) / self.fill_s
@@ -300,9 +338,18 @@ class FluidService(Service):
         # Plain lists for the per-interval look-ups (bisect on floats beats numpy there).
         self._op_xs = self.op_x.tolist()
         self._op_l_list = self.op_l.tolist()
-        self._op_rows = np.stack([self.op_t, self.op_t_decode, self.op_n, self.op_d,
-                                  self.op_service_s, self.op_kv, self.op_tau],
-                                 axis=1).tolist()
+        self._op_rows = np.stack(
+            [
+                self.op_t,
+                self.op_t_decode,
+                self.op_n,
+                self.op_d,
+                self.op_service_s,
+                self.op_kv,
+                self.op_tau,
+            ],
+            axis=1,
+        ).tolist()
 
     def _completion_table(self, resid: float, dec_steps: float) -> None:
         """G(l, a): the rate at which a replica holding l requests completes them while it
@@ -343,8 +390,7 @@ class FluidService(Service):
             if np.all(np.abs(r1) <= 1e-8 * t):
                 break
             slope = (r1 - r0) / np.where(t != t0, t - t0, 1.0)
-            step = np.where((t != t0) & (slope < 0.0), -r1 / np.where(slope < 0.0, slope, -1.0),
-                            r1)
+            step = np.where((t != t0) & (slope < 0.0), -r1 / np.where(slope < 0.0, slope, -1.0), r1)
             t0, r0 = t, r1
             t = np.maximum(t + step, 1e-9)
         n, d = batch(t)
@@ -466,8 +512,12 @@ class FluidService(Service):
         # Admitted faster than they prefill, requests wait in their replica behind the prompts
         # not yet prefilled (w per replica, taken at x_pf per second, first come first served).
         filling = sum(f for _, f in self._fills)
-        behind = (behind + self._unprefilled) / 2.0 / max(r - filling / self._op_l_list[-1],
-                                                          1e-9) / self.prefill_rate
+        behind = (
+            (behind + self._unprefilled)
+            / 2.0
+            / max(r - filling / self._op_l_list[-1], 1e-9)
+            / self.prefill_rate
+        )
         q1 = self._backlog
         in_service = self._in_service
         # The replicas' batches are those of the requests they hold while they admit what they
@@ -504,12 +554,43 @@ class FluidService(Service):
             start = self._admitted - admitted
             if filled > 0:
                 at = self._fill_at if self._fill_at is not None else t0
-                self._intervals.append((filled, at, at, start, start + filled, t_it, t_dec, n,
-                                        d, p_wait, mean_wait, busy, 1.0, behind))
+                self._intervals.append(
+                    (
+                        filled,
+                        at,
+                        at,
+                        start,
+                        start + filled,
+                        t_it,
+                        t_dec,
+                        n,
+                        d,
+                        p_wait,
+                        mean_wait,
+                        busy,
+                        1.0,
+                        behind,
+                    )
+                )
             if admitted - filled > 1e-12:
-                self._intervals.append((admitted - filled, t0, t1, start + filled,
-                                        self._admitted, t_it, t_dec, n, d, p_wait, mean_wait,
-                                        busy, 0.0, behind))
+                self._intervals.append(
+                    (
+                        admitted - filled,
+                        t0,
+                        t1,
+                        start + filled,
+                        self._admitted,
+                        t_it,
+                        t_dec,
+                        n,
+                        d,
+                        p_wait,
+                        mean_wait,
+                        busy,
+                        0.0,
+                        behind,
+                    )
+                )
 
     def _serve(self, lam: float, dt: float) -> tuple[float, float, float]:
         """Advance the backlog and the requests in service of the ready replicas by dt while
@@ -577,8 +658,7 @@ class FluidService(Service):
                 # per iteration), and what waits takes their seats at once, as in `fast`.
                 cohorts = []
                 for end, count in self._fills:
-                    decoding = count * min(max((t + h / 2.0 - end) / self.fill_s + 1.0, 0.0),
-                                           1.0)
+                    decoding = count * min(max((t + h / 2.0 - end) / self.fill_s + 1.0, 0.0), 1.0)
                     done = min(decoding * h / (self._dec_steps * self.fill_t), count)
                     refill = min(done, backlog)
                     backlog -= refill
@@ -663,7 +743,8 @@ class FluidService(Service):
         if i <= 0:
             return op_x[0]
         return op_x[i - 1] + (held - op_l[i - 1]) / (op_l[i] - op_l[i - 1]) * (
-            op_x[i] - op_x[i - 1])
+            op_x[i] - op_x[i - 1]
+        )
 
     # --- what the life cycle asks ------------------------------------------------------------
     def _arrivals_since_tick(self, now: float) -> int:
@@ -729,15 +810,28 @@ class FluidService(Service):
         variance = r * x * tau * share
         rho = math.exp(-gap / tau)
         self._noise = rho * self._noise + math.sqrt(1.0 - rho * rho) * float(
-            self._noise_rng.standard_normal())
+            self._noise_rng.standard_normal()
+        )
         return math.sqrt(variance) * self._noise
 
     def _sample(self, rps: float = 0.0) -> None:
         counts = self.counts
         kv = self._op(self._x)[5] if self.ready else 0.0
-        self.rows.append((self.env.now, rps, counts["pending"], counts["starting"],
-                          counts["ready"], counts["draining"], self.desired,
-                          self._count(), self._backlog, kv, self._busy_gpus_since_sample()))
+        self.rows.append(
+            (
+                self.env.now,
+                rps,
+                counts["pending"],
+                counts["starting"],
+                counts["ready"],
+                counts["draining"],
+                self.desired,
+                self._count(),
+                self._backlog,
+                kv,
+                self._busy_gpus_since_sample(),
+            )
+        )
 
     def _busy_so_far(self) -> float:
         return self.busy_gpu_s
@@ -781,8 +875,9 @@ class FluidService(Service):
         """Step 3 of the module docstring, vectorised over every interval at once."""
         if not self._intervals:
             empty = np.zeros(0)
-            return dict.fromkeys(("weight", "ttft", "tpot", "tpot_weight", "e2e", "wait",
-                                  "output"), empty)
+            return dict.fromkeys(
+                ("weight", "ttft", "tpot", "tpot_weight", "e2e", "wait", "output"), empty
+            )
         cols = np.array(self._intervals, dtype=np.float64).T
         weight, t0, t1, s0, s1, t_it, t_dec, n, d, p_wait, mean_wait, busy, fill, behind = cols
         k = weight.size
@@ -817,12 +912,17 @@ class FluidService(Service):
         cand_k = rng.poisson(cand).astype(np.float64)
         dd3, room3 = dd[..., None], room[..., None]
         cand_p = prompts_of(cand_k, room3)
-        cand_t = self._iteration_s(np.minimum(cand_p, room3), dd3, dd3 * self.mean_context,
-                                   cand_p * (self.mean_pairs / max(self.mean_prompt, 1.0)),
-                                   cand_k)
+        cand_t = self._iteration_s(
+            np.minimum(cand_p, room3),
+            dd3,
+            dd3 * self.mean_context,
+            cand_p * (self.mean_pairs / max(self.mean_prompt, 1.0)),
+            cand_k,
+        )
         cum = np.cumsum(cand_t, axis=2)
-        chosen = np.minimum((rng.random((k, m, 1)) * cum[..., -1:] > cum).sum(axis=2),
-                            CANDIDATES - 1)
+        chosen = np.minimum(
+            (rng.random((k, m, 1)) * cum[..., -1:] > cum).sum(axis=2), CANDIDATES - 1
+        )
         iteration = np.take_along_axis(cand_t, chosen[..., None], axis=2)[..., 0]
         residual = rng.random((k, m)) * iteration * busy[col]
         wait = fluid_wait + waits + residual + behind[col]
@@ -837,8 +937,9 @@ class FluidService(Service):
 
         def with_chunk(c: np.ndarray, before: np.ndarray) -> np.ndarray:
             tokens = np.minimum(others + c, room)
-            return self._iteration_s(tokens, dd, ctx,
-                                     others_pairs + c * before + c * (c + 1) / 2.0, nn + 1.0)
+            return self._iteration_s(
+                tokens, dd, ctx, others_pairs + c * before + c * (c + 1) / 2.0, nn + 1.0
+            )
 
         full_chunk = with_chunk(room, room / 2.0)
         prefill = with_chunk(last, (chunks - 1.0) * room)
@@ -854,8 +955,9 @@ class FluidService(Service):
         lam = (n / np.maximum(t_it, 1e-300))[col]
         es = beyond.mean(axis=1, keepdims=True)
         rho = np.minimum(lam * es, 0.95)
-        pk_mean = (beyond**2).mean(axis=1, keepdims=True) / np.maximum(2.0 * es * (1.0 - rho),
-                                                                        1e-300)
+        pk_mean = (beyond**2).mean(axis=1, keepdims=True) / np.maximum(
+            2.0 * es * (1.0 - rho), 1e-300
+        )
         queued = (rng.random((k, m)) < rho) * rng.exponential(1.0, (k, m)) * pk_mean
         wait = wait + queued
         ttft = wait + prefill
@@ -894,13 +996,20 @@ class FluidService(Service):
             tpot = np.where(multi, tpot + np.maximum(lost, 0.0) * tpot / steps, tpot)
         e2e = ttft + (output - 1.0) * tpot
         w = np.broadcast_to((weight / m)[col], prompt.shape)
-        return {"weight": w.ravel(), "ttft": ttft.ravel(), "tpot": tpot[multi],
-                "tpot_weight": w[multi], "e2e": e2e.ravel(), "wait": wait.ravel(),
-                "output": output.ravel()}
+        return {
+            "weight": w.ravel(),
+            "ttft": ttft.ravel(),
+            "tpot": tpot[multi],
+            "tpot_weight": w[multi],
+            "e2e": e2e.ravel(),
+            "wait": wait.ravel(),
+            "output": output.ravel(),
+        }
 
     @staticmethod
-    def _along(t0: np.ndarray, t1: np.ndarray, pace: np.ndarray, start: np.ndarray,
-               tokens: np.ndarray) -> np.ndarray:
+    def _along(
+        t0: np.ndarray, t1: np.ndarray, pace: np.ndarray, start: np.ndarray, tokens: np.ndarray
+    ) -> np.ndarray:
         """Mean seconds per token of `tokens` iterations from `start`, when iterations last
         pace[i] during interval [t0[i], t1[i]] (the intervals in time order; a gap, and the
         time after the last, at the pace before it): the iterations run by time t are
@@ -923,17 +1032,23 @@ class FluidService(Service):
         met: dict[str, bool] = {}
         if slo is not None and w.size:
             ok = np.ones(w.size, dtype=bool)
-            tpot_all = np.where(lat["output"] > 1, (lat["e2e"] - lat["ttft"])
-                                / np.maximum(lat["output"] - 1.0, 1.0), 0.0)
+            tpot_all = np.where(
+                lat["output"] > 1,
+                (lat["e2e"] - lat["ttft"]) / np.maximum(lat["output"] - 1.0, 1.0),
+                0.0,
+            )
             if slo.ttft_s is not None:
                 ok &= lat["ttft"] <= slo.ttft_s
-                met["ttft"] = bool(weighted_percentiles(lat["ttft"], w, [slo.percentile])[0]
-                                   <= slo.ttft_s)
+                met["ttft"] = bool(
+                    weighted_percentiles(lat["ttft"], w, [slo.percentile])[0] <= slo.ttft_s
+                )
             if slo.tpot_s is not None:
                 ok &= tpot_all <= slo.tpot_s
                 if lat["tpot"].size:
-                    met["tpot"] = bool(weighted_percentiles(
-                        lat["tpot"], lat["tpot_weight"], [slo.percentile])[0] <= slo.tpot_s)
+                    met["tpot"] = bool(
+                        weighted_percentiles(lat["tpot"], lat["tpot_weight"], [slo.percentile])[0]
+                        <= slo.tpot_s
+                    )
             judged = w.sum() + self._dropped
             attained = float((w * ok).sum() / judged) if judged > 0 else None
         output_tokens = completed * self.mean_output
@@ -959,8 +1074,11 @@ class FluidService(Service):
             "replicas_mean": self._replica_s / active_s if active_s else 0.0,
             "replicas_max": self.replicas_max,
             "kv_capacity_tokens": self.kv_tokens,
-            "gpu_h": {"held": self.held_gpu_s / 3600.0, "busy": self.busy_gpu_s / 3600.0,
-                      "cold_start": self.cold_gpu_s / 3600.0},
+            "gpu_h": {
+                "held": self.held_gpu_s / 3600.0,
+                "busy": self.busy_gpu_s / 3600.0,
+                "cold_start": self.cold_gpu_s / 3600.0,
+            },
         }
 
 
@@ -978,5 +1096,9 @@ def weighted_stats(x: np.ndarray, w: np.ndarray) -> dict[str, float | None]:
     if x.size == 0 or not w.sum() > 0:
         return dict.fromkeys(("mean", "p50", "p90", "p99"))
     p50, p90, p99 = weighted_percentiles(x, w, [50, 90, 99])
-    return {"mean": float(np.average(x, weights=w)), "p50": float(p50), "p90": float(p90),
-            "p99": float(p99)}
+    return {
+        "mean": float(np.average(x, weights=w)),
+        "p50": float(p50),
+        "p90": float(p90),
+        "p99": float(p99),
+    }

@@ -91,8 +91,15 @@ class Replica:
 class Service:
     """One `inference` service of the scenario."""
 
-    def __init__(self, factory: Factory, index: int, owner: int, spec: InferenceService,
-                 pool: NodePool, rngs: dict[str, np.random.Generator]):
+    def __init__(
+        self,
+        factory: Factory,
+        index: int,
+        owner: int,
+        spec: InferenceService,
+        pool: NodePool,
+        rngs: dict[str, np.random.Generator],
+    ):
         from .. import catalog
 
         self.factory = factory
@@ -107,13 +114,21 @@ class Service:
         g = gpu_inference_args(gpu.model_dump(), catalog.entry("calibration", gpu.family))
         m = spec.model.kernel_args()
         b = spec.batching
-        self.table = IterationModel(m, g, tp=spec.tp, precision=spec.precision,
-                                    kv_precision=spec.kv_precision).table(
-            b.max_batched_tokens, b.max_num_seqs)
-        self.kv_tokens = float(kv_capacity_tokens(
-            m, g["hbm_bytes"], tp=spec.tp, precision=spec.precision,
-            kv_precision=spec.kv_precision, gpu_memory_utilization=spec.gpu_memory_utilization,
-            max_batched_tokens=b.max_batched_tokens, max_num_seqs=b.max_num_seqs))
+        self.table = IterationModel(
+            m, g, tp=spec.tp, precision=spec.precision, kv_precision=spec.kv_precision
+        ).table(b.max_batched_tokens, b.max_num_seqs)
+        self.kv_tokens = float(
+            kv_capacity_tokens(
+                m,
+                g["hbm_bytes"],
+                tp=spec.tp,
+                precision=spec.precision,
+                kv_precision=spec.kv_precision,
+                gpu_memory_utilization=spec.gpu_memory_utilization,
+                max_batched_tokens=b.max_batched_tokens,
+                max_num_seqs=b.max_num_seqs,
+            )
+        )
         self.weight_bytes = float(weight_bytes(m, spec.precision))
         gpn = pool.gpus_per_node
         self.slots_per_node = max(1, gpn // spec.tp)
@@ -161,25 +176,40 @@ class Service:
     def _init_requests(self, rngs: dict[str, np.random.Generator], span_s: float) -> None:
         """Every request of the run, drawn at once (vectorised)."""
         spec, b = self.spec, self.spec.batching
-        reqs = draw_requests(spec.traffic, spec.prompt_tokens, spec.output_tokens, span_s,
-                             arrivals_rng=rngs["arrivals"], prompt_rng=rngs["prompts"],
-                             output_rng=rngs["outputs"])
-        self.log = RequestLog(reqs.arrival_s + spec.start_at, reqs.prompt_tokens,
-                              reqs.output_tokens)
+        reqs = draw_requests(
+            spec.traffic,
+            spec.prompt_tokens,
+            spec.output_tokens,
+            span_s,
+            arrivals_rng=rngs["arrivals"],
+            prompt_rng=rngs["prompts"],
+            output_rng=rngs["outputs"],
+        )
+        self.log = RequestLog(
+            reqs.arrival_s + spec.start_at, reqs.prompt_tokens, reqs.output_tokens
+        )
         too_long = self.log.prompt_tokens + self.log.output_tokens > self.kv_tokens
         if not b.chunked_prefill:
             too_long |= self.log.prompt_tokens > b.max_batched_tokens
         self.dropped = too_long
         self._arrivals = self.log.arrival_s.tolist()
         self._drop = too_long.tolist()
-        self._uniform = (rngs["router"].random(len(self.log)).tolist()
-                         if spec.router == "random" else None)
+        self._uniform = (
+            rngs["router"].random(len(self.log)).tolist() if spec.router == "random" else None
+        )
 
     def _new_core(self, index: int) -> Any:
         b = self.spec.batching
-        return ReplicaCore(self.table, self.log, kv_capacity_tokens=self.kv_tokens,
-                           max_num_seqs=b.max_num_seqs, max_batched_tokens=b.max_batched_tokens,
-                           chunked_prefill=b.chunked_prefill, fast=self.fast, index=index)
+        return ReplicaCore(
+            self.table,
+            self.log,
+            kv_capacity_tokens=self.kv_tokens,
+            max_num_seqs=b.max_num_seqs,
+            max_batched_tokens=b.max_batched_tokens,
+            chunked_prefill=b.chunked_prefill,
+            fast=self.fast,
+            index=index,
+        )
 
     @property
     def tier(self) -> str:
@@ -345,27 +375,39 @@ class Service:
         if kind == "rps":
             return arrived / self.interval_s
         if kind == "queue":
-            return float(len(self.queue) + sum(len(self.replicas[k].core.waiting)
-                                               for k in self.ready))
+            return float(
+                len(self.queue) + sum(len(self.replicas[k].core.waiting) for k in self.ready)
+            )
         return float(len(self.queue) + sum(self.outs[k] for k in self.ready))
 
     def _sample(self, rps: float = 0.0) -> None:
         counts = self.counts
-        kv = [self.replicas[k].core.kv_used_blocks() / max(self.replicas[k].core.kv_blocks, 1)
-              for k in self.ready]
-        self.rows.append((
-            self.env.now, rps, counts["pending"], counts["starting"], counts["ready"],
-            counts["draining"], self.desired, sum(self.outs[k] for k in self.ready)
-            + len(self.queue), len(self.queue), float(np.mean(kv)) if kv else 0.0,
-            self._busy_gpus_since_sample(),
-        ))
+        kv = [
+            self.replicas[k].core.kv_used_blocks() / max(self.replicas[k].core.kv_blocks, 1)
+            for k in self.ready
+        ]
+        self.rows.append(
+            (
+                self.env.now,
+                rps,
+                counts["pending"],
+                counts["starting"],
+                counts["ready"],
+                counts["draining"],
+                self.desired,
+                sum(self.outs[k] for k in self.ready) + len(self.queue),
+                len(self.queue),
+                float(np.mean(kv)) if kv else 0.0,
+                self._busy_gpus_since_sample(),
+            )
+        )
 
     def _busy_so_far(self) -> float:
         """GPU-seconds spent iterating up to now, replicas still serving included."""
         now = self.env.now
         return self.busy_gpu_s + self.spec.tp * sum(
-            r.core.busy_until(now) for r in self.live.values()
-            if r.state in ("ready", "draining"))
+            r.core.busy_until(now) for r in self.live.values() if r.state in ("ready", "draining")
+        )
 
     def _busy_gpus_since_sample(self) -> float:
         """Mean GPUs iterating since the previous sample (0 at the first): what a power model
@@ -396,8 +438,12 @@ class Service:
         pending = [r for r in self.live.values() if r.state == "pending"]
         placed = 0
         if self.slots_per_node > 1:
-            free = [(node, j) for node, slots in sorted(self.node_slots.items())
-                    for j, k in enumerate(slots) if k < 0]
+            free = [
+                (node, j)
+                for node, slots in sorted(self.node_slots.items())
+                for j, k in enumerate(slots)
+                if k < 0
+            ]
             short = len(pending) - len(free)
             if short > 0:
                 want = -(-short // self.slots_per_node)
@@ -440,8 +486,9 @@ class Service:
         again). So an elastic job shrinks once per swing instead of once per autoscaler tick;
         nodes freed ahead of need sit free until the next ticks claim them, and elastic jobs
         do not take them back within the regrow hold."""
-        per_replica = (self.nodes_per_replica if self.slots_per_node == 1
-                       else 1.0 / self.slots_per_node)
+        per_replica = (
+            self.nodes_per_replica if self.slots_per_node == 1 else 1.0 / self.slots_per_node
+        )
         need = math.ceil((unplaced + self._ahead()) * per_replica)
         return max(need, self.held_back())
 
@@ -456,8 +503,9 @@ class Service:
     def _claim(self, count: int) -> list[int] | None:
         """Claim `count` free nodes for the service: their indices, or None."""
         cluster = self.factory.cluster
-        alloc = cluster.allocate(self.pool.name, count, self.owner,
-                                 self.factory.scenario.scheduler.placement)
+        alloc = cluster.allocate(
+            self.pool.name, count, self.owner, self.factory.scenario.scheduler.placement
+        )
         if alloc is None:
             return None
         self._book_held()
@@ -489,8 +537,9 @@ class Service:
             del self.node_slots[node]
         self._held_gpus -= len(empty) * self.pool.gpus_per_node
         self._note_holding()
-        self.factory.release_nodes(self, Allocation(self.pool.name, np.array(empty,
-                                                                              dtype=np.int64)))
+        self.factory.release_nodes(
+            self, Allocation(self.pool.name, np.array(empty, dtype=np.int64))
+        )
 
     def _vacate(self, r: Replica) -> None:
         for node in r.nodes:
@@ -514,6 +563,7 @@ class Service:
             def done(_ev: Any) -> None:
                 if r.generation == gen and r.state == "starting":
                     self._ready(r)
+
             return done
 
         def container_up(_ev: Any) -> None:
@@ -525,14 +575,13 @@ class Service:
                 for r, gen in alive:
                     timer.callbacks.append(loaded(r, gen))
                 return
-            source = cs.weights_from or ("storage" if self.factory.storage is not None
-                                         else "nvme")
+            source = cs.weights_from or ("storage" if self.factory.storage is not None else "nvme")
             if source == "storage":
                 assert self.factory.storage is not None
                 cap = self.spec.tp * self.pool.nic_gbit_s / 8.0 * 1e9
                 flows = self.factory.storage.open_many(
-                    "read", [(self.weight_bytes, cap, f"{self.name}/{r.index}")
-                             for r, _ in alive])
+                    "read", [(self.weight_bytes, cap, f"{self.name}/{r.index}") for r, _ in alive]
+                )
                 for (r, gen), flow in zip(alive, flows, strict=True):
                     flow.done.callbacks.append(loaded(r, gen))
             else:
@@ -559,10 +608,14 @@ class Service:
     def _remove_replicas(self, count: int) -> None:
         now = self.env.now
         live = list(reversed(self.live.values()))
-        order = ([r for r in live if r.state == "pending"]
-                 + [r for r in live if r.state == "starting"]
-                 + sorted((self.replicas[k] for k in self.ready),
-                          key=lambda r: (self._node_load(r), self.outs[r.index], -r.index)))
+        order = (
+            [r for r in live if r.state == "pending"]
+            + [r for r in live if r.state == "starting"]
+            + sorted(
+                (self.replicas[k] for k in self.ready),
+                key=lambda r: (self._node_load(r), self.outs[r.index], -r.index),
+            )
+        )
         for r in order[:count]:
             if r.state == "pending":
                 self._gone(r)
@@ -703,8 +756,10 @@ class Service:
         self._area += self._in_system * (horizon - self._area_t)
         self._area_t = horizon
         if not math.isclose(self._area, total, rel_tol=1e-9, abs_tol=1e-6):
-            raise RuntimeError(f"service {self.name}: requests in system integrate to "
-                               f"{self._area} request-s, the request table to {total}")
+            raise RuntimeError(
+                f"service {self.name}: requests in system integrate to "
+                f"{self._area} request-s, the request table to {total}"
+            )
 
     # --- results --------------------------------------------------------------------------------
     def requests_frame(self) -> dict[str, np.ndarray]:
@@ -776,14 +831,28 @@ class Service:
             "replicas_mean": self._replica_s / active_s if active_s else 0.0,
             "replicas_max": self.replicas_max,
             "kv_capacity_tokens": self.kv_tokens,
-            "gpu_h": {"held": self.held_gpu_s / 3600.0, "busy": self.busy_gpu_s / 3600.0,
-                      "cold_start": self.cold_gpu_s / 3600.0},
+            "gpu_h": {
+                "held": self.held_gpu_s / 3600.0,
+                "busy": self.busy_gpu_s / 3600.0,
+                "cold_start": self.cold_gpu_s / 3600.0,
+            },
         }
 
 
 #: Columns of the services' timeseries (one row per sync tick and service).
-SERVICE_COLUMNS = ("time_s", "arrivals_rps", "pending", "starting", "ready", "draining",
-                   "desired", "in_flight", "queued", "kv_used", "busy_gpus")
+SERVICE_COLUMNS = (
+    "time_s",
+    "arrivals_rps",
+    "pending",
+    "starting",
+    "ready",
+    "draining",
+    "desired",
+    "in_flight",
+    "queued",
+    "kv_used",
+    "busy_gpus",
+)
 
 
 def _stats(x: np.ndarray) -> dict[str, float | None]:

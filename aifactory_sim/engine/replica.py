@@ -43,8 +43,7 @@ __all__ = ["BLOCK_TOKENS", "ReplicaCore", "RequestLog"]
 class RequestLog:
     """Per-request columns, indexed by request id: what the results' request table holds."""
 
-    def __init__(self, arrival_s: np.ndarray, prompt_tokens: np.ndarray,
-                 output_tokens: np.ndarray):
+    def __init__(self, arrival_s: np.ndarray, prompt_tokens: np.ndarray, output_tokens: np.ndarray):
         n = arrival_s.size
         self.arrival_s = np.asarray(arrival_s, dtype=np.float64)
         self.prompt_tokens = np.asarray(prompt_tokens, dtype=np.int64)
@@ -64,8 +63,19 @@ class Seq:
     (start, tokens at start): at iteration count I it has generated `generated + I - start`
     tokens and caches `cached + I - start`."""
 
-    __slots__ = ("alive", "cached", "finish_at", "generated", "order", "output", "prefilled",
-                 "rid", "start", "target", "x")
+    __slots__ = (
+        "alive",
+        "cached",
+        "finish_at",
+        "generated",
+        "order",
+        "output",
+        "prefilled",
+        "rid",
+        "start",
+        "target",
+        "x",
+    )
 
     def __init__(self, rid: int, prompt: int, output: int):
         self.rid = rid
@@ -88,8 +98,16 @@ class _Plan:
 
     __slots__ = ("applied", "chunks", "end", "first", "growth", "head", "k", "start")
 
-    def __init__(self, start: float, head: float, chunks: list[tuple[Seq, int]] | None,
-                 k: int, first: float, growth: float, applied: bool = False):
+    def __init__(
+        self,
+        start: float,
+        head: float,
+        chunks: list[tuple[Seq, int]] | None,
+        k: int,
+        first: float,
+        growth: float,
+        applied: bool = False,
+    ):
         self.start = start
         self.head = head
         self.chunks = chunks
@@ -122,8 +140,10 @@ class ReplicaCore:
         index: int = 0,
     ):
         if max_batched_tokens < max_num_seqs:
-            raise ValueError(f"max_batched_tokens={max_batched_tokens} < max_num_seqs="
-                             f"{max_num_seqs}: a decode token per seat must fit the budget")
+            raise ValueError(
+                f"max_batched_tokens={max_batched_tokens} < max_num_seqs="
+                f"{max_num_seqs}: a decode token per seat must fit the budget"
+            )
         if len(table.tokens) <= max_batched_tokens or len(table.sampled) <= max_num_seqs:
             raise ValueError("the iteration table is smaller than the batch limits")
         self.table = table
@@ -162,8 +182,12 @@ class ReplicaCore:
         self.waiting.append(Seq(rid, int(log.prompt_tokens[rid]), int(log.output_tokens[rid])))
         log.replica[rid] = self.index
         plan = self.plan
-        if (plan is not None and plan.k > (0 if plan.chunks is not None else 1)
-                and len(self.running) < self.max_num_seqs and len(self.waiting) == 1):
+        if (
+            plan is not None
+            and plan.k > (0 if plan.chunks is not None else 1)
+            and len(self.running) < self.max_num_seqs
+            and len(self.waiting) == 1
+        ):
             self._cut(plan, now)
 
     def schedule(self, now: float) -> None:
@@ -280,7 +304,7 @@ class ReplicaCore:
         """Blocks the decoding sequences need for their token of iteration `i` (>= now):
         sum of ceil((cached + 1) / 16) = sum of (x + i) // 16."""
         phase = i % BLOCK_TOKENS
-        extra = sum(self._blk_r[BLOCK_TOKENS - phase:]) if phase else 0
+        extra = sum(self._blk_r[BLOCK_TOKENS - phase :]) if phase else 0
         return self._blk_q + self._n_dec * (i // BLOCK_TOKENS) + extra
 
     def _done(self, s: Seq, end: float) -> None:
@@ -395,8 +419,10 @@ class ReplicaCore:
             self._apply_head(chunks, now + dt)
             i += 1
             n = self._n_dec
-            if self._pre_blocks + (self._ctx0 + n * (i + BLOCK_TOKENS)) // BLOCK_TOKENS > cap \
-                    and self._decode_blocks(i) > cap:
+            if (
+                self._pre_blocks + (self._ctx0 + n * (i + BLOCK_TOKENS)) // BLOCK_TOKENS > cap
+                and self._decode_blocks(i) > cap
+            ):
                 self.plan = _Plan(now, dt, chunks, 0, 0.0, 0.0, applied=True)  # preempts next
                 return
             k, first, growth = self._stretch(i, cap)
@@ -415,8 +441,11 @@ class ReplicaCore:
             if s.generated + 1 >= s.output:
                 return False
         heap = self._finish
-        while heap and not (heap[0][2].alive and heap[0][2].order == heap[0][1]
-                            and heap[0][2].finish_at == heap[0][0]):
+        while heap and not (
+            heap[0][2].alive
+            and heap[0][2].order == heap[0][1]
+            and heap[0][2].finish_at == heap[0][0]
+        ):
             heapq.heappop(heap)  # left by a preempted sequence
         return not heap or heap[0][0] > i + 1
 
@@ -435,8 +464,11 @@ class ReplicaCore:
         k = top[0] - i if self.fast else 1
         n = self._n_dec
         last = i + k - 1  # the stretch's last iteration; the bound first, as in _plan
-        if (k > 1 and (self._ctx0 + n * (last + BLOCK_TOKENS)) // BLOCK_TOKENS > cap
-                and self._decode_blocks(last) > cap):
+        if (
+            k > 1
+            and (self._ctx0 + n * (last + BLOCK_TOKENS)) // BLOCK_TOKENS > cap
+            and self._decode_blocks(last) > cap
+        ):
             lo, hi = 1, k - 1  # the last k that fits lies in [lo, hi]
             while lo < hi:
                 mid = (lo + hi + 1) // 2

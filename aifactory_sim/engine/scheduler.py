@@ -79,8 +79,11 @@ class Scheduler:
         now = self.factory.env.now
         pool = head.pool.name
         free = self.factory.cluster.pools[pool].free_nodes
-        ends = sorted((j.projected_end(now), j.held_nodes) for j in self.factory.jobs
-                      if j.state == "running" and j.pool.name == pool)
+        ends = sorted(
+            (j.projected_end(now), j.held_nodes)
+            for j in self.factory.jobs
+            if j.state == "running" and j.pool.name == pool
+        )
         t = now
         for end, nodes in ends:
             if free >= head.nodes:
@@ -109,14 +112,23 @@ class Scheduler:
         """Ask lower-priority jobs for nodes until the head's gang would be free."""
         pool = head.pool.name
         cluster = self.factory.cluster
-        coming = sum(j.held_nodes - j.nodes_for(j.preempt_to) if j.preempt_to else j.held_nodes
-                     for j in self.factory.jobs if j.index in self.yielding)
+        coming = sum(
+            j.held_nodes - j.nodes_for(j.preempt_to) if j.preempt_to else j.held_nodes
+            for j in self.factory.jobs
+            if j.index in self.yielding
+        )
         short = head.nodes - cluster.pools[pool].free_nodes - coming
         if short <= 0:
             return
         victims = sorted(
-            (j for j in self.factory.jobs if j.state == "running" and j.pool.name == pool
-             and j.spec.priority < head.spec.priority and j.index not in self.yielding),
+            (
+                j
+                for j in self.factory.jobs
+                if j.state == "running"
+                and j.pool.name == pool
+                and j.spec.priority < head.spec.priority
+                and j.index not in self.yielding
+            ),
             key=lambda j: (j.spec.priority, -(j.started_at or 0.0), -j.index),
         )
         plan: list[tuple[TrainingRun, int | None]] = []
@@ -149,17 +161,31 @@ class Scheduler:
         back count against the need. Returns the nodes asked for."""
         pool = service.pool.name
         self.factory.wanted(pool)
-        coming = sum(j.held_nodes - j.nodes_for(j.preempt_to) if j.preempt_to is not None
-                     else j.held_nodes
-                     for j in self.factory.jobs if j.index in self.yielding
-                     and j.pool.name == pool)
+        coming = sum(
+            j.held_nodes - j.nodes_for(j.preempt_to) if j.preempt_to is not None else j.held_nodes
+            for j in self.factory.jobs
+            if j.index in self.yielding and j.pool.name == pool
+        )
         short -= coming
         if short <= 0:
             return 0
-        running = [j for j in self.factory.jobs if j.state == "running" and j.pool.name == pool
-                   and j.spec.priority < service.spec.priority and j.index not in self.yielding]
-        order = sorted(running, key=lambda j: (j.spec.elastic is None, j.spec.priority,
-                                               -(j.started_at or 0.0), -j.index))
+        running = [
+            j
+            for j in self.factory.jobs
+            if j.state == "running"
+            and j.pool.name == pool
+            and j.spec.priority < service.spec.priority
+            and j.index not in self.yielding
+        ]
+        order = sorted(
+            running,
+            key=lambda j: (
+                j.spec.elastic is None,
+                j.spec.priority,
+                -(j.started_at or 0.0),
+                -j.index,
+            ),
+        )
         asked = 0
         for victim in order:
             if asked >= short:

@@ -24,8 +24,7 @@ DONE_S = 1e-6
 
 def max_min_share(capacity: float, caps: np.ndarray) -> np.ndarray:
     """Rates for flows with demands `caps` (inf = unbounded) sharing `capacity`."""
-    return np.asarray(_share(float(capacity), [float(c) for c in np.ravel(caps)]),
-                      dtype=np.float64)
+    return np.asarray(_share(float(capacity), [float(c) for c in np.ravel(caps)]), dtype=np.float64)
 
 
 def _share(capacity: float, caps: list[float]) -> list[float]:
@@ -60,8 +59,7 @@ class Flow:
 class SharedStorage:
     """The shared file system: read and write capacity in bytes/s."""
 
-    def __init__(self, env: simpy.Environment, read_bytes_per_s: float,
-                 write_bytes_per_s: float):
+    def __init__(self, env: simpy.Environment, read_bytes_per_s: float, write_bytes_per_s: float):
         self.env = env
         self.capacity = {"read": read_bytes_per_s, "write": write_bytes_per_s}
         self.flows: dict[str, list[Flow]] = {"read": [], "write": []}
@@ -69,8 +67,14 @@ class SharedStorage:
         self._version = {"read": 0, "write": 0}
         self.bytes_moved = {"read": 0.0, "write": 0.0}
 
-    def open(self, direction: str, nbytes: float, cap: float,
-             on_rate: Callable[[float], None] | None = None, owner: str = "") -> Flow:
+    def open(
+        self,
+        direction: str,
+        nbytes: float,
+        cap: float,
+        on_rate: Callable[[float], None] | None = None,
+        owner: str = "",
+    ) -> Flow:
         """Start a flow of `nbytes` (math.inf for a rate flow) capped at `cap` bytes/s; its
         `done` event fires when the last byte has moved."""
         self._bring_up_to_date(direction)
@@ -145,9 +149,11 @@ class SharedStorage:
         self._bring_up_to_date(direction)
         # Done: within a byte, or within a microsecond of its end (below the clock's
         # resolution late in a long run, rate x dt would never quite reach the last byte).
-        finished = [f for f in self.flows[direction]
-                    if math.isfinite(f.remaining)
-                    and f.remaining <= max(DONE_BYTES, f.rate * DONE_S)]
+        finished = [
+            f
+            for f in self.flows[direction]
+            if math.isfinite(f.remaining) and f.remaining <= max(DONE_BYTES, f.rate * DONE_S)
+        ]
         for f in finished:
             self.flows[direction].remove(f)
         self._reshare(direction)

@@ -23,8 +23,15 @@ BUCKETS = (
     "down",
 )
 
-COLUMNS = ("time_s", "allocated_gpus", "down_gpus", "training_gpus", "serving_gpus",
-           "running_jobs", "queued_jobs")
+COLUMNS = (
+    "time_s",
+    "allocated_gpus",
+    "down_gpus",
+    "training_gpus",
+    "serving_gpus",
+    "running_jobs",
+    "queued_jobs",
+)
 
 
 @dataclass
@@ -48,8 +55,17 @@ class Telemetry:
         self.gpu_s[source] -= gpu_seconds
         self.gpu_s[target] += gpu_seconds
 
-    def sample(self, now: float, *, allocated: int, down: int, training: int, serving: int,
-               running: int, queued: int) -> None:
+    def sample(
+        self,
+        now: float,
+        *,
+        allocated: int,
+        down: int,
+        training: int,
+        serving: int,
+        running: int,
+        queued: int,
+    ) -> None:
         """Record the state from `now` on (a later sample at the same time replaces it)."""
         row = (now, allocated, down, training, serving, running, queued)
         if self.rows and self.rows[-1][0] == now:
@@ -70,5 +86,6 @@ class Telemetry:
     def close(self, until: float) -> None:
         """Book the time nodes were down, and every GPU-second nobody held, as `unallocated`."""
         self.gpu_s["down"] = self.integral_gpu_s(2, until)
-        self.gpu_s["unallocated"] = (self.total_gpus * until - self.allocated_gpu_s(until)
-                                     - self.gpu_s["down"])
+        self.gpu_s["unallocated"] = (
+            self.total_gpus * until - self.allocated_gpu_s(until) - self.gpu_s["down"]
+        )

@@ -144,7 +144,10 @@ class TrainingRun:
         if self.alloc is not None and self.alloc.nodes.size:
             self.leaves = self.alloc.leaves(self.factory.cluster)
         return self.factory.estimates.get(
-            self.spec, self.pool, dp=self.dp, cross_leaf_slowdown=self.fabric_slowdown,
+            self.spec,
+            self.pool,
+            dp=self.dp,
+            cross_leaf_slowdown=self.fabric_slowdown,
             net_latency_us=fabric.latency_us,
             data_gb_s=self.data_gb_s if data_gb_s is None else data_gb_s,
         )
@@ -152,8 +155,12 @@ class TrainingRun:
     def _free_running_estimate(self) -> TrainingEstimate:
         fabric = self.factory.scenario.cluster.fabric
         return self.factory.estimates.get(
-            self.spec, self.pool, dp=self.dp, cross_leaf_slowdown=1.0,
-            net_latency_us=fabric.latency_us, data_gb_s=math.inf,
+            self.spec,
+            self.pool,
+            dp=self.dp,
+            cross_leaf_slowdown=1.0,
+            net_latency_us=fabric.latency_us,
+            data_gb_s=math.inf,
         )
 
     def projected_duration(self) -> float:
@@ -484,13 +491,15 @@ class TrainingRun:
             return False
         if not self.factory.may_grow(self):
             return False
-        free = (self.factory.cluster.pools[self.pool.name].free_nodes
-                - self.factory.held_back(self.pool.name))
+        free = self.factory.cluster.pools[self.pool.name].free_nodes - self.factory.held_back(
+            self.pool.name
+        )
         self.book()
         for dp in range(self.spec.parallel.dp, self.dp, -1):
             extra = self.nodes_for(dp) - self.held_nodes
             if extra <= free and self.factory.cluster.grow(
-                    self.alloc, extra, self.index, self.factory.scheduler.placement):
+                self.alloc, extra, self.index, self.factory.scheduler.placement
+            ):
                 self._set_dp(dp)
                 self.factory.sample()
                 return True
@@ -528,11 +537,14 @@ class TrainingRun:
         if self.spec.data.source != "storage" or self.factory.storage is None:
             return
         busy = self._estimate(data_gb_s=math.inf)
-        demand = (self.batch_tokens * self.spec.data.bytes_per_token
-                  / float(busy.step_time_s))
+        demand = self.batch_tokens * self.spec.data.bytes_per_token / float(busy.step_time_s)
         self.data_flow = self.factory.storage.open(
-            "read", math.inf, min(demand, self.nic_cap_bytes_s()),
-            on_rate=lambda r: self.set_data_rate(r / 1e9), owner=self.spec.name)
+            "read",
+            math.inf,
+            min(demand, self.nic_cap_bytes_s()),
+            on_rate=lambda r: self.set_data_rate(r / 1e9),
+            owner=self.spec.name,
+        )
 
     def _compute(self) -> Any:
         """Train until the job ends or a checkpoint is due."""
@@ -615,8 +627,9 @@ class TrainingRun:
             else:
                 storage = self.factory.storage
                 assert storage is not None
-                self.async_flow = storage.open("write", self.checkpoint_bytes,
-                                               self.nic_cap_bytes_s(), owner=self.spec.name)
+                self.async_flow = storage.open(
+                    "write", self.checkpoint_bytes, self.nic_cap_bytes_s(), owner=self.spec.name
+                )
                 write = self.async_flow.done
 
             def committed(_ev: simpy.Event) -> None:
@@ -656,16 +669,19 @@ class TrainingRun:
             "steps_done": self.steps_done,
             "steps_total": self.steps_total,
             "step_time_s": mean_step,
-            "mfu": None if scale is None  # type: ignore[union-attr]
+            "mfu": None
+            if scale is None  # type: ignore[union-attr]
             else float(est.mfu) * scale * self.peak_scale,
-            "hardware_tflops_per_gpu": None if scale is None
+            "hardware_tflops_per_gpu": None
+            if scale is None
             else float(est.hardware_tflops_per_gpu) * scale,  # type: ignore[union-attr]
             "recompute": None if est is None else str(est.recompute),
             "memory_gb_per_gpu": None if est is None else float(est.memory_gb_per_gpu),
             "submitted_at_s": self.submitted_at,
             "started_at_s": self.started_at,
             "finished_at_s": self.finished_at,
-            "queued_s": None if self.started_at is None or self.submitted_at is None
+            "queued_s": None
+            if self.started_at is None or self.submitted_at is None
             else self.started_at - self.submitted_at,
             "running_s": self.run_s,
             "ettr": None if not since else self.productive_s / since,
@@ -674,7 +690,8 @@ class TrainingRun:
             "preemptions": self.preemptions,
             "lends": len(self.lent),
             "checkpoints": self.checkpoints,
-            "checkpoint_interval_s": None if not math.isfinite(self.interval_s())
+            "checkpoint_interval_s": None
+            if not math.isfinite(self.interval_s())
             else self.interval_s(),
             "lost_work_h": self.lost_gpu_s / self.gpus_nominal / 3600.0,
             "recovery_h": self.recovery_gpu_s / self.gpus_nominal / 3600.0,

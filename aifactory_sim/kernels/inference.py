@@ -70,9 +70,18 @@ def _shape(m: Mapping[str, Any]) -> dict[str, F64]:
     h, a, g = _f(m["hidden"]), _f(m["heads"]), _f(m["kv_heads"])
     d = h / a
     return {
-        "l": _f(m["layers"]), "h": h, "a": a, "g": g, "d": d, "kv": g * d,
-        "f": _f(m["ffn_hidden"]), "V": _f(m["vocab"]), "E": _f(m["experts"]), "k": _f(m["top_k"]),
-        "n_ffn": np.where(m["gated_ffn"], 3.0, 2.0), "tied": np.asarray(m["tie_embeddings"]),
+        "l": _f(m["layers"]),
+        "h": h,
+        "a": a,
+        "g": g,
+        "d": d,
+        "kv": g * d,
+        "f": _f(m["ffn_hidden"]),
+        "V": _f(m["vocab"]),
+        "E": _f(m["experts"]),
+        "k": _f(m["top_k"]),
+        "n_ffn": np.where(m["gated_ffn"], 3.0, 2.0),
+        "tied": np.asarray(m["tie_embeddings"]),
     }
 
 
@@ -97,8 +106,11 @@ def weight_bytes(m: Mapping[str, Any], precision: ArrayLike = "bf16") -> F64:
     """
     s = _shape(m)
     linear = s["l"] * (_attention_params(s) + s["E"] * _expert_params(s))
-    other = (s["l"] * (2.0 * s["h"] + np.where(s["E"] > 1, s["h"] * s["E"], 0.0)) + s["h"]
-             + s["V"] * s["h"] * np.where(s["tied"], 1.0, 2.0))
+    other = (
+        s["l"] * (2.0 * s["h"] + np.where(s["E"] > 1, s["h"] * s["E"], 0.0))
+        + s["h"]
+        + s["V"] * s["h"] * np.where(s["tied"], 1.0, 2.0)
+    )
     return linear * _lookup(precision, WEIGHT_BYTES_PER_PARAM, "precision") + 2.0 * other
 
 
@@ -112,8 +124,9 @@ def kv_bytes_per_token(
     """
     s = _shape(m)
     heads = np.maximum(s["g"], _f(tp))
-    return 2.0 * s["l"] * heads * s["d"] * _lookup(kv_precision, KV_BYTES_PER_ELEMENT,
-                                                   "kv_precision")
+    return (
+        2.0 * s["l"] * heads * s["d"] * _lookup(kv_precision, KV_BYTES_PER_ELEMENT, "kv_precision")
+    )
 
 
 def activation_reserve_bytes(
@@ -134,8 +147,10 @@ def activation_reserve_bytes(
     """
     s = _shape(m)
     t = _f(tp)
-    per_token = (2.0 * s["h"] + (s["h"] + 2.0 * s["kv"]
-                                 + (s["n_ffn"] - 1.0) * s["f"] * s["k"] + s["f"] * s["k"]) / t)
+    per_token = (
+        2.0 * s["h"]
+        + (s["h"] + 2.0 * s["kv"] + (s["n_ffn"] - 1.0) * s["f"] * s["k"] + s["f"] * s["k"]) / t
+    )
     logits = _f(max_num_seqs) * 4.0 * s["V"] / t
     return ACT_BYTES * per_token * _f(max_batched_tokens) + logits + WORKSPACE_BYTES
 
@@ -158,9 +173,14 @@ def kv_capacity_tokens(
     activation peak, `activation_reserve_bytes`); 0 where the model does not fit.
     """
     t = _f(tp)
-    free = (_f(hbm_bytes) * _f(gpu_memory_utilization) * t - weight_bytes(m, precision)
-            - t * activation_reserve_bytes(m, tp=tp, max_batched_tokens=max_batched_tokens,
-                                           max_num_seqs=max_num_seqs))
+    free = (
+        _f(hbm_bytes) * _f(gpu_memory_utilization) * t
+        - weight_bytes(m, precision)
+        - t
+        * activation_reserve_bytes(
+            m, tp=tp, max_batched_tokens=max_batched_tokens, max_num_seqs=max_num_seqs
+        )
+    )
     tokens = np.maximum(free, 0.0) / kv_bytes_per_token(m, kv_precision, tp)
     return np.floor(tokens / BLOCK_TOKENS) * BLOCK_TOKENS
 
@@ -237,16 +257,20 @@ def iteration_breakdown(
     `decode_hbm_efficiency` of HBM bandwidth.
     """
     p_tok = _f(prefill_tokens)
-    pre_ctx = (prefill_context_tokens(p_tok) if prefill_context is None
-               else _f(prefill_context))
-    sampled = _f(decode_seqs) + (np.where(p_tok > 0, 1.0, 0.0) if prefill_seqs is None
-                                 else _f(prefill_seqs))
+    pre_ctx = prefill_context_tokens(p_tok) if prefill_context is None else _f(prefill_context)
+    sampled = _f(decode_seqs) + (
+        np.where(p_tok > 0, 1.0, 0.0) if prefill_seqs is None else _f(prefill_seqs)
+    )
     c = _iteration_constants(m, g, tp=tp, precision=precision, kv_precision=kv_precision)
     return _iteration_phases(c, p_tok, _f(decode_seqs), _f(context_tokens), pre_ctx, sampled)
 
 
 def _iteration_constants(
-    m: Mapping[str, Any], g: Mapping[str, Any], *, tp: ArrayLike, precision: ArrayLike,
+    m: Mapping[str, Any],
+    g: Mapping[str, Any],
+    *,
+    tp: ArrayLike,
+    precision: ArrayLike,
     kv_precision: ArrayLike,
 ) -> dict[str, F64]:
     """Everything in an iteration's time that does not depend on the batch (see
@@ -259,17 +283,32 @@ def _iteration_constants(
     flop_eff = _f(g["prefill_gemm_efficiency"])
     e, k = s["E"], s["k"]
     n_up = s["n_ffn"] - 1.0  # up-projection matrices (gate and up for SwiGLU)
-    gemm_io = (s["h"] + (s["h"] + 2.0 * s["kv"]) / t          # QKV in, out
-               + s["h"] / t + s["h"]                            # output projection in, out
-               + s["h"] + n_up * s["f"] * k / t                 # FFN up in, out
-               + s["f"] * k / t + s["h"])                       # FFN down in, out
+    gemm_io = (
+        s["h"]
+        + (s["h"] + 2.0 * s["kv"]) / t  # QKV in, out
+        + s["h"] / t
+        + s["h"]  # output projection in, out
+        + s["h"]
+        + n_up * s["f"] * k / t  # FFN up in, out
+        + s["f"] * k / t
+        + s["h"]
+    )  # FFN down in, out
     ew = (8.0 * s["h"] + (2.0 * (s["h"] + s["kv"]) + s["n_ffn"] * s["f"] * k) / t) * ACT_BYTES
     return {
-        "t": t, "l": s["l"], "h": s["h"], "V": s["V"], "E": e, "k": k,
-        "attn_params": _attention_params(s), "expert_params": _expert_params(s),
-        "router": np.where(e > 1, s["h"] * e, 0.0), "wbytes": wbytes,
-        "gemm_peak_eff": gemm_peak * flop_eff, "bf16_peak_eff": _f(g["bf16_flops"]) * flop_eff,
-        "gemm_io_bytes": gemm_io * ACT_BYTES, "ew_bytes": ew,
+        "t": t,
+        "l": s["l"],
+        "h": s["h"],
+        "V": s["V"],
+        "E": e,
+        "k": k,
+        "attn_params": _attention_params(s),
+        "expert_params": _expert_params(s),
+        "router": np.where(e > 1, s["h"] * e, 0.0),
+        "wbytes": wbytes,
+        "gemm_peak_eff": gemm_peak * flop_eff,
+        "bf16_peak_eff": _f(g["bf16_flops"]) * flop_eff,
+        "gemm_io_bytes": gemm_io * ACT_BYTES,
+        "ew_bytes": ew,
         "hbm_bw": _f(g["hbm_bytes_per_s"]) * _f(g["decode_hbm_efficiency"]),
         "nvlink_bw": _f(g["nvlink_bytes_per_s"]) * _f(g["nvlink_efficiency"]),
         "alpha": _f(g["nvlink_alpha_s"]),
@@ -278,8 +317,9 @@ def _iteration_constants(
     }
 
 
-def _iteration_phases(c: Mapping[str, F64], p_tok: F64, d_seq: F64, ctx: F64, pre_ctx: F64,
-                      sampled: F64) -> dict[str, F64]:
+def _iteration_phases(
+    c: Mapping[str, F64], p_tok: F64, d_seq: F64, ctx: F64, pre_ctx: F64, sampled: F64
+) -> dict[str, F64]:
     """The phases of `iteration_breakdown` from `_iteration_constants` and the batch."""
     t, layers, h, V = c["t"], c["l"], c["h"], c["V"]
     n_tok = p_tok + d_seq
@@ -296,12 +336,14 @@ def _iteration_phases(c: Mapping[str, F64], p_tok: F64, d_seq: F64, ctx: F64, pr
     # --- output layer and sampler ---
     head_flops = 2.0 * sampled * h * V / t
     head_bytes = (np.where(sampled > 0, 2.0 * V * h, 0.0) + 8.0 * sampled * V) / t
-    head_s = (np.maximum(head_flops / c["bf16_peak_eff"], head_bytes / c["hbm_bw"])
-              + ring_allgather_s(4.0 * sampled * V, t, c["nvlink_bw"], c["alpha"]))
+    head_s = np.maximum(
+        head_flops / c["bf16_peak_eff"], head_bytes / c["hbm_bw"]
+    ) + ring_allgather_s(4.0 * sampled * V, t, c["nvlink_bw"], c["alpha"])
 
     # --- attention core and KV-cache traffic ---
-    decode_attn = np.maximum(4.0 * h * layers * ctx / t / c["bf16_peak_eff"],
-                             ctx * c["kv_tok"] / c["hbm_bw"])
+    decode_attn = np.maximum(
+        4.0 * h * layers * ctx / t / c["bf16_peak_eff"], ctx * c["kv_tok"] / c["hbm_bw"]
+    )
     prefill_attn = 4.0 * h * layers * pre_ctx / t / c["bf16_peak_eff"]
     kv_write = n_tok * c["kv_tok"] / c["hbm_bw"]
     attn_s = decode_attn + prefill_attn + kv_write
@@ -314,9 +356,15 @@ def _iteration_phases(c: Mapping[str, F64], p_tok: F64, d_seq: F64, ctx: F64, pr
 
     total = gemm_s + head_s + attn_s + ew_s + tp_s + c["overhead"]
     overhead = np.broadcast_to(c["overhead"], np.shape(total)).astype(np.float64)
-    return {"iteration_time_s": total, "gemm_s": gemm_s, "lm_head_s": head_s,
-            "attention_s": attn_s, "elementwise_s": ew_s, "tp_comm_s": tp_s,
-            "overhead_s": overhead}
+    return {
+        "iteration_time_s": total,
+        "gemm_s": gemm_s,
+        "lm_head_s": head_s,
+        "attention_s": attn_s,
+        "elementwise_s": ew_s,
+        "tp_comm_s": tp_s,
+        "overhead_s": overhead,
+    }
 
 
 class IterationModel:
@@ -324,18 +372,36 @@ class IterationModel:
     computed once, so an engine that asks for every iteration pays only for the batch's part.
     Same equations, same numbers (`_iteration_phases` serves both)."""
 
-    def __init__(self, m: Mapping[str, Any], g: Mapping[str, Any], *, tp: ArrayLike = 1,
-                 precision: ArrayLike = "bf16", kv_precision: ArrayLike = "bf16"):
-        self.constants = _iteration_constants(m, g, tp=tp, precision=precision,
-                                              kv_precision=kv_precision)
+    def __init__(
+        self,
+        m: Mapping[str, Any],
+        g: Mapping[str, Any],
+        *,
+        tp: ArrayLike = 1,
+        precision: ArrayLike = "bf16",
+        kv_precision: ArrayLike = "bf16",
+    ):
+        self.constants = _iteration_constants(
+            m, g, tp=tp, precision=precision, kv_precision=kv_precision
+        )
 
-    def __call__(self, prefill_tokens: ArrayLike, decode_seqs: ArrayLike,
-                 context_tokens: ArrayLike, prefill_context: ArrayLike,
-                 prefill_seqs: ArrayLike) -> F64:
+    def __call__(
+        self,
+        prefill_tokens: ArrayLike,
+        decode_seqs: ArrayLike,
+        context_tokens: ArrayLike,
+        prefill_context: ArrayLike,
+        prefill_seqs: ArrayLike,
+    ) -> F64:
         d_seq = _f(decode_seqs)
-        return _iteration_phases(self.constants, _f(prefill_tokens), d_seq,
-                                 _f(context_tokens), _f(prefill_context),
-                                 d_seq + _f(prefill_seqs))["iteration_time_s"]
+        return _iteration_phases(
+            self.constants,
+            _f(prefill_tokens),
+            d_seq,
+            _f(context_tokens),
+            _f(prefill_context),
+            d_seq + _f(prefill_seqs),
+        )["iteration_time_s"]
 
     def table(self, max_tokens: int, max_seqs: int) -> IterationTable:
         """The iteration time of every batch up to `max_tokens` tokens and `max_seqs` sampled
@@ -372,8 +438,9 @@ class IterationTable:
 
     __slots__ = ("decode_base", "per_context", "per_prefill_pair", "sampled", "tokens")
 
-    def __init__(self, tokens: list[float], sampled: list[float], per_context: float,
-                 per_prefill_pair: float):
+    def __init__(
+        self, tokens: list[float], sampled: list[float], per_context: float, per_prefill_pair: float
+    ):
         self.tokens = tokens
         self.sampled = sampled
         self.per_context = per_context
@@ -381,12 +448,21 @@ class IterationTable:
         #: a decode iteration of D sequences at zero context: tokens[D] + sampled[D]
         self.decode_base = [tokens[d] + sampled[d] for d in range(len(sampled))]
 
-    def time_s(self, prefill_tokens: int, decode_seqs: int, context_tokens: float,
-               prefill_pairs: float, prefill_seqs: int) -> float:
+    def time_s(
+        self,
+        prefill_tokens: int,
+        decode_seqs: int,
+        context_tokens: float,
+        prefill_pairs: float,
+        prefill_seqs: int,
+    ) -> float:
         """One iteration (arguments as `iteration_time_s`)."""
-        return (self.tokens[prefill_tokens + decode_seqs]
-                + self.sampled[decode_seqs + prefill_seqs]
-                + self.per_context * context_tokens + self.per_prefill_pair * prefill_pairs)
+        return (
+            self.tokens[prefill_tokens + decode_seqs]
+            + self.sampled[decode_seqs + prefill_seqs]
+            + self.per_context * context_tokens
+            + self.per_prefill_pair * prefill_pairs
+        )
 
     def decode_run(self, decode_seqs: int, context_tokens: float) -> tuple[float, float]:
         """(first, growth): decode iteration i (from 0) of the run takes first + growth x i."""
@@ -425,9 +501,16 @@ def iteration_time_s(
     `iteration_breakdown`.
     """
     return iteration_breakdown(
-        m, g, prefill_tokens=prefill_tokens, decode_seqs=decode_seqs,
-        context_tokens=context_tokens, prefill_context=prefill_context,
-        prefill_seqs=prefill_seqs, tp=tp, precision=precision, kv_precision=kv_precision,
+        m,
+        g,
+        prefill_tokens=prefill_tokens,
+        decode_seqs=decode_seqs,
+        context_tokens=context_tokens,
+        prefill_context=prefill_context,
+        prefill_seqs=prefill_seqs,
+        tp=tp,
+        precision=precision,
+        kv_precision=kv_precision,
     )["iteration_time_s"]
 
 
@@ -454,11 +537,20 @@ def offline_steady_state(
     """
     i_len, o_len = _f(prompt_tokens), _f(output_tokens)
     seqs_cap, tok_cap = _f(max_num_seqs), _f(max_batched_tokens)
-    cap = (kv_capacity_tokens(m, g["hbm_bytes"], tp=tp, precision=precision,
-                              kv_precision=kv_precision,
-                              gpu_memory_utilization=gpu_memory_utilization,
-                              max_batched_tokens=max_batched_tokens, max_num_seqs=max_num_seqs)
-           if kv_capacity is None else _f(kv_capacity))
+    cap = (
+        kv_capacity_tokens(
+            m,
+            g["hbm_bytes"],
+            tp=tp,
+            precision=precision,
+            kv_precision=kv_precision,
+            gpu_memory_utilization=gpu_memory_utilization,
+            max_batched_tokens=max_batched_tokens,
+            max_num_seqs=max_num_seqs,
+        )
+        if kv_capacity is None
+        else _f(kv_capacity)
+    )
     dec = np.maximum(o_len - 1.0, 0.0)  # decode iterations per request: prefill samples the first
     resid = np.maximum(1.0, i_len / tok_cap)  # iterations a prompt spends in prefill, at least
     half_block = (BLOCK_TOKENS - 1) / 2.0
@@ -467,11 +559,13 @@ def offline_steady_state(
     kv_decoding = np.where(reserve, full, i_len + o_len / 2.0 + half_block)
     kv_prefilling = np.where(reserve, full, i_len + half_block)
 
-    lam_all = np.stack(np.broadcast_arrays(
-        tok_cap / (i_len + dec),                                   # token budget
-        seqs_cap / (dec + resid),                                  # max_num_seqs
-        cap / (dec * kv_decoding + resid * kv_prefilling),         # KV cache
-    ))
+    lam_all = np.stack(
+        np.broadcast_arrays(
+            tok_cap / (i_len + dec),  # token budget
+            seqs_cap / (dec + resid),  # max_num_seqs
+            cap / (dec * kv_decoding + resid * kv_prefilling),  # KV cache
+        )
+    )
     binding = np.argmin(lam_all, axis=0)
     lam = np.maximum(np.min(lam_all, axis=0), 0.0)
 
@@ -479,9 +573,16 @@ def offline_steady_state(
     prefill = lam * i_len
     context = decode * (i_len + o_len / 2.0)  # mean context over decode steps 1..O-1 is I + O/2
     bd = iteration_breakdown(
-        m, g, prefill_tokens=prefill, decode_seqs=decode, context_tokens=context,
-        prefill_context=lam * prefill_context_tokens(i_len), prefill_seqs=lam, tp=tp,
-        precision=precision, kv_precision=kv_precision,
+        m,
+        g,
+        prefill_tokens=prefill,
+        decode_seqs=decode,
+        context_tokens=context,
+        prefill_context=lam * prefill_context_tokens(i_len),
+        prefill_seqs=lam,
+        tp=tp,
+        precision=precision,
+        kv_precision=kv_precision,
     )
     t_iter = bd["iteration_time_s"]
     return {
@@ -546,9 +647,16 @@ def offline_throughput_tokens_s(
     as the running ones grow), and prefix caching.
     """
     return offline_steady_state(
-        m, g, prompt_tokens=prompt_tokens, output_tokens=output_tokens,
-        max_num_seqs=max_num_seqs, max_batched_tokens=max_batched_tokens, tp=tp,
-        precision=precision, kv_precision=kv_precision,
+        m,
+        g,
+        prompt_tokens=prompt_tokens,
+        output_tokens=output_tokens,
+        max_num_seqs=max_num_seqs,
+        max_batched_tokens=max_batched_tokens,
+        tp=tp,
+        precision=precision,
+        kv_precision=kv_precision,
         gpu_memory_utilization=gpu_memory_utilization,
-        reserve_full_sequence=reserve_full_sequence, kv_capacity=kv_capacity,
+        reserve_full_sequence=reserve_full_sequence,
+        kv_capacity=kv_capacity,
     )["output_tokens_per_s"]

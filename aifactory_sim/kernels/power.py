@@ -87,18 +87,26 @@ def facility_power_w(it_w: Any, pue: float) -> Any:
     return np.asarray(it_w, dtype=float) * pue
 
 
-def capex_per_gpu_hour_usd(node_capex_usd: float, network_capex_per_node_usd: float,
-                           gpus_per_node: float, amortization_years: float,
-                           opex_share_per_year: float = 0.0) -> float:
+def capex_per_gpu_hour_usd(
+    node_capex_usd: float,
+    network_capex_per_node_usd: float,
+    gpus_per_node: float,
+    amortization_years: float,
+    opex_share_per_year: float = 0.0,
+) -> float:
     """Straight-line amortisation plus opex, per GPU-hour of ownership:
     k = (capex_node + network_node) x (1/years + opex_share) / (GPUs per node x 8766 h)."""
     per_node = node_capex_usd + network_capex_per_node_usd
-    return per_node * (1.0 / amortization_years + opex_share_per_year) / (
-        gpus_per_node * HOURS_PER_YEAR)
+    return (
+        per_node
+        * (1.0 / amortization_years + opex_share_per_year)
+        / (gpus_per_node * HOURS_PER_YEAR)
+    )
 
 
-def private_cost_per_gpu_hour_usd(utilisation: Any, k_usd: float, idle_w: float,
-                                  busy_w: float, pue: float, usd_per_kwh: float) -> Any:
+def private_cost_per_gpu_hour_usd(
+    utilisation: Any, k_usd: float, idle_w: float, busy_w: float, pue: float, usd_per_kwh: float
+) -> Any:
     """Owning one GPU for an hour at utilisation u (share of the hour in use):
     k + PUE x (P_idle + u (P_busy - P_idle)) / 1000 x price. P includes the node overhead
     share of the GPU."""
@@ -111,8 +119,9 @@ def cloud_cost_per_gpu_hour_usd(utilisation: Any, rate_usd: float) -> Any:
     return np.asarray(utilisation, dtype=float) * rate_usd
 
 
-def break_even_utilisation(k_usd: float, idle_w: float, busy_w: float, pue: float,
-                           usd_per_kwh: float, rate_usd: float) -> float | None:
+def break_even_utilisation(
+    k_usd: float, idle_w: float, busy_w: float, pue: float, usd_per_kwh: float, rate_usd: float
+) -> float | None:
     """u* where owning costs what renting the used hours does:
     u r = k + e0 + u de  =>  u* = (k + e0) / (r - de),
     e0 = PUE P_idle price / 1000, de = PUE (P_busy - P_idle) price / 1000. None when the

@@ -41,15 +41,23 @@ def daly_interval_s(delta_s: ArrayLike, mtbf_s: ArrayLike) -> F64:
 
 
 def daly_expected_wall_s(
-    solve_s: ArrayLike, tau_s: ArrayLike, delta_s: ArrayLike, restart_s: ArrayLike,
+    solve_s: ArrayLike,
+    tau_s: ArrayLike,
+    delta_s: ArrayLike,
+    restart_s: ArrayLike,
     mtbf_s: ArrayLike,
 ) -> F64:
     """Expected wall time under exponential failures that may also strike during checkpoints
     and restarts (Daly 2006, Eq. 20): T = M e^{R/M} (e^{(tau + delta)/M} - 1) T_s / tau."""
     m = np.asarray(mtbf_s, dtype=np.float64)
     tau = np.asarray(tau_s, dtype=np.float64)
-    return (m * np.exp(np.asarray(restart_s) / m) * np.expm1((tau + np.asarray(delta_s)) / m)
-            * np.asarray(solve_s) / tau)
+    return (
+        m
+        * np.exp(np.asarray(restart_s) / m)
+        * np.expm1((tau + np.asarray(delta_s)) / m)
+        * np.asarray(solve_s)
+        / tau
+    )
 
 
 def weibull_scale(mean: ArrayLike, shape: ArrayLike) -> F64:

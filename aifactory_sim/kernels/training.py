@@ -168,18 +168,22 @@ def memory_per_gpu(
     sharded = (2.0 * tok * (2 * h + 2 * kv) + 4.0 * gated * tok * f * k) / t
     # Unfused attention keeps the softmax output (2 a s^2 b); with dropout also its mask and
     # output (3 a s^2 b more).
-    scores = np.where(flash_attention | (rc >= 1), 0.0,
-                      (2.0 + 3.0 * dropout) * a * s * tok / t)
-    per_layer = np.where(rc == 2, 2.0 * tok * h / np.where(sequence_parallel, t, 1.0),
-                         replicated + sharded + scores)
+    scores = np.where(flash_attention | (rc >= 1), 0.0, (2.0 + 3.0 * dropout) * a * s * tok / t)
+    per_layer = np.where(
+        rc == 2, 2.0 * tok * h / np.where(sequence_parallel, t, 1.0), replicated + sharded + scores
+    )
     in_flight = np.minimum(p, _f(microbatches)) * np.where(v > 1, 1.0 + (p - 1) / (p * v), 1.0)
     first_stage = per_layer * stage_layers * in_flight
     # The last stage also keeps the fp32 logits of one microbatch (4 s b V / t bytes).
     last_stage = per_layer * stage_layers + 4.0 * tok * vocab / t
     activations = np.maximum(first_stage, last_stage)
     total = states + activations + RESERVED_BYTES
-    return {"states": states, "activations": activations, "total": total,
-            "params_per_gpu": stage_params}
+    return {
+        "states": states,
+        "activations": activations,
+        "total": total,
+        "params_per_gpu": stage_params,
+    }
 
 
 def step_time(
@@ -263,9 +267,11 @@ def step_time(
     def group_busbw(stride: F64, ranks: F64) -> tuple[F64, F64]:
         per_node = np.clip(gpn / stride, 1.0, ranks)
         spans_nodes = ranks > per_node
-        bw = np.where(spans_nodes,
-                      np.minimum(nvlink_bw, per_node * nic_bw / _f(cross_leaf_slowdown)),
-                      nvlink_bw)
+        bw = np.where(
+            spans_nodes,
+            np.minimum(nvlink_bw, per_node * nic_bw / _f(cross_leaf_slowdown)),
+            nvlink_bw,
+        )
         alpha = np.where(spans_nodes, _f(net_alpha_s), _f(g["nvlink_alpha_s"]))
         return bw, alpha
 
@@ -290,10 +296,21 @@ def step_time(
     bubble_s = (p - 1.0) / v * mb_s
 
     # --- data parallel gradient reduction (and ZeRO's parameter all-gather) ---
-    mem = memory_per_gpu(m, tp=tp, pp=pp, dp=dp, cp=cp, seq_len=seq_len,
-                         microbatch_seqs=microbatch_seqs, microbatches=microbatches,
-                         interleave=interleave, recompute=recompute, zero_stage=zero_stage,
-                         flash_attention=flash, sequence_parallel=seqpar)
+    mem = memory_per_gpu(
+        m,
+        tp=tp,
+        pp=pp,
+        dp=dp,
+        cp=cp,
+        seq_len=seq_len,
+        microbatch_seqs=microbatch_seqs,
+        microbatches=microbatches,
+        interleave=interleave,
+        recompute=recompute,
+        zero_stage=zero_stage,
+        flash_attention=flash,
+        sequence_parallel=seqpar,
+    )
     params_gpu = mem["params_per_gpu"]
     # cp ranks hold the same weights, so gradients are reduced over d x c ranks.
     dp_ranks = d * c
@@ -301,8 +318,9 @@ def step_time(
     grad_bytes = params_gpu * GRAD_BYTES
     allreduce = ring_allreduce_s(grad_bytes, dp_ranks, dp_bw, dp_alpha)
     # ZeRO >= 1: reduce-scatter the gradients, all-gather the bf16 weights after the update.
-    sharded = (ring_allgather_s(grad_bytes, dp_ranks, dp_bw, dp_alpha)
-               + ring_allgather_s(params_gpu * WEIGHT_BYTES, dp_ranks, dp_bw, dp_alpha))
+    sharded = ring_allgather_s(grad_bytes, dp_ranks, dp_bw, dp_alpha) + ring_allgather_s(
+        params_gpu * WEIGHT_BYTES, dp_ranks, dp_bw, dp_alpha
+    )
     dp_comm = np.where(zero >= 1, sharded, allreduce)
     # With overlap (PyTorch DDP buckets, Megatron's overlap-grad-reduce and overlap-param-gather)
     # the reduction hides behind the backward pass of the last microbatch, the weight all-gather

@@ -47,17 +47,17 @@ class GPUSpec(Spec):
     """One GPU model: dense tensor throughput, HBM, power and NVLink."""
 
     name: str = "custom-gpu"
-    family: str = Field(
-        "hopper", description="calibration family in catalog/calibration.yaml"
-    )
+    family: str = Field("hopper", description="calibration family in catalog/calibration.yaml")
     bf16_tflops: float = Field(gt=0, description="dense BF16 tensor TFLOP/s")
     fp8_tflops: float | None = Field(None, gt=0, description="dense FP8 tensor TFLOP/s")
     hbm_gb: float = Field(gt=0, description="HBM capacity, 10^9 bytes")
     hbm_tb_s: float = Field(gt=0, description="HBM bandwidth, TB/s")
     tdp_w: float = Field(gt=0, description="board power at full load, W")
     idle_w: float | None = Field(
-        None, gt=0, description="board power idle, W; default 0.115 x tdp_w (measured H200 "
-        "idle, docs/background/power-cost.md)"
+        None,
+        gt=0,
+        description="board power idle, W; default 0.115 x tdp_w (measured H200 "
+        "idle, docs/background/power-cost.md)",
     )
     nvlink_gb_s: float = Field(gt=0, description="NVLink bandwidth per GPU, both directions, GB/s")
     nvlink_domain: int = Field(8, gt=0, description="GPUs reachable over NVLink")

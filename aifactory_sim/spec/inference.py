@@ -141,8 +141,7 @@ class InferenceService(Workload):
     )
     fidelity: Fidelity | None = Field(
         None,
-        description="step, fast or fluid for this service; none: "
-        "the scenario's fidelity",
+        description="step, fast or fluid for this service; none: the scenario's fidelity",
     )
     start_at: NonNegativeDurationS = Field(
         0.0, description="when the service is deployed; requests start arriving then"
@@ -187,8 +186,10 @@ class InferenceService(Workload):
                 "rank takes whole heads)"
             )
         a = self.autoscaler
-        if a is not None and self.replicas is not None and not (
-            a.min_replicas <= self.replicas <= a.max_replicas
+        if (
+            a is not None
+            and self.replicas is not None
+            and not (a.min_replicas <= self.replicas <= a.max_replicas)
         ):
             raise ValueError(
                 f"replicas={self.replicas} is the autoscaler's starting count and must lie "

@@ -126,8 +126,9 @@ def scenario_data(
     elif isinstance(source, str | os.PathLike):
         data = _read(Path(source))
     else:
-        raise ScenarioError(f"scenario: a Scenario, a mapping or a file path (got "
-                            f"{type(source).__name__})")
+        raise ScenarioError(
+            f"scenario: a Scenario, a mapping or a file path (got {type(source).__name__})"
+        )
     for path, value in (overrides or {}).items():
         data = set_path(data, path, value)
     return data

@@ -46,9 +46,7 @@ class LognormalHours(Spec):
     sigma: float = Field(gt=0, description="standard deviation of the log")
 
 
-RepairHours = Annotated[
-    FixedHours | ExponentialHours | LognormalHours, Field(discriminator="kind")
-]
+RepairHours = Annotated[FixedHours | ExponentialHours | LognormalHours, Field(discriminator="kind")]
 
 
 class Exponential(Spec):
@@ -215,13 +213,17 @@ class Power(Spec):
     )
     usd_per_kwh: float = Field(0.08, ge=0, description="energy price, USD per kWh")
     node_overhead_w: float = Field(
-        0.0, ge=0, description="everything in a node but the GPUs (CPUs, NICs, fans), W; drawn "
-        "while the node is up"
+        0.0,
+        ge=0,
+        description="everything in a node but the GPUs (CPUs, NICs, fans), W; drawn "
+        "while the node is up",
     )
     gpu_power_cap_w: float | None = Field(
-        None, gt=0, description="board power limit per GPU (nvidia-smi -pl), between the GPU's "
+        None,
+        gt=0,
+        description="board power limit per GPU (nvidia-smi -pl), between the GPU's "
         "idle power and its TDP; none: TDP. Compute-bound work slows by the cap's clock factor "
-        "(kernels.power.cap_slowdown), memory-bound decode hardly at all"
+        "(kernels.power.cap_slowdown), memory-bound decode hardly at all",
     )
 
 
@@ -233,12 +235,14 @@ class Cost(Spec):
         4.0, gt=0, description="years over which capex is spread (straight line)"
     )
     network_capex_per_node_usd: float = Field(
-        0.0, ge=0, description="fabric (switches, optics, cables) per node, USD, amortised "
-        "with the nodes"
+        0.0,
+        ge=0,
+        description="fabric (switches, optics, cables) per node, USD, amortised with the nodes",
     )
     opex_share_per_year: float = Field(
-        0.0, ge=0, description="operations and maintenance per year as a share of capex "
-        "(energy excluded)"
+        0.0,
+        ge=0,
+        description="operations and maintenance per year as a share of capex (energy excluded)",
     )
     cloud_usd_per_gpu_hour: float = Field(
         0.0, ge=0, description="on-demand rental price, USD per GPU-hour"
@@ -488,8 +492,11 @@ class Scenario(Spec):
                     "'storage' or 'synthetic'",
                 )
             ck = job.checkpoint
-            if (ck.interval != "none" and self.cluster.storage is None
-                    and (ck.write_s is None or ck.reload_s is None)):
+            if (
+                ck.interval != "none"
+                and self.cluster.storage is None
+                and (ck.write_s is None or ck.reload_s is None)
+            ):
                 raise located(
                     f"{where}.checkpoint",
                     "checkpoints are written to cluster.storage, which this scenario does not "
@@ -572,8 +579,10 @@ class Scenario(Spec):
                     f"'nvme' needs pool {pool.name!r} to describe its nvme; allowed otherwise: "
                     "'storage' (with cluster.storage), or a measured weights_s",
                 )
-            if (cs.weights_s is None
-                    and cs.source(self.cluster.storage is not None, pool.nvme is not None) is None):
+            if (
+                cs.weights_s is None
+                and cs.source(self.cluster.storage is not None, pool.nvme is not None) is None
+            ):
                 raise located(
                     f"{where}.cold_start",
                     "a new replica reads its weights from cluster.storage or the pool's nvme, and "
@@ -602,18 +611,31 @@ def _check_weights_fit(svc: InferenceService, pool: NodePool, where: str) -> Non
     m = svc.model.kernel_args()
     b = svc.batching
     hbm = pool.gpu.hbm_gb * 1e9
-    capacity = float(kv_capacity_tokens(
-        m, hbm, tp=svc.tp, precision=svc.precision, kv_precision=svc.kv_precision,
-        gpu_memory_utilization=svc.gpu_memory_utilization,
-        max_batched_tokens=b.max_batched_tokens, max_num_seqs=b.max_num_seqs,
-    ))
+    capacity = float(
+        kv_capacity_tokens(
+            m,
+            hbm,
+            tp=svc.tp,
+            precision=svc.precision,
+            kv_precision=svc.kv_precision,
+            gpu_memory_utilization=svc.gpu_memory_utilization,
+            max_batched_tokens=b.max_batched_tokens,
+            max_num_seqs=b.max_num_seqs,
+        )
+    )
     if capacity >= BLOCK_TOKENS:
         return
     weights_gb = float(weight_bytes(m, svc.precision)) / 1e9
     usable_gb = hbm * svc.gpu_memory_utilization * svc.tp / 1e9
-    reserve_gb = svc.tp * float(activation_reserve_bytes(
-        m, tp=svc.tp, max_batched_tokens=b.max_batched_tokens, max_num_seqs=b.max_num_seqs
-    )) / 1e9
+    reserve_gb = (
+        svc.tp
+        * float(
+            activation_reserve_bytes(
+                m, tp=svc.tp, max_batched_tokens=b.max_batched_tokens, max_num_seqs=b.max_num_seqs
+            )
+        )
+        / 1e9
+    )
     gpus = f"{svc.tp} GPU{'s' if svc.tp > 1 else ''}"
     lighter = {"bf16": "fp8/int4 weights, ", "fp8": "int4 weights, ", "int4": ""}[svc.precision]
     raise located(
