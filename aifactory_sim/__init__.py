@@ -14,13 +14,12 @@ from .errors import ScenarioError
 from .estimate import TrainingEstimate, estimate_training, plan_training
 from .spec import Scenario, load
 from .sweep import summarize, sweep
-
-__version__ = "0.1.0"
+from .version import __version__
 
 
 def run(scenario, *, overrides=None):  # type: ignore[no-untyped-def]
     """Play a scenario (a Scenario, a path or a mapping) out in simulated time; a `Results`."""
-    from .engine.factory import run as _run
+    from .runner import run as _run
 
     if not isinstance(scenario, Scenario) or overrides:
         scenario = load(scenario, overrides)

@@ -62,8 +62,8 @@ def _load(path: str | None, sets: list[str]) -> Any:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from .engine.factory import run
     from .results import summary_json
+    from .runner import run
     from .spec.loader import content_hash
 
     if args.report and args.no_save:

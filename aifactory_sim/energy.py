@@ -230,7 +230,7 @@ def _per_mtok(usd: float, tokens: float, per: float) -> float | None:
 
 def energy_and_cost(sc: Scenario, summary: dict[str, Any], power: pd.DataFrame) -> dict[str, Any]:
     """Summary additions: top-level keys, and per-job and per-service keys under
-    "training" / "inference" (merged into the summary by Results.from_factory)."""
+    "training" / "inference" (merged into the summary by runner.assemble)."""
     c = constants(sc)
     cost = sc.cost
     price = sc.power.usd_per_kwh

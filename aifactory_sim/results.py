@@ -8,23 +8,18 @@ live in `meta`.
 from __future__ import annotations
 
 import json
-import platform
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import pandas as pd
 import yaml
 
-from .energy import POWER_COLUMNS, energy_and_cost, power_timeline
+from .energy import POWER_COLUMNS
 from .engine.inference import SERVICE_COLUMNS
-from .engine.telemetry import BUCKETS, COLUMNS
 from .errors import ScenarioError
-from .spec.loader import content_hash
 
 if TYPE_CHECKING:
-    from .engine.factory import Factory
     from .spec.scenario import Scenario
 
 #: The per-request table's columns after `service`.
@@ -87,105 +82,6 @@ class Results:
             else pd.DataFrame(columns=["service", *SERVICE_COLUMNS])
         )
         self.power = power if power is not None else pd.DataFrame(columns=list(POWER_COLUMNS))
-
-    # --- construction --------------------------------------------------------------------
-    @classmethod
-    def from_factory(cls, factory: Factory, *, wall_s: float) -> Results:
-        import aifactory_sim
-
-        sc = factory.scenario
-        tel = factory.telemetry
-        duration = sc.duration
-        ledger_h = {b: tel.gpu_s[b] / 3600.0 for b in BUCKETS}
-        jobs = {j.spec.name: j.summary(duration) for j in factory.jobs}
-        records = [] if factory.failures is None else factory.failures.records
-        failures = pd.DataFrame(
-            [(r.time_s, r.pool, r.node, r.component, r.repair_s, r.job) for r in records],
-            columns=["time_s", "pool", "node", "component", "repair_s", "job"],
-        )
-        events = pd.DataFrame(
-            [(j.spec.name, t, kind) for j in factory.jobs for t, kind in j.events],
-            columns=["job", "time_s", "event"],
-        )
-        summary: dict[str, Any] = {
-            "scenario": sc.name,
-            "seed": sc.seed,
-            "fidelity": sc.fidelity,
-            "duration_s": duration,
-            "gpus": factory.cluster.total_gpus,
-            "ledger_gpu_h": ledger_h,
-            "utilisation": {
-                "allocated": tel.allocated_gpu_s(duration) / (tel.total_gpus * duration),
-                "training": tel.gpu_s["training"] / (tel.total_gpus * duration),
-                "serving": tel.gpu_s["inference_busy"] / (tel.total_gpus * duration),
-            },
-            "training": jobs,
-            "inference": {svc.name: svc.summary(duration) for svc in factory.services},
-            "failures": {
-                "count": len(records),
-                "interrupting": int(failures["job"].notna().sum()),
-                "by_component": {
-                    c: int((failures["component"] == c).sum())
-                    for c in sorted(set(failures["component"]))
-                },
-            },
-        }
-        meta = {
-            "scenario_hash": content_hash(sc),
-            "tiers": {
-                "training": sc.fidelity if sc.fidelity != "fluid" else "fast",
-                **{f"inference.{svc.name}": svc.tier for svc in factory.services},
-            },
-            "wall_s": wall_s,
-            "events": tel.events,
-            "version": aifactory_sim.__version__,
-            "python": platform.python_version(),
-            "numpy": np.__version__,
-        }
-        ts = pd.DataFrame(tel.rows, columns=list(COLUMNS))
-        services = (
-            pd.concat(
-                [
-                    pd.DataFrame(svc.rows, columns=list(SERVICE_COLUMNS)).assign(service=svc.name)[
-                        ["service", *SERVICE_COLUMNS]
-                    ]
-                    for svc in factory.services
-                ],
-                ignore_index=True,
-            )
-            if factory.services
-            else None
-        )
-        power = power_timeline(sc, summary, ts, services)
-        extra = energy_and_cost(sc, summary, power)
-        for name, vals in extra.pop("jobs").items():
-            jobs[name].update(vals)
-        for name, vals in extra.pop("services").items():
-            summary["inference"][name].update(vals)
-        summary.update(extra)
-        job_rows = [{"job": name, **vals} for name, vals in jobs.items()]
-        jobs_df = pd.DataFrame(job_rows)
-        total_h = tel.total_gpus * duration / 3600.0
-        ledger = pd.DataFrame(
-            {
-                "bucket": list(ledger_h),
-                "gpu_h": list(ledger_h.values()),
-            }
-        )
-        ledger["share"] = ledger["gpu_h"] / total_h
-        frames = [(svc.name, svc.requests_frame()) for svc in factory.services]
-        frames = [(name, cols) for name, cols in frames if cols]  # the fluid tier has none
-        requests = (
-            pd.concat(
-                [pd.DataFrame({"service": name, **cols}) for name, cols in frames],
-                ignore_index=True,
-            )
-            if frames
-            else None
-        )
-        return cls(
-            sc, summary, meta, jobs_df, ts, ledger, failures, events, requests, services, power
-        )
 
     # --- views ---------------------------------------------------------------------------
     @property

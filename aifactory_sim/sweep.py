@@ -250,7 +250,7 @@ def _run_point(
     base: dict[str, Any], task: tuple[int, int, int, dict[str, Any]]
 ) -> tuple[int, int, dict[str, Any] | str]:
     """Run one (point, replication): its flattened summary, or the text of its error."""
-    from .engine.factory import run
+    from .runner import run
     from .spec.loader import load
 
     point, replication, seed, params = task
@@ -532,8 +532,8 @@ def sweep(
     which runs only the missing points of the same sweep (same base scenario and design).
     `progress`: a tqdm bar with ETA on stderr.
     """
-    from . import __version__
     from .spec.loader import content_hash
+    from .version import __version__
 
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise ScenarioError(

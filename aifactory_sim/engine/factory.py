@@ -1,10 +1,22 @@
-"""Wires the components from a Scenario, plays the environment to the horizon, returns Results."""
+"""The factory: wiring only. It builds the components from a Scenario, connects their ports,
+plays the environment to the horizon and hands back each component's own result
+(`FactoryRun`); `aifactory_sim.runner` assembles `Results` from them, above the engine.
+
+The lifecycle, as desmod has it (docs/background/architecture.md):
+
+1. build: every component from its spec and the ports it uses (node broker, ledger,
+   recorder, storage), none of them holding the factory;
+2. connect: the late links of a cycle of ownership (the broker's owners of nodes, the
+   scheduler's jobs, the recorder's probe);
+3. run: SimPy to the horizon, counting events;
+4. close: each component books what is still running and returns its result.
+"""
 
 from __future__ import annotations
 
-import math
 import time
 import zlib
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -12,15 +24,16 @@ import simpy
 
 from ..kernels.power import cap_slowdown
 from ..spec.scenario import NodePool, Scenario
-from .cluster import Allocation, ClusterState
+from .broker import NodeBroker
+from .cluster import ClusterState
 from .fabric import Fabric
-from .failures import FailureInjector
+from .failures import FailureInjector, FailureRecord
 from .fluid import FluidService
 from .inference import Service
 from .scheduler import Scheduler
 from .storage import SharedStorage
-from .telemetry import Telemetry
-from .training import EstimateCache, TrainingRun
+from .telemetry import Gauges, Ledger, Recorder
+from .training import EstimateCache, JobSettings, TrainingRun
 
 
 def rng_for(seed: int, stream: str) -> np.random.Generator:
@@ -30,32 +43,92 @@ def rng_for(seed: int, stream: str) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(key,)))
 
 
+@dataclass(frozen=True)
+class JobResult:
+    """A training job's own result: its summary and its life's events (time, kind)."""
+
+    name: str
+    summary: dict[str, Any]
+    events: list[tuple[float, str]]
+
+
+@dataclass(frozen=True)
+class ServiceResult:
+    """A service's own result: its summary, its sampled rows (SERVICE_COLUMNS) and its
+    per-request columns (empty in the fluid tier, which has no requests of its own)."""
+
+    name: str
+    tier: str
+    summary: dict[str, Any]
+    rows: list[Any]
+    requests: dict[str, np.ndarray]
+
+
+@dataclass
+class FactoryRun:
+    """What a run hands back: the scenario, each component's own result, and the counters."""
+
+    scenario: Scenario
+    total_gpus: int
+    jobs: list[JobResult]
+    services: list[ServiceResult]
+    failures: list[FailureRecord]
+    ledger: Ledger
+    timeseries: list[Gauges]
+    allocated_gpu_s: float  # the integral of allocated GPUs over the run
+    events: int  # SimPy events processed
+    wall_s: float
+
+
 class Factory:
-    """The running factory: environment, cluster, storage, failures, scheduler and jobs."""
+    """Builds and connects the components of a scenario, then runs them (see the module)."""
 
     def __init__(self, scenario: Scenario):
         self.scenario = scenario
         self.fidelity = scenario.fidelity
-        self.env = simpy.Environment()
+        horizon = scenario.duration
+        # --- build -----------------------------------------------------------------------
+        env = self.env = simpy.Environment()
         self.cluster = ClusterState(scenario)
         fab = scenario.cluster.fabric
         self.fabric = Fabric(self.cluster, fab.nodes_per_leaf, fab.oversubscription)
-        self.telemetry = Telemetry(total_gpus=self.cluster.total_gpus)
+        self.ledger = Ledger(total_gpus=self.cluster.total_gpus)
+        self.recorder = Recorder(lambda: env.now)
+        sample = self.recorder.sample
         self.estimates = EstimateCache()
         st = scenario.cluster.storage
         self.storage = (
-            None if st is None else SharedStorage(self.env, st.read_gb_s * 1e9, st.write_gb_s * 1e9)
+            None if st is None else SharedStorage(env, st.read_gb_s * 1e9, st.write_gb_s * 1e9)
         )
-        self.scheduler = Scheduler(self)
-        self.waiting: list[TrainingRun] = []  # running jobs short of nodes after a failure
-        self.last_wanted: dict[str, float] = {}  # pool -> when someone last lacked nodes
+        sched = scenario.scheduler
+        self.broker = NodeBroker(
+            env,
+            self.cluster,
+            self.fabric,
+            placement=sched.placement,
+            regrow_after_s=sched.regrow_after_s,
+            sample=sample,
+        )
+        self.scheduler = Scheduler(env, sched, self.broker, sample)
         self.jobs = [
-            TrainingRun(self, i, job, self.pool(job.pool))
+            TrainingRun(
+                env,
+                i,
+                job,
+                self.pool(job.pool),
+                self._job_settings(job.pool),
+                broker=self.broker,
+                queue=self.scheduler,
+                ledger=self.ledger,
+                sample=sample,
+                storage=self.storage,
+                estimates=self.estimates,
+            )
             for i, job in enumerate(scenario.training)
         ]
         self.services = [
-            (FluidService if (svc.fidelity or scenario.fidelity) == "fluid" else Service)(
-                self,
+            (FluidService if tier == "fluid" else Service)(
+                env,
                 k,
                 len(self.jobs) + k,
                 svc,
@@ -64,20 +137,35 @@ class Factory:
                     name: rng_for(scenario.seed, f"inference.{svc.name}.{name}")
                     for name in ("arrivals", "prompts", "outputs", "router", "metric")
                 },
+                tier=tier,
+                horizon=horizon,
+                regrow_after_s=sched.regrow_after_s,
+                broker=self.broker,
+                ledger=self.ledger,
+                sample=sample,
+                storage=self.storage,
             )
             for k, svc in enumerate(scenario.inference)
+            for tier in [svc.fidelity or scenario.fidelity]
         ]
         self.failures = None
         if scenario.failures is not None:
             self.failures = FailureInjector(
-                self,
+                env,
                 scenario.failures,
                 {
                     name: rng_for(scenario.seed, f"failures.{name}")
                     for name in ("times", "repairs", "components")
                 },
+                nodes=[(name, pool.owner.size) for name, pool in self.cluster.pools.items()],
+                horizon=horizon,
+                broker=self.broker,
             )
-        self.sample()
+        # --- connect ---------------------------------------------------------------------
+        self.broker.connect(self.jobs, self.services, self.scheduler)
+        self.scheduler.connect(self.jobs)
+        self.recorder.connect(self._gauges, observers=(lambda: self.fabric.update(self.jobs),))
+        sample()
 
     def pool(self, name: str | None) -> NodePool:
         """A pool as the engine runs it: under `power.gpu_power_cap_w` its GPUs' compute peaks
@@ -96,137 +184,66 @@ class Factory:
             faster["fp8_tflops"] = gpu.fp8_tflops / slow
         return pool.model_copy(update={"gpu": gpu.model_copy(update=faster)})
 
-    # --- hooks the components call -------------------------------------------------------
-    def sample(self) -> None:
-        self.fabric.update(self.jobs)
+    def _job_settings(self, pool_name: str | None) -> JobSettings:
+        sc = self.scenario
+        st = sc.cluster.storage
+        nominal = sc.pool(pool_name).gpu
+        return JobSettings(
+            net_latency_us=sc.cluster.fabric.latency_us,
+            storage_write_gb_s=None if st is None else st.write_gb_s,
+            failures=sc.failures,
+            preemption_grace_s=sc.scheduler.preemption_grace_s,
+            step_tier=sc.fidelity == "step",
+            peak_scale=self.pool(pool_name).gpu.bf16_tflops / nominal.bf16_tflops,
+        )
+
+    def _gauges(self, now: float) -> Gauges:
+        """The recorder's probe: the cluster's gauges summed over the components now."""
         running = [j for j in self.jobs if j.state == "running"]
-        self.telemetry.sample(
-            self.env.now,
-            allocated=self.cluster.allocated_gpus(),
-            down=self.cluster.down_gpus(),
-            training=sum(j.held_nodes * j.pool.gpus_per_node for j in running),
-            serving=sum(s.held_gpus for s in getattr(self, "services", ())),
-            running=len(running),
-            queued=len(self.scheduler.queue),
+        return Gauges(
+            now,
+            self.cluster.allocated_gpus(),
+            self.cluster.down_gpus(),
+            sum(j.held_nodes * j.pool.gpus_per_node for j in running),
+            sum(s.held_gpus for s in self.services),
+            len(running),
+            len(self.scheduler.queue),
         )
-
-    def on_start(self, job: TrainingRun) -> None:
-        """A job got its gang; its data loader starts when it computes (see TrainingRun)."""
-        self.sample()
-
-    def release(self, job: TrainingRun, alloc: Allocation, count: int | None = None) -> None:
-        """A job gives nodes back: waiting gangs are served first, then the queue."""
-        self.cluster.release(alloc, job.index, count)
-        self.fabric.update(self.jobs)
-        self._nodes_freed()
-
-    def release_nodes(self, service: Service, alloc: Allocation) -> None:
-        """A service gives nodes back."""
-        self.cluster.release(alloc, service.owner)
-        self.sample()
-        self._nodes_freed()
-
-    def job_ended(self, job: TrainingRun) -> None:
-        if job in self.waiting:
-            self.waiting.remove(job)
-        self.scheduler.yielded(job)
-        self.sample()
-
-    def wait_for_nodes(self, job: TrainingRun) -> None:
-        """A running job lost nodes and no spare or free node replaced them: it waits, holding
-        the rest of its gang, ahead of the queue."""
-        if job not in self.waiting:
-            self.waiting.append(job)
-        self._serve_waiting()
-        self.sample()
-
-    def may_grow(self, job: TrainingRun) -> bool:
-        """An elastic job may widen only when nobody waits for nodes of its pool (no job, no
-        service replica) and nobody has for `scheduler.regrow_after_s`."""
-        pool = job.pool.name
-        if any(s.pool.name == pool and s.counts["pending"] for s in self.services):
-            self.wanted(pool)
-            return False
-        hold = self.scenario.scheduler.regrow_after_s
-        return (
-            not self.waiting
-            and not self.scheduler.queued_in(pool)
-            and self.env.now - self.last_wanted.get(pool, -math.inf) >= hold
-        )
-
-    def held_back(self, pool: str) -> int:
-        """Free nodes of `pool` an elastic job leaves alone when it grows: what the pool's
-        services held within the regrow hold over what they hold now (Service.held_back)."""
-        return sum(s.held_back() for s in self.services if s.pool.name == pool)
-
-    def wanted(self, pool: str) -> None:
-        """Someone in `pool` is short of nodes now (see may_grow)."""
-        self.last_wanted[pool] = self.env.now
-
-    def node_failed(self, pool: str, node: int, component: str, repair_s: float) -> str | None:
-        """The failure injector's report: take the node down, tell its job, plan the repair."""
-        if component == "software":  # the node stays up; the job on it restarts
-            owner = int(self.cluster.pools[pool].owner[node])
-        else:
-            owner = self.cluster.fail(pool, node)
-        job = self.jobs[owner] if 0 <= owner < len(self.jobs) else None
-        service = self.services[owner - len(self.jobs)] if owner >= len(self.jobs) else None
-        if job is not None:
-            job.node_failed(node, component)
-        elif service is not None:
-            service.node_failed(node, component)
-        if component != "software":
-            repair = self.env.timeout(repair_s)
-            repair.callbacks.append(lambda _ev: self._repaired(pool, node))
-        self.sample()
-        return job.spec.name if job is not None else (service.name if service is not None else None)
-
-    def _repaired(self, pool: str, node: int) -> None:
-        self.cluster.repair(pool, node)
-        self._nodes_freed()
-
-    def _nodes_freed(self) -> None:
-        for service in sorted(self.services, key=lambda s: (-s.spec.priority, s.index)):
-            service.place_pending()
-        self._serve_waiting()
-        self.scheduler.schedule()
-
-    def _serve_waiting(self) -> None:
-        """Give freed nodes (and spares) to running jobs short of nodes, highest priority
-        first."""
-        for job in sorted(self.waiting, key=lambda j: (-j.spec.priority, j.index)):
-            if job.alloc is None or job.state != "running":
-                self.waiting.remove(job)
-                continue
-            job.book()  # the meter books what it held so far before its gang grows
-            while job.held_nodes < job.nodes and self.cluster.replacement(
-                job.alloc, job.index, near=int(job.alloc.nodes[0]) if job.held_nodes else 0
-            ):
-                pass
-            if job.held_nodes >= job.min_nodes:  # an elastic job runs narrower meanwhile
-                self.waiting.remove(job)
-                job.gang_complete()
 
     # --- run -----------------------------------------------------------------------------
-    def run(self) -> Any:
-        from ..results import Results
-
+    def run(self) -> FactoryRun:
         wall0 = time.perf_counter()
         horizon = self.scenario.duration
         env = self.env
+        events = 0
         while env.peek() < horizon:  # env.run(until=horizon), counting the events processed
             env.step()
-            self.telemetry.events += 1
+            events += 1
         env.run(until=horizon)  # nothing is left before it: this only moves the clock
+        self.recorder.events = events
+        # --- close -----------------------------------------------------------------------
         for job in self.jobs:
             job.close(horizon)
         for service in self.services:
             service.close(horizon)
-        self.telemetry.close(horizon)
-        wall = time.perf_counter() - wall0
-        return Results.from_factory(self, wall_s=wall)
-
-
-def run(scenario: Scenario) -> Any:
-    """Play `scenario` to its horizon; a `Results`."""
-    return Factory(scenario).run()
+        rec = self.recorder
+        self.ledger.close(
+            horizon,
+            allocated_gpu_s=rec.allocated_gpu_s(horizon),
+            down_gpu_s=rec.down_gpu_s(horizon),
+        )
+        return FactoryRun(
+            scenario=self.scenario,
+            total_gpus=self.cluster.total_gpus,
+            jobs=[JobResult(j.name, j.summary(horizon), j.events) for j in self.jobs],
+            services=[
+                ServiceResult(s.name, s.tier, s.summary(horizon), s.rows, s.requests_frame())
+                for s in self.services
+            ],
+            failures=[] if self.failures is None else self.failures.records,
+            ledger=self.ledger,
+            timeseries=rec.rows,
+            allocated_gpu_s=rec.allocated_gpu_s(horizon),
+            events=events,
+            wall_s=time.perf_counter() - wall0,
+        )

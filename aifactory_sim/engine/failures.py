@@ -19,7 +19,9 @@ from ..kernels.reliability import weibull_scale
 from ..spec.scenario import COMPONENTS, Exponential, Failures, FixedHours, LognormalHours
 
 if TYPE_CHECKING:
-    from .factory import Factory
+    import simpy
+
+    from .broker import NodeBroker
 
 #: Draws are made in blocks of this many, so a failure costs no numpy call of its own.
 BLOCK = 1024
@@ -52,18 +54,27 @@ class _Stream:
 
 
 class FailureInjector:
-    """Draws failures for every node of every pool and tells the factory about each."""
+    """Draws failures for every node of every pool and tells the node broker about each.
 
-    def __init__(self, factory: Factory, spec: Failures, rngs: dict[str, np.random.Generator]):
-        self.factory = factory
+    `nodes` is every pool's name and node count, in the cluster's order; the failures stop at
+    `horizon`."""
+
+    def __init__(
+        self,
+        env: simpy.Environment,
+        spec: Failures,
+        rngs: dict[str, np.random.Generator],
+        *,
+        nodes: list[tuple[str, int]],
+        horizon: float,
+        broker: NodeBroker,
+    ):
+        self.broker = broker
         self.spec = spec
-        self.env = factory.env
+        self.env = env
+        self.horizon = horizon
         self.records: list[FailureRecord] = []
-        self.nodes = [
-            (name, i)
-            for name, pool in factory.cluster.pools.items()
-            for i in range(pool.owner.size)
-        ]
+        self.nodes = [(name, i) for name, count in nodes for i in range(count)]
         mtbf = spec.node_mtbf_s
         if isinstance(spec.distribution, Exponential):
 
@@ -102,7 +113,7 @@ class FailureInjector:
 
     def _run(self) -> Any:
         env = self.env
-        horizon = self.factory.scenario.duration
+        horizon = self.horizon
         while self._heap:
             t, i = heapq.heappop(self._heap)
             if t > horizon:
@@ -111,6 +122,6 @@ class FailureInjector:
             pool, node = self.nodes[i]
             component = COMPONENTS[int(self._component())]
             repair_s = 0.0 if component == "software" else self._repair()
-            job = self.factory.node_failed(pool, node, component, repair_s)
+            job = self.broker.node_failed(pool, node, component, repair_s)
             self.records.append(FailureRecord(env.now, pool, node, component, repair_s, job))
             heapq.heappush(self._heap, (env.now + repair_s + self._ttf(), i))

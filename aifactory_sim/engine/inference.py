@@ -46,9 +46,11 @@ from __future__ import annotations
 import heapq
 import math
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import simpy
 
 from ..estimate import as_gpu
 from ..kernels.inference import (
@@ -65,7 +67,9 @@ from .traffic import draw_requests
 if TYPE_CHECKING:
     from ..spec.inference import InferenceService
     from ..spec.scenario import NodePool
-    from .factory import Factory
+    from .broker import NodeBroker
+    from .storage import SharedStorage
+    from .telemetry import Ledger
 
 INF = math.inf
 
@@ -93,23 +97,35 @@ class Service:
 
     def __init__(
         self,
-        factory: Factory,
+        env: simpy.Environment,
         index: int,
         owner: int,
         spec: InferenceService,
         pool: NodePool,
         rngs: dict[str, np.random.Generator],
+        *,
+        tier: str,
+        horizon: float,
+        regrow_after_s: float,
+        broker: NodeBroker,
+        ledger: Ledger,
+        sample: Callable[[], None],
+        storage: SharedStorage | None,
     ):
         from .. import catalog
 
-        self.factory = factory
-        self.env = factory.env
+        self.env = env
+        self.broker = broker
+        self.ledger = ledger
+        self._sample_gauges = sample
+        self.storage = storage
+        self.regrow_after_s = regrow_after_s
         self.index = index
         self.owner = owner
         self.spec = spec
         self.pool = pool
         self.name = spec.name
-        self.fast = (spec.fidelity or factory.scenario.fidelity) != "step"
+        self.fast = tier != "step"
         gpu = as_gpu(pool.gpu)
         g = gpu_inference_args(gpu.model_dump(), catalog.entry("calibration", gpu.family))
         m = spec.model.kernel_args()
@@ -138,7 +154,7 @@ class Service:
         self.policy = None if spec.autoscaler is None else policy_for(spec.autoscaler)
         self.interval_s = SAMPLE_S if self.policy is None else self.policy.interval_s
         self._next = 0  # requests arrived so far
-        self._init_requests(rngs, max(factory.scenario.duration - spec.start_at, 0.0))
+        self._init_requests(rngs, max(horizon - spec.start_at, 0.0))
 
         self.replicas: list[Replica] = []  # every replica ever asked for, by index
         self.live: dict[int, Replica] = {}  # those not gone, in index order
@@ -219,7 +235,12 @@ class Service:
     def held_gpus(self) -> int:
         return self._held_gpus
 
+    def has_pending(self) -> bool:
+        """Replicas asked for and not yet placed on nodes."""
+        return self.counts["pending"] > 0
+
     # --- the service's clock -----------------------------------------------------------------
+
     def advance_to(self, t: float) -> None:
         """Handle every arrival and plan end at or before `t`, in time order (a plan end before
         an arrival at the same instant: the finished request frees its seat first)."""
@@ -447,7 +468,7 @@ class Service:
             short = len(pending) - len(free)
             if short > 0:
                 want = -(-short // self.slots_per_node)
-                available = self.factory.cluster.pools[self.pool.name].free_nodes
+                available = self.broker.free_nodes(self.pool.name)
                 claimed = self._claim(min(want, available)) if min(want, available) > 0 else None
                 if claimed:
                     free += [(node, j) for node in claimed for j in range(self.slots_per_node)]
@@ -468,7 +489,7 @@ class Service:
             self._set_provisioned(+placed)
             self._cold_start(pending[:placed])
         if placed < len(pending):  # still short: borrow from training of lower priority
-            self.factory.scheduler.lend_to_service(self, self._borrow(len(pending) - placed))
+            self.broker.lend(self, self._borrow(len(pending) - placed))
         return placed > 0
 
     def _ahead(self) -> int:
@@ -502,10 +523,7 @@ class Service:
 
     def _claim(self, count: int) -> list[int] | None:
         """Claim `count` free nodes for the service: their indices, or None."""
-        cluster = self.factory.cluster
-        alloc = cluster.allocate(
-            self.pool.name, count, self.owner, self.factory.scenario.scheduler.placement
-        )
+        alloc = self.broker.allocate(self.pool.name, count, self.owner)
         if alloc is None:
             return None
         self._book_held()
@@ -514,7 +532,7 @@ class Service:
             self.node_slots[node] = [-1] * self.slots_per_node
         self._held_gpus += count * self.pool.gpus_per_node
         self._note_holding()
-        self.factory.sample()
+        self._sample_gauges()
         return nodes
 
     def _note_holding(self) -> None:
@@ -524,7 +542,7 @@ class Service:
     def _forget_old_holdings(self) -> None:
         """Keep the holdings within `scheduler.regrow_after_s`, and the last one before it (what
         was held at the window's start)."""
-        cutoff = self.env.now - self.factory.scenario.scheduler.regrow_after_s
+        cutoff = self.env.now - self.regrow_after_s
         while len(self._holdings) > 1 and self._holdings[1][0] <= cutoff:
             self._holdings.popleft()
 
@@ -537,8 +555,8 @@ class Service:
             del self.node_slots[node]
         self._held_gpus -= len(empty) * self.pool.gpus_per_node
         self._note_holding()
-        self.factory.release_nodes(
-            self, Allocation(self.pool.name, np.array(empty, dtype=np.int64))
+        self.broker.take_back(
+            self.owner, Allocation(self.pool.name, np.array(empty, dtype=np.int64))
         )
 
     def _vacate(self, r: Replica) -> None:
@@ -575,11 +593,11 @@ class Service:
                 for r, gen in alive:
                     timer.callbacks.append(loaded(r, gen))
                 return
-            source = cs.weights_from or ("storage" if self.factory.storage is not None else "nvme")
+            source = cs.weights_from or ("storage" if self.storage is not None else "nvme")
             if source == "storage":
-                assert self.factory.storage is not None
+                assert self.storage is not None
                 cap = self.spec.tp * self.pool.nic_gbit_s / 8.0 * 1e9
-                flows = self.factory.storage.open_many(
+                flows = self.storage.open_many(
                     "read", [(self.weight_bytes, cap, f"{self.name}/{r.index}") for r, _ in alive]
                 )
                 for (r, gen), flow in zip(alive, flows, strict=True):
@@ -732,7 +750,7 @@ class Service:
                 self.cold_gpu_s += self.spec.tp * (horizon - r.placed_s)
         self._book_held()
         self._set_provisioned(0)
-        tel = self.factory.telemetry
+        tel = self.ledger
         idle = self.held_gpu_s - self.cold_gpu_s - self.busy_gpu_s
         tel.add("cold_start", self.cold_gpu_s)
         tel.add("inference_busy", self.busy_gpu_s)

@@ -20,31 +20,53 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
+import simpy
+
+from .ports import Claimant, Job
+
 if TYPE_CHECKING:
-    from .factory import Factory
-    from .inference import Service
-    from .training import TrainingRun
+    from ..spec.scenario import Scheduler as SchedulerSpec
+    from .broker import NodeBroker
 
 
 class Scheduler:
-    def __init__(self, factory: Factory):
-        self.factory = factory
-        spec = factory.scenario.scheduler
+    """The queue of training jobs; a component with the node broker and the recorder as its
+    ports, and the jobs it may preempt connected after they are built."""
+
+    def __init__(
+        self,
+        env: simpy.Environment,
+        spec: SchedulerSpec,
+        broker: NodeBroker,
+        sample: Callable[[], None],
+    ):
+        self.env = env
+        self.broker = broker
+        self._sample = sample
         self.policy = spec.policy
         self.placement = spec.placement
         self.preemption = spec.preemption
-        self.queue: list[TrainingRun] = []
+        self.queue: list[Job] = []
         self.yielding: set[int] = set()  # jobs asked to give nodes back, not yet done
+        self.jobs: Sequence[Job] = ()
 
-    def _key(self, job: TrainingRun) -> tuple[float, ...]:
+    def connect(self, jobs: Sequence[Job]) -> None:
+        self.jobs = jobs
+
+    @property
+    def queued(self) -> int:
+        return len(self.queue)
+
+    def _key(self, job: Job) -> tuple[float, ...]:
         assert job.submitted_at is not None
         if self.policy == "fifo":
             return (job.submitted_at, job.index)
         return (-job.spec.priority, job.submitted_at, job.index)
 
-    def submit(self, job: TrainingRun) -> None:
+    def submit(self, job: Job) -> None:
         self.queue.append(job)
         self.schedule()
 
@@ -54,34 +76,34 @@ class Scheduler:
     def schedule(self) -> None:
         """Start what can start, in policy order; reserve, backfill and preempt as configured."""
         self.queue.sort(key=self._key)
-        cluster = self.factory.cluster
+        broker = self.broker
         blocked: dict[str, tuple[float, int]] = {}  # pool -> (reserved start, spare nodes then)
         for job in list(self.queue):
             pool = job.pool.name
             if pool in blocked:
                 if self.policy != "priority-backfill" or not self._may_backfill(job, blocked):
                     continue
-            alloc = cluster.allocate(pool, job.nodes, job.index, self.placement)
+            alloc = broker.allocate(pool, job.nodes, job.index)
             if alloc is not None:
                 self.queue.remove(job)
                 job.start(alloc)
-                self.factory.on_start(job)
+                self._sample()  # a job got its gang
                 continue
             if pool not in blocked:
                 if self.preemption:
                     self._preempt_for(job)
                 blocked[pool] = self._reservation(job)
-        self.factory.sample()
+        self._sample()
 
     # --- backfill --------------------------------------------------------------------------
-    def _reservation(self, head: TrainingRun) -> tuple[float, int]:
+    def _reservation(self, head: Job) -> tuple[float, int]:
         """Earliest time the head's gang is free, and the nodes left over at that time."""
-        now = self.factory.env.now
+        now = self.env.now
         pool = head.pool.name
-        free = self.factory.cluster.pools[pool].free_nodes
+        free = self.broker.free_nodes(pool)
         ends = sorted(
             (j.projected_end(now), j.held_nodes)
-            for j in self.factory.jobs
+            for j in self.jobs
             if j.state == "running" and j.pool.name == pool
         )
         t = now
@@ -94,12 +116,12 @@ class Scheduler:
             return (math.inf, 0)
         return (t, free - head.nodes)
 
-    def _may_backfill(self, job: TrainingRun, blocked: dict[str, tuple[float, int]]) -> bool:
+    def _may_backfill(self, job: Job, blocked: dict[str, tuple[float, int]]) -> bool:
         pool = job.pool.name
         shadow, extra = blocked[pool]
-        if self.factory.cluster.pools[pool].free_nodes < job.nodes:
+        if self.broker.free_nodes(pool) < job.nodes:
             return False
-        now = self.factory.env.now
+        now = self.env.now
         if now + job.projected_duration() <= shadow:
             return True
         if job.nodes <= extra:  # it may run past the reservation: only on nodes left over
@@ -108,22 +130,21 @@ class Scheduler:
         return False
 
     # --- preemption ------------------------------------------------------------------------
-    def _preempt_for(self, head: TrainingRun) -> None:
+    def _preempt_for(self, head: Job) -> None:
         """Ask lower-priority jobs for nodes until the head's gang would be free."""
         pool = head.pool.name
-        cluster = self.factory.cluster
         coming = sum(
             j.held_nodes - j.nodes_for(j.preempt_to) if j.preempt_to else j.held_nodes
-            for j in self.factory.jobs
+            for j in self.jobs
             if j.index in self.yielding
         )
-        short = head.nodes - cluster.pools[pool].free_nodes - coming
+        short = head.nodes - self.broker.free_nodes(pool) - coming
         if short <= 0:
             return
         victims = sorted(
             (
                 j
-                for j in self.factory.jobs
+                for j in self.jobs
                 if j.state == "running"
                 and j.pool.name == pool
                 and j.spec.priority < head.spec.priority
@@ -131,7 +152,7 @@ class Scheduler:
             ),
             key=lambda j: (j.spec.priority, -(j.started_at or 0.0), -j.index),
         )
-        plan: list[tuple[TrainingRun, int | None]] = []
+        plan: list[tuple[Job, int | None]] = []
         for victim in victims:
             if short <= 0:
                 break
@@ -152,7 +173,7 @@ class Scheduler:
             self.yielding.add(victim.index)
             victim.preempt(shrink_to)
 
-    def lend_to_service(self, service: Service, short: int) -> int:
+    def lend_to_service(self, service: Claimant, short: int) -> int:
         """A service wants `short` more nodes of its pool and none are free: ask training jobs
         of lower priority for them (issue 6's "one factory"). Elastic jobs shrink first, down
         to `min_dp`, lowest priority first; only if that is not enough do the others stop
@@ -160,10 +181,10 @@ class Scheduler:
         service takes whatever it can get, replica by replica. Nodes already on their way
         back count against the need. Returns the nodes asked for."""
         pool = service.pool.name
-        self.factory.wanted(pool)
+        self.broker.wanted(pool)
         coming = sum(
             j.held_nodes - j.nodes_for(j.preempt_to) if j.preempt_to is not None else j.held_nodes
-            for j in self.factory.jobs
+            for j in self.jobs
             if j.index in self.yielding and j.pool.name == pool
         )
         short -= coming
@@ -171,7 +192,7 @@ class Scheduler:
             return 0
         running = [
             j
-            for j in self.factory.jobs
+            for j in self.jobs
             if j.state == "running"
             and j.pool.name == pool
             and j.spec.priority < service.spec.priority
@@ -201,15 +222,15 @@ class Scheduler:
                 if freed <= 0:
                     continue
                 self.yielding.add(victim.index)
-                victim.lent.append((self.factory.env.now, service.name, freed))
+                victim.lent.append((self.env.now, service.name, freed))
                 victim.preempt(dp)
                 asked += freed
             else:
                 self.yielding.add(victim.index)
-                victim.lent.append((self.factory.env.now, service.name, victim.held_nodes))
+                victim.lent.append((self.env.now, service.name, victim.held_nodes))
                 victim.preempt(None)
                 asked += victim.held_nodes
         return asked
 
-    def yielded(self, job: TrainingRun) -> None:
+    def yielded(self, job: Job) -> None:
         self.yielding.discard(job.index)

@@ -1,13 +1,15 @@
-"""What the run records: the GPU-hour ledger and time-weighted gauges.
+"""Two of the engine's ports: the GPU-hour ledger and the recorder of the cluster's gauges.
 
-Components record through explicit calls; nothing patches SimPy. The ledger's buckets are the
+Components record through explicit calls on the port they were given; nothing patches SimPy. The ledger's buckets are the
 ones DESIGN.md names; each GPU-second lands in exactly one of them. Jobs book what they hold;
 `down` and `unallocated` come from the integral of the cluster's state over time.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 BUCKETS = (
     "training",
@@ -34,14 +36,24 @@ COLUMNS = (
 )
 
 
+class Gauges(NamedTuple):
+    """One row of the time series: the cluster's state from `time_s` on (COLUMNS)."""
+
+    time_s: float
+    allocated_gpus: int
+    down_gpus: int
+    training_gpus: int
+    serving_gpus: int
+    running_jobs: int
+    queued_jobs: int
+
+
 @dataclass
-class Telemetry:
-    """GPU-seconds per bucket, and a step-function timeseries of the cluster's state."""
+class Ledger:
+    """The GPU-hour ledger's port: GPU-seconds per bucket (BUCKETS); each lands in one."""
 
     total_gpus: int
     gpu_s: dict[str, float] = field(default_factory=lambda: dict.fromkeys(BUCKETS, 0.0))
-    rows: list[tuple[float, int, int, int, int, int, int]] = field(default_factory=list)
-    events: int = 0  # SimPy events processed
 
     def add(self, bucket: str, gpu_seconds: float) -> None:
         if gpu_seconds < 0:
@@ -55,23 +67,46 @@ class Telemetry:
         self.gpu_s[source] -= gpu_seconds
         self.gpu_s[target] += gpu_seconds
 
-    def sample(
-        self,
-        now: float,
-        *,
-        allocated: int,
-        down: int,
-        training: int,
-        serving: int,
-        running: int,
-        queued: int,
+    def close(self, until: float, *, allocated_gpu_s: float, down_gpu_s: float) -> None:
+        """Book the time nodes were down, and every GPU-second nobody held, as `unallocated`."""
+        self.gpu_s["down"] = down_gpu_s
+        self.gpu_s["unallocated"] = self.total_gpus * until - allocated_gpu_s - down_gpu_s
+
+
+class Recorder:
+    """The recorder's port: a step-function time series of the cluster's gauges.
+
+    A component calls `sample()` whenever what it holds changes; the recorder reads the gauges
+    through the probe it was connected to (the factory's wiring sums them over the components)
+    and keeps a row only when one of them moved. Observers connected with it run first on
+    every sample: the fabric re-rates the jobs whose share of the spine changed.
+    """
+
+    def __init__(self, now: Callable[[], float]):
+        self._now = now
+        self._probe: Callable[[float], Gauges] | None = None
+        self._observers: tuple[Callable[[], None], ...] = ()
+        self.rows: list[Gauges] = []
+        self.events = 0  # SimPy events processed
+
+    def connect(
+        self, probe: Callable[[float], Gauges], observers: tuple[Callable[[], None], ...] = ()
     ) -> None:
-        """Record the state from `now` on (a later sample at the same time replaces it)."""
-        row = (now, allocated, down, training, serving, running, queued)
-        if self.rows and self.rows[-1][0] == now:
-            self.rows[-1] = row
-        elif not self.rows or self.rows[-1][1:] != row[1:]:
-            self.rows.append(row)
+        self._probe = probe
+        self._observers = observers
+
+    def sample(self) -> None:
+        """Record the state from now on (a later sample at the same time replaces it)."""
+        if self._probe is None:  # still being built: the connect's own sample at t=0 counts
+            return
+        for observe in self._observers:
+            observe()
+        row = self._probe(self._now())
+        rows = self.rows
+        if rows and rows[-1][0] == row[0]:
+            rows[-1] = row
+        elif not rows or rows[-1][1:] != row[1:]:
+            rows.append(row)
 
     def integral_gpu_s(self, column: int, until: float) -> float:
         """Integral of a GPU-count column (1: allocated, 2: down) over [0, until]."""
@@ -83,9 +118,5 @@ class Telemetry:
     def allocated_gpu_s(self, until: float) -> float:
         return self.integral_gpu_s(1, until)
 
-    def close(self, until: float) -> None:
-        """Book the time nodes were down, and every GPU-second nobody held, as `unallocated`."""
-        self.gpu_s["down"] = self.integral_gpu_s(2, until)
-        self.gpu_s["unallocated"] = (
-            self.total_gpus * until - self.allocated_gpu_s(until) - self.gpu_s["down"]
-        )
+    def down_gpu_s(self, until: float) -> float:
+        return self.integral_gpu_s(2, until)

@@ -16,6 +16,7 @@ strikes.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -27,9 +28,11 @@ from ..kernels.reliability import daly_interval_s, job_mtbf_s
 from .cluster import Allocation
 
 if TYPE_CHECKING:
-    from ..spec.scenario import NodePool, TrainingJob
-    from .factory import Factory
-    from .storage import Flow
+    from ..spec.scenario import Failures, NodePool, TrainingJob
+    from .broker import NodeBroker
+    from .ports import JobQueue
+    from .storage import Flow, SharedStorage
+    from .telemetry import Ledger
 
 #: Progress within this many steps of a whole step counts as that step (float rounding).
 STEP_EPS = 1e-9
@@ -37,6 +40,18 @@ STEP_EPS = 1e-9
 RERATE = "rerate"  # interrupt causes
 FAILURE = "failure"
 PREEMPT = "preempt"
+
+
+@dataclass(frozen=True)
+class JobSettings:
+    """What a job reads of the rest of the scenario, resolved once when the factory is built."""
+
+    net_latency_us: float  # cluster.fabric.latency_us
+    storage_write_gb_s: float | None  # cluster.storage.write_gb_s, None without shared storage
+    failures: Failures | None  # the failure model (detection, restart, MTBF for Daly)
+    preemption_grace_s: float  # scheduler.preemption_grace_s
+    step_tier: bool  # the `step` fidelity: one timeout per training step
+    peak_scale: float = 1.0  # the pool's compute peak over the nominal one (MFU's reference)
 
 
 @dataclass
@@ -49,11 +64,35 @@ class Checkpoint:
 
 
 class TrainingRun:
-    """One job in the running factory. `index` is its owner id on the cluster's nodes."""
+    """One job in the running factory. `index` is its owner id on the cluster's nodes.
 
-    def __init__(self, factory: Factory, index: int, spec: TrainingJob, pool: NodePool):
-        self.factory = factory
-        self.env: simpy.Environment = factory.env
+    Its ports: the node broker (its gang), the scheduler's queue, the GPU-hour ledger, the
+    recorder's `sample`, shared storage (or None) and the step-time cache."""
+
+    def __init__(
+        self,
+        env: simpy.Environment,
+        index: int,
+        spec: TrainingJob,
+        pool: NodePool,
+        settings: JobSettings,
+        *,
+        broker: NodeBroker,
+        queue: JobQueue,
+        ledger: Ledger,
+        sample: Callable[[], None],
+        storage: SharedStorage | None,
+        estimates: EstimateCache,
+    ):
+        self.env: simpy.Environment = env
+        self.settings = settings
+        self.broker = broker
+        self.queue = queue
+        self.ledger = ledger
+        self._sample = sample
+        self.storage = storage
+        self.estimates = estimates
+        self.name = spec.name
         self.index = index
         self.spec = spec
         self.pool = pool
@@ -98,8 +137,7 @@ class TrainingRun:
         self.lent: list[tuple[float, str, int]] = []  # (time, service, nodes) asked of it
         # The pool's peak over the nominal one (below 1 under a power cap): MFU is reported
         # against the nominal peak.
-        nominal = factory.scenario.pool(spec.pool).gpu
-        self.peak_scale = pool.gpu.bf16_tflops / nominal.bf16_tflops
+        self.peak_scale = settings.peak_scale
         # counts for the summary
         self.interruptions = 0
         self.restarts = 0
@@ -140,26 +178,24 @@ class TrainingRun:
     def _estimate(self, data_gb_s: float | None = None) -> TrainingEstimate:
         """The step-time model at the job's width, storage share and fabric share (the flows
         sharing its leaves' up-links, not the kernel's busy-leaf bound)."""
-        fabric = self.factory.scenario.cluster.fabric
         if self.alloc is not None and self.alloc.nodes.size:
-            self.leaves = self.alloc.leaves(self.factory.cluster)
-        return self.factory.estimates.get(
+            self.leaves = self.broker.leaves(self.alloc)
+        return self.estimates.get(
             self.spec,
             self.pool,
             dp=self.dp,
             cross_leaf_slowdown=self.fabric_slowdown,
-            net_latency_us=fabric.latency_us,
+            net_latency_us=self.settings.net_latency_us,
             data_gb_s=self.data_gb_s if data_gb_s is None else data_gb_s,
         )
 
     def _free_running_estimate(self) -> TrainingEstimate:
-        fabric = self.factory.scenario.cluster.fabric
-        return self.factory.estimates.get(
+        return self.estimates.get(
             self.spec,
             self.pool,
             dp=self.dp,
             cross_leaf_slowdown=1.0,
-            net_latency_us=fabric.latency_us,
+            net_latency_us=self.settings.net_latency_us,
             data_gb_s=math.inf,
         )
 
@@ -192,10 +228,10 @@ class TrainingRun:
         ck = self.spec.checkpoint
         if ck.write_s is not None:
             return ck.write_s
-        storage = self.factory.scenario.cluster.storage
-        assert storage is not None
+        write_gb_s = self.settings.storage_write_gb_s
+        assert write_gb_s is not None
         nic = self.nodes * self.pool.gpus_per_node * self.pool.nic_gbit_s * 1e9 / 8.0
-        return self.checkpoint_bytes / min(storage.write_gb_s * 1e9, nic)
+        return self.checkpoint_bytes / min(write_gb_s * 1e9, nic)
 
     def interval_s(self) -> float:
         """Compute between two checkpoints: as given, Daly's optimum, or never (kept per gang
@@ -209,7 +245,7 @@ class TrainingRun:
         if interval == "none":
             return math.inf
         if interval == "young-daly":
-            failures = self.factory.scenario.failures
+            failures = self.settings.failures
             if failures is None:
                 return math.inf
             mtbf = float(job_mtbf_s(failures.node_mtbf_s, self.nodes))
@@ -229,7 +265,7 @@ class TrainingRun:
         if dt <= 0 or self.bucket is None or self.held_nodes == 0:
             return
         gpus = self.held_nodes * self.pool.gpus_per_node
-        tel = self.factory.telemetry
+        tel = self.ledger
         if self.bucket != "compute":
             tel.add(self.bucket, gpus * dt)
             if self.bucket == "recovery":
@@ -298,7 +334,7 @@ class TrainingRun:
         assert self.alloc is not None
         if component != "software":
             self.alloc.nodes = self.alloc.nodes[self.alloc.nodes != node]
-            self.factory.cluster.replacement(self.alloc, self.index, near=node)
+            self.broker.replacement(self.alloc, self.index, near=node)
         self.interruptions += 1
         self.events.append((self.env.now, "failure"))
         self._signal(FAILURE)
@@ -332,7 +368,7 @@ class TrainingRun:
 
     def _flow(self, direction: str, nbytes: float) -> Any:
         """Move `nbytes` to or from shared storage at the job's share; closed if interrupted."""
-        storage = self.factory.storage
+        storage = self.storage
         assert storage is not None
         flow = storage.open(direction, nbytes, self.nic_cap_bytes_s(), owner=self.spec.name)
         try:
@@ -347,7 +383,7 @@ class TrainingRun:
             yield env.timeout(self.spec.submit_at)
         self.state = "queued"
         self.submitted_at = env.now
-        self.factory.scheduler.submit(self)
+        self.queue.submit(self)
         while True:
             while not self.started.processed:
                 try:
@@ -358,7 +394,7 @@ class TrainingRun:
             if outcome != "preempted":
                 break
             self.started = env.event()
-            self.factory.scheduler.submit(self)
+            self.queue.submit(self)
 
     def _run(self) -> Any:
         """From a start to the end, a stop for preemption or too many restarts."""
@@ -408,18 +444,20 @@ class TrainingRun:
         self._enter(None)
         self._drop_background()
         if self.alloc is not None and self.held_nodes:
-            self.factory.release(self, self.alloc)
+            self.broker.release(self.index, self.alloc)
         self.state = state
         self.finished_at = self.env.now
         self.events.append((self.env.now, state))
-        self.factory.job_ended(self)
+        self.broker.stop_waiting(self)
+        self.queue.yielded(self)
+        self._sample()
 
     def _lose_work(self) -> None:
         """Back to the last completed checkpoint: the training since then becomes lost work."""
         self.book()
         self._drop_background()
         lost = self.train_gpu_s - self.ckpt.train_gpu_s
-        self.factory.telemetry.move("training", "lost_work", lost)
+        self.ledger.move("training", "lost_work", lost)
         self.lost_gpu_s += lost
         self.train_gpu_s = self.ckpt.train_gpu_s
         self.productive_s = self.ckpt.productive_s
@@ -428,7 +466,7 @@ class TrainingRun:
 
     def _drop_background(self) -> None:
         """Stop the data loader and void an asynchronous checkpoint still being written."""
-        storage = self.factory.storage
+        storage = self.storage
         if self.data_flow is not None and storage is not None:
             storage.close(self.data_flow)
             self.data_flow = None
@@ -441,7 +479,7 @@ class TrainingRun:
 
     def _recover(self, detect: bool) -> Any:
         """Detect, get the whole gang back, restart, reload the last checkpoint."""
-        failures = self.factory.scenario.failures
+        failures = self.settings.failures
         if detect and failures is not None and failures.detect_s > 0:
             self._enter("recovery")
             yield from self._wait(self.env.timeout(failures.detect_s))
@@ -450,7 +488,7 @@ class TrainingRun:
                 break
             self._enter("queued")
             self.gang_ready = self.env.event()
-            self.factory.wait_for_nodes(self)
+            self.broker.wait_for_nodes(self)
             yield from self._wait(self.gang_ready)
         self._enter("recovery")
         self.estimate = self._estimate()
@@ -461,7 +499,7 @@ class TrainingRun:
             ck = self.spec.checkpoint
             if ck.reload_s is not None:
                 yield from self._wait(self.env.timeout(ck.reload_s))
-            elif self.factory.storage is not None:
+            elif self.storage is not None:
                 yield from self._flow("read", self.checkpoint_bytes)
         self.events.append((self.env.now, "restart"))
 
@@ -480,7 +518,7 @@ class TrainingRun:
     def _set_dp(self, dp: int, release: int = 0) -> None:
         self.book()
         if release and self.alloc is not None:
-            self.factory.release(self, self.alloc, count=release)
+            self.broker.release(self.index, self.alloc, count=release)
         if dp != self.dp:
             self.events.append((self.env.now, "resize"))
         self.dp = dp
@@ -489,19 +527,15 @@ class TrainingRun:
         """After a checkpoint, an elastic job below its width takes free nodes back."""
         if self.spec.elastic is None or self.dp >= self.spec.parallel.dp or self.alloc is None:
             return False
-        if not self.factory.may_grow(self):
+        if not self.broker.may_grow(self):
             return False
-        free = self.factory.cluster.pools[self.pool.name].free_nodes - self.factory.held_back(
-            self.pool.name
-        )
+        free = self.broker.free_nodes(self.pool.name) - self.broker.held_back(self.pool.name)
         self.book()
         for dp in range(self.spec.parallel.dp, self.dp, -1):
             extra = self.nodes_for(dp) - self.held_nodes
-            if extra <= free and self.factory.cluster.grow(
-                self.alloc, extra, self.index, self.factory.scheduler.placement
-            ):
+            if extra <= free and self.broker.grow(self.alloc, extra, self.index):
                 self._set_dp(dp)
-                self.factory.sample()
+                self._sample()
                 return True
         return False
 
@@ -510,8 +544,8 @@ class TrainingRun:
         since the last checkpoint; then give back all nodes (False) or shrink (True)."""
         self.preemptions += 1
         self.events.append((self.env.now, "preempt"))
-        grace = self.factory.scenario.scheduler.preemption_grace_s
-        can_write = self.spec.checkpoint.write_s is not None or self.factory.storage is not None
+        grace = self.settings.preemption_grace_s
+        can_write = self.spec.checkpoint.write_s is not None or self.storage is not None
         if self.done > self.ckpt.done and can_write and self.write_time_s() <= grace:
             try:
                 yield from self._write_checkpoint()
@@ -520,25 +554,25 @@ class TrainingRun:
                     raise  # a failure mid-write: the job stops all the same, from its last one
         self._lose_work()
         shrink_to, self.preempt_to = self.preempt_to, None
-        self.factory.scheduler.yielded(self)
+        self.queue.yielded(self)
         if shrink_to is not None and self.alloc is not None:
             self._set_dp(shrink_to, release=max(self.held_nodes - self.nodes_for(shrink_to), 0))
             return True
         self._enter(None)
         self.state = "queued"
         if self.alloc is not None and self.held_nodes:
-            self.factory.release(self, self.alloc)
+            self.broker.release(self.index, self.alloc)
         self.alloc = None
         return False
 
     # --- computing and checkpointing ------------------------------------------------------
     def _open_data_flow(self) -> None:
         """Start the data loader: a flow capped at what the job consumes at full speed."""
-        if self.spec.data.source != "storage" or self.factory.storage is None:
+        if self.spec.data.source != "storage" or self.storage is None:
             return
         busy = self._estimate(data_gb_s=math.inf)
         demand = self.batch_tokens * self.spec.data.bytes_per_token / float(busy.step_time_s)
-        self.data_flow = self.factory.storage.open(
+        self.data_flow = self.storage.open(
             "read",
             math.inf,
             min(demand, self.nic_cap_bytes_s()),
@@ -549,7 +583,7 @@ class TrainingRun:
     def _compute(self) -> Any:
         """Train until the job ends or a checkpoint is due."""
         env = self.env
-        step_tier = self.factory.fidelity == "step"
+        step_tier = self.settings.step_tier
         # The loader's share first (it may re-rate this job), then the meter runs as compute.
         self._open_data_flow()
         if self.spec.data.source == "nvme":
@@ -582,8 +616,8 @@ class TrainingRun:
                     return
         finally:
             self.book()
-            if self.data_flow is not None and self.factory.storage is not None:
-                self.factory.storage.close(self.data_flow)
+            if self.data_flow is not None and self.storage is not None:
+                self.storage.close(self.data_flow)
                 self.data_flow = None
 
     def _write_checkpoint(self) -> Any:
@@ -625,7 +659,7 @@ class TrainingRun:
             if ck.write_s is not None:
                 write = self.env.timeout(ck.write_s)
             else:
-                storage = self.factory.storage
+                storage = self.storage
                 assert storage is not None
                 self.async_flow = storage.open(
                     "write", self.checkpoint_bytes, self.nic_cap_bytes_s(), owner=self.spec.name

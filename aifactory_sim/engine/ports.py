@@ -1,0 +1,128 @@
+"""The engine's ports: what a component may ask of the rest of the factory, as typed protocols.
+
+A component gets the ports it uses when it is built (docs/background/architecture.md draws
+them) and never sees `Factory`, which is wiring only. The concrete ports live beside this
+file: `broker.NodeBroker` (nodes), `telemetry.Ledger` (GPU-seconds), `telemetry.Recorder`
+(time series). The protocols here name what the ports in turn need of the components they
+serve, so that no engine module imports another component's class: jobs, services and the
+scheduler meet only through these shapes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from .cluster import Allocation
+
+
+class PoolSpec(Protocol):
+    """What the ports read of a node pool (spec.scenario.NodePool)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def gpus_per_node(self) -> int: ...
+
+
+class NodeOwner(Protocol):
+    """Anything that holds nodes under an owner id and is told when one of them fails."""
+
+    @property
+    def name(self) -> str: ...
+    def node_failed(self, node: int, component: str) -> None: ...
+
+
+class Job(NodeOwner, Protocol):
+    """A training job as the broker, the scheduler and the fabric see it (TrainingRun)."""
+
+    index: int
+    state: str
+    alloc: Allocation | None
+    dp: int
+    preempt_to: int | None
+    started_at: float | None
+    submitted_at: float | None
+    lent: list[tuple[float, str, int]]
+
+    @property
+    def pool(self) -> PoolSpec: ...
+    @property
+    def spec(self) -> _JobSpec: ...
+    @property
+    def nodes(self) -> int: ...
+    @property
+    def held_nodes(self) -> int: ...
+    @property
+    def min_nodes(self) -> int: ...
+    def nodes_for(self, dp: int) -> int: ...
+    def projected_end(self, now: float) -> float: ...
+    def projected_duration(self) -> float: ...
+    def book(self) -> None: ...
+    def start(self, alloc: Allocation) -> None: ...
+    def preempt(self, shrink_to: int | None) -> None: ...
+    def gang_complete(self) -> None: ...
+    def set_fabric_slowdown(self, slowdown: float) -> None: ...
+
+
+class _Elastic(Protocol):
+    @property
+    def min_dp(self) -> int: ...
+
+
+class _Parallel(Protocol):
+    @property
+    def pp(self) -> int: ...
+
+
+class _JobSpec(Protocol):
+    @property
+    def priority(self) -> int: ...
+    @property
+    def elastic(self) -> _Elastic | None: ...
+    @property
+    def parallel(self) -> _Parallel: ...
+
+
+class _ServiceSpec(Protocol):
+    @property
+    def priority(self) -> int: ...
+
+
+class Claimant(NodeOwner, Protocol):
+    """A serving fleet as the broker and the lender see it (engine.inference.Service)."""
+
+    index: int
+
+    @property
+    def pool(self) -> PoolSpec: ...
+    @property
+    def spec(self) -> _ServiceSpec: ...
+    @property
+    def held_gpus(self) -> int: ...
+    def has_pending(self) -> bool: ...
+    def held_back(self) -> int: ...
+    def place_pending(self) -> bool: ...
+
+
+class JobQueue(Protocol):
+    """The scheduler as a job sees it: where it queues, and where it says it gave nodes back."""
+
+    placement: str
+
+    def submit(self, job: Job) -> None: ...
+    def yielded(self, job: Job) -> None: ...
+
+
+class Lender(Protocol):
+    """The scheduler as the broker sees it: it asks training jobs for nodes a service lacks,
+    knows who queues, and starts what can start when nodes come free."""
+
+    def lend_to_service(self, service: Claimant, short: int) -> int: ...
+    def queued_in(self, pool: str) -> bool: ...
+    def schedule(self) -> None: ...
+    @property
+    def queued(self) -> int: ...
+
+
+JobList = Sequence[Job]

@@ -1,0 +1,117 @@
+"""The runner: above the engine, it plays a scenario and assembles `Results` from what each
+component of the factory returned (engine.factory.FactoryRun). The engine never imports this
+module, `results` or the package root; this is where the layers meet."""
+
+from __future__ import annotations
+
+import platform
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .energy import energy_and_cost, power_timeline
+from .engine.factory import Factory, FactoryRun
+from .engine.inference import SERVICE_COLUMNS
+from .engine.telemetry import BUCKETS, COLUMNS
+from .results import Results
+from .spec.loader import content_hash
+from .spec.scenario import Scenario
+from .version import __version__
+
+
+def run(scenario: Scenario) -> Results:
+    """Play `scenario` to its horizon; a `Results`."""
+    return assemble(Factory(scenario).run())
+
+
+def assemble(run: FactoryRun) -> Results:
+    """The summary, tables and meta of one run, from its components' results."""
+    sc = run.scenario
+    ledger_s = run.ledger.gpu_s
+    total_gpus = run.total_gpus
+    duration = sc.duration
+    ledger_h = {b: ledger_s[b] / 3600.0 for b in BUCKETS}
+    jobs = {j.name: j.summary for j in run.jobs}
+    records = run.failures
+    failures = pd.DataFrame(
+        [(r.time_s, r.pool, r.node, r.component, r.repair_s, r.job) for r in records],
+        columns=["time_s", "pool", "node", "component", "repair_s", "job"],
+    )
+    events = pd.DataFrame(
+        [(j.name, t, kind) for j in run.jobs for t, kind in j.events],
+        columns=["job", "time_s", "event"],
+    )
+    ts = pd.DataFrame(run.timeseries, columns=list(COLUMNS))
+    allocated_gpu_s = run.allocated_gpu_s
+    summary: dict[str, Any] = {
+        "scenario": sc.name,
+        "seed": sc.seed,
+        "fidelity": sc.fidelity,
+        "duration_s": duration,
+        "gpus": total_gpus,
+        "ledger_gpu_h": ledger_h,
+        "utilisation": {
+            "allocated": allocated_gpu_s / (total_gpus * duration),
+            "training": ledger_s["training"] / (total_gpus * duration),
+            "serving": ledger_s["inference_busy"] / (total_gpus * duration),
+        },
+        "training": jobs,
+        "inference": {svc.name: svc.summary for svc in run.services},
+        "failures": {
+            "count": len(records),
+            "interrupting": int(failures["job"].notna().sum()),
+            "by_component": {
+                c: int((failures["component"] == c).sum())
+                for c in sorted(set(failures["component"]))
+            },
+        },
+    }
+    meta = {
+        "scenario_hash": content_hash(sc),
+        "tiers": {
+            "training": sc.fidelity if sc.fidelity != "fluid" else "fast",
+            **{f"inference.{svc.name}": svc.tier for svc in run.services},
+        },
+        "wall_s": run.wall_s,
+        "events": run.events,
+        "version": __version__,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+    }
+    services = (
+        pd.concat(
+            [
+                pd.DataFrame(svc.rows, columns=list(SERVICE_COLUMNS)).assign(service=svc.name)[
+                    ["service", *SERVICE_COLUMNS]
+                ]
+                for svc in run.services
+            ],
+            ignore_index=True,
+        )
+        if run.services
+        else None
+    )
+    power = power_timeline(sc, summary, ts, services)
+    extra = energy_and_cost(sc, summary, power)
+    for name, vals in extra.pop("jobs").items():
+        jobs[name].update(vals)
+    for name, vals in extra.pop("services").items():
+        summary["inference"][name].update(vals)
+    summary.update(extra)
+    jobs_df = pd.DataFrame([{"job": name, **vals} for name, vals in jobs.items()])
+    total_h = total_gpus * duration / 3600.0
+    ledger = pd.DataFrame({"bucket": list(ledger_h), "gpu_h": list(ledger_h.values())})
+    ledger["share"] = ledger["gpu_h"] / total_h
+    frames = [(svc.name, svc.requests) for svc in run.services if svc.requests]
+    requests = (
+        pd.concat(
+            [pd.DataFrame({"service": name, **cols}) for name, cols in frames],
+            ignore_index=True,
+        )
+        if frames
+        else None
+    )
+    return Results(
+        sc, summary, meta, jobs_df, ts, ledger, failures, events, requests, services, power
+    )
