@@ -1,8 +1,9 @@
 """Two of the engine's ports: the GPU-hour ledger and the recorder of the cluster's gauges.
 
-Components record through explicit calls on the port they were given; nothing patches SimPy. The ledger's buckets are the
-ones DESIGN.md names; each GPU-second lands in exactly one of them. Jobs book what they hold;
-`down` and `unallocated` come from the integral of the cluster's state over time.
+Components record through explicit calls on the port they were given; nothing patches SimPy.
+The ledger's buckets are the ones DESIGN.md names; each GPU-second lands in exactly one of
+them. Jobs and services book what they hold; `down` and `unallocated` come from the integral
+of the cluster's state over time, which the recorder keeps.
 """
 
 from __future__ import annotations
