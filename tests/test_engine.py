@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 import aifactory_sim as af
 from aifactory_sim.engine.cluster import SPARE, ClusterState
 from aifactory_sim.engine.factory import Factory, rng_for
+from aifactory_sim.runner import assemble
 from aifactory_sim.engine.storage import max_min_share
 from aifactory_sim.results import summary_json
 
@@ -87,7 +88,7 @@ def test_ledger_conserves_and_no_node_has_two_owners(sizes, submits, policy, pla
             yield fac.env.timeout(1800)
 
     fac.env.process(watch())
-    res = fac.run()
+    res = assemble(fac.run())
     assert ledger_total_h(res) == pytest.approx(32 * 8 * 48, rel=1e-9)
     for owner in owners_seen:
         held = {o: int(np.count_nonzero(owner == o)) for o in np.unique(owner) if o >= 0}

@@ -18,6 +18,7 @@ from scipy import stats
 
 import aifactory_sim as af
 from aifactory_sim.engine.factory import Factory
+from aifactory_sim.runner import assemble
 from aifactory_sim.kernels.reliability import (
     daly_expected_wall_s,
     daly_interval_s,
@@ -180,11 +181,11 @@ def injected(sc: dict, faults: list[tuple[float, str, int, str, float]]) -> Any:
 
     def strike(at: float, pool: str, node: int, component: str, repair_s: float):
         yield fac.env.timeout(at)
-        fac.node_failed(pool, node, component, repair_s)
+        fac.broker.node_failed(pool, node, component, repair_s)
 
     for fault in faults:
         fac.env.process(strike(*fault))
-    res = fac.run()
+    res = assemble(fac.run())
     s = res.summary
     assert sum(s["ledger_gpu_h"].values()) == pytest.approx(
         s["gpus"] * s["duration_s"] / 3600, rel=1e-9)
@@ -340,7 +341,7 @@ def test_ledger_conserves_under_failures(seed, spares, mode, elastic, policy):
             yield fac.env.timeout(600)
 
     fac.env.process(watch())
-    res = fac.run()
+    res = assemble(fac.run())
     s = res.summary
     assert sum(s["ledger_gpu_h"].values()) == pytest.approx(64 * 72, rel=1e-9)
     assert all(v >= -1e-9 for v in s["ledger_gpu_h"].values())
@@ -389,7 +390,7 @@ def test_async_young_daly_is_floored_at_the_write_time():
     daly = float(daly_interval_s(snapshot, job_mtbf_s(10 * 3600, 8)))
     assert daly < write  # the case the floor is for
     assert job.interval_s() == pytest.approx(write)
-    res = fac.run().summary
+    res = assemble(fac.run()).summary
     # Snapshots are all it stalls for, and it never waits long for a write: < 1% of its time.
     assert res["ledger_gpu_h"]["checkpoint"] < 0.01 * 64 * 6
 
