@@ -44,21 +44,38 @@ def as_gpu(gpu: str | dict[str, Any] | GPUSpec) -> GPUSpec:
     return GPUSpec.model_validate(resolve_catalog("gpu", gpu))
 
 
+def gpu_fields(gpu: GPUSpec, compute_slowdown: float = 1.0) -> dict[str, Any]:
+    """The one adapter from a GPU to the kernels: its catalog fields with the compute peaks
+    as a power cap leaves them (divided by `compute_slowdown`, kernels.power.cap_slowdown with
+    all of the work compute-bound; 1 without a cap). Training
+    (`gpu_kernel_args`) and serving (kernels.inference.gpu_inference_args) both read it, so a
+    cap slows every compute-bound phase of a step or an iteration and no memory- or
+    network-bound one, and no modified copy of the GPU exists anywhere."""
+    fields = gpu.model_dump()
+    fields["bf16_tflops"] = gpu.bf16_tflops / compute_slowdown
+    if gpu.fp8_tflops is not None:
+        fields["fp8_tflops"] = gpu.fp8_tflops / compute_slowdown
+    return fields
+
+
 def gpu_kernel_args(
     gpu: GPUSpec,
     precision: str = "bf16",
     flash_attention: bool | None = None,
     sequence_parallel: bool | None = None,
+    compute_slowdown: float = 1.0,
 ) -> dict[str, Any]:
-    """The GPU and its family's calibration as the dict kernels/training.step_time takes."""
+    """The GPU (through `gpu_fields`) and its family's calibration as the dict
+    kernels/training.step_time takes."""
     cal = catalog.entry("calibration", gpu.family)
-    tflops = gpu.fp8_tflops if precision == "fp8" else gpu.bf16_tflops
+    f = gpu_fields(gpu, compute_slowdown)
+    tflops = f["fp8_tflops"] if precision == "fp8" else f["bf16_tflops"]
     if tflops is None:
         raise ValueError(f"{gpu.name} has no {precision} throughput in the catalog")
     return {
         "peak_flops": tflops * 1e12,
-        "hbm_bytes_per_s": gpu.hbm_tb_s * 1e12,
-        "nvlink_bytes_per_s": gpu.nvlink_gb_s / 2.0 * 1e9,  # one direction
+        "hbm_bytes_per_s": f["hbm_tb_s"] * 1e12,
+        "nvlink_bytes_per_s": f["nvlink_gb_s"] / 2.0 * 1e9,  # one direction
         "gemm_efficiency": cal["gemm_efficiency"],
         "hbm_efficiency": cal["hbm_efficiency"],
         "nvlink_efficiency": cal["nvlink_efficiency"],
@@ -154,6 +171,7 @@ def estimate_training(
     data_bytes_per_token: ArrayLike = 0.0,
     data_gb_s: ArrayLike = np.inf,
     cross_leaf_slowdown: ArrayLike | None = None,
+    compute_slowdown: float = 1.0,
 ) -> TrainingEstimate:
     """Step time, throughput, MFU and memory of training `model` on `gpu`, arrays in, arrays out.
 
@@ -163,12 +181,13 @@ def estimate_training(
     the spine (`ring_cross_leaf_slowdown`): a bound for a leaf whose other nodes all send across
     the spine too. `cross_leaf_slowdown` replaces it with a known factor (the engine's, from the
     flows really sharing each leaf: engine.fabric.Fabric.update). `data_gb_s` is the
-    storage bandwidth the job's loader gets.
+    storage bandwidth the job's loader gets. `compute_slowdown` is a power cap's clock factor
+    on the compute peaks (`gpu_fields`).
     """
     m = as_model(model)
     g = as_gpu(gpu)
     margs = m.kernel_args()
-    gargs = gpu_kernel_args(g, precision, flash_attention, sequence_parallel)
+    gargs = gpu_kernel_args(g, precision, flash_attention, sequence_parallel, compute_slowdown)
     nic = DEFAULT_NIC_GBIT_S if nic_gbit_s is None else nic_gbit_s
     tp_a, pp_a, dp_a, cp_a = (np.asarray(x) for x in (tp, pp, dp, cp))
     gpn = np.asarray(gpus_per_node)
@@ -361,12 +380,13 @@ def job_estimate(
     data_gb_s: float = np.inf,
     dp: int | None = None,
     cross_leaf_slowdown: float | None = None,
+    compute_slowdown: float = 1.0,
 ) -> TrainingEstimate:
     """The estimate for one scenario job on its pool. `cross_leaf_slowdown` is what the spine
     costs its cross-node rings (the engine's, from the flows sharing the job's leaves; none
     when not given). `dp` overrides the data-parallel width (an elastic job running narrower):
     the global batch stays, and the busiest rank's whole microbatches, ceil(B / (dp b)), pace
-    the step."""
+    the step. `compute_slowdown` is the pool's power-cap clock factor (`gpu_fields`)."""
     par = job.parallel
     dp = par.dp if dp is None else dp
     unit = dp * par.microbatch_seqs
@@ -391,6 +411,7 @@ def job_estimate(
         data_bytes_per_token=job.data.bytes_per_token if job.data.source != "synthetic" else 0.0,
         data_gb_s=data_gb_s,
         cross_leaf_slowdown=cross_leaf_slowdown,
+        compute_slowdown=compute_slowdown,
     )
 
 

@@ -13,7 +13,7 @@ from ..kernels.collectives import leaf_share_slowdown, ring_leaf_flows
 
 if TYPE_CHECKING:
     from .cluster import ClusterState
-    from .training import TrainingRun
+    from .ports import Job
 
 
 class Fabric:
@@ -24,7 +24,7 @@ class Fabric:
         self.nodes_per_leaf = nodes_per_leaf
         self.oversubscription = oversubscription
 
-    def update(self, jobs: Iterable[TrainingRun]) -> None:
+    def update(self, jobs: Iterable[Job]) -> None:
         """Re-rate every running job whose share of its leaves' up-links changed. A running
         job's rings count while it holds its gang, computing or not (a bound: a restarting
         neighbour sends nothing). With oversubscription <= 1 a leaf's up-links carry all its
@@ -32,7 +32,7 @@ class Fabric:
         if self.oversubscription <= 1.0:
             return
         totals: dict[str, np.ndarray] = {}
-        flows: list[tuple[TrainingRun, str, np.ndarray]] = []
+        flows: list[tuple[Job, str, np.ndarray]] = []
         for job in jobs:
             alloc = job.alloc
             if job.state != "running" or alloc is None or not alloc.nodes.size:

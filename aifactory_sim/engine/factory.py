@@ -23,7 +23,7 @@ import numpy as np
 import simpy
 
 from ..kernels.power import cap_slowdown
-from ..spec.scenario import NodePool, Scenario
+from ..spec.scenario import Scenario
 from .broker import NodeBroker
 from .cluster import ClusterState
 from .fabric import Fabric
@@ -115,7 +115,7 @@ class Factory:
                 env,
                 i,
                 job,
-                self.pool(job.pool),
+                scenario.pool(job.pool),
                 self._job_settings(job.pool),
                 broker=self.broker,
                 queue=self.scheduler,
@@ -132,12 +132,13 @@ class Factory:
                 k,
                 len(self.jobs) + k,
                 svc,
-                self.pool(svc.pool),
+                scenario.pool(svc.pool),
                 {
                     name: rng_for(scenario.seed, f"inference.{svc.name}.{name}")
                     for name in ("arrivals", "prompts", "outputs", "router", "metric")
                 },
                 tier=tier,
+                compute_slowdown=self.compute_slowdown(svc.pool),
                 horizon=horizon,
                 regrow_after_s=sched.regrow_after_s,
                 broker=self.broker,
@@ -167,34 +168,31 @@ class Factory:
         self.recorder.connect(self._gauges, observers=(lambda: self.fabric.update(self.jobs),))
         sample()
 
-    def pool(self, name: str | None) -> NodePool:
-        """A pool as the engine runs it: under `power.gpu_power_cap_w` its GPUs' compute peaks
-        are slowed by the cap's clock factor (kernels.power.cap_slowdown with all of the work
-        compute-bound), so every compute-bound phase of a training step or a serving iteration
-        slows and every memory- or network-bound one does not: decode, bound by HBM, slows
-        least. Reported MFU stays against the nominal peak (TrainingRun.peak_scale)."""
-        pool = self.scenario.pool(name)
+    def compute_slowdown(self, pool: str | None) -> float:
+        """Under `power.gpu_power_cap_w` a pool's GPUs' compute peaks slow by the cap's clock
+        factor (kernels.power.cap_slowdown with all of the work compute-bound): an argument of
+        the kernels (estimate.gpu_fields), so that every compute-bound phase of a training step
+        or a serving iteration slows and every memory- or network-bound one does not (decode,
+        bound by HBM, slows least). Reported MFU stays against the nominal peak
+        (TrainingRun.peak_scale). 1 without a cap."""
         cap = self.scenario.power.gpu_power_cap_w
         if cap is None:
-            return pool
-        slow = float(cap_slowdown(cap, pool.gpu.tdp_w, 1.0))
-        gpu = pool.gpu
-        faster = {"bf16_tflops": gpu.bf16_tflops / slow}
-        if gpu.fp8_tflops is not None:
-            faster["fp8_tflops"] = gpu.fp8_tflops / slow
-        return pool.model_copy(update={"gpu": gpu.model_copy(update=faster)})
+            return 1.0
+        return float(cap_slowdown(cap, self.scenario.pool(pool).gpu.tdp_w, 1.0))
 
     def _job_settings(self, pool_name: str | None) -> JobSettings:
         sc = self.scenario
         st = sc.cluster.storage
         nominal = sc.pool(pool_name).gpu
+        slow = self.compute_slowdown(pool_name)
         return JobSettings(
             net_latency_us=sc.cluster.fabric.latency_us,
             storage_write_gb_s=None if st is None else st.write_gb_s,
             failures=sc.failures,
             preemption_grace_s=sc.scheduler.preemption_grace_s,
             step_tier=sc.fidelity == "step",
-            peak_scale=self.pool(pool_name).gpu.bf16_tflops / nominal.bf16_tflops,
+            compute_slowdown=slow,
+            peak_scale=nominal.bf16_tflops / slow / nominal.bf16_tflops,
         )
 
     def _gauges(self, now: float) -> Gauges:

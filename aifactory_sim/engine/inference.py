@@ -52,7 +52,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import simpy
 
-from ..estimate import as_gpu
+from ..estimate import as_gpu, gpu_fields
 from ..kernels.inference import (
     IterationModel,
     gpu_inference_args,
@@ -105,6 +105,7 @@ class Service:
         rngs: dict[str, np.random.Generator],
         *,
         tier: str,
+        compute_slowdown: float,
         horizon: float,
         regrow_after_s: float,
         broker: NodeBroker,
@@ -127,7 +128,9 @@ class Service:
         self.name = spec.name
         self.fast = tier != "step"
         gpu = as_gpu(pool.gpu)
-        g = gpu_inference_args(gpu.model_dump(), catalog.entry("calibration", gpu.family))
+        g = gpu_inference_args(
+            gpu_fields(gpu, compute_slowdown), catalog.entry("calibration", gpu.family)
+        )
         m = spec.model.kernel_args()
         b = spec.batching
         self.table = IterationModel(

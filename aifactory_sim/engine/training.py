@@ -51,6 +51,7 @@ class JobSettings:
     failures: Failures | None  # the failure model (detection, restart, MTBF for Daly)
     preemption_grace_s: float  # scheduler.preemption_grace_s
     step_tier: bool  # the `step` fidelity: one timeout per training step
+    compute_slowdown: float = 1.0  # a power cap's clock factor on the compute peaks
     peak_scale: float = 1.0  # the pool's compute peak over the nominal one (MFU's reference)
 
 
@@ -186,6 +187,7 @@ class TrainingRun:
             dp=self.dp,
             cross_leaf_slowdown=self.fabric_slowdown,
             net_latency_us=self.settings.net_latency_us,
+            compute_slowdown=self.settings.compute_slowdown,
             data_gb_s=self.data_gb_s if data_gb_s is None else data_gb_s,
         )
 
@@ -196,6 +198,7 @@ class TrainingRun:
             dp=self.dp,
             cross_leaf_slowdown=1.0,
             net_latency_us=self.settings.net_latency_us,
+            compute_slowdown=self.settings.compute_slowdown,
             data_gb_s=math.inf,
         )
 
