@@ -30,6 +30,7 @@ from aifactory_sim.spec.serving import (
     Traffic,
     Workload,
 )
+from aifactory_sim.spec.traces import read_trace
 
 TRAFFIC = TypeAdapter(Traffic)
 TOKENS = TypeAdapter(TokenLengths)
@@ -301,7 +302,7 @@ def test_azure_trace_with_datetimes(tmp_path):
         "2023-11-16 18:16:47.6805901,7,0\n"  # 0 generated tokens: counted as 1
     )
     spec = TRAFFIC.validate_python({"kind": "trace", "path": str(path)})
-    req = tr.read_trace(spec)
+    req = read_trace(spec)
     assert req.arrival_s.tolist() == [0.0, 0.25, 0.5, 61.0000001]
     assert req.prompt_tokens.tolist() == [4808, 110, 3180, 7]
     assert req.output_tokens.tolist() == [10, 27, 8, 1]
@@ -312,7 +313,7 @@ def test_azure_trace_with_datetimes(tmp_path):
     assert len(drawn) == 4 and drawn.prompt_tokens.dtype == np.int64
     assert drawn.output_tokens.tolist() == [10, 27, 8, 1]
     # Keeping the time of day: seconds from midnight (UTC) of the first request's day.
-    kept = tr.read_trace(spec.model_copy(update={"shift_to_zero": False}))
+    kept = read_trace(spec.model_copy(update={"shift_to_zero": False}))
     assert kept.arrival_s[0] == 18 * 3600 + 15 * 60 + 46.68059
     # The 2024 traces write a UTC offset.
     path.write_text(
@@ -320,6 +321,9 @@ def test_azure_trace_with_datetimes(tmp_path):
         "2024-05-10 00:00:00.009930+00:00,100,5\n"
         "2024-05-10 00:00:02.509930+00:00,200,6\n"
     )
+    # A trace is read once, when its spec is loaded: the rewritten file is a new spec's.
+    assert tr.arrivals(spec, 10.0, rng()).tolist() == [0.0, 0.25, 0.5]
+    spec = TRAFFIC.validate_python({"kind": "trace", "path": str(path)})
     assert tr.arrivals(spec, 10.0, rng()).tolist() == [0.0, 2.5]
 
 
@@ -327,10 +331,10 @@ def test_plain_trace_speedup_loop_and_ticks(tmp_path):
     path = tmp_path / "plain.csv"
     path.write_text("arrival_s,prompt_tokens,output_tokens\n10.5,100,1\n11.75,200,2\n12.5,300,3\n")
     spec = TraceTraffic(path=str(path))
-    req = tr.read_trace(spec)
+    req = read_trace(spec)
     assert req.arrival_s.tolist() == [0.0, 1.25, 2.0]
     assert req.prompt_tokens.tolist() == [100, 200, 300]
-    as_written = tr.read_trace(spec.model_copy(update={"shift_to_zero": False}))
+    as_written = read_trace(spec.model_copy(update={"shift_to_zero": False}))
     assert as_written.arrival_s.tolist() == [10.5, 11.75, 12.5]
     fast = spec.model_copy(update={"speedup": 2.0})
     assert tr.arrivals(fast, 10.0, rng()).tolist() == [0.0, 0.625, 1.0]
@@ -376,7 +380,7 @@ def test_bad_trace_files(tmp_path):
     frac = tmp_path / "frac.csv"
     frac.write_text("arrival_s,prompt_tokens,output_tokens\n0,1.5,1\n")
     with pytest.raises(ScenarioError, match="prompt_tokens"):
-        tr.read_trace(TraceTraffic(path=str(frac)))
+        read_trace(TraceTraffic(path=str(frac)))
     single = tmp_path / "single.csv"
     single.write_text("arrival_s\n0\n")
     with pytest.raises(ScenarioError, match="loop"):

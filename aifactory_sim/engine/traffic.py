@@ -6,7 +6,8 @@
 - `lengths`: prompt or output token counts, int64 >= 1.
 - `mean_rate`, `expected_arrivals`, `mean_length`: the intensity, its integral and the mean
   length, exact, for plots, sizing and tests.
-- `read_trace`, `draw_requests`: a CSV trace, and a whole workload at once.
+- `draw_requests`: a whole workload at once (a trace's file is read by spec loading,
+  spec.traces.read_trace, never here).
 
 Every random function takes its `numpy.random.Generator`; the caller owns the streams (one
 named stream each for arrivals, prompt and output lengths, see `engine.factory.rng_for`).
@@ -15,15 +16,12 @@ named stream each for arrivals, prompt and output lengths, see `engine.factory.r
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from scipy.special import ndtr
 
 from ..errors import ScenarioError
 from ..spec.serving import (
-    TRACE_LAYOUTS,
     BurstyTraffic,
     DiurnalTraffic,
     EmpiricalTokens,
@@ -37,6 +35,7 @@ from ..spec.serving import (
     Traffic,
     UniformTokens,
 )
+from ..spec.traces import Requests
 
 #: Largest block of random draws made at once (memory, not correctness: blocks chain exactly).
 MAX_BLOCK = 1 << 22
@@ -331,108 +330,10 @@ def _lognormal_mean(median: float, sigma: float, cap: int | None) -> float:
 # --- traces and whole workloads -------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Requests:
-    """A workload drawn for one service, sorted by arrival. Token arrays are int64."""
-
-    arrival_s: np.ndarray
-    prompt_tokens: np.ndarray | None
-    output_tokens: np.ndarray | None
-
-    def __len__(self) -> int:
-        return int(self.arrival_s.size)
-
-
-def read_trace(traffic: TraceTraffic) -> Requests:
-    """The trace's requests, sorted by arrival (stable: ties keep file order), with `speedup`
-    and `shift_to_zero` applied but not `loop` or a horizon. Token arrays are None when the
-    file has no such column. Problems with the file raise ScenarioError naming it."""
-    import pandas as pd
-
-    path = Path(traffic.path)
-    where = "traffic.path"
-    if not path.is_file():
-        raise ScenarioError(f"no such trace file: {path}", path=where)
-    try:
-        frame = pd.read_csv(path, skipinitialspace=True)
-    except (ValueError, OSError, UnicodeDecodeError) as exc:
-        raise ScenarioError(f"cannot read {path} as CSV: {exc}", path=where) from None
-    if frame.empty:
-        raise ScenarioError(f"{path} holds no requests (a header row and no data)", path=where)
-    by_lower = {str(c).strip().lower(): c for c in frame.columns}
-    layout: str = traffic.layout
-    if layout == "auto":
-        found = [name for name, cols in TRACE_LAYOUTS.items() if cols[0].lower() in by_lower]
-        if not found:
-            raise ScenarioError(
-                f"{path} has columns {list(frame.columns)}; a trace needs TIMESTAMP "
-                "(+ ContextTokens, GeneratedTokens: the Azure layout) or arrival_s "
-                "(+ prompt_tokens, output_tokens)",
-                path=where,
-            )
-        layout = found[0]
-    time_col, prompt_col, output_col = (by_lower.get(c.lower()) for c in TRACE_LAYOUTS[layout])
-    if time_col is None:
-        raise ScenarioError(
-            f"{path} has no {TRACE_LAYOUTS[layout][0]} column ({layout} layout); "
-            f"its columns: {list(frame.columns)}",
-            path=where,
-        )
-    times = _trace_seconds(frame[time_col], traffic.shift_to_zero, path)
-    order = np.argsort(times, kind="stable")
-    times = times[order]
-    if traffic.shift_to_zero and times.size:
-        times = times - times[0]
-    tokens = [
-        None if col is None else _trace_tokens(frame[col], str(col), path)[order]
-        for col in (prompt_col, output_col)
-    ]
-    return Requests(times / traffic.speedup, tokens[0], tokens[1])
-
-
-def _trace_seconds(column: object, shift_to_zero: bool, path: Path) -> np.ndarray:
-    import pandas as pd
-
-    series = pd.Series(column)
-    numeric = pd.to_numeric(series, errors="coerce")
-    if series.size and not numeric.isna().any():
-        return numeric.to_numpy(dtype=float)
-    try:
-        stamps = pd.to_datetime(series.astype(str).str.strip(), format="ISO8601", utc=True)
-    except (ValueError, TypeError) as exc:
-        raise ScenarioError(
-            f"{path}: column {series.name} holds neither seconds nor datetimes: {exc}",
-            path="traffic.path",
-        ) from None
-    if stamps.isna().any():
-        row = int(np.flatnonzero(stamps.isna().to_numpy())[0])
-        raise ScenarioError(
-            f"{path}: column {series.name} is empty in data row {row + 1}", path="traffic.path"
-        )
-    origin = stamps.min() if shift_to_zero else stamps.min().normalize()
-    return (stamps - origin).dt.total_seconds().to_numpy(dtype=float)
-
-
-def _trace_tokens(column: object, name: str, path: Path) -> np.ndarray:
-    import pandas as pd
-
-    values = pd.to_numeric(pd.Series(column), errors="coerce")
-    bad = values.isna() | (values != np.floor(values))
-    if bad.any():
-        row = int(np.flatnonzero(bad.to_numpy())[0])
-        raise ScenarioError(
-            f"{path}: column {name} must hold whole token counts; data row {row + 1} "
-            f"has {pd.Series(column).iloc[row]!r}",
-            path="traffic.path",
-        )
-    # A request of 0 tokens still costs a scheduling step; the simulator counts at least one.
-    return np.maximum(values.to_numpy(dtype=np.int64), 1)
-
-
 def _trace_within(traffic: TraceTraffic, horizon_s: float) -> Requests:
     """The trace on [0, horizon_s): looped when asked, then cut at the horizon (and before 0,
     for times written below 0 with `shift_to_zero: false`)."""
-    trace = read_trace(traffic)
+    trace = traffic.requests()  # read when the scenario was loaded (spec.traces)
     times = trace.arrival_s
     columns = [trace.prompt_tokens, trace.output_tokens]
     if traffic.loop and times.size:

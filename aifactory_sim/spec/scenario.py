@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from .. import catalog
+from ..errors import ScenarioError
 from .base import (
     BatchTokens,
     Count,
@@ -589,12 +590,19 @@ class Scenario(Spec):
                     f"this scenario has neither; add a storage section, an nvme to pool "
                     f"{pool.name!r}, or give a measured cold_start.weights_s",
                 )
-            if isinstance(svc.traffic, TraceTraffic) and not Path(svc.traffic.path).is_file():
-                raise located(
-                    f"{where}.traffic.path",
-                    f"no such trace file: {svc.traffic.path} (relative paths start at the "
-                    f"working directory, {Path.cwd()})",
-                )
+            if isinstance(svc.traffic, TraceTraffic):
+                if not Path(svc.traffic.path).is_file():
+                    raise located(
+                        f"{where}.traffic.path",
+                        f"no such trace file: {svc.traffic.path} (relative paths start at the "
+                        f"working directory, {Path.cwd()})",
+                    )
+                try:  # read now: the engine opens no file (spec.traces)
+                    svc.traffic.requests()
+                except ScenarioError as exc:
+                    raise located(
+                        f"{where}.traffic.path", str(exc).removeprefix(f"{exc.path}: ")
+                    ) from None
         return self
 
 

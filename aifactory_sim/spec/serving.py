@@ -10,10 +10,11 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import BeforeValidator, ConfigDict, Field, PrivateAttr, model_validator
 
 from ..units import parse_count
 from .base import NonNegativeDurationS, PositiveDurationS, Spec
+from .traces import Requests, read_trace, shape_key
 
 
 class _Serving(Spec):
@@ -118,13 +119,6 @@ class OfflineTraffic(_Serving):
     )
 
 
-#: Column layouts a trace may use; `auto` picks by the header row.
-TRACE_LAYOUTS = {
-    "azure": ("TIMESTAMP", "ContextTokens", "GeneratedTokens"),
-    "plain": ("arrival_s", "prompt_tokens", "output_tokens"),
-}
-
-
 class TraceTraffic(_Serving):
     """Replay of a CSV of requests, one row each.
 
@@ -151,6 +145,15 @@ class TraceTraffic(_Serving):
         "the last arrival plus the trace's mean gap between arrivals",
     )
     shift_to_zero: bool = Field(True, description="move the first arrival to t = 0")
+    _read: tuple[tuple[str, str, float, bool], Requests] | None = PrivateAttr(default=None)
+
+    def requests(self) -> Requests:
+        """The trace's requests (spec.traces.read_trace), read once: the scenario's validation
+        reads it, so that the engine opens no file and a bad file is a load-time error."""
+        key = shape_key(self)
+        if self._read is None or self._read[0] != key:
+            self._read = (key, read_trace(self))
+        return self._read[1]
 
 
 TRAFFIC_KINDS = ("poisson", "diurnal", "bursty", "offline", "trace")

@@ -1,0 +1,139 @@
+"""Request traces: a CSV of requests read once, when the scenario is loaded.
+
+The engine never opens a file: `TraceTraffic.requests()` hands it what `read_trace` read
+during the scenario's validation (spec.scenario.Scenario checks each trace service), kept on
+the spec object for as long as the fields that shape it (path, layout, speedup,
+shift_to_zero) stay the same.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from ..errors import ScenarioError
+
+#: Column layouts a trace may use; `auto` picks by the header row.
+TRACE_LAYOUTS = {
+    "azure": ("TIMESTAMP", "ContextTokens", "GeneratedTokens"),
+    "plain": ("arrival_s", "prompt_tokens", "output_tokens"),
+}
+
+
+class TraceFields(Protocol):
+    """The fields of spec.serving.TraceTraffic that shape what a trace file holds."""
+
+    @property
+    def path(self) -> str: ...
+    @property
+    def layout(self) -> str: ...
+    @property
+    def speedup(self) -> float: ...
+    @property
+    def shift_to_zero(self) -> bool: ...
+
+
+def shape_key(traffic: TraceFields) -> tuple[str, str, float, bool]:
+    """What a read of the trace depends on: a cached read is reused only while it matches."""
+    return (traffic.path, traffic.layout, traffic.speedup, traffic.shift_to_zero)
+
+
+@dataclass(frozen=True)
+class Requests:
+    """A workload drawn for one service, sorted by arrival. Token arrays are int64."""
+
+    arrival_s: np.ndarray
+    prompt_tokens: np.ndarray | None
+    output_tokens: np.ndarray | None
+
+    def __len__(self) -> int:
+        return int(self.arrival_s.size)
+
+
+def read_trace(traffic: TraceFields) -> Requests:
+    """The trace's requests, sorted by arrival (stable: ties keep file order), with `speedup`
+    and `shift_to_zero` applied but not `loop` or a horizon. Token arrays are None when the
+    file has no such column. Problems with the file raise ScenarioError naming it."""
+    import pandas as pd
+
+    path = Path(traffic.path)
+    where = "traffic.path"
+    if not path.is_file():
+        raise ScenarioError(f"no such trace file: {path}", path=where)
+    try:
+        frame = pd.read_csv(path, skipinitialspace=True)
+    except (ValueError, OSError, UnicodeDecodeError) as exc:
+        raise ScenarioError(f"cannot read {path} as CSV: {exc}", path=where) from None
+    if frame.empty:
+        raise ScenarioError(f"{path} holds no requests (a header row and no data)", path=where)
+    by_lower = {str(c).strip().lower(): c for c in frame.columns}
+    layout: str = traffic.layout
+    if layout == "auto":
+        found = [name for name, cols in TRACE_LAYOUTS.items() if cols[0].lower() in by_lower]
+        if not found:
+            raise ScenarioError(
+                f"{path} has columns {list(frame.columns)}; a trace needs TIMESTAMP "
+                "(+ ContextTokens, GeneratedTokens: the Azure layout) or arrival_s "
+                "(+ prompt_tokens, output_tokens)",
+                path=where,
+            )
+        layout = found[0]
+    time_col, prompt_col, output_col = (by_lower.get(c.lower()) for c in TRACE_LAYOUTS[layout])
+    if time_col is None:
+        raise ScenarioError(
+            f"{path} has no {TRACE_LAYOUTS[layout][0]} column ({layout} layout); "
+            f"its columns: {list(frame.columns)}",
+            path=where,
+        )
+    times = _trace_seconds(frame[time_col], traffic.shift_to_zero, path)
+    order = np.argsort(times, kind="stable")
+    times = times[order]
+    if traffic.shift_to_zero and times.size:
+        times = times - times[0]
+    tokens = [
+        None if col is None else _trace_tokens(frame[col], str(col), path)[order]
+        for col in (prompt_col, output_col)
+    ]
+    return Requests(times / traffic.speedup, tokens[0], tokens[1])
+
+
+def _trace_seconds(column: object, shift_to_zero: bool, path: Path) -> np.ndarray:
+    import pandas as pd
+
+    series = pd.Series(column)
+    numeric = pd.to_numeric(series, errors="coerce")
+    if series.size and not numeric.isna().any():
+        return numeric.to_numpy(dtype=float)
+    try:
+        stamps = pd.to_datetime(series.astype(str).str.strip(), format="ISO8601", utc=True)
+    except (ValueError, TypeError) as exc:
+        raise ScenarioError(
+            f"{path}: column {series.name} holds neither seconds nor datetimes: {exc}",
+            path="traffic.path",
+        ) from None
+    if stamps.isna().any():
+        row = int(np.flatnonzero(stamps.isna().to_numpy())[0])
+        raise ScenarioError(
+            f"{path}: column {series.name} is empty in data row {row + 1}", path="traffic.path"
+        )
+    origin = stamps.min() if shift_to_zero else stamps.min().normalize()
+    return (stamps - origin).dt.total_seconds().to_numpy(dtype=float)
+
+
+def _trace_tokens(column: object, name: str, path: Path) -> np.ndarray:
+    import pandas as pd
+
+    values = pd.to_numeric(pd.Series(column), errors="coerce")
+    bad = values.isna() | (values != np.floor(values))
+    if bad.any():
+        row = int(np.flatnonzero(bad.to_numpy())[0])
+        raise ScenarioError(
+            f"{path}: column {name} must hold whole token counts; data row {row + 1} "
+            f"has {pd.Series(column).iloc[row]!r}",
+            path="traffic.path",
+        )
+    # A request of 0 tokens still costs a scheduling step; the simulator counts at least one.
+    return np.maximum(values.to_numpy(dtype=np.int64), 1)
