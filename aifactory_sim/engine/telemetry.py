@@ -98,8 +98,8 @@ class Recorder:
 
     def sample(self) -> None:
         """Record the state from now on (a later sample at the same time replaces it)."""
-        if self._probe is None:  # still being built: the connect's own sample at t=0 counts
-            return
+        if self._probe is None:
+            raise RuntimeError("Recorder.sample before the factory connected its probe")
         for observe in self._observers:
             observe()
         row = self._probe(self._now())
