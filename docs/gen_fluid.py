@@ -4,14 +4,15 @@
     python docs/gen_fluid.py --check  # exit 1 if the file is out of date (wall times aside)
 
 Each section sits between a pair of HTML-comment markers in the Markdown file:
-- `fluid-workloads`: the workloads of tools/fluid_validation.py, one line each.
+- `fluid-workloads`: the workloads of aifactory_sim/validation/fluid.py, one line each.
 - `fluid-validation`: each workload run in the `fast` and the `fluid` tier with the same scenario
   and seed: the fast value and the fluid error of every metric, outside tolerance in bold, and
   each tier's wall time.
 
-The workloads, metrics and tolerances are imported from tools/fluid_validation.py, as
-tests/test_fluid.py imports them. Every run is seeded, so the values and errors are
-reproducible; the wall times are not, and --check ignores them. About 30 s in all.
+The workloads, metrics and tolerances are imported from aifactory_sim/validation/fluid.py, as
+tests/test_fluid.py imports them, and so is `comparable`, the page as --check compares it.
+Every run is seeded, so the values and errors are reproducible; the wall times are not, and
+--check ignores them. About 30 s in all.
 """
 
 from __future__ import annotations
@@ -19,15 +20,14 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import re
 import sys
 from pathlib import Path
 from typing import Any
 
 from _generated import replace_block
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
-import fluid_validation as fv
+from aifactory_sim.validation import fluid as fv
+from aifactory_sim.validation.fluid import WALL_HEAD, WALL_LINE, comparable
 
 DOC = Path(__file__).parent / "background" / "serving.md"
 
@@ -48,8 +48,6 @@ COLUMNS: dict[str, tuple[str, Any]] = {
     "tpot_p50": ("TPOT p50", _ms),
     "tpot_p99": ("TPOT p99", _ms),
 }
-WALL_HEAD = "| fast wall | fluid wall |"
-WALL_LINE = "Wall times"
 
 
 def _dist(d: Any) -> str:
@@ -136,24 +134,6 @@ def validation_table() -> tuple[str, str]:
         "the fluid ones; they vary between machines and runs, and `--check` ignores them.",
     ]
     return "\n".join(lines), f"within tolerance, worst {100 * ratio:.0f} % of it"
-
-
-def comparable(text: str) -> str:
-    """`text` with the wall times blanked: the two last cells of the validation rows, and the
-    line that sums them."""
-    out = []
-    in_table = False
-    for line in text.splitlines():
-        if line.startswith("| workload |") and line.rstrip().endswith(WALL_HEAD):
-            in_table = True
-        elif not line.startswith("|"):
-            in_table = False
-        if in_table and line.startswith("| `"):
-            line = re.sub(r"\| [^|]* \| [^|]* \|$", "| - | - |", line.rstrip())
-        if line.startswith(WALL_LINE):
-            line = re.sub(r"\d[\d.]*", "#", line)
-        out.append(line)
-    return "\n".join(out)
 
 
 def build(text: str) -> tuple[str, str]:

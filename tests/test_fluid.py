@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,9 +10,7 @@ import pytest
 import aifactory_sim as af
 from aifactory_sim.engine.fluid import weighted_percentiles
 from aifactory_sim.results import summary_json
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
-import fluid_validation as fv
+from aifactory_sim.validation import fluid as fv
 
 #: 70b-hpa-above-knee is in the table to show a limit: an HPA target above what a replica can
 #: hold makes the service swing between saturation and fills, and over four seeds the fluid tier

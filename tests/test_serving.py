@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import copy
 import math
-import sys
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,9 +14,7 @@ import aifactory_sim as af
 from aifactory_sim.engine.factory import Factory
 from aifactory_sim.kernels.inference import weight_bytes
 from aifactory_sim.results import summary_json
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
-import calibrate_inference
+from aifactory_sim.validation.trtllm import ROWS as TRT_ROWS
 
 CLUSTER = {
     "node_pools": [{"name": "h100", "nodes": 4, "gpu": "H100-SXM", "gpus_per_node": 8,
@@ -150,10 +146,10 @@ def test_littles_law_holds_on_every_run(case):
 
 # --- published throughput -----------------------------------------------------------------------
 
-#: TensorRT-LLM perf overview, Llama 3.1 8B FP8 on one H100 (shared/reference/README.md):
-#: (ISL, OSL, output tokens/s, max_batch_size, max_num_tokens), one table with the calibration
-#: tool that fitted the Hopper constants on them.
-TRT_ROWS = calibrate_inference.ROWS
+# TRT_ROWS: the TensorRT-LLM perf overview, Llama 3.1 8B FP8 on one H100
+# (shared/reference/README.md): (ISL, OSL, output tokens/s, max_batch_size, max_num_tokens),
+# from aifactory_sim/validation/trtllm.py, the table that tools/calibrate_inference.py fitted
+# the Hopper constants on.
 
 
 @pytest.mark.parametrize(("isl", "osl", "published", "seqs", "tokens"), TRT_ROWS)

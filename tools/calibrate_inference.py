@@ -6,6 +6,7 @@ tokens/s over the five TensorRT-LLM rows of shared/reference/README.md (Llama 3.
 H100-SXM, max-throughput, ISL/OSL 128/128, 128/2048, 1000/1000, 2048/2048, 5000/500), each row
 run as tests/test_inference_kernel.py runs it: FP8 weights and KV cache, trtllm-bench's default
 batch limits, TensorRT-LLM's GUARANTEED_NO_EVICT admission. The whole grid is one vectorised call.
+The rows (and their sources) are in aifactory_sim/validation/trtllm.py.
 
 `decode_hbm_efficiency` is held at the family's `hbm_efficiency` (the same physical quantity,
 set from STREAM-like kernels): these rows cannot separate it from the per-iteration overhead,
@@ -26,18 +27,8 @@ import numpy as np
 from aifactory_sim import catalog
 from aifactory_sim.estimate import as_model
 from aifactory_sim.kernels.inference import gpu_inference_args, offline_throughput_tokens_s
+from aifactory_sim.validation.trtllm import ROWS
 
-#: (ISL, OSL, published output tokens/s, max_batch_size, max_num_tokens). The last two are what
-#: trtllm-bench picks by default for each row (tensorrt_llm/bench/build/tuning.py,
-#: calc_engine_setting: KV-cache requests at ISL + OSL, capped at 4096 and rounded up; tokens
-#: = that x (1 + ISL/OSL), at least 2048, rounded up) on an 80 GB H100 with FP8 weights and KV.
-ROWS = [
-    (128, 128, 28_312, 4096, 8192),
-    (128, 2048, 22_714, 640, 2048),
-    (1000, 1000, 15_220, 640, 2048),
-    (2048, 2048, 9_305, 384, 2048),
-    (5000, 500, 3_459, 224, 2304),
-]
 KEYS = ("prefill_gemm_efficiency", "decode_hbm_efficiency", "iteration_overhead_s")
 
 

@@ -25,7 +25,6 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "docs"))
-sys.path.insert(0, str(ROOT / "tools"))
 
 import aifactory_sim as af  # noqa: E402
 from aifactory_sim.results import summary_json  # noqa: E402
@@ -36,9 +35,10 @@ TABLES = ("jobs", "requests", "events", "timeseries", "services", "failures", "l
 
 def cases() -> dict[str, dict[str, Any]]:
     """name -> {"bundled": file name} or {"scenario": data}."""
-    import fluid_validation as fv
     import gen_reliability as rel
     import gen_serving as srv
+
+    from aifactory_sim.validation import fluid as fv
 
     out: dict[str, dict[str, Any]] = {}
     for path in sorted((ROOT / "scenarios").glob("*.yaml")):
