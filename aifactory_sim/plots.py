@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from .results import Results
 
 #: Bucket colours: productive work green, overheads warm, idle grey.
 COLOURS = {
@@ -78,11 +77,24 @@ def _held(times: Any, values: Any, t_end: float) -> tuple[Any, Any]:
     return t, v
 
 
+class Plotted(Protocol):
+    """What the figures read of a run (results.Results has it; named here so that `plots` and
+    `results` do not import each other). Tables such as `requests` and `services` are looked
+    up by name where a figure needs them."""
+
+    @property
+    def summary(self) -> dict[str, Any]: ...
+    @property
+    def events(self) -> Any: ...
+    @property
+    def power(self) -> Any: ...
+
+
 class Plotter:
     """`res.plot.ledger()`, `res.plot.allocation()`, ... and, for inference services,
     `res.plot.latency()`, `res.plot.replicas()`, `res.plot.kv_cache()`."""
 
-    def __init__(self, results: Results):
+    def __init__(self, results: Plotted):
         self.results = results
 
     # --- inference services: shared lookups ----------------------------------------------

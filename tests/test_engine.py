@@ -14,9 +14,9 @@ from hypothesis import strategies as st
 import aifactory_sim as af
 from aifactory_sim.engine.cluster import SPARE, ClusterState
 from aifactory_sim.engine.factory import Factory, rng_for
-from aifactory_sim.runner import assemble
 from aifactory_sim.engine.storage import max_min_share
 from aifactory_sim.results import summary_json
+from aifactory_sim.runner import assemble
 
 SCENARIOS = sorted((Path(__file__).parents[1] / "aifactory_sim" / "scenarios").glob(
     "*.yaml"))
@@ -158,7 +158,7 @@ def test_pack_keeps_a_gang_in_one_leaf_and_spread_pays_the_spine():
 
 
 def _step_time(sc: af.Scenario, name: str, slowdown: float) -> float:
-    from aifactory_sim.estimate import job_estimate
+    from aifactory_sim.spec.scenario import job_estimate
 
     spec = next(j for j in sc.training if j.name == name)
     return float(job_estimate(spec, sc.pool(spec.pool), cross_leaf_slowdown=slowdown).step_time_s)

@@ -33,7 +33,7 @@ from .inference import Service
 from .scheduler import Scheduler
 from .storage import SharedStorage
 from .telemetry import Gauges, Ledger, Recorder
-from .training import EstimateCache, JobSettings, TrainingRun
+from .training import EstimateCache, JobEvent, JobSettings, TrainingRun
 
 
 def rng_for(seed: int, stream: str) -> np.random.Generator:
@@ -49,7 +49,7 @@ class JobResult:
 
     name: str
     summary: dict[str, Any]
-    events: list[tuple[float, str]]
+    events: list[JobEvent]
 
 
 @dataclass(frozen=True)

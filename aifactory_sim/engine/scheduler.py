@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import simpy
 
@@ -30,6 +30,14 @@ from .ports import Claimant, Job
 if TYPE_CHECKING:
     from ..spec.scenario import Scheduler as SchedulerSpec
     from .broker import NodeBroker
+
+
+class Loan(NamedTuple):
+    """Nodes a training job was asked to lend a service: when, to whom, how many."""
+
+    time_s: float
+    service: str
+    nodes: int
 
 
 class Scheduler:
@@ -222,12 +230,12 @@ class Scheduler:
                 if freed <= 0:
                     continue
                 self.yielding.add(victim.index)
-                victim.lent.append((self.env.now, service.name, freed))
+                victim.lent.append(Loan(self.env.now, service.name, freed))
                 victim.preempt(dp)
                 asked += freed
             else:
                 self.yielding.add(victim.index)
-                victim.lent.append((self.env.now, service.name, victim.held_nodes))
+                victim.lent.append(Loan(self.env.now, service.name, victim.held_nodes))
                 victim.preempt(None)
                 asked += victim.held_nodes
         return asked

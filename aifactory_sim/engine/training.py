@@ -18,13 +18,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import simpy
 
-from ..estimate import TrainingEstimate, job_estimate
+from ..estimate import TrainingEstimate
 from ..kernels.reliability import daly_interval_s, job_mtbf_s
+from ..spec.scenario import job_estimate
 from .cluster import Allocation
 
 if TYPE_CHECKING:
@@ -40,6 +41,14 @@ STEP_EPS = 1e-9
 RERATE = "rerate"  # interrupt causes
 FAILURE = "failure"
 PREEMPT = "preempt"
+
+
+class JobEvent(NamedTuple):
+    """A row of a job's life (the `events` table): when, and what (start, failure, restart,
+    checkpoint, resize, preempt, finished, failed)."""
+
+    time_s: float
+    event: str
 
 
 @dataclass(frozen=True)
@@ -146,7 +155,7 @@ class TrainingRun:
         self.preemptions = 0
         self.lost_gpu_s = 0.0
         self.recovery_gpu_s = 0.0
-        self.events: list[tuple[float, str]] = []
+        self.events: list[JobEvent] = []
 
     # --- sizes and rates ------------------------------------------------------------------
     def nodes_for(self, dp: int) -> int:
@@ -304,7 +313,7 @@ class TrainingRun:
             self.started_at = self.env.now
         self.meter_t = self.env.now
         self.bucket = "recovery"  # until the process resumes: start-up counts as restart
-        self.events.append((self.env.now, "start"))
+        self.events.append(JobEvent(self.env.now, "start"))
         self.started.succeed()
 
     def set_data_rate(self, gb_s: float) -> None:
@@ -339,7 +348,7 @@ class TrainingRun:
             self.alloc.nodes = self.alloc.nodes[self.alloc.nodes != node]
             self.broker.replacement(self.alloc, self.index, near=node)
         self.interruptions += 1
-        self.events.append((self.env.now, "failure"))
+        self.events.append(JobEvent(self.env.now, "failure"))
         self._signal(FAILURE)
 
     def preempt(self, shrink_to: int | None) -> None:
@@ -450,7 +459,7 @@ class TrainingRun:
             self.broker.release(self.index, self.alloc)
         self.state = state
         self.finished_at = self.env.now
-        self.events.append((self.env.now, state))
+        self.events.append(JobEvent(self.env.now, state))
         self.broker.stop_waiting(self)
         self.queue.yielded(self)
         self._sample()
@@ -504,7 +513,7 @@ class TrainingRun:
                 yield from self._wait(self.env.timeout(ck.reload_s))
             elif self.storage is not None:
                 yield from self._flow("read", self.checkpoint_bytes)
-        self.events.append((self.env.now, "restart"))
+        self.events.append(JobEvent(self.env.now, "restart"))
 
     def _shrink_to_fit(self) -> bool:
         """An elastic job short of nodes runs with fewer replicas: True if it now fits."""
@@ -523,7 +532,7 @@ class TrainingRun:
         if release and self.alloc is not None:
             self.broker.release(self.index, self.alloc, count=release)
         if dp != self.dp:
-            self.events.append((self.env.now, "resize"))
+            self.events.append(JobEvent(self.env.now, "resize"))
         self.dp = dp
 
     def _grow(self) -> bool:
@@ -546,7 +555,7 @@ class TrainingRun:
         """Preempted: checkpoint first when the write fits the grace period, else lose the work
         since the last checkpoint; then give back all nodes (False) or shrink (True)."""
         self.preemptions += 1
-        self.events.append((self.env.now, "preempt"))
+        self.events.append(JobEvent(self.env.now, "preempt"))
         grace = self.settings.preemption_grace_s
         can_write = self.spec.checkpoint.write_s is not None or self.storage is not None
         if self.done > self.ckpt.done and can_write and self.write_time_s() <= grace:
@@ -645,7 +654,7 @@ class TrainingRun:
     def _commit(self, ckpt: Checkpoint) -> None:
         self.ckpt = ckpt
         self.checkpoints += 1
-        self.events.append((self.env.now, "checkpoint"))
+        self.events.append(JobEvent(self.env.now, "checkpoint"))
 
     def _checkpoint(self) -> Any:
         ck = self.spec.checkpoint

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -26,6 +26,9 @@ from .base import (
 from .hardware import GPUSpec, ModelSpec, from_catalog
 from .inference import Fidelity, InferenceService
 from .serving import TraceTraffic
+
+if TYPE_CHECKING:
+    from ..estimate import TrainingEstimate
 
 #: Node components a failure can be put down to.
 COMPONENTS = ("gpu", "hbm", "nic", "switch", "host", "software")
@@ -440,7 +443,6 @@ class Scenario(Spec):
 
     @model_validator(mode="after")
     def _jobs_fit(self) -> Scenario:
-        from ..estimate import check_job_feasible  # kernels are pure; imported lazily
 
         names = [j.name for j in self.training]
         if len(set(names)) != len(names):
@@ -654,3 +656,74 @@ def _check_weights_fit(svc: InferenceService, pool: NodePool, where: str) -> Non
         f"for activations and workspaces, which leaves no room for one {BLOCK_TOKENS}-token "
         f"KV-cache block; allowed: a larger tp, {lighter}or a GPU with more memory",
     )
+
+
+def job_estimate(
+    job: TrainingJob,
+    pool: NodePool,
+    *,
+    net_latency_us: float = 5.0,
+    data_gb_s: float = math.inf,
+    dp: int | None = None,
+    cross_leaf_slowdown: float | None = None,
+    compute_slowdown: float = 1.0,
+) -> TrainingEstimate:
+    """The estimate for one scenario job on its pool. `cross_leaf_slowdown` is what the spine
+    costs its cross-node rings (the engine's, from the flows sharing the job's leaves; none
+    when not given). `dp` overrides the data-parallel width (an elastic job running narrower):
+    the global batch stays, and the busiest rank's whole microbatches, ceil(B / (dp b)), pace
+    the step. `compute_slowdown` is the pool's power-cap clock factor (estimate.gpu_fields).
+    It lives with the spec (not in `estimate`, which knows GPUs and models but no scenario) so
+    that validation can ask whether a job fits without a cycle of imports."""
+    par = job.parallel
+    dp = par.dp if dp is None else dp
+    unit = dp * par.microbatch_seqs
+    paced_batch = math.ceil(job.batch_seqs / unit) * unit
+    from ..estimate import estimate_training  # kernels are pure; imported lazily
+
+    return estimate_training(
+        job.model,
+        pool.gpu,
+        tp=par.tp,
+        pp=par.pp,
+        dp=dp,
+        cp=par.cp,
+        seq_len=job.seq_len,
+        global_batch_seqs=paced_batch,
+        microbatch_seqs=par.microbatch_seqs,
+        recompute=job.recompute,
+        zero_stage=job.zero_stage,
+        gpus_per_node=pool.gpus_per_node,
+        nic_gbit_s=pool.nic_gbit_s,
+        interleave=par.interleave,
+        precision=job.precision,
+        net_latency_us=net_latency_us,
+        data_bytes_per_token=job.data.bytes_per_token if job.data.source != "synthetic" else 0.0,
+        data_gb_s=data_gb_s,
+        cross_leaf_slowdown=cross_leaf_slowdown,
+        compute_slowdown=compute_slowdown,
+    )
+
+
+def check_job_feasible(job: TrainingJob, pool: NodePool, where: str) -> None:
+    """Raise a located ValueError when the job does not fit in its GPUs' memory."""
+    par = job.parallel
+    if job.batch_seqs % (par.dp * par.microbatch_seqs):
+        raise ValueError(
+            f"[{where}.global_batch_seqs] {job.batch_seqs} sequences must be a multiple of "
+            f"dp x microbatch_seqs = {par.dp * par.microbatch_seqs}"
+        )
+    micro = job.batch_seqs // (par.dp * par.microbatch_seqs)
+    if par.interleave > 1 and micro % par.pp:
+        raise ValueError(
+            f"[{where}.parallel.interleave] an interleaved schedule needs the {micro} "
+            f"microbatches per rank to be a multiple of pp={par.pp}"
+        )
+    est = job_estimate(job, pool)
+    if not est.fits:
+        raise ValueError(
+            f"[{where}] {job.model.name} does not fit in memory: {est.memory_gb_per_gpu:.1f} GB "
+            f"per GPU with recompute={est.recompute} and zero_stage={job.zero_stage} > "
+            f"{pool.gpu.hbm_gb:g} GB of {pool.gpu.name} HBM; allowed: recompute full, a larger "
+            "tp or pp, a higher zero_stage, or a smaller microbatch_seqs"
+        )
