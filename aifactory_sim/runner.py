@@ -70,7 +70,7 @@ def assemble(run: FactoryRun) -> Results:
     meta = {
         "scenario_hash": content_hash(sc),
         "tiers": {
-            "training": sc.fidelity if sc.fidelity != "fluid" else "fast",
+            "training": sc.training_tier,
             **{f"inference.{svc.name}": svc.tier for svc in run.services},
         },
         "wall_s": run.wall_s,

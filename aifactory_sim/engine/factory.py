@@ -85,7 +85,6 @@ class Factory:
 
     def __init__(self, scenario: Scenario):
         self.scenario = scenario
-        self.fidelity = scenario.fidelity
         horizon = scenario.duration
         # --- build -----------------------------------------------------------------------
         env = self.env = simpy.Environment()
@@ -147,7 +146,7 @@ class Factory:
                 storage=self.storage,
             )
             for k, svc in enumerate(scenario.inference)
-            for tier in [svc.fidelity or scenario.fidelity]
+            for tier in [scenario.service_tier(svc)]
         ]
         self.failures = None
         if scenario.failures is not None:
@@ -190,7 +189,7 @@ class Factory:
             storage_write_gb_s=None if st is None else st.write_gb_s,
             failures=sc.failures,
             preemption_grace_s=sc.scheduler.preemption_grace_s,
-            step_tier=sc.fidelity == "step",
+            step_tier=sc.training_tier == "step",
             compute_slowdown=slow,
             peak_scale=nominal.bf16_tflops / slow / nominal.bf16_tflops,
         )

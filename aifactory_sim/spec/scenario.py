@@ -433,6 +433,17 @@ class Scenario(Spec):
     )
     failures: Failures | None = None
 
+    @property
+    def training_tier(self) -> Literal["step", "fast"]:
+        """The tier training jobs run in, resolved here once: `fluid` is a serving tier, so
+        under it training runs `fast` (exact, the same numbers as `step`)."""
+        return "step" if self.fidelity == "step" else "fast"
+
+    def service_tier(self, svc: InferenceService) -> Fidelity:
+        """The tier a service runs in, resolved here once: its own `fidelity`, else the
+        scenario's."""
+        return svc.fidelity or self.fidelity
+
     def pool(self, name: str | None) -> NodePool:
         if name is None:
             return self.cluster.node_pools[0]
