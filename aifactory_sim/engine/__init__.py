@@ -1,1 +1,2 @@
-"""SimPy processes: the factory in time. `factory.run(scenario)` plays a scenario out."""
+"""SimPy components: the factory in time. `factory.Factory(scenario).run()` plays a scenario out
+and hands back each component's result; `aifactory_sim.runner` turns them into `Results`."""
