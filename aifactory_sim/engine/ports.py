@@ -108,8 +108,6 @@ class Claimant(NodeOwner, Protocol):
 class JobQueue(Protocol):
     """The scheduler as a job sees it: where it queues, and where it says it gave nodes back."""
 
-    placement: str
-
     def submit(self, job: Job) -> None: ...
     def yielded(self, job: Job) -> None: ...
 

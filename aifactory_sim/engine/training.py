@@ -716,11 +716,11 @@ class TrainingRun:
             "steps_total": self.steps_total,
             "step_time_s": mean_step,
             "mfu": None
-            if scale is None  # type: ignore[union-attr]
+            if scale is None or est is None
             else float(est.mfu) * scale * self.peak_scale,
             "hardware_tflops_per_gpu": None
-            if scale is None
-            else float(est.hardware_tflops_per_gpu) * scale,  # type: ignore[union-attr]
+            if scale is None or est is None
+            else float(est.hardware_tflops_per_gpu) * scale,
             "recompute": None if est is None else str(est.recompute),
             "memory_gb_per_gpu": None if est is None else float(est.memory_gb_per_gpu),
             "submitted_at_s": self.submitted_at,
