@@ -362,6 +362,7 @@ def scenario_serve(requests: int, fidelity: str, rate_rps: float) -> dict[str, A
 def bench_serve(quick: bool, fidelity: str, load: str = "") -> dict[str, Any]:
     import aifactory_sim as af
     import aifactory_sim.engine.factory  # imports outside the timed run
+    import aifactory_sim.runner
     import aifactory_sim.results
 
     requests = SERVE_REQUESTS // (10 if quick else 1)
@@ -407,6 +408,7 @@ def bench_fluid_week(quick: bool) -> dict[str, Any]:
 
     import aifactory_sim as af
     import aifactory_sim.engine.factory  # imports outside the timed run
+    import aifactory_sim.runner
     import aifactory_sim.results
     from aifactory_sim.cli import bundled_scenario
 
