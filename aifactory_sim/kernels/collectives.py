@@ -20,7 +20,8 @@ def ring_allreduce_s(
     """Seconds for a ring all-reduce of `nbytes` over `ranks` at bus bandwidth `busbw`."""
     p = np.asarray(ranks, dtype=np.float64)
     n = np.asarray(nbytes, dtype=np.float64)
-    t = 2.0 * (p - 1.0) * alpha_s + 2.0 * n * (p - 1.0) / p / busbw_bytes_per_s
+    bw, alpha = np.asarray(busbw_bytes_per_s, np.float64), np.asarray(alpha_s, np.float64)
+    t = 2.0 * (p - 1.0) * alpha + 2.0 * n * (p - 1.0) / p / bw
     return np.where(p > 1.0, t, 0.0)
 
 
@@ -30,7 +31,8 @@ def ring_allgather_s(
     """Seconds for a ring all-gather (or reduce-scatter) whose full buffer is `nbytes`."""
     p = np.asarray(ranks, dtype=np.float64)
     n = np.asarray(nbytes, dtype=np.float64)
-    t = (p - 1.0) * alpha_s + n * (p - 1.0) / p / busbw_bytes_per_s
+    bw, alpha = np.asarray(busbw_bytes_per_s, np.float64), np.asarray(alpha_s, np.float64)
+    t = (p - 1.0) * alpha + n * (p - 1.0) / p / bw
     return np.where(p > 1.0, t, 0.0)
 
 

@@ -168,7 +168,8 @@ def memory_per_gpu(
     sharded = (2.0 * tok * (2 * h + 2 * kv) + 4.0 * gated * tok * f * k) / t
     # Unfused attention keeps the softmax output (2 a s^2 b); with dropout also its mask and
     # output (3 a s^2 b more).
-    scores = np.where(flash_attention | (rc >= 1), 0.0, (2.0 + 3.0 * dropout) * a * s * tok / t)
+    no_scores = np.logical_or(flash_attention, rc >= 1)  # flash, or the core recomputed
+    scores = np.where(no_scores, 0.0, (2.0 + 3.0 * dropout) * a * s * tok / t)
     per_layer = np.where(
         rc == 2, 2.0 * tok * h / np.where(sequence_parallel, t, 1.0), replicated + sharded + scores
     )
