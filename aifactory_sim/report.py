@@ -4,6 +4,9 @@
 tables), draws the figures with `Plotter`, and writes `report.html` with every figure embedded
 as a base64 PNG (no network, no external CSS or JS) plus the same figures as `report-NAME.png`.
 A figure a run has no data for (no services, no power model) is left out with a one-line note.
+
+The summary is read by name, with the keys of its schema (`aifactory_sim.schema.Summary`); a
+summary saved by an older version may lack a section, which the page then leaves out.
 """
 
 from __future__ import annotations
@@ -15,12 +18,13 @@ import json
 import re
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, Literal, cast
 
 import yaml
 
 from .errors import ScenarioError
 from .results import MARKER, Results
+from .schema import CORE_KEYS, JobSummary, Ledger, ServiceSummary, SloMet, Summary
 
 #: The page names its generator so that a later report may replace it and its figures.
 GENERATOR = "aifactory-sim report"
@@ -37,19 +41,10 @@ TABLES = {
     "power": "power.csv",
 }
 
-#: Summary sections the headline and the sections below already show.
-KNOWN_SECTIONS = {
-    "scenario",
-    "seed",
-    "fidelity",
-    "duration_s",
-    "gpus",
-    "ledger_gpu_h",
-    "utilisation",
-    "training",
-    "inference",
-    "failures",
-}
+#: Summary sections the headline and the sections below already show: the engine's
+#: (`schema.CoreSummary`). The others, energy, power and cost (`schema.EnergySummary`) and any
+#: key a later version adds, are listed in a table of their own.
+KNOWN_SECTIONS = CORE_KEYS
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -191,32 +186,30 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 60:g} minutes"
 
 
-def _energy_cards(summary: dict[str, Any]) -> list[tuple[str, str]]:
-    """Energy, peak power and cost from whatever energy/power/cost sections the summary has,
-    found by their keys' units, so that the report follows those sections as they grow."""
+def _number(value: object) -> float | None:
+    """A summary figure as a float, or None where there is none (null, absent, not a number)."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    return None
+
+
+def _energy_cards(summary: Summary) -> list[tuple[str, str]]:
+    """Energy, peak power and cost from the summary's energy section (`schema.EnergySummary`):
+    `energy_mwh`, `peak_mw`, `cost_usd.private.total` and `cost_usd.cloud.total`. A summary
+    without that section (saved by an older version) has none of these cards."""
     cards: list[tuple[str, str]] = []
-    leaves = [
-        (k.lower(), v)
-        for k, v in _leaves({k: v for k, v in summary.items() if k not in KNOWN_SECTIONS})
-        if isinstance(v, int | float) and not isinstance(v, bool)
-    ]
-
-    def first(test: Any) -> tuple[str, float] | None:
-        return next(((k, float(v)) for k, v in leaves if test(k)), None)
-
-    mwh = first(lambda k: k.endswith("mwh"))
-    if mwh:
-        cards.append(("energy", f"{mwh[1]:,.3g} MWh"))
-    peak = first(lambda k: "peak" in k and (k.endswith("_mw") or k.endswith(".mw")))
-    if peak:
-        cards.append(("peak power", f"{peak[1]:,.3g} MW"))
-    for side in ("private", "cloud"):
-        # A total where the section splits the cost (capex, opex, energy), else the one figure.
-        usd = first(lambda k, side=side: side in k and "usd" in k and k.endswith("total")) or first(
-            lambda k, side=side: side in k and "usd" in k and "per" not in k
-        )
-        if usd:
-            cards.append((f"cost, {side}", _usd(usd[1])))
+    energy = _number(summary.get("energy_mwh"))
+    if energy is not None:
+        cards.append(("energy", f"{energy:,.3g} MWh"))
+    peak = _number(summary.get("peak_mw"))
+    if peak is not None:
+        cards.append(("peak power", f"{peak:,.3g} MW"))
+    cost = summary.get("cost_usd") or {}
+    # Owning: capex + opex + energy; renting: on demand.
+    for side, part in (("private", cost.get("private")), ("cloud", cost.get("cloud"))):
+        total = None if part is None else _number(part.get("total"))
+        if total is not None:
+            cards.append((f"cost, {side}", _usd(total)))
     return cards
 
 
@@ -231,19 +224,65 @@ def _table(head: list[str], rows: list[list[str]], cls: str = "") -> str:
     return "".join(out)
 
 
-def _against(slo: Any, met: dict[str, Any], key: str) -> str:
+def _against(slo: Any, met: SloMet, key: Literal["ttft", "tpot"]) -> str:
     """A service's SLO target for `key` (ttft, tpot) at its percentile, met or missed."""
     target = getattr(slo, f"{key}_s", None)
     if target is None:
         return "-"
-    verdict = "" if met.get(key) is None else (" met" if met[key] else " missed")
+    ok = met.get(key)
+    verdict = "" if ok is None else (" met" if ok else " missed")
     return f"{_ms(target)} at p{slo.percentile:g}{verdict}"
 
 
+def _summary(res: Results) -> Summary:
+    """The run's summary with its schema's keys (a plain dict: nothing is converted)."""
+    return cast(Summary, res.summary)
+
+
+def _ledger_total(ledger: Ledger) -> float:
+    """GPU-hours of every bucket: gpus x duration_s / 3600."""
+    return sum(cast("dict[str, float]", ledger).values())
+
+
+def _job_row(name: str, j: JobSummary) -> list[str]:
+    """A training job's row of the headline table."""
+    return [
+        name,
+        str(j.get("state", "-")),
+        f"{j.get('gpus', 0):,}",
+        f"{j.get('tokens_trained', 0):.3g}",
+        _pct(j.get("mfu")),
+        _pct(j.get("ettr")),
+        f"{j.get('interruptions', 0)}",
+        f"{j.get('checkpoints', 0)}",
+    ]
+
+
+def _service_row(name: str, v: ServiceSummary, slo: Any) -> list[str]:
+    """An inference service's row of the headline table, against its scenario `slo`."""
+    met: SloMet = v.get("slo_met") or {}
+    ttft = v.get("ttft_s", {})
+    tpot = v.get("tpot_s", {})
+    return [
+        name,
+        f"{v.get('requests', 0):,}",
+        f"{v.get('completed', 0):,}",
+        f"{v.get('output_tokens_per_s', 0):,.0f}",
+        _ms(ttft.get("p50")),
+        _ms(ttft.get("p99")),
+        _against(slo, met, "ttft"),
+        _ms(tpot.get("p50")),
+        _ms(tpot.get("p99")),
+        _against(slo, met, "tpot"),
+        _pct(v.get("slo_attainment")),
+        f"{v.get('replicas_mean', 0):.1f} / {v.get('replicas_max', 0)}",
+    ]
+
+
 def _headline(res: Results) -> str:
-    s = res.summary
+    s = _summary(res)
     ledger = s.get("ledger_gpu_h", {})
-    total = sum(ledger.values()) or 1.0
+    total = _ledger_total(ledger) or 1.0
     util = s.get("utilisation", {})
     cards = [
         ("GPUs", f"{s['gpus']:,}"),
@@ -263,20 +302,7 @@ def _headline(res: Results) -> str:
         )
     parts.append("</div>")
     if s.get("training"):
-        rows = []
-        for name, j in s["training"].items():
-            rows.append(
-                [
-                    name,
-                    str(j.get("state", "-")),
-                    f"{j.get('gpus', 0):,}",
-                    f"{j.get('tokens_trained', 0):.3g}",
-                    _pct(j.get("mfu")),
-                    _pct(j.get("ettr")),
-                    f"{j.get('interruptions', 0)}",
-                    f"{j.get('checkpoints', 0)}",
-                ]
-            )
+        rows = [_job_row(name, j) for name, j in s["training"].items()]
         parts.append("<h3>Training jobs</h3>")
         parts.append(
             _table(
@@ -286,26 +312,10 @@ def _headline(res: Results) -> str:
         )
     if s.get("inference"):
         specs = {svc.name: svc for svc in (getattr(res.scenario, "inference", None) or [])}
-        rows = []
-        for name, v in s["inference"].items():
-            slo = getattr(specs.get(name), "slo", None)
-            met = v.get("slo_met") or {}
-            rows.append(
-                [
-                    name,
-                    f"{v.get('requests', 0):,}",
-                    f"{v.get('completed', 0):,}",
-                    f"{v.get('output_tokens_per_s', 0):,.0f}",
-                    _ms(v.get("ttft_s", {}).get("p50")),
-                    _ms(v.get("ttft_s", {}).get("p99")),
-                    _against(slo, met, "ttft"),
-                    _ms(v.get("tpot_s", {}).get("p50")),
-                    _ms(v.get("tpot_s", {}).get("p99")),
-                    _against(slo, met, "tpot"),
-                    _pct(v.get("slo_attainment")),
-                    f"{v.get('replicas_mean', 0):.1f} / {v.get('replicas_max', 0)}",
-                ]
-            )
+        rows = [
+            _service_row(name, v, getattr(specs.get(name), "slo", None))
+            for name, v in s["inference"].items()
+        ]
         parts.append("<h3>Inference services</h3>")
         parts.append(
             _table(
@@ -328,7 +338,8 @@ def _headline(res: Results) -> str:
         )
     extra = _leaves({k: v for k, v in s.items() if k not in KNOWN_SECTIONS})
     if extra:
-        # Whatever else the summary reports (energy, power, cost), each number by its key.
+        # The energy, power and cost section (and any key a later version adds), each number by
+        # its dotted key, in the summary's order.
         parts.append("<h3>Energy, cost and other figures</h3>")
         parts.append(_table(["quantity", "value"], [[key, _fmt(x)] for key, x in extra], cls="kv"))
     return "".join(parts)
@@ -385,12 +396,11 @@ FIGURES = (
 
 def _absent(res: Results, name: str, plotter: Any) -> str | None:
     """Why figure `name` is left out of this run's report, or None to draw it."""
-    s = res.summary
-    extra = [k.lower() for k, _ in _leaves({k: v for k, v in s.items() if k not in KNOWN_SECTIONS})]
+    s = _summary(res)
     has_energy = getattr(res, "power", None) is not None or any(
-        k.endswith("mwh") or k.endswith("_mw") for k in extra
+        k in s for k in ("energy_mwh", "peak_mw", "mean_mw")
     )
-    has_cost = any("usd" in k or "cost" in k for k in extra)
+    has_cost = "cost_usd" in s  # what the cost figure draws
     if name in ("power", "cost") and getattr(plotter, name, None) is None:
         return f"not drawn: this version of aifactory_sim has no {name} figure"
     if name == "power" and not has_energy:
@@ -503,7 +513,7 @@ def write_report(results_dir: str | Path, *, out: str | Path | None = None) -> P
                 f"{path} exists and was not written by a report; choose another --out"
             )
 
-    s = res.summary
+    s = _summary(res)
     title = f"Architecture review: {s['scenario']}"
     body = [
         f"<h1>{html.escape(title)}</h1>",

@@ -210,19 +210,27 @@ def test_every_figure_renders_in_a_headless_browser(page: Path, tmp_path: Path):
     assert int(rendered.group(1)) == figures
 
 
-def test_energy_and_cost_headline_cards_follow_the_summary_section():
+def test_energy_and_cost_headline_cards_read_the_schema_keys():
+    import json
+
     from aifactory_sim.report import _energy_cards
 
-    summary = {"gpus": 8, "energy": {
-        "energy_mwh": 12.5, "energy_mwh_by": {"training": 10.0}, "peak_mw": 1.25,
-        "cost_usd": {"private": {"capex": 1.0, "energy": 2.0, "total": 3000.0},
-                     "cloud": {"on_demand": 5000.0, "total": 5000.0}},
-        "training_usd_per_btok": {"private": 0.5, "cloud": 0.9}}}
+    # energy_mwh, peak_mw, cost_usd.private.total and cost_usd.cloud.total, by name.
+    golden = Path(__file__).parent / "golden" / "scenario-factory" / "summary.json"
+    assert _energy_cards(json.loads(golden.read_text())) == [
+        ("energy", "1.89e+03 MWh"), ("peak power", "11.4 MW"),
+        ("cost, private", "$3,140,880"), ("cost, cloud", "$8,214,912")]
+    summary = {"gpus": 8, "energy_mwh": 12.5, "energy_mwh_by": {"training": 10.0}, "mean_mw": 1.0,
+               "peak_mw": 1.25,
+               "cost_usd": {"private": {"capex": 1.0, "energy": 2.0, "total": 3000.0},
+                            "cloud": {"on_demand": 5000.0, "total": 5000.0}},
+               "training_usd_per_btok": {"private": 0.5, "cloud": 0.9}}
     assert _energy_cards(summary) == [("energy", "12.5 MWh"), ("peak power", "1.25 MW"),
                                       ("cost, private", "$3,000"), ("cost, cloud", "$5,000")]
-    # The same numbers at the summary's top level, and small sums in cents.
-    flat = {"gpus": 8, "energy_mwh": 0.0053, "peak_mw": 0.016,
-            "cost_usd": {"private": {"total": 0.425}, "cloud": {"total": 0.0}}}
-    assert _energy_cards(flat) == [("energy", "0.0053 MWh"), ("peak power", "0.016 MW"),
-                                   ("cost, private", "$0.42"), ("cost, cloud", "$0.00")]
+    # Small sums in cents.
+    small = {"gpus": 8, "energy_mwh": 0.0053, "peak_mw": 0.016,
+             "cost_usd": {"private": {"total": 0.425}, "cloud": {"total": 0.0}}}
+    assert _energy_cards(small) == [("energy", "0.0053 MWh"), ("peak power", "0.016 MW"),
+                                    ("cost, private", "$0.42"), ("cost, cloud", "$0.00")]
+    # A summary saved without the energy section has none of these cards.
     assert _energy_cards({"gpus": 8}) == []

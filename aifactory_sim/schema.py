@@ -1,0 +1,411 @@
+"""The schema of a run's summary (`Results.summary`, `summary.json`) as TypedDicts.
+
+The summary stays a plain nested dict (so `summary.json` is byte for byte what it was); these
+types only name its keys, for the type checker and for readers such as `report.py`. Definitions
+of every figure are in docs/reference/metrics.md; the comments give each key's unit.
+
+- `Summary` is the whole summary: `CoreSummary` (what the engine and the runner write) plus
+  `EnergySummary` (what `energy.energy_and_cost` adds at the top level).
+- `JobSummary` (one training job, `summary["training"][name]`) is `JobCore`
+  (`TrainingRun.summary`) plus `JobEnergy`; `ServiceSummary` (one inference service,
+  `summary["inference"][name]`) is `ServiceCore` (`Service.summary`, `FluidService.summary`)
+  plus `ServiceEnergy`. `EnergyAndCost` is what `energy_and_cost` returns before the runner
+  merges it.
+- A `None` value is JSON's null: a figure with no sample or not defined for this run.
+- `check_summary(summary)` validates a summary against `Summary` at run time (strict types, no
+  unknown key, no NaN or infinity) and raises `SummaryError` naming each bad key's path.
+"""
+
+import functools
+from typing import TYPE_CHECKING, Any, Literal, NotRequired
+
+from pydantic import ConfigDict, with_config
+
+# pydantic reads TypedDicts only from typing_extensions before Python 3.12.
+from typing_extensions import TypedDict
+
+if TYPE_CHECKING:
+    from pydantic import TypeAdapter
+
+__all__ = [
+    "CORE_KEYS",
+    "ENERGY_KEYS",
+    "LEDGER_BUCKETS",
+    "CloudCost",
+    "CoreSummary",
+    "CostUsd",
+    "EnergyAndCost",
+    "EnergyBy",
+    "EnergySummary",
+    "Failures",
+    "Fidelity",
+    "JobCore",
+    "JobEnergy",
+    "JobState",
+    "JobSummary",
+    "LatencyStats",
+    "Ledger",
+    "PrivateCost",
+    "Recompute",
+    "ServiceCore",
+    "ServiceEnergy",
+    "ServiceGpuHours",
+    "ServiceSummary",
+    "SloMet",
+    "Summary",
+    "SummaryError",
+    "UsdPerBtok",
+    "UsdPerMtok",
+    "Utilisation",
+    "check_summary",
+]
+
+#: Validation is strict (an int is a float, nothing else converts), refuses keys the schema does
+#: not name, and refuses NaN and infinity as `summary_json` does.
+_STRICT = with_config(ConfigDict(strict=True, extra="forbid", allow_inf_nan=False))
+
+#: A fidelity tier (the scenario's, or the one a service ran at).
+Fidelity = Literal["step", "fast", "fluid"]
+#: A training job's state at the horizon.
+JobState = Literal["not_submitted", "queued", "running", "finished", "failed"]
+#: The activation recompute mode a job ran with (what `auto` resolved to).
+Recompute = Literal["none", "selective", "full"]
+
+
+# --- the cluster -------------------------------------------------------------------------------
+
+
+@_STRICT
+class Ledger(TypedDict):
+    """`ledger_gpu_h`: GPU-hours per bucket; every GPU-second lands in one, so they sum to
+    gpus x duration_s / 3600."""
+
+    training: float  # GPU-h, productive steps
+    data_stall: float  # GPU-h, waiting on the data loader
+    checkpoint: float  # GPU-h, stalled for a checkpoint
+    lost_work: float  # GPU-h, training since the last checkpoint, lost to a failure
+    recovery: float  # GPU-h, detecting, restarting, reloading
+    queued: float  # GPU-h, held by a job waiting for the rest of its gang
+    inference_busy: float  # GPU-h, replicas iterating
+    inference_idle: float  # GPU-h, held by a service, neither iterating nor starting
+    cold_start: float  # GPU-h, replicas from placement until ready
+    unallocated: float  # GPU-h, held by no job or service
+    down: float  # GPU-h, failed nodes in repair
+
+
+@_STRICT
+class Utilisation(TypedDict):
+    """`utilisation`: shares of all GPU-time, gpus x duration_s."""
+
+    allocated: float  # fraction 0..1, held by jobs and services
+    training: float  # fraction 0..1, ledger training
+    serving: float  # fraction 0..1, ledger inference_busy
+
+
+@_STRICT
+class Failures(TypedDict):
+    """`failures`: node failures drawn over the run."""
+
+    count: int  # failures, every pool
+    interrupting: int  # failures that struck a node held by a job
+    by_component: dict[str, int]  # failures per component (gpu, hbm, nic, ...), those seen
+
+
+# --- a training job ----------------------------------------------------------------------------
+
+
+@_STRICT
+class JobCore(TypedDict):
+    """A training job as the engine reports it (`TrainingRun.summary`)."""
+
+    state: JobState
+    tokens_trained: float  # tokens, whole steps done and kept
+    tokens_target: float  # tokens, the job's `tokens`
+    steps_done: int  # steps, whole, kept
+    steps_total: int  # steps
+    step_time_s: float | None  # s per step, mean over computing time; None until it computed
+    mfu: float | None  # fraction 0..1 of dense peak; None when step_time_s is
+    hardware_tflops_per_gpu: float | None  # TFLOP/s per GPU, recompute included
+    recompute: Recompute | None  # None if it never started
+    memory_gb_per_gpu: float | None  # GB (1e9 bytes) per GPU; None if it never started
+    submitted_at_s: float | None  # s, simulated time it joined the queue
+    started_at_s: float | None  # s, simulated time it first got its nodes
+    finished_at_s: float | None  # s, simulated time it finished or failed
+    queued_s: float | None  # s, started_at_s - submitted_at_s
+    running_s: float  # s, computing time (work later lost included)
+    ettr: float | None  # fraction 0..1, productive time / time since first start
+    interruptions: int  # failures that struck its nodes
+    restarts: int  # restarts from its checkpoint
+    preemptions: int  # times the scheduler preempted it
+    lends: int  # times it lent nodes to a service
+    checkpoints: int  # checkpoints completed
+    checkpoint_interval_s: float | None  # s of compute between checkpoints; None: none
+    lost_work_h: float  # h at the job's full width
+    recovery_h: float  # h at the job's full width
+    gpus: int  # GPUs at full width
+    dp: int  # data-parallel width at the end
+    nodes: int  # nodes at full width
+    leaves: int | None  # leaf switches its nodes spanned; None if it never started
+    fabric_slowdown_max: float  # factor >= 1, the most the spine slowed its rings
+    global_batch_seqs: int  # sequences per step
+
+
+@_STRICT
+class JobEnergy(TypedDict):
+    """What `energy_and_cost` adds to a training job."""
+
+    energy_mwh: float  # MWh, facility energy of the job's GPUs
+    tokens_per_joule: float | None  # tokens / J; None without energy
+    usd_per_btok_private: float | None  # USD per 1e9 tokens, owned; None with no tokens
+    usd_per_btok_cloud: float | None  # USD per 1e9 tokens, rented on demand
+
+
+@_STRICT
+class JobSummary(JobCore, JobEnergy):
+    """`summary["training"][name]`: one training job."""
+
+
+# --- an inference service ----------------------------------------------------------------------
+
+
+@_STRICT
+class LatencyStats(TypedDict):
+    """A latency over the completed requests (TTFT, TPOT, E2E, queue wait); each None when
+    there is no sample."""
+
+    mean: float | None  # s
+    p50: float | None  # s
+    p90: float | None  # s
+    p99: float | None  # s
+
+
+@_STRICT
+class SloMet(TypedDict):
+    """`slo_met`: the SLO percentile against each target the service's `slo` gives; a key is
+    present only when its target is (empty without an `slo`)."""
+
+    ttft: NotRequired[bool]  # P_p(TTFT) <= slo.ttft_s
+    tpot: NotRequired[bool]  # P_p(TPOT) <= slo.tpot_s
+
+
+@_STRICT
+class ServiceGpuHours(TypedDict):
+    """`gpu_h`: the service's GPU-hours."""
+
+    held: float  # GPU-h, nodes the service holds, whole nodes
+    busy: float  # GPU-h, its share of ledger inference_busy
+    cold_start: float  # GPU-h, its share of ledger cold_start
+
+
+@_STRICT
+class ServiceCore(TypedDict):
+    """An inference service as the engine reports it (`Service.summary`, and
+    `FluidService.summary` with modelled rather than counted requests)."""
+
+    fidelity: Fidelity  # the tier this service ran at
+    requests: int  # requests arrived
+    completed: int  # requests finished by the horizon
+    dropped: int  # requests refused on arrival
+    in_flight: int  # requests - completed - dropped
+    output_tokens: int  # tokens, of the completed requests
+    output_tokens_per_s: float  # tokens/s over the service's active time
+    ttft_s: LatencyStats  # s, time to first token
+    tpot_s: LatencyStats  # s, time per output token (outputs > 1 token)
+    e2e_s: LatencyStats  # s, end to end
+    queue_wait_s: LatencyStats  # s, arrival to admission
+    preemptions: int  # request preemptions
+    slo_attainment: float | None  # fraction 0..1; None without an slo or nothing judged
+    slo_met: SloMet
+    in_system_mean: float  # requests, time-mean in the system
+    replicas_mean: float  # replicas, time-mean provisioned
+    replicas_max: int  # replicas, most provisioned at once
+    kv_capacity_tokens: float  # tokens of KV cache per replica
+    gpu_h: ServiceGpuHours
+
+
+@_STRICT
+class UsdPerMtok(TypedDict):
+    """A service's cost per 1e6 output tokens; None with no tokens."""
+
+    private: float | None  # USD per 1e6 tokens, owned
+    cloud: float | None  # USD per 1e6 tokens, rented on demand
+
+
+@_STRICT
+class ServiceEnergy(TypedDict):
+    """What `energy_and_cost` adds to an inference service."""
+
+    energy_mwh: float  # MWh, facility energy of the service's GPUs
+    tokens_per_joule: float | None  # output tokens / J; None without energy
+    usd_per_mtok: UsdPerMtok
+
+
+@_STRICT
+class ServiceSummary(ServiceCore, ServiceEnergy):
+    """`summary["inference"][name]`: one inference service."""
+
+
+# --- energy, power and cost --------------------------------------------------------------------
+
+
+@_STRICT
+class EnergyBy(TypedDict):
+    """`energy_mwh_by`: facility energy by what the GPUs did; sums to `energy_mwh`."""
+
+    training: float  # MWh
+    serving: float  # MWh
+    idle: float  # MWh
+
+
+@_STRICT
+class PrivateCost(TypedDict):
+    """`cost_usd.private`: owning the whole cluster for the run."""
+
+    capex: float  # USD, amortised hardware
+    opex: float  # USD
+    energy: float  # USD, energy_mwh at the power price
+    total: float  # USD, capex + opex + energy
+
+
+@_STRICT
+class CloudCost(TypedDict):
+    """`cost_usd.cloud`: renting the GPU-hours allocated."""
+
+    gpu_h: float  # GPU-h, every ledger bucket but unallocated and down
+    on_demand: float  # USD
+    reserved: float | None  # USD; None when the scenario gives no reserved price
+    spot: float | None  # USD; None when the scenario gives no spot price
+    total: float  # USD, on_demand
+
+
+@_STRICT
+class CostUsd(TypedDict):
+    """`cost_usd`: the run's cost, owned against rented."""
+
+    private: PrivateCost
+    cloud: CloudCost
+
+
+@_STRICT
+class UsdPerBtok(TypedDict):
+    """`training_usd_per_btok`: training's cost per 1e9 tokens trained; None with no tokens."""
+
+    private: float | None  # USD per 1e9 tokens, owned
+    cloud: float | None  # USD per 1e9 tokens, rented on demand
+
+
+@_STRICT
+class EnergySummary(TypedDict):
+    """The top-level keys `energy_and_cost` adds: energy, power and cost of the run."""
+
+    energy_mwh: float  # MWh, facility energy over the run
+    energy_mwh_by: EnergyBy
+    peak_mw: float  # MW, largest facility power
+    mean_mw: float  # MW, energy_mwh / duration
+    cost_usd: CostUsd
+    break_even_utilisation: float | None  # fraction (above 1: owning never pays); None: none
+    training_tokens_per_joule: float | None  # tokens / J of training energy; None: no energy
+    training_usd_per_btok: UsdPerBtok
+
+
+@_STRICT
+class EnergyAndCost(EnergySummary):
+    """What `energy.energy_and_cost` returns: the top-level keys, and the additions per job and
+    per service that the runner merges into `training` and `inference`."""
+
+    jobs: dict[str, JobEnergy]  # by job name
+    services: dict[str, ServiceEnergy]  # by service name
+
+
+# --- the whole summary -------------------------------------------------------------------------
+
+
+@_STRICT
+class CoreSummary(TypedDict):
+    """The summary's keys the engine and the runner write."""
+
+    scenario: str  # the scenario's name
+    seed: int
+    fidelity: Fidelity  # the scenario's tier
+    duration_s: float  # s, simulated horizon
+    gpus: int  # GPUs in the cluster, spares included
+    ledger_gpu_h: Ledger
+    utilisation: Utilisation
+    training: dict[str, JobSummary]  # by job name; empty without training jobs
+    inference: dict[str, ServiceSummary]  # by service name; empty without services
+    failures: Failures
+
+
+@_STRICT
+class Summary(CoreSummary, EnergySummary):
+    """A run's summary, `Results.summary` and `summary.json`."""
+
+
+def _keys(td: Any) -> frozenset[str]:
+    return frozenset(td.__required_keys__ | td.__optional_keys__)
+
+
+#: Top-level keys of the engine's sections, and those of the energy, power and cost section.
+CORE_KEYS: frozenset[str] = _keys(CoreSummary)
+ENERGY_KEYS: frozenset[str] = _keys(EnergySummary)
+#: The ledger's buckets, in the ledger's order.
+LEDGER_BUCKETS: tuple[str, ...] = tuple(Ledger.__annotations__)
+
+
+# --- run-time check ----------------------------------------------------------------------------
+
+
+class SummaryError(ValueError):
+    """A summary that does not match `Summary`; `problems` holds (path, what is wrong)."""
+
+    def __init__(self, problems: list[tuple[str, str]]):
+        self.problems = problems
+        n = len(problems)
+        lines = "; ".join(f"{path}: {why}" for path, why in problems[:10])
+        more = f"; and {n - 10} more" if n > 10 else ""
+        super().__init__(
+            f"summary does not match aifactory_sim.schema.Summary "
+            f"({n} problem{'s' if n != 1 else ''}): {lines}{more}"
+        )
+
+
+@functools.cache
+def _adapter() -> "TypeAdapter[Summary]":
+    from pydantic import TypeAdapter
+
+    return TypeAdapter(Summary)
+
+
+def _path(loc: tuple[int | str, ...]) -> str:
+    out = "summary"
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return out
+
+
+def _why(error: Any) -> str:
+    kind = error["type"]
+    if kind == "missing":
+        return "missing key"
+    if kind == "extra_forbidden":
+        return "unexpected key (the schema does not name it)"
+    value = error.get("input")
+    shown = repr(value)
+    if len(shown) > 60:
+        shown = shown[:57] + "..."
+    msg = str(error["msg"])
+    return f"{msg[:1].lower()}{msg[1:]}, got {type(value).__name__} {shown}"
+
+
+def check_summary(summary: object) -> None:
+    """Raise `SummaryError` unless `summary` matches `Summary`: every required key present,
+    no key the schema does not name, each value of its type (an int where a float is due is
+    fine; a bool, a string or a numpy integer is not; no NaN or infinity). Returns None and
+    leaves `summary` as it is."""
+    from pydantic import ValidationError
+
+    try:
+        _adapter().validate_python(summary)
+    except ValidationError as err:
+        problems = [(_path(e["loc"]), _why(e)) for e in err.errors(include_url=False)]
+        raise SummaryError(problems) from None
