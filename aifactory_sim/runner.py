@@ -15,6 +15,7 @@ from .engine.factory import Factory, FactoryRun
 from .engine.inference import SERVICE_COLUMNS
 from .engine.telemetry import BUCKETS, COLUMNS
 from .results import Results
+from .schema import check_summary
 from .spec.loader import content_hash
 from .spec.scenario import Scenario
 from .version import __version__
@@ -99,6 +100,7 @@ def assemble(run: FactoryRun) -> Results:
     for name, vals in extra.pop("services").items():
         summary["inference"][name].update(vals)
     summary.update(extra)
+    check_summary(summary)  # the schema report.py reads by name (aifactory_sim.schema)
     jobs_df = pd.DataFrame([{"job": name, **vals} for name, vals in jobs.items()])
     total_h = total_gpus * duration / 3600.0
     ledger = pd.DataFrame({"bucket": list(ledger_h), "gpu_h": list(ledger_h.values())})
