@@ -41,6 +41,7 @@ from aifactory_sim.kernels.inference import (
     offline_throughput_tokens_s,
     weight_bytes,
 )
+from aifactory_sim.validation.trtllm import ROWS
 
 DOC = Path(__file__).parent / "background" / "serving.md"
 
@@ -58,13 +59,7 @@ INSTANT = {"container_s": 0, "weights_s": 0}
 #: TensorRT-LLM perf overview, Llama 3.1 8B FP8 on one H100-SXM (shared/reference/README.md):
 #: (ISL, OSL, published output tokens/s, max_batch_size, max_num_tokens), the batch limits as
 #: trtllm-bench picks them by default (tools/calibrate_inference.py).
-TRT_ROWS = [
-    (128, 128, 28_312, 4096, 8192),
-    (128, 2048, 22_714, 640, 2048),
-    (1000, 1000, 15_220, 640, 2048),
-    (2048, 2048, 9_305, 384, 2048),
-    (5000, 500, 3_459, 224, 2304),
-]
+TRT_ROWS = ROWS  # aifactory_sim.validation.trtllm: the published rows, one copy
 TRT_REQUESTS = 3000
 
 #: Erlang-C workloads: c one-seat replicas, loads rho, seeded replications of N requests each,

@@ -29,6 +29,7 @@ from aifactory_sim.kernels.inference import (
     weight_bytes,
 )
 from aifactory_sim.kernels.training import param_count
+from aifactory_sim.validation.trtllm import ROWS
 
 PROPS = settings(max_examples=150, deadline=None)
 MODELS = catalog.names("model")
@@ -382,13 +383,7 @@ def test_one_sequence_at_a_time_is_prefill_then_decode() -> None:
 #: that fit the KV cache, capped at 4096 and rounded up; max_num_tokens = that x (1 + ISL/OSL),
 #: at least 2048, rounded up), here for an 80 GB H100 with FP8 weights and FP8 KV cache. Kept
 #: in step with tools/calibrate_inference.py.
-TRTLLM_ROWS = [
-    (128, 128, 28_312, 4096, 8192),
-    (128, 2048, 22_714, 640, 2048),
-    (1000, 1000, 15_220, 640, 2048),
-    (2048, 2048, 9_305, 384, 2048),
-    (5000, 500, 3_459, 224, 2304),
-]
+TRTLLM_ROWS = ROWS  # aifactory_sim.validation.trtllm: the published rows, one copy
 
 
 def trtllm_throughput(rows: list[tuple[int, ...]], **overrides: Any) -> np.ndarray:
