@@ -23,13 +23,15 @@ import numpy as np
 import simpy
 
 from ..kernels.power import cap_slowdown
+from ..spec.inference import InferenceService
 from ..spec.scenario import Scenario
 from .broker import NodeBroker
 from .cluster import ClusterState
 from .fabric import Fabric
 from .failures import FailureInjector, FailureRecord
-from .fluid import FluidService
-from .inference import Service
+from .fleet import Fleet, replica_sizing, sample_interval_s
+from .fluid import FlowModel
+from .inference import RouterModel
 from .scheduler import Scheduler
 from .storage import SharedStorage
 from .telemetry import Gauges, Ledger, Recorder
@@ -125,29 +127,7 @@ class Factory:
             )
             for i, job in enumerate(scenario.training)
         ]
-        self.services = [
-            (FluidService if tier == "fluid" else Service)(
-                env,
-                k,
-                len(self.jobs) + k,
-                svc,
-                scenario.pool(svc.pool),
-                {
-                    name: rng_for(scenario.seed, f"inference.{svc.name}.{name}")
-                    for name in ("arrivals", "prompts", "outputs", "router", "metric")
-                },
-                tier=tier,
-                compute_slowdown=self.compute_slowdown(svc.pool),
-                horizon=horizon,
-                regrow_after_s=sched.regrow_after_s,
-                broker=self.broker,
-                ledger=self.ledger,
-                sample=sample,
-                storage=self.storage,
-            )
-            for k, svc in enumerate(scenario.inference)
-            for tier in [scenario.service_tier(svc)]
-        ]
+        self.services = [self._service(k, svc, horizon) for k, svc in enumerate(scenario.inference)]
         self.failures = None
         if scenario.failures is not None:
             self.failures = FailureInjector(
@@ -166,6 +146,38 @@ class Factory:
         self.scheduler.connect(self.jobs)
         self.recorder.connect(self._gauges, observers=(lambda: self.fabric.update(self.jobs),))
         sample()
+
+    def _service(self, k: int, svc: InferenceService, horizon: float) -> Fleet:
+        """Service k: its serving model (a router over replica cores for `step` and `fast`,
+        flows for `fluid`) on top of its replica fleet."""
+        sc = self.scenario
+        pool = sc.pool(svc.pool)
+        tier = sc.service_tier(svc)
+        rngs = {
+            name: rng_for(sc.seed, f"inference.{svc.name}.{name}")
+            for name in ("arrivals", "prompts", "outputs", "router", "metric")
+        }
+        sizing = replica_sizing(svc, pool, self.compute_slowdown(svc.pool))
+        span_s = max(horizon - svc.start_at, 0.0)
+        model: RouterModel | FlowModel = (
+            FlowModel(svc, sizing, rngs, interval_s=sample_interval_s(svc), span_s=span_s)
+            if tier == "fluid"
+            else RouterModel(svc, sizing, rngs, tier=tier, span_s=span_s)
+        )
+        return Fleet(
+            self.env,
+            k,
+            len(self.jobs) + k,
+            svc,
+            pool,
+            model,
+            sizing=sizing,
+            regrow_after_s=sc.scheduler.regrow_after_s,
+            broker=self.broker,
+            ledger=self.ledger,
+            sample=self.recorder.sample,
+            storage=self.storage,
+        )
 
     def compute_slowdown(self, pool: str | None) -> float:
         """Under `power.gpu_power_cap_w` a pool's GPUs' compute peaks slow by the cap's clock

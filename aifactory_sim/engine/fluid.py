@@ -82,14 +82,20 @@ from __future__ import annotations
 
 import bisect
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from scipy.special import gammaln
 
 from ..kernels.inference import BLOCK_TOKENS, offline_steady_state
-from .inference import Service
+from .fleet import ReplicaSizing
 from .traffic import counts_per_tick, draw_requests, lengths, tick_edges
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from ..spec.inference import InferenceService
+    from .ports import FleetView, ReplicaView
 
 #: Length draws the latency model and the moments come from.
 POOL = 1 << 16
@@ -133,12 +139,37 @@ class FluidCore:
         return math.inf
 
 
-class FluidService(Service):
-    """An `inference` service in the `fluid` tier (see the module docstring)."""
+class FlowModel:
+    """The serving model of an `inference` service in the `fluid` tier, on top of its replica
+    fleet (see the module docstring)."""
+
+    def __init__(
+        self,
+        spec: InferenceService,
+        sizing: ReplicaSizing,
+        rngs: dict[str, np.random.Generator],
+        *,
+        interval_s: float,
+        span_s: float,
+    ):
+        self.spec = spec
+        self.table = sizing.table
+        self.kv_tokens = sizing.kv_tokens
+        self.model_args, self.gpu_args = sizing.model_args, sizing.gpu_args
+        self.interval_s = interval_s
+        self._init_requests(rngs, span_s)
 
     @property
     def tier(self) -> str:
         return "fluid"
+
+    def connect(self, fleet: FleetView) -> None:
+        self.fleet = fleet
+
+    @property
+    def ready(self) -> list[int]:
+        """The fleet's ready replicas (read through the fleet: a test may rebind the list)."""
+        return self.fleet.ready
 
     # --- set-up ---------------------------------------------------------------------------
     def _init_requests(self, rngs: dict[str, np.random.Generator], span_s: float) -> None:
@@ -168,7 +199,7 @@ class FluidService(Service):
                 output_rng=rngs["outputs"],
             )
             prompt, output = reqs.prompt_tokens, reqs.output_tokens
-            if prompt is None or prompt.size == 0:
+            if prompt is None or output is None or prompt.size == 0:
                 prompt = output = np.ones(1, dtype=np.int64)
         else:
             assert spec.prompt_tokens is not None and spec.output_tokens is not None
@@ -214,7 +245,6 @@ class FluidService(Service):
         #: Requests admitted to the other replicas faster than they prefill prompts, waiting
         #: in them for the token budget (all replicas together).
         self._unprefilled = 0.0
-        self.dropped = np.zeros(0, dtype=bool)
 
     def _iteration_s(
         self,
@@ -452,7 +482,7 @@ class FluidService(Service):
         mean = (pmf * f).sum(axis=1, keepdims=True) / pmf.sum(axis=1, keepdims=True)
         return mean, f[:, :1]
 
-    def _new_core(self, index: int) -> Any:
+    def new_core(self, index: int) -> FluidCore:
         return FluidCore()
 
     def _op(self, x: float) -> tuple[float, ...]:
@@ -537,7 +567,7 @@ class FluidService(Service):
             d = max(d + now_b[3] - steady_b[3], 0.0)
             service_s *= x_held / max(self._completion(held, admit)[0], 1e-12)
         busy = 1.0 - math.exp(-in_service / r)
-        self.busy_gpu_s += self.spec.tp * r * dt * busy
+        self.fleet.book_busy(self.spec.tp * r * dt * busy)
         self._fluid_area += area + (q0 + q1) / 2.0 * dt + drained
         self._admitted += admitted
         self._x = x_held
@@ -746,17 +776,14 @@ class FluidService(Service):
             op_x[i] - op_x[i - 1]
         )
 
-    # --- what the life cycle asks ------------------------------------------------------------
-    def _arrivals_since_tick(self, now: float) -> int:
-        arrived = self._arrived - self._arrived_at_tick
-        self._arrived_at_tick = self._arrived
-        self._tick_s = now
-        return arrived  # type: ignore[return-value]
+    # --- what the fleet asks ------------------------------------------------------------------
+    def start(self, now: float) -> None:
+        pass  # the flows start at the service's start (set up with the traffic grid)
 
-    def _metric(self, arrived: int) -> float:
-        kind = self.spec.autoscaler.metric  # type: ignore[union-attr]
-        if kind == "rps":
-            return arrived / self.interval_s
+    def arrived(self) -> float:
+        return self._arrived
+
+    def metric(self, kind: str) -> float:
         if kind == "queue":
             return self._backlog
         return self._count()
@@ -767,7 +794,7 @@ class FluidService(Service):
         by the autoscaler's metric and the `in_flight` column of the time series (the flow's
         part as it stands at the call: a scale-down between the two leaves the drained
         requests out of the column, as in `fast`)."""
-        now = self.env.now
+        now = self.fleet.now
         if self._count_at != now:
             self._count_at = now
             self._drawn = self._fluctuation()  # drawn whatever the state: the AR(1) goes on
@@ -798,7 +825,7 @@ class FluidService(Service):
         smaller (the two time constants' ratio: 0.81 for llama3-8b at 10 requests/s, 0.39
         for llama3-70b TP4 at 10)."""
         r = len(self.ready)
-        now = self.env.now
+        now = self.fleet.now
         gap, self._noise_t = now - self._noise_t, now
         if not r or self._in_service <= 0:
             self._noise = 0.0
@@ -814,36 +841,21 @@ class FluidService(Service):
         )
         return math.sqrt(variance) * self._noise
 
-    def _sample(self, rps: float = 0.0) -> None:
-        counts = self.counts
+    def row(self) -> tuple[float, float, float]:
         kv = self._op(self._x)[5] if self.ready else 0.0
-        self.rows.append(
-            (
-                self.env.now,
-                rps,
-                counts["pending"],
-                counts["starting"],
-                counts["ready"],
-                counts["draining"],
-                self.desired,
-                self._count(),
-                self._backlog,
-                kv,
-                self._busy_gpus_since_sample(),
-            )
-        )
+        return self._count(), self._backlog, kv
 
-    def _busy_so_far(self) -> float:
-        return self.busy_gpu_s
+    def in_flight(self, index: int) -> int:
+        return 0  # no requests of a replica's own
 
-    def _remove_replicas(self, count: int) -> None:
+    def replica_ready(self, replica: ReplicaView, now: float) -> None:
+        pass  # a replica joining a backlog takes it in the flows (a fill, _serve)
+
+    def scaled_down(self, ready_before: int, ready_after: int) -> None:
         """A scale-down: the removed replicas' share of the requests in service drains (see
         _drain) while their nodes go back at once."""
-        self.advance_to(self.env.now)
-        before = len(self.ready)
-        super()._remove_replicas(count)
-        if before and len(self.ready) < before:
-            self._draining += self._take_share((before - len(self.ready)) / before)
+        if ready_before and ready_after < ready_before:
+            self._draining += self._take_share((ready_before - ready_after) / ready_before)
 
     def _take_share(self, share: float) -> float:
         """Remove a share of the requests in service (and of each fill) and return it."""
@@ -853,19 +865,25 @@ class FluidService(Service):
         self._fills = [(end, count * (1.0 - share)) for end, count in self._fills]
         return out
 
-    def node_failed(self, node: int, component: str) -> None:
+    def node_failing(self, hit: Sequence[ReplicaView]) -> None:
         """The requests in service on the replicas of a failed node go back to the backlog."""
-        self.advance_to(self.env.now)
-        slots = self.node_slots.get(node, [])
-        hit = sum(1 for k in set(slots) if k >= 0 and self.replicas[k].state == "ready")
-        if hit and self.ready:
-            lost = self._take_share(hit / len(self.ready))
+        ready = sum(1 for r in hit if r.state == "ready")
+        if ready and self.ready:
+            lost = self._take_share(ready / len(self.ready))
             self._backlog += lost
             self._preempted += lost
-        super().node_failed(node, component)
+
+    def evicted(self, replica: ReplicaView, now: float) -> list[int]:
+        return []
+
+    def stopped(self, replica: ReplicaView) -> None:
+        pass
+
+    def reroute(self, requests: list[int], now: float) -> None:
+        pass
 
     # --- results ------------------------------------------------------------------------------
-    def _close_requests(self, horizon: float) -> None:
+    def close(self, horizon: float) -> None:
         self._latency = self._latency_samples()
 
     def requests_frame(self) -> dict[str, np.ndarray]:
@@ -1022,10 +1040,10 @@ class FluidService(Service):
         done = np.interp(c0 + tokens, count, times)
         return (done - np.maximum(start, t0[0])) / tokens
 
-    def summary(self, horizon: float) -> dict[str, Any]:
+    def summary(self, horizon: float, active_s: float) -> dict[str, Any]:
+        """The flows' part of the service's summary (docs/reference/metrics.md)."""
         lat = self._latency
         w = lat["weight"]
-        active_s = max(horizon - self.spec.start_at, 0.0)
         completed = max(self._admitted - self._in_service - self._draining, 0.0)
         slo = self.spec.slo
         attained: float | None = None
@@ -1056,7 +1074,6 @@ class FluidService(Service):
         done = min(round(completed), requests)
         dropped = min(round(self._dropped), requests - done)
         return {
-            "fidelity": self.tier,
             "requests": requests,
             "completed": done,
             "dropped": dropped,
@@ -1071,14 +1088,6 @@ class FluidService(Service):
             "slo_attainment": attained,
             "slo_met": met,
             "in_system_mean": self._fluid_area / active_s if active_s else 0.0,
-            "replicas_mean": self._replica_s / active_s if active_s else 0.0,
-            "replicas_max": self.replicas_max,
-            "kv_capacity_tokens": self.kv_tokens,
-            "gpu_h": {
-                "held": self.held_gpu_s / 3600.0,
-                "busy": self.busy_gpu_s / 3600.0,
-                "cold_start": self.cold_gpu_s / 3600.0,
-            },
         }
 
 
