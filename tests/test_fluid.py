@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import aifactory_sim as af
-from aifactory_sim.engine.fluid import weighted_percentiles
+from aifactory_sim.kernels.stats import weighted_percentiles
 from aifactory_sim.results import summary_json
 from aifactory_sim.validation import fluid as fv
 

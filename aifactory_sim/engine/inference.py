@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..kernels.stats import latency_stats, slo_attainment
 from .fleet import SERVICE_COLUMNS, Fleet, ReplicaSizing, ServiceRow
 from .replica import ReplicaCore, RequestLog
 from .traffic import draw_requests
@@ -358,18 +359,8 @@ class RouterModel:
         attained: float | None = None
         met: dict[str, bool] = {}
         if slo is not None:
-            ok = np.ones(done.sum(), dtype=bool)
             tpot_all = np.where(multi, (finish - first) / np.maximum(out - 1, 1), 0.0)
-            if slo.ttft_s is not None:
-                ok &= ttft <= slo.ttft_s
-                if ttft.size:
-                    met["ttft"] = bool(np.percentile(ttft, slo.percentile) <= slo.ttft_s)
-            if slo.tpot_s is not None:
-                ok &= tpot_all <= slo.tpot_s
-                if tpot.size:
-                    met["tpot"] = bool(np.percentile(tpot, slo.percentile) <= slo.tpot_s)
-            judged = int(done.sum()) + dropped
-            attained = float(ok.sum() / judged) if judged else None
+            attained, met = slo_attainment(slo, ttft, tpot_all, tpot, dropped=dropped)
         return {
             "requests": int(cols["arrival_s"].size),
             "completed": int(done.sum()),
@@ -377,20 +368,12 @@ class RouterModel:
             "in_flight": int(cols["arrival_s"].size - done.sum() - dropped),
             "output_tokens": int(out.sum()),
             "output_tokens_per_s": float(out.sum() / active_s) if active_s else 0.0,
-            "ttft_s": _stats(ttft),
-            "tpot_s": _stats(tpot),
-            "e2e_s": _stats(e2e),
-            "queue_wait_s": _stats(wait),
+            "ttft_s": latency_stats(ttft),
+            "tpot_s": latency_stats(tpot),
+            "e2e_s": latency_stats(e2e),
+            "queue_wait_s": latency_stats(wait),
             "preemptions": int(cols["preemptions"].sum()),
             "slo_attainment": attained,
             "slo_met": met,
             "in_system_mean": self._area / active_s if active_s else 0.0,
         }
-
-
-def _stats(x: np.ndarray) -> dict[str, float | None]:
-    """mean, p50, p90, p99 (numpy's linear interpolation); None for no samples."""
-    if x.size == 0:
-        return dict.fromkeys(("mean", "p50", "p90", "p99"))
-    p50, p90, p99 = np.percentile(x, [50, 90, 99])
-    return {"mean": float(x.mean()), "p50": float(p50), "p90": float(p90), "p99": float(p99)}
