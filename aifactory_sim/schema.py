@@ -8,7 +8,7 @@ of every figure are in docs/reference/metrics.md; the comments give each key's u
   `EnergySummary` (what `energy.energy_and_cost` adds at the top level).
 - `JobSummary` (one training job, `summary["training"][name]`) is `JobCore`
   (`TrainingRun.summary`) plus `JobEnergy`; `ServiceSummary` (one inference service,
-  `summary["inference"][name]`) is `ServiceCore` (`Service.summary`, `FluidService.summary`)
+  `summary["inference"][name]`) is `ServiceCore` (`Fleet.summary` over its serving model)
   plus `ServiceEnergy`. `EnergyAndCost` is what `energy_and_cost` returns before the runner
   merges it.
 - A `None` value is JSON's null: a figure with no sample or not defined for this run.
@@ -199,8 +199,8 @@ class ServiceGpuHours(TypedDict):
 
 @_STRICT
 class ServiceCore(TypedDict):
-    """An inference service as the engine reports it (`Service.summary`, and
-    `FluidService.summary` with modelled rather than counted requests)."""
+    """An inference service as the engine reports it (`Fleet.summary`: the fleet's keys and
+    its serving model's; the fluid tier's requests are modelled rather than counted)."""
 
     fidelity: Fidelity  # the tier this service ran at
     requests: int  # requests arrived

@@ -117,7 +117,7 @@ class NodeBroker:
 
     def held_back(self, pool: str) -> int:
         """Free nodes of `pool` an elastic job leaves alone when it grows: what the pool's
-        services held within the regrow hold over what they hold now (Service.held_back)."""
+        services held within the regrow hold over what they hold now (Fleet.held_back)."""
         return sum(s.held_back() for s in self._services if s.pool.name == pool)
 
     def wait_for_nodes(self, job: Job) -> None:

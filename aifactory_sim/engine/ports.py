@@ -92,7 +92,7 @@ class _ServiceSpec(Protocol):
 
 
 class Claimant(NodeOwner, Protocol):
-    """A serving fleet as the broker and the lender see it (engine.inference.Service)."""
+    """A serving fleet as the broker and the lender see it (engine.fleet.Fleet)."""
 
     index: int
 
