@@ -15,10 +15,12 @@ from .engine.factory import Factory, FactoryRun
 from .engine.inference import SERVICE_COLUMNS
 from .engine.telemetry import BUCKETS, COLUMNS
 from .results import Results
-from .schema import check_summary
+from .schema import build_checker, check_summary
 from .spec.loader import content_hash
 from .spec.scenario import Scenario
 from .version import __version__
+
+build_checker()  # once per process, at import: not inside the first run's time
 
 
 def run(scenario: Scenario) -> Results:
