@@ -29,7 +29,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CORE_KEYS",
-    "build_checker",
     "ENERGY_KEYS",
     "LEDGER_BUCKETS",
     "CloudCost",
@@ -58,6 +57,7 @@ __all__ = [
     "UsdPerBtok",
     "UsdPerMtok",
     "Utilisation",
+    "build_checker",
     "check_summary",
 ]
 
