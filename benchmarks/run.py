@@ -198,6 +198,7 @@ def bench_sim(quick: bool, fidelity: str) -> dict[str, Any]:
     try:
         import aifactory_sim as af
         from aifactory_sim.engine import factory  # noqa: F401  (the engine, being written)
+        from aifactory_sim import runner  # noqa: F401  (imports outside the timed run)
     except ImportError as exc:
         return {
             "benchmark": name,
