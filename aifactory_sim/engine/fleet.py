@@ -301,6 +301,8 @@ class Fleet:
 
     def _busy_so_far(self) -> float:
         """GPU-seconds spent iterating up to now, replicas still serving included."""
+        if not self.model.cores_track_busy:  # nothing to add per replica: skip the sum
+            return self.busy_gpu_s
         now = self.env.now
         return self.busy_gpu_s + self.spec.tp * sum(
             r.core.busy_until(now) for r in self.live.values() if r.state in ("ready", "draining")

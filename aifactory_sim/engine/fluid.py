@@ -156,6 +156,8 @@ class FlowModel:
         self.interval_s = interval_s
         self._init_requests(rngs, span_s)
 
+    cores_track_busy = False  # busy time is booked as flows (fleet.book_busy), per piece
+
     @property
     def tier(self) -> str:
         return "fluid"

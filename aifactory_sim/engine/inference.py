@@ -116,6 +116,8 @@ class RouterModel:
             rngs["router"].random(len(self.log)).tolist() if spec.router == "random" else None
         )
 
+    cores_track_busy = True  # each ReplicaCore counts its iterations' time
+
     @property
     def tier(self) -> str:
         return "fast" if self.fast else "step"
