@@ -165,7 +165,7 @@ def test_a_replica_takes_a_load_step_as_fast_does(after):
     at = np.array([6.0, 12.0, 18.0, 24.0, 36.0, 60.0])
     fast = _fast_count_after_step("70b-hpa-above-knee", 3.5, after, at, runs=32)
     svc = _fluid_service("70b-hpa-above-knee")
-    svc.fleet.ready = [0]
+    svc.fleet.ready[:] = [0]
     svc._in_service = float(np.interp(3.5, svc.op_x, svc.op_l))
     svc._backlog, svc._fills, svc._unprefilled = 0.0, [], 0.0
     fluid, t = [], 0.0
@@ -185,7 +185,7 @@ def test_replicas_that_take_a_backlog_complete_little_while_they_prefill_it():
     (E[O] - 1) t_fill), the integral of a linear ramp (within 5 %: the backlog takes each seat
     that frees at once, and those prompts are prefilled last, so they do not decode yet)."""
     svc = _fluid_service("heavy-8b-fp8")
-    svc.fleet.ready = [0, 1]
+    svc.fleet.ready[:] = [0, 1]
     l_top = float(svc.op_l[-1])
     svc._in_service, svc._backlog, svc._fills = 0.0, 10 * l_top, []
     span = 0.9 * svc.fill_s
@@ -210,7 +210,7 @@ def test_a_replica_that_takes_a_backlog_drains_it_as_fast_does():
     at = np.arange(4.0, 61.0, 4.0)
     fast = _fast_count_after_step("70b-hpa-above-knee", 0.0, 4.0, at, runs=96, burst=256)
     svc = _fluid_service("70b-hpa-above-knee")
-    svc.fleet.ready = [0]
+    svc.fleet.ready[:] = [0]
     svc._in_service, svc._backlog, svc._fills, svc._unprefilled = 0.0, 256.0, [], 0.0
     fluid, t = [], 0.0
     for probe in at:

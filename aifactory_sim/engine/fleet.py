@@ -509,7 +509,11 @@ class Fleet:
             + [r for r in live if r.state == "starting"]
             + sorted(
                 (self.replicas[k] for k in self.ready),
-                key=lambda r: (self._node_load(r), model.in_flight(r.index), -r.index),
+                key=(
+                    (lambda r: (self._node_load(r), model.in_flight(r.index), -r.index))
+                    if model.holds_requests
+                    else (lambda r: (self._node_load(r), 0, -r.index))
+                ),
             )
         )
         for r in order[:count]:

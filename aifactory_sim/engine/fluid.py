@@ -157,6 +157,7 @@ class FlowModel:
         self._init_requests(rngs, span_s)
 
     cores_track_busy = False  # busy time is booked as flows (fleet.book_busy), per piece
+    holds_requests = False  # the requests are flows, no replica's own
 
     @property
     def tier(self) -> str:
@@ -164,11 +165,7 @@ class FlowModel:
 
     def connect(self, fleet: FleetView) -> None:
         self.fleet = fleet
-
-    @property
-    def ready(self) -> list[int]:
-        """The fleet's ready replicas (read through the fleet: a test may rebind the list)."""
-        return self.fleet.ready
+        self.ready = fleet.ready  # the fleet's list, never rebound
 
     # --- set-up ---------------------------------------------------------------------------
     def _init_requests(self, rngs: dict[str, np.random.Generator], span_s: float) -> None:
@@ -438,6 +435,7 @@ class FlowModel:
         busy_start = backlog > 0 or bool(self._fills) or self._unprefilled > 0
         x_pf = self.prefill_rate
         unprefilled = self._unprefilled
+        ct, x_top_steady = self._ct, self._op_xs[-1]
         steps = 16 if busy_start else max(1, min(8, math.ceil(dt / max(service_s, 1e-9))))
         h = dt / steps
         admitted = area = filled = 0.0
@@ -488,7 +486,7 @@ class FlowModel:
             if l0 < l_top * (1.0 - 1e-9):
                 # Admitted faster than it prefills, or still prefilling what was: every
                 # iteration is filled to the budget with prompts (the table at a >= x_pf).
-                g0, k = completion(self._ct, l0, max(a, x_pf) if w > 0 else a)
+                g0, k = completion(ct, l0, max(a, x_pf) if w > 0 else a)
                 w = max(w + (a - x_pf) * h, 0.0) if (w > 0 or a > x_pf) else 0.0
                 if k > 1e-12:
                     target = l0 + (a - g0) / k
@@ -509,7 +507,7 @@ class FlowModel:
                     held_s = (l0 + l_top) / 2.0 * (h - full)
                     l0 = l_top
             if full > 0:  # full: admits what completes, the rest waits
-                x_top = self._op_xs[-1]
+                x_top = x_top_steady
                 if w > 0:  # the prompts admitted but not prefilled go first, little completes
                     slow = self._full_prefilling
                     clear = min(w / max(x_pf - slow, 1e-9), full)
@@ -565,14 +563,14 @@ class FlowModel:
         now = self.fleet.now
         if self._count_at != now:
             self._count_at = now
-            self._drawn = self._fluctuation()  # drawn whatever the state: the AR(1) goes on
+            self._drawn = self._fluctuation(now)  # drawn whatever the state: the AR(1) goes on
         # The seats bound the count in service: full replicas (a backlog waits) hold l_top
         # each, whatever the fluctuation, and none holds fewer than none.
         held = self._in_service + (self._drawn if self._backlog <= 0 else 0.0)
         seats = max(len(self.ready) * self._op_l_list[-1], self._in_service)
         return self._backlog + min(max(held, 0.0), seats)
 
-    def _fluctuation(self) -> float:
+    def _fluctuation(self, now: float) -> float:
         """What a count of the requests in service would add to the flow's mean now.
 
         The number in service is a birth-death process: arrivals at rate Lambda, completions at
@@ -593,7 +591,6 @@ class FlowModel:
         smaller (the two time constants' ratio: 0.81 for llama3-8b at 10 requests/s, 0.39
         for llama3-70b TP4 at 10)."""
         r = len(self.ready)
-        now = self.fleet.now
         gap, self._noise_t = now - self._noise_t, now
         if not r or self._in_service <= 0:
             self._noise = 0.0

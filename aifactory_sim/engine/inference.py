@@ -117,6 +117,7 @@ class RouterModel:
         )
 
     cores_track_busy = True  # each ReplicaCore counts its iterations' time
+    holds_requests = True  # each replica's requests in flight (outs)
 
     @property
     def tier(self) -> str:

@@ -179,6 +179,9 @@ class ServingModel(Protocol):
     #: Whether the replicas' cores count their own busy time (`busy_until`); a model that
     #: books busy time as flows (FlowModel, through FleetView.book_busy) says False.
     cores_track_busy: bool
+    #: Whether the model keeps requests on each replica (`in_flight` can be nonzero); the
+    #: flows hold none of their own, and a scale-down need not ask.
+    holds_requests: bool
 
     def connect(self, fleet: FleetView) -> None: ...
     def new_core(self, index: int) -> ServingCore: ...

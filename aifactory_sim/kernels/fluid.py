@@ -357,8 +357,12 @@ def cell(table: CompletionTable, held: float, admit: float) -> tuple[int, int, f
 
 def completion(table: CompletionTable, held: float, admit: float) -> tuple[float, float]:
     """(G(l, a), dG/dl at fixed a) per replica: bilinear on the table, the slope that of
-    the l segment holding `held` (so an exponential-Euler step is exact within it)."""
-    i, j, u, v = cell(table, held, admit)
+    the l segment holding `held` (so an exponential-Euler step is exact within it).
+    The cell is found as `cell` finds it, written out: this runs at every step of _serve."""
+    fl = min(max(held / table.dl, 0.0), TABLE_L - 1.000001)
+    fa = min(max(admit / table.da, 0.0), TABLE_A - 1.000001)
+    i, j = int(fl), int(fa)
+    u, v = fl - i, fa - j
     lo, hi = table.rows[i], table.rows[i + 1]
     g_lo = lo[j] + v * (lo[j + 1] - lo[j])
     g_hi = hi[j] + v * (hi[j + 1] - hi[j])
