@@ -197,8 +197,8 @@ def bench_sim(quick: bool, fidelity: str) -> dict[str, Any]:
     days = 7 if quick and fidelity == "step" else SIM_DAYS
     try:
         import aifactory_sim as af
-        from aifactory_sim.engine import factory  # noqa: F401  (the engine, being written)
         from aifactory_sim import runner  # noqa: F401  (imports outside the timed run)
+        from aifactory_sim.engine import factory  # noqa: F401  (the engine, being written)
     except ImportError as exc:
         return {
             "benchmark": name,
@@ -363,8 +363,8 @@ def scenario_serve(requests: int, fidelity: str, rate_rps: float) -> dict[str, A
 def bench_serve(quick: bool, fidelity: str, load: str = "") -> dict[str, Any]:
     import aifactory_sim as af
     import aifactory_sim.engine.factory  # imports outside the timed run
-    import aifactory_sim.runner
     import aifactory_sim.results
+    import aifactory_sim.runner
 
     requests = SERVE_REQUESTS // (10 if quick else 1)
     if fidelity == "step":
@@ -409,8 +409,8 @@ def bench_fluid_week(quick: bool) -> dict[str, Any]:
 
     import aifactory_sim as af
     import aifactory_sim.engine.factory  # imports outside the timed run
-    import aifactory_sim.runner
     import aifactory_sim.results
+    import aifactory_sim.runner
     from aifactory_sim.cli import bundled_scenario
 
     path = bundled_scenario("factory.yaml")

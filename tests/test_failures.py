@@ -18,7 +18,6 @@ from scipy import stats
 
 import aifactory_sim as af
 from aifactory_sim.engine.factory import Factory
-from aifactory_sim.runner import assemble
 from aifactory_sim.kernels.reliability import (
     daly_expected_wall_s,
     daly_interval_s,
@@ -26,6 +25,7 @@ from aifactory_sim.kernels.reliability import (
     young_interval_s,
 )
 from aifactory_sim.results import summary_json
+from aifactory_sim.runner import assemble
 
 #: Step time of the one-node job below (llama3-8b, dp 8, 8 x 2048-token sequences, H100).
 STEP_S = float(af.estimate_training("llama3-8b", "H100-SXM", tp=1, pp=1, dp=8, seq_len=2048,
