@@ -374,9 +374,10 @@ def batch_at(table: CompletionTable, held: float, admit: float) -> list[float]:
     per second (bilinear on the completion table's grid)."""
     i, j, u, v = cell(table, held, admit)
     rows = table.batch_rows
-    w = ((1.0 - u) * (1.0 - v), (1.0 - u) * v, u * (1.0 - v), u * v)
-    corners = (rows[i][j], rows[i][j + 1], rows[i + 1][j], rows[i + 1][j + 1])
-    return [sum(wk * c[q] for wk, c in zip(w, corners, strict=True)) for q in range(4)]
+    w00, w01, w10, w11 = (1.0 - u) * (1.0 - v), (1.0 - u) * v, u * (1.0 - v), u * v
+    c00, c01, c10, c11 = rows[i][j], rows[i][j + 1], rows[i + 1][j], rows[i + 1][j + 1]
+    # Summed left to right, written out (this runs twice per interval of the fluid tier).
+    return [w00 * c00[q] + w01 * c01[q] + w10 * c10[q] + w11 * c11[q] for q in range(4)]
 
 
 def op_at(ops: OperatingPoints, x: float) -> tuple[float, ...]:
@@ -389,7 +390,7 @@ def op_at(ops: OperatingPoints, x: float) -> tuple[float, ...]:
     if i >= len(xs):
         return tuple(rows[-1])
     w = (x - xs[i - 1]) / (xs[i] - xs[i - 1])
-    return tuple(a + w * (b - a) for a, b in zip(rows[i - 1], rows[i], strict=True))
+    return tuple([a + w * (b - a) for a, b in zip(rows[i - 1], rows[i], strict=True)])
 
 
 def rate_at(ops: OperatingPoints, held: float) -> float:
