@@ -5,6 +5,8 @@
 
 Each section sits between a pair of HTML-comment markers in the Markdown file:
 - `constants`: the inference constants of aifactory_sim/catalog/calibration.yaml, per family.
+- `calibration`: the closed form against the TensorRT-LLM 1.0 perf overview's Hopper rows, the
+  groups the constants were fitted on and those held out (aifactory_sim/validation/trtllm.py).
 - `example`: one replica of Llama 3 70B, FP8, TP4 on H100-SXM: memory, KV capacity and the
   phases of a few iterations, from kernels/inference.py.
 - `tensorrt`: the five TensorRT-LLM rows (Llama 3.1 8B FP8, one H100) run through the engine as
@@ -112,6 +114,7 @@ def scenario(duration: Any = "30min", seed: int = 1, **service: Any) -> dict[str
 # --- constants and the worked example ---------------------------------------------------------
 
 INFERENCE_CONSTANTS = ("prefill_gemm_efficiency", "decode_hbm_efficiency",
+                       "roofline_overlap_loss", "layer_overhead_s", "allreduce_latency_s",
                        "iteration_overhead_s", "nvlink_efficiency", "nvlink_alpha_s")
 
 
@@ -125,6 +128,24 @@ def constants_table() -> str:
     for f in fams:
         src = " ".join(str(catalog.entry("calibration", f)["inference_source"]).split())
         lines.append(f"- `{f}`: {src}")
+    return "\n".join(lines)
+
+
+def calibration_table() -> str:
+    """Per group of the TensorRT-LLM 1.0 perf overview (aifactory_sim/validation/trtllm.py): the
+    closed form's error on each ISL/OSL row, the fitted groups first."""
+    from aifactory_sim.validation import trtllm
+
+    order = list(trtllm.FIT) + [g for g in trtllm.groups() if g not in trtllm.FIT]
+    head = " | ".join(f"{i}/{o}" for i, o in trtllm.LENGTHS)
+    lines = [f"| role | model | GPU | TP | {head} | max abs |",
+             "|---|---|---|---:|" + "---:|" * len(trtllm.LENGTHS) + "---:|"]
+    for g in order:
+        sim, pub = trtllm.simulate(g)
+        err = sim / pub - 1.0
+        role = "fit" if g in trtllm.FIT else "held out"
+        cells = " | ".join(f"{e:+.1%}" for e in err)
+        lines.append(f"| {role} | {g[0]} | {g[1]} | {g[2]} | {cells} | {np.max(np.abs(err)):.1%} |")
     return "\n".join(lines)
 
 
@@ -326,6 +347,7 @@ def build(text: str) -> tuple[str, str]:
     trt, trt_worst = tensorrt_table()
     erl, erl_worst, _ = erlang_table()
     text = replace_block(DOC, text, "constants", constants_table())
+    text = replace_block(DOC, text, "calibration", calibration_table())
     text = replace_block(DOC, text, "example", example_section())
     text = replace_block(DOC, text, "tensorrt", trt)
     text = replace_block(DOC, text, "erlang", erl)

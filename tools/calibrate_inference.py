@@ -1,20 +1,21 @@
-"""Reproduce the Hopper family's inference constants: `prefill_gemm_efficiency` and
-`iteration_overhead_s` (fitted), `decode_hbm_efficiency` (chosen).
+"""Reproduce the Hopper family's serving constants from the TensorRT-LLM perf overview.
 
-The two fitted ones are the values on a grid that minimise the largest relative error in output
-tokens/s over the five TensorRT-LLM rows of shared/reference/README.md (Llama 3.1 8B FP8 on one
-H100-SXM, max-throughput, ISL/OSL 128/128, 128/2048, 1000/1000, 2048/2048, 5000/500), each row
-run as tests/test_inference_kernel.py runs it: FP8 weights and KV cache, trtllm-bench's default
-batch limits, TensorRT-LLM's GUARANTEED_NO_EVICT admission. The whole grid is one vectorised call.
-The rows (and their sources) are in aifactory_sim/validation/trtllm.py.
+Five constants of the serving kernel (kernels/inference.py) that no datasheet gives are fitted
+once, together, on the FIT groups of aifactory_sim/validation/trtllm.py: Llama 3.1 8B on one
+H100 and Llama 3.3 70B on two (20 rows, FP8, max throughput, each run as trtllm-bench ran it:
+`row_arguments`). The objective is a weighted minimax of the relative errors in output tokens/s:
+the 8B rows count against 5 % and the 70B rows against 10 %, so that the one-GPU rows (the ones
+the serving tests run through the engine) stay tight while the tensor-parallel rows pin the
+all-reduce and per-layer costs. Nelder-Mead from 40 seeded starts; the constants are then
+rounded as written in catalog/calibration.yaml. `decode_hbm_efficiency` is not fitted: it is
+held at the family's `hbm_efficiency` (the same physical quantity, from STREAM-like kernels),
+because these rows cannot tell it from the per-layer cost (both scale the memory-bound
+iterations; fitting it too moves the objective by under 1 % to 0.91 with 33 us a layer). Every other group of PERF_OVERVIEW (H200, 405B
+on eight GPUs) is predicted, not fitted: the table printed is docs/background/serving.md's.
 
-`decode_hbm_efficiency` is held at the family's `hbm_efficiency` (the same physical quantity,
-set from STREAM-like kernels): these rows cannot separate it from the per-iteration overhead,
-since the memory-bound rows all run iterations of 20-30 ms. Fitting all three moves the
-largest error only from 4.1% to 3.6% (0.945 and 2.2 ms instead: `--free-hbm` shows it).
-
-    python tools/calibrate_inference.py            # prints the fit and each row's error
-    python tools/calibrate_inference.py --check    # exit 1 if catalog/calibration.yaml is off it
+    python tools/calibrate_inference.py            # fit, then each group's errors
+    python tools/calibrate_inference.py --check    # exit 1 if the catalog's constants fit
+                                                   # measurably worse than the optimum
 """
 
 from __future__ import annotations
@@ -23,57 +24,75 @@ import argparse
 import sys
 
 import numpy as np
+from scipy.optimize import minimize
 
 from aifactory_sim import catalog
-from aifactory_sim.estimate import as_model
-from aifactory_sim.kernels.inference import gpu_inference_args, offline_throughput_tokens_s
-from aifactory_sim.validation.trtllm import ROWS
+from aifactory_sim.validation.trtllm import FIT, groups, simulate
 
-KEYS = ("prefill_gemm_efficiency", "decode_hbm_efficiency", "iteration_overhead_s")
+#: The fitted constants and the unit the optimiser works in (so that all are of order one).
+KEYS = {
+    "prefill_gemm_efficiency": 1.0,
+    "roofline_overlap_loss": 1.0,
+    "layer_overhead_s": 1e-6,
+    "allreduce_latency_s": 1e-6,
+    "iteration_overhead_s": 1e-3,
+}
+#: Relative error each FIT group is measured against in the objective.
+WEIGHT = {FIT[0]: 0.05, FIT[1]: 0.10}
 
 
-def simulated(cal: dict) -> np.ndarray:
-    """Output tokens/s of every row under the calibration `cal` (values may be arrays)."""
-    m = as_model("llama3-8b").kernel_args()
-    g = gpu_inference_args(catalog.entry("gpu", "H100-SXM"), cal)
-    isl, osl, _, bs, tok = (np.array(c, dtype=np.float64) for c in zip(*ROWS, strict=True))
-    return offline_throughput_tokens_s(
-        m, g, prompt_tokens=isl, output_tokens=osl, max_num_seqs=bs, max_batched_tokens=tok,
-        precision="fp8", kv_precision="fp8", reserve_full_sequence=True,
-    )
+def calibration(x: np.ndarray, base: dict) -> dict:
+    """The family's constants with the optimiser's point `x` (clipped to physical ranges)."""
+    x = np.abs(np.asarray(x, dtype=np.float64))
+    values = dict(zip(KEYS, x * np.array(list(KEYS.values())), strict=True))
+    values["roofline_overlap_loss"] = min(values["roofline_overlap_loss"], 1.0)
+    return {**base, **values}
+
+
+def objective(cal: dict) -> float:
+    worst = 0.0
+    for group, tol in WEIGHT.items():
+        sim, pub = simulate(group, cal)
+        worst = max(worst, float(np.max(np.abs(sim / pub - 1.0))) / tol)
+    return worst
+
+
+def fit(base: dict) -> dict:
+    rng = np.random.default_rng(0)
+    best = None
+    for _ in range(40):
+        x0 = [rng.uniform(0.4, 0.8), rng.uniform(0.0, 1.0),
+              rng.uniform(0.0, 40.0), rng.uniform(0.0, 40.0), rng.uniform(0.0, 1.0)]
+        r = minimize(lambda x: objective(calibration(x, base)), x0, method="Nelder-Mead",
+                     options={"maxiter": 3000, "xatol": 1e-4, "fatol": 1e-6})
+        if best is None or r.fun < best.fun:
+            best = r
+    assert best is not None
+    return calibration(best.x, base)
+
+
+def table(cal: dict) -> None:
+    for group in groups():
+        sim, pub = simulate(group, cal)
+        err = sim / pub - 1.0
+        role = "fit " if group in FIT else "held"
+        print(f"{role} {group[0]:<12} {group[1]:<9} TP{group[2]}  max |error| "
+              f"{np.max(np.abs(err)):5.1%}  " + " ".join(f"{e:+.0%}" for e in err))
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true")
-    parser.add_argument("--free-hbm", action="store_true",
-                        help="fit decode_hbm_efficiency too (0.50-0.95), for comparison")
     args = parser.parse_args()
     base = catalog.entry("calibration", "hopper")
-    published = np.array([r[2] for r in ROWS], dtype=np.float64)
-    gemm = np.round(np.arange(0.30, 0.901, 0.005), 3)[:, None, None, None]
-    hbm = (np.round(np.arange(0.50, 0.951, 0.005), 3) if args.free_hbm
-           else np.array([base["hbm_efficiency"]]))[None, :, None, None]
-    over = np.round(np.arange(0.0, 10.01e-3, 0.1e-3), 5)[None, None, :, None]
-    cal = {**base, "prefill_gemm_efficiency": gemm, "decode_hbm_efficiency": hbm,
-           "iteration_overhead_s": over}
-    worst = np.max(np.abs(simulated(cal) / published - 1.0), axis=-1)
-    i, j, k = np.unravel_index(int(np.argmin(worst)), worst.shape)
-    best = {KEYS[0]: float(gemm.ravel()[i]), KEYS[1]: float(hbm.ravel()[j]),
-            KEYS[2]: float(over.ravel()[k])}
-    err = simulated({**base, **best}) / published - 1.0
-    for r, e in zip(ROWS, err, strict=True):
-        print(f"{r[0]:>5}/{r[1]:<5} published {r[2]:>6,}  simulated {r[2] * (1 + e):>8,.0f}  "
-              f"error {e:+.1%}")
-    print(f"fit: {best} (max |error| {np.max(np.abs(err)):.2%})")
-    current = {key: base.get(key) for key in KEYS}
-    print(f"catalog has: {current}")
-    if args.check and not args.free_hbm:
-        off = [key for key in KEYS
-               if current[key] is None or abs(current[key] - best[key]) > 1e-9]
-        if off:
-            print(f"catalog/calibration.yaml is off the fit: update hopper {', '.join(off)}")
-            return 1
+    best = fit(base)
+    print("fit:", {k: float(f"{best[k]:.4g}") for k in KEYS}, f"objective {objective(best):.4f}")
+    print("catalog:", {k: base.get(k) for k in KEYS}, f"objective {objective(base):.4f}")
+    table(base)
+    if args.check and objective(base) > 1.02 * objective(best):
+        print("catalog/calibration.yaml (hopper) fits worse than the optimum by more than 2 %: "
+              "update it from the fit above")
+        return 1
     return 0
 
 

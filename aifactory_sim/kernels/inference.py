@@ -48,6 +48,12 @@ ACT_BYTES = 2.0
 #: context, cuBLAS and NCCL workspaces, CUDA-graph pools. vLLM's start-up profile reports this
 #: as its "non-torch memory" plus "CUDA graph memory", together about 1-2 GB on an H100.
 WORKSPACE_BYTES = 1.5e9
+#: Bytes of device memory a serving engine sees per catalog HBM gigabyte. Datasheets give HBM in
+#: binary units (an H100's "80 GB" is five 16 GiB stacks) and the driver keeps a little back:
+#: nvidia-smi and torch.cuda.mem_get_info report 81,559 MiB on an H100 SXM 80 GB (143,771 MiB on
+#: an H200 141 GB: the same 99.56 %), and vLLM's gpu_memory_utilization and TensorRT-LLM's KV
+#: fraction apply to that total. So 2^30 x 81559/81920 bytes per catalog GB.
+DEVICE_BYTES_PER_GB = 2.0**30 * 81559.0 / 81920.0
 
 
 def _f(x: ArrayLike) -> F64:
@@ -204,7 +210,7 @@ def gpu_inference_args(gpu: Mapping[str, Any], calibration: Mapping[str, Any]) -
     return {
         "bf16_flops": bf16,
         "fp8_flops": bf16 if fp8 is None else float(fp8) * 1e12,
-        "hbm_bytes": float(gpu["hbm_gb"]) * 1e9,
+        "hbm_bytes": float(gpu["hbm_gb"]) * DEVICE_BYTES_PER_GB,
         "hbm_bytes_per_s": float(gpu["hbm_tb_s"]) * 1e12,
         "nvlink_bytes_per_s": float(gpu["nvlink_gb_s"]) / 2.0 * 1e9,  # one direction
         "nvlink_efficiency": calibration["nvlink_efficiency"],
@@ -212,6 +218,9 @@ def gpu_inference_args(gpu: Mapping[str, Any], calibration: Mapping[str, Any]) -
         "prefill_gemm_efficiency": calibration["prefill_gemm_efficiency"],
         "decode_hbm_efficiency": calibration["decode_hbm_efficiency"],
         "iteration_overhead_s": calibration["iteration_overhead_s"],
+        "roofline_overlap_loss": calibration.get("roofline_overlap_loss", 0.0),
+        "layer_overhead_s": calibration.get("layer_overhead_s", 0.0),
+        "allreduce_latency_s": calibration.get("allreduce_latency_s", 0.0),
     }
 
 
@@ -250,11 +259,15 @@ def iteration_breakdown(
       replicated over tensor ranks), rotary embedding of q and k (2 (h + g d) / t), the FFN
       activation ((n_ffn) f k / t: read gate and up, write the product), memory-bound.
     - tp: two all-reduces of N h bf16 per layer (Megatron's tensor parallelism, Shoeybi et al.,
-      arXiv 1909.08053), ring alpha-beta on NVLink (kernels/collectives.py).
+      arXiv 1909.08053), ring alpha-beta on NVLink (kernels/collectives.py), each plus the
+      family's `allreduce_latency_s` (the fixed cost of a tensor-parallel all-reduce: launch,
+      the ranks' skew at the barrier, the custom all-reduce's handshake).
     - overhead: fixed per iteration (scheduling, input preparation, launches, sampling's host
-      side), `iteration_overhead_s` of the GPU family.
-    FLOP-bound phases run at `prefill_gemm_efficiency` of peak, byte-bound ones at
-    `decode_hbm_efficiency` of HBM bandwidth.
+      side), `iteration_overhead_s` of the GPU family, plus `layer_overhead_s` per layer (the
+      launch and tail of the layer's kernels).
+    FLOP-bound work runs at `prefill_gemm_efficiency` of peak, byte-bound work at
+    `decode_hbm_efficiency` of HBM bandwidth; a GEMM (the linear layers, the lm-head) takes the
+    larger of its two bounds plus `roofline_overlap_loss` of the smaller (`_roofline`).
     """
     p_tok = _f(prefill_tokens)
     pre_ctx = prefill_context_tokens(p_tok) if prefill_context is None else _f(prefill_context)
@@ -313,8 +326,28 @@ def _iteration_constants(
         "nvlink_bw": _f(g["nvlink_bytes_per_s"]) * _f(g["nvlink_efficiency"]),
         "alpha": _f(g["nvlink_alpha_s"]),
         "kv_tok": kv_bytes_per_token(m, kv_precision, tp) / t,
-        "overhead": _f(g["iteration_overhead_s"]),
+        # Fixed time per iteration: the family's per-iteration overhead and a per-layer cost
+        # (the launch and tail of each layer's kernels, exposed even under CUDA graphs).
+        "overhead": _f(g["iteration_overhead_s"]) + s["l"] * _f(g.get("layer_overhead_s", 0.0)),
+        # With tensor parallelism, a fixed cost per all-reduce beyond its bytes.
+        "ar_latency": np.where(t > 1, _f(g.get("allreduce_latency_s", 0.0)), 0.0),
+        "overlap_loss": _f(g.get("roofline_overlap_loss", 0.0)),
     }
+
+
+def _roofline(compute_s: F64, memory_s: F64, overlap_loss: ArrayLike) -> F64:
+    """A GEMM's time from its two bounds: the larger, plus `overlap_loss` of the smaller.
+
+    The roofline (Williams et al., CACM 2009) takes max(compute, memory): a kernel that hides
+    all of its memory traffic behind its math or the reverse. Real GEMMs near the ridge point do
+    not: the prologue loads tiles before the first MMA, the epilogue writes after the last, and
+    a wave of thread blocks that streams weights at the bandwidth limit leaves tensor cores idle
+    (the measured GEMM curves of Vidur's profiles, Agrawal et al., MLSys'24, bend below the
+    roofline there). A share `overlap_loss` of the lesser bound stays exposed; 0 is the plain
+    roofline, 1 no overlap at all. Far from the ridge (big prefills, batch-1 decode) the lesser
+    bound is small and the term vanishes: it matters for decode batches of 100-500 tokens,
+    where large models run."""
+    return np.maximum(compute_s, memory_s) + _f(overlap_loss) * np.minimum(compute_s, memory_s)
 
 
 def _iteration_phases(
@@ -331,13 +364,13 @@ def _iteration_phases(
     active = c["attn_params"] + k * c["expert_params"] + c["router"]  # parameters a token uses
     gemm_flops = 2.0 * n_tok * layers * active / t
     gemm_bytes = layers * (layer_weights * c["wbytes"] / t + n_tok * c["gemm_io_bytes"])
-    gemm_s = np.maximum(gemm_flops / c["gemm_peak_eff"], gemm_bytes / c["hbm_bw"])
+    gemm_s = _roofline(gemm_flops / c["gemm_peak_eff"], gemm_bytes / c["hbm_bw"], c["overlap_loss"])
 
     # --- output layer and sampler ---
     head_flops = 2.0 * sampled * h * V / t
     head_bytes = (np.where(sampled > 0, 2.0 * V * h, 0.0) + 8.0 * sampled * V) / t
-    head_s = np.maximum(
-        head_flops / c["bf16_peak_eff"], head_bytes / c["hbm_bw"]
+    head_s = _roofline(
+        head_flops / c["bf16_peak_eff"], head_bytes / c["hbm_bw"], c["overlap_loss"]
     ) + ring_allgather_s(4.0 * sampled * V, t, c["nvlink_bw"], c["alpha"])
 
     # --- attention core and KV-cache traffic ---
@@ -352,7 +385,11 @@ def _iteration_phases(
     ew_s = layers * n_tok * c["ew_bytes"] / c["hbm_bw"]
 
     # --- tensor parallelism: 2 all-reduces of the layer output per layer ---
-    tp_s = 2.0 * layers * ring_allreduce_s(ACT_BYTES * n_tok * h, t, c["nvlink_bw"], c["alpha"])
+    tp_s = (
+        2.0
+        * layers
+        * (ring_allreduce_s(ACT_BYTES * n_tok * h, t, c["nvlink_bw"], c["alpha"]) + c["ar_latency"])
+    )
 
     total = gemm_s + head_s + attn_s + ew_s + tp_s + c["overhead"]
     overhead = np.broadcast_to(c["overhead"], np.shape(total)).astype(np.float64)

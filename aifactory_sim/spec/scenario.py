@@ -624,6 +624,7 @@ def _check_weights_fit(svc: InferenceService, pool: NodePool, where: str) -> Non
     kernels.inference.kv_capacity_tokens)."""
     from ..kernels.inference import (  # kernels are pure; imported lazily
         BLOCK_TOKENS,
+        DEVICE_BYTES_PER_GB,
         activation_reserve_bytes,
         kv_capacity_tokens,
         weight_bytes,
@@ -631,7 +632,7 @@ def _check_weights_fit(svc: InferenceService, pool: NodePool, where: str) -> Non
 
     m = svc.model.kernel_args()
     b = svc.batching
-    hbm = pool.gpu.hbm_gb * 1e9
+    hbm = pool.gpu.hbm_gb * DEVICE_BYTES_PER_GB
     capacity = float(
         kv_capacity_tokens(
             m,

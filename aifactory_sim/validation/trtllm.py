@@ -1,17 +1,29 @@
-"""The TensorRT-LLM perf overview's rows for Llama 3.1 8B FP8 on one H100-SXM.
+"""Published TensorRT-LLM throughput, and the benchmark's own settings, for calibrating and
+checking the serving kernel.
 
-Source: shared/reference/README.md (TensorRT-LLM perf overview, max-throughput runs; the model
-is the catalog's llama3-8b). tools/calibrate_inference.py fits the Hopper family's inference
-constants on them (catalog/calibration.yaml, `hopper`); tests/test_serving.py runs them through
-the engine.
+Source: the TensorRT-LLM "perf overview" page (docs/source/performance/perf-overview.md,
+release 1.0: trtllm-bench `throughput`, PyTorch backend, ModelOpt FP8 checkpoints, FP8 KV cache,
+synthetic requests of exactly ISL prompt and OSL output tokens, all queued at once; the metric is
+total output tokens/s of the whole TP group). Its Llama 3.1 8B H100 rows equal those in
+shared/reference/README.md.
+
+`ROWS` are the five Llama 3.1 8B / H100 rows of shared/reference with the batch limits
+trtllm-bench picks for them (kept for the tests that use them since the first serving issue).
+`PERF_OVERVIEW` holds every dense FP8 row of the page on Hopper (H100-SXM and H200): Llama 3.1
+8B on one GPU, Llama 3.3 70B on two H100 or one H200, Llama 3.1 405B on eight; `FIT` names the
+groups the Hopper family's inference constants are fitted on (tools/calibrate_inference.py); the
+other groups are held out, predicted with those constants.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
+from typing import Any
+
 #: (ISL, OSL, published output tokens/s, max_batch_size, max_num_tokens). The last two are what
-#: trtllm-bench picks by default for each row (tensorrt_llm/bench/build/tuning.py,
-#: calc_engine_setting: KV-cache requests at ISL + OSL, capped at 4096 and rounded up; tokens
-#: = that x (1 + ISL/OSL), at least 2048, rounded up) on an 80 GB H100 with FP8 weights and KV.
+#: trtllm-bench picks by default for each row (`bench_limits`) on an 80 GB H100 with FP8 weights
+#: and KV cache.
 ROWS: list[tuple[int, int, int, int, int]] = [
     (128, 128, 28_312, 4096, 8192),
     (128, 2048, 22_714, 640, 2048),
@@ -20,4 +32,195 @@ ROWS: list[tuple[int, int, int, int, int]] = [
     (5000, 500, 3_459, 224, 2304),
 ]
 
-__all__ = ["ROWS"]
+#: The page's ISL/OSL pairs, in its order.
+LENGTHS: list[tuple[int, int]] = [
+    (128, 128),
+    (128, 2048),
+    (128, 4096),
+    (500, 2000),
+    (1000, 1000),
+    (1000, 2000),
+    (2048, 128),
+    (2048, 2048),
+    (5000, 500),
+    (20000, 2000),
+]
+
+#: (catalog model, catalog GPU, tp) -> published output tokens/s per ISL/OSL pair of LENGTHS
+#: (the whole replica's, not per GPU). perf-overview.md, release 1.0, tables "Llama 3.1 8B",
+#: "Llama 3.3 70B" and "Llama 3.1 405B", FP8 columns. Llama 3.3 70B has Llama 3.1 70B's
+#: architecture (catalog llama3-70b); 3.1 8B and 405B are catalog llama3-8b and llama3-405b.
+_TABLE: dict[tuple[str, str, int], list[int]] = {
+    ("llama3-8b", "H100-SXM", 1): [
+        28312, 22714, 14325, 17660, 15220, 13899, 3450, 9305, 3459, 1351,
+    ],
+    ("llama3-8b", "H200", 1): [
+        27911, 26221, 18027, 20770, 17744, 16828, 3538, 12194, 3902, 1804,
+    ],
+    ("llama3-70b", "H100-SXM", 2): [
+        6378, 6651, 4199, 5222, 4205, 4146, 762, 3082, 898, 437,
+    ],
+    ("llama3-70b", "H200", 1): [
+        3803, 4336, 2872, 3666, 2909, 2994, 442, 2003, 566, 283,
+    ],
+    ("llama3-405b", "H100-SXM", 8): [
+        3627, 4340, 3116, 3994, 2919, 2895, 453, 2296, 610, 345,
+    ],
+    ("llama3-405b", "H200", 8): [
+        3814, 5348, 4741, 4724, 3330, 3722, 456, 2948, 650, 505,
+    ],
+}  # fmt: skip
+
+#: (model, gpu, tp, ISL, OSL, published output tokens/s), every row of _TABLE.
+PERF_OVERVIEW: list[tuple[str, str, int, int, int, int]] = [
+    (model, gpu, tp, isl, osl, pub)
+    for (model, gpu, tp), values in _TABLE.items()
+    for (isl, osl), pub in zip(LENGTHS, values, strict=True)
+]
+
+#: The groups the Hopper inference constants are fitted on: one model on one GPU and one
+#: tensor-parallel model, both on H100. Everything else in PERF_OVERVIEW is held out.
+FIT: list[tuple[str, str, int]] = [("llama3-8b", "H100-SXM", 1), ("llama3-70b", "H100-SXM", 2)]
+
+#: Fraction of the memory left after the weights that TensorRT-LLM gives the KV cache in these
+#: runs: the page says it "in many cases" sets --kv_cache_free_gpu_mem_fraction 0.95 (0.90 is
+#: the default) and that trtllm-bench sizes the batch limits at 0.95.
+KV_FREE_FRACTION = 0.95
+
+#: Bytes of one GiB: trtllm-bench sizes memory in GiB (tuning.py divides by 1024**3).
+_GIB = 1024.0**3
+
+
+def bench_limits(
+    weight_bytes: float,
+    kv_bytes_per_token: float,
+    hbm_bytes: float,
+    tp: int,
+    isl: int,
+    osl: int,
+) -> tuple[int, int]:
+    """(max_batch_size, max_num_tokens) as trtllm-bench's `throughput` command picks them by
+    default (tensorrt_llm/bench/build/tuning.py, `calc_engine_setting` and `finetune_setting`,
+    release 1.0), written from its description:
+
+    - requests that fit the KV cache: 0.95 x (tp x HBM - weights) / (KV bytes per token x
+      (ISL + OSL)), capped at 4096;
+    - batch size: that rounded up to a multiple of 32 (at least 64) below 256, of 128 below
+      1024, else of 256;
+    - tokens: requests x (1 + ISL / OSL), capped at 32768, rounded up to a multiple of 256 (at
+      least 2048) below 4096, of 512 below 8192, else of 1024.
+
+    `kv_bytes_per_token` is the whole replica's (kernels.inference.kv_bytes_per_token);
+    `hbm_bytes` the device memory trtllm-bench reads from the driver (an H100 80 GB shows
+    79.6 GiB: kernels.inference.DEVICE_BYTES_PER_GB). trtllm-bench counts every parameter at the
+    checkpoint's bytes per weight (pass `weight_bytes` so: parameters x 1 for FP8), not the
+    bytes the engine holds (bf16 embedding and lm-head): the limits are rounded, so 1 GB moves
+    some of them a step.
+    """
+    available = (hbm_bytes * tp - weight_bytes) / _GIB
+    requests = available * 0.95 / (kv_bytes_per_token / _GIB * (isl + osl))
+    raw_bs = min(requests, 4096.0)
+    raw_tokens = min(raw_bs * (1.0 + isl / osl), 32768.0)
+    if raw_bs < 256:
+        bs = max(64, 32 * math.ceil(raw_bs / 32))
+    elif raw_bs < 1024:
+        bs = 128 * math.ceil(raw_bs / 128)
+    else:
+        bs = 256 * math.ceil(raw_bs / 256)
+    if raw_tokens < 4096:
+        tokens = max(2048, 256 * math.ceil(raw_tokens / 256))
+    elif raw_tokens < 8192:
+        tokens = 512 * math.ceil(raw_tokens / 512)
+    else:
+        tokens = 1024 * math.ceil(raw_tokens / 1024)
+    return bs, tokens
+
+
+def row_arguments(
+    model: Mapping[str, Any], gpu_hbm_gb: float, tp: int, isl: int, osl: int
+) -> dict[str, Any]:
+    """Keyword arguments of kernels.inference.offline_steady_state for one row, run as the
+    page ran it: FP8 weights (ModelOpt: FP8 linear layers, bf16 embedding and lm-head), FP8 KV
+    cache, trtllm-bench's batch limits, TensorRT-LLM's GUARANTEED_NO_EVICT admission (blocks for
+    ISL + OSL reserved at admission) and a KV cache of KV_FREE_FRACTION of the memory the
+    weights and the activation reserve leave."""
+    from ..kernels.inference import (
+        BLOCK_TOKENS,
+        DEVICE_BYTES_PER_GB,
+        activation_reserve_bytes,
+        kv_bytes_per_token,
+        weight_bytes,
+    )
+
+    gpu_hbm_bytes = gpu_hbm_gb * DEVICE_BYTES_PER_GB
+    from ..kernels.training import param_count
+
+    weights = float(weight_bytes(model, "fp8"))
+    per_token = float(kv_bytes_per_token(model, "fp8", tp))
+    # trtllm-bench sizes its limits with every parameter at one byte (FP8)
+    bs, tokens = bench_limits(
+        float(param_count(dict(model))), per_token, gpu_hbm_bytes, tp, isl, osl
+    )
+    reserve = float(
+        activation_reserve_bytes(model, tp=tp, max_batched_tokens=tokens, max_num_seqs=bs)
+    )
+    free = gpu_hbm_bytes * tp - weights - tp * reserve
+    capacity = math.floor(max(free, 0.0) * KV_FREE_FRACTION / per_token / BLOCK_TOKENS)
+    return {
+        "prompt_tokens": isl,
+        "output_tokens": osl,
+        "max_num_seqs": bs,
+        "max_batched_tokens": tokens,
+        "tp": tp,
+        "precision": "fp8",
+        "kv_precision": "fp8",
+        "reserve_full_sequence": True,
+        "kv_capacity": capacity * BLOCK_TOKENS,
+    }
+
+
+def groups() -> dict[tuple[str, str, int], list[tuple[int, int, int]]]:
+    """PERF_OVERVIEW by (model, gpu, tp): the (ISL, OSL, published) rows of each."""
+    out: dict[tuple[str, str, int], list[tuple[int, int, int]]] = {}
+    for model, gpu, tp, isl, osl, pub in PERF_OVERVIEW:
+        out.setdefault((model, gpu, tp), []).append((isl, osl, pub))
+    return out
+
+
+def simulate(
+    group: tuple[str, str, int], calibration: Mapping[str, Any] | None = None
+) -> tuple[Any, Any]:
+    """(simulated, published) output tokens/s of a group's rows, as numpy arrays, from one
+    call of kernels.inference.offline_steady_state, each row run as `row_arguments` says.
+    `calibration` replaces the GPU family's constants (values may be arrays that broadcast
+    against the rows on a trailing axis: a fit passes grids)."""
+    import numpy as np
+
+    from .. import catalog
+    from ..estimate import as_model
+    from ..kernels.inference import gpu_inference_args, offline_steady_state
+
+    model, gpu, tp = group
+    m = as_model(model).kernel_args()
+    g = catalog.entry("gpu", gpu)
+    cal = calibration if calibration is not None else catalog.entry("calibration", g["family"])
+    rows = [row_arguments(m, g["hbm_gb"], tp, isl, osl) for isl, osl, _ in groups()[group]]
+    keys = ("prompt_tokens", "output_tokens", "max_num_seqs", "max_batched_tokens", "kv_capacity")
+    batch = {k: np.array([r[k] for r in rows], dtype=np.float64) for k in keys}
+    fixed = {k: v for k, v in rows[0].items() if k not in keys}
+    sim = offline_steady_state(m, gpu_inference_args(g, cal), **fixed, **batch)
+    published = np.array([pub for _, _, pub in groups()[group]], dtype=np.float64)
+    return sim["output_tokens_per_s"], published
+
+
+__all__ = [
+    "FIT",
+    "KV_FREE_FRACTION",
+    "LENGTHS",
+    "PERF_OVERVIEW",
+    "ROWS",
+    "bench_limits",
+    "groups",
+    "row_arguments",
+    "simulate",
+]
