@@ -179,6 +179,20 @@ def row_arguments(
     }
 
 
+def no_evict_seqs(capacity_tokens: float, isl: int, osl: int, max_batch_size: int) -> int:
+    """The concurrency TensorRT-LLM's GUARANTEED_NO_EVICT admission reaches on requests of
+    exactly ISL + OSL tokens: it admits a request only when blocks for all its tokens are free,
+    so at most capacity // (blocks of ISL + OSL) run at once (and at most max_batch_size).
+
+    For such uniform requests this is the whole rule: an engine that allocates blocks as tokens
+    arrive (vLLM's, the simulator's) and is capped at this many sequences never runs out of
+    blocks and never preempts, so it runs the benchmark as TensorRT-LLM did."""
+    from ..kernels.inference import BLOCK_TOKENS
+
+    full = -(-(isl + osl) // BLOCK_TOKENS) * BLOCK_TOKENS
+    return max(1, min(max_batch_size, int(capacity_tokens // full)))
+
+
 def groups() -> dict[tuple[str, str, int], list[tuple[int, int, int]]]:
     """PERF_OVERVIEW by (model, gpu, tp): the (ISL, OSL, published) rows of each."""
     out: dict[tuple[str, str, int], list[tuple[int, int, int]]] = {}
@@ -221,6 +235,7 @@ __all__ = [
     "ROWS",
     "bench_limits",
     "groups",
+    "no_evict_seqs",
     "row_arguments",
     "simulate",
 ]
