@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from .errors import ScenarioError
 from .estimate import TrainingEstimate, estimate_training, plan_training
+from .plan_serving import pareto_front, plan_serving, plot_serving
 from .spec import Scenario, load
 from .sweep import summarize, sweep
 from .version import __version__
@@ -33,7 +34,10 @@ __all__ = [
     "__version__",
     "estimate_training",
     "load",
+    "pareto_front",
+    "plan_serving",
     "plan_training",
+    "plot_serving",
     "run",
     "summarize",
     "sweep",

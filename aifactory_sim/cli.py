@@ -8,6 +8,8 @@
                         [--replications R] [--workers W | --dask ADDRESS] [--out DIR] [--resume]
                         [--set path=value ...] [--metric M ...] [--plot M] [--no-progress]
     aifactory-sim catalog [gpus|networks|models]
+    aifactory-sim plan-serving MODEL GPU --prompt N --output N [--rate RPS] [--ttft S] [--tpot S]
+                               [--usd-per-gpu-hour X] [--top K] [--csv PATH] [--plot PATH]
 
 Exit 0 when all went well, 2 for a bad scenario or argument (one line on stderr, no traceback),
 1 for an internal error (set AIFACTORY_DEBUG=1 to see its traceback).
@@ -326,6 +328,85 @@ def _cmd_catalog(args: argparse.Namespace) -> int:
     return 0
 
 
+def _layout_name(row: Any) -> str:
+    return (
+        f"tp{row['tp']} ep{row['ep']} {row['precision']} kv-{row['kv_cache_dtype']} "
+        f"max_num_seqs {row['max_num_seqs']} max_batched_tokens {row['max_batched_tokens']}"
+    )
+
+
+def _cmd_plan_serving(args: argparse.Namespace) -> int:
+    from .plan_serving import plan_serving, plot_serving
+
+    for flag, path in (("--csv", args.csv), ("--plot", args.plot)):
+        if path and Path(path).exists() and not args.force:
+            raise ScenarioError(f"{flag} {path} exists; choose another path or pass --force")
+    if args.top < 1:
+        raise ScenarioError(f"--top must be a positive integer; got {args.top}")
+    df = plan_serving(
+        args.model,
+        args.gpu,
+        prompt=args.prompt,
+        output=args.output,
+        ttft_s=args.ttft,
+        tpot_s=args.tpot,
+        percentile=args.percentile,
+        load_rps=args.rate,
+        gpus_per_node=args.gpus_per_node,
+        usd_per_gpu_hour=args.usd_per_gpu_hour,
+    )
+    best = df.attrs["cheapest"]
+    slo = ", ".join(f"{k} <= {v:g} s" for k, v in (("TTFT", args.ttft), ("TPOT", args.tpot)) if v)
+    if best is None:
+        raise ScenarioError(
+            f"no layout of {df.attrs['model']} on {df.attrs['gpu']} meets {slo or 'the SLO'}"
+            f"{f' at {args.rate:g} requests/s' if args.rate else ''}: the best TTFT "
+            f"p{args.percentile:g} reachable is {df.attrs['best_ttft_s']:.4g} s and the best "
+            f"TPOT {df.attrs['best_tpot_s']:.4g} s (at the lightest load)"
+        )
+    price = "usd_per_million_tokens" in df
+    cost = (
+        f"${best['usd_per_million_tokens']:.4g} per million output tokens"
+        if price
+        else f"{best['gpu_hours_per_million_tokens']:.4g} GPU-hours per million output tokens"
+    )
+    fleet = (
+        f"{best['gpus']} GPUs ({best['replicas']} replicas of {best['gpus_per_replica']})"
+        if args.rate
+        else f"{best['gpus_per_replica']} GPUs a replica, "
+        f"{best['slo_requests_per_s_per_replica']:.3g} requests/s each within the SLO"
+    )
+    print(
+        f"cheapest layout of {df.attrs['model']} on {df.attrs['gpu']} meeting "
+        f"{slo or 'no SLO'}{f' at {args.rate:g} requests/s' if args.rate else ''}: "
+        f"{_layout_name(best)}: {fleet}, {cost}; TTFT p{args.percentile:g} "
+        f"{best['ttft_s']:.3g} s, TPOT {best['tpot_s']:.3g} s"
+    )
+    cols = [
+        "tp",
+        "precision",
+        "kv_cache_dtype",
+        "max_num_seqs",
+        "max_batched_tokens",
+        *(["replicas", "gpus"] if args.rate else []),
+        "output_tokens_per_s_per_gpu",
+        "slo_output_tokens_per_s_per_gpu",
+        "tpot_s",
+        "ttft_s",
+        "usd_per_million_tokens" if price else "gpu_hours_per_million_tokens",
+        "pareto",
+    ]
+    print(f"\ntop {min(args.top, len(df))} of {len(df):,} layouts that fit:")
+    print(df[cols].head(args.top).to_string(index=False, float_format=lambda x: f"{x:.4g}"))
+    if args.csv:
+        df.to_csv(args.csv, index=False)
+        print(f"wrote {args.csv}")
+    if args.plot:
+        plot_serving(df, args.plot)
+        print(f"wrote {args.plot}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="aifactory-sim",
@@ -445,6 +526,31 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("kind", nargs="?", choices=["gpus", "networks", "models"])
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=_cmd_catalog)
+
+    ps = sub.add_parser(
+        "plan-serving",
+        help="rank serving layouts (tp, precision, KV dtype, batch limits) of a model on a GPU "
+        "and size the cheapest fleet that meets a latency SLO",
+    )
+    ps.add_argument("model", metavar="MODEL", help="a catalog model, e.g. llama3-70b")
+    ps.add_argument("gpu", metavar="GPU", help="a catalog GPU, e.g. H100-SXM")
+    ps.add_argument("--prompt", type=int, required=True, help="mean prompt tokens")
+    ps.add_argument("--output", type=int, required=True, help="mean output tokens")
+    ps.add_argument("--rate", type=float, metavar="RPS", help="load to size the fleet for")
+    ps.add_argument("--ttft", type=float, metavar="S", help="time-to-first-token SLO, seconds")
+    ps.add_argument("--tpot", type=float, metavar="S", help="time-per-output-token SLO, seconds")
+    ps.add_argument(
+        "--percentile", type=float, default=50.0, help="TTFT percentile the SLO holds (50)"
+    )
+    ps.add_argument("--gpus-per-node", type=int, default=8, help="GPUs per node (8)")
+    ps.add_argument(
+        "--usd-per-gpu-hour", type=float, metavar="X", help="price, for the cost per token"
+    )
+    ps.add_argument("--top", type=int, default=10, metavar="K", help="rows to print (10)")
+    ps.add_argument("--csv", metavar="PATH", help="write every layout to this CSV file")
+    ps.add_argument("--plot", metavar="PATH", help="draw throughput per GPU against per user")
+    ps.add_argument("--force", action="store_true", help="overwrite an existing --csv/--plot")
+    ps.set_defaults(func=_cmd_plan_serving)
     return p
 
 
