@@ -159,6 +159,56 @@ def bench_plan(quick: bool) -> dict[str, Any]:
     }
 
 
+#: The serving planner's goal (issue 15): 10^5 layouts in under 2 s on one core.
+GOAL_PLAN_SERVING_S = 2.0
+
+
+def bench_plan_serving(quick: bool) -> dict[str, Any]:
+    import aifactory_sim as af
+
+    pinned = _pin_one_cpu()
+    kw: dict[str, Any] = dict(
+        prompt=2000,
+        output=300,
+        ttft_s=1.0,
+        tpot_s=0.05,
+        load_rps=20.0,
+        usd_per_gpu_hour=2.5,
+        include_infeasible=True,
+        tp_options=(1, 2, 4, 8),
+        precision_options=("bf16", "fp8", "int4"),
+        kv_cache_dtype_options=("bf16", "fp8"),
+        max_num_seqs_options=tuple(range(8, 1025, 8)),
+        max_batched_tokens_options=tuple(range(1024, 40961, 1024)),
+    )
+    af.plan_serving("llama3-8b", "H100-SXM", prompt=100, output=10)  # warm-up
+    base = _peak_rss_mib()
+    wall, df = _timed(
+        lambda: af.plan_serving("llama3-70b", "H100-SXM", **kw), repeats=1 if quick else 3
+    )
+    best = df.iloc[0]
+    rate = len(df) / wall
+    verdict = "meets" if len(df) >= 1e5 and wall < GOAL_PLAN_SERVING_S else "BELOW"
+    return {
+        "benchmark": "plan-serving",
+        "workload": (
+            f"llama3-70b on H100-SXM, prompt 2000, output 300, 20 req/s, TTFT 1 s, TPOT 50 ms: "
+            f"{len(df):,} layouts, {int(df['fits'].sum()):,} fit, one call"
+        ),
+        "wall_s": wall,
+        "rate": f"{_fmt_rate(rate)} layouts/s ({verdict} goal 1e5 in {GOAL_PLAN_SERVING_S:g} s)",
+        "rate_value": rate,
+        "rate_unit": "layouts/s",
+        "peak_mib": _peak_rss_mib(),
+        "base_mib": base,
+        "note": (
+            f"median of {1 if quick else 3}; {pinned}; cheapest: tp{best.tp} {best.precision} "
+            f"kv-{best.kv_cache_dtype} seqs {best.max_num_seqs} tokens "
+            f"{best.max_batched_tokens}, {best.gpus} GPUs"
+        ),
+    }
+
+
 def scenario_405b(days: float, fidelity: str = "fast") -> dict[str, Any]:
     """2,048 nodes of 8x H100-SXM, one llama3-405b job with more tokens than `days` can train."""
     return {
@@ -497,6 +547,7 @@ BENCHMARKS: dict[str, Callable[[bool], dict[str, Any]]] = {
     "estimate": lambda q: bench_estimate(q, string_modes=False),
     "estimate-auto": lambda q: bench_estimate(q, string_modes=True),
     "plan": bench_plan,
+    "plan-serving": bench_plan_serving,
     "sim-fast": lambda q: bench_sim(q, "fast"),
     "sim-step": lambda q: bench_sim(q, "step"),
     "sim-failures": bench_failures,
