@@ -234,23 +234,26 @@ def test_tp_divides_a_node_or_spans_whole_nodes() -> None:
 
 
 def test_weights_must_fit() -> None:
-    # llama3-70b in bf16 is 141 GB of weights; one 80 GB H100 at 0.9 offers 72 GB.
+    # llama3-70b in bf16 is 141 GB of weights; one 80 GB H100 (80 GiB, 79.6 GiB of it visible:
+    # 85.5 x 10^9 bytes) at 0.9 offers 77 GB.
     data = with_("inference.0.model", "llama3-70b")
     msg = error_of(data)
     assert msg.startswith("inference.0: llama3-70b at precision bf16 needs 141.1 GB of weights; "
-                          "1 GPU of 80 GB x gpu_memory_utilization 0.9 give only 72.0 GB")
+                          "1 GPU of 80 GB (85.5 x 10^9 bytes visible) x gpu_memory_utilization 0.9 "
+                          "give only 77.0 GB")
     assert "allowed: a larger tp, fp8/int4 weights, or a GPU with more memory" in msg
     # Each way out the message offers works.
     assert service(with_("inference.0.tp", 4, data)).tp == 4
     assert service(with_("inference.0.precision", "int4", data)).precision == "int4"
     bigger = with_("cluster.node_pools.0.gpu", {"base": "H100-SXM", "hbm_gb": 200}, data)
     assert service(bigger).model.name == "llama3-70b"
-    # fp8 weights (72.7 GB) on two GPUs fit; at utilization 0.45 (72 GB) they no longer do.
+    # fp8 weights (72.7 GB) on two GPUs fit; at utilization 0.45 (77.0 GB, less 5.2 GB of
+    # activations and workspaces) they no longer do.
     fp8 = with_("inference.0.tp", 2, with_("inference.0.precision", "fp8", data))
     assert service(fp8).tp == 2
     msg = error_of(with_("inference.0.gpu_memory_utilization", 0.45, fp8))
-    assert ("at precision fp8 needs 72.7 GB of weights; 2 GPUs of 80 GB x "
-            "gpu_memory_utilization 0.45 give only 72.0 GB, less 5.2 GB") in msg
+    assert ("at precision fp8 needs 72.7 GB of weights; 2 GPUs of 80 GB (85.5 x 10^9 bytes "
+            "visible) x gpu_memory_utilization 0.45 give only 77.0 GB, less 5.2 GB") in msg
     assert msg.endswith("allowed: a larger tp, int4 weights, or a GPU with more memory")
 
 

@@ -663,7 +663,8 @@ def _check_weights_fit(svc: InferenceService, pool: NodePool, where: str) -> Non
     raise located(
         where,
         f"{svc.model.name} at precision {svc.precision} needs {weights_gb:.1f} GB of weights; "
-        f"{gpus} of {pool.gpu.hbm_gb:g} GB x gpu_memory_utilization "
+        f"{gpus} of {pool.gpu.hbm_gb:g} GB ({hbm / 1e9:.1f} x 10^9 bytes visible) x "
+        f"gpu_memory_utilization "
         f"{svc.gpu_memory_utilization:g} give only {usable_gb:.1f} GB, less {reserve_gb:.1f} GB "
         f"for activations and workspaces, which leaves no room for one {BLOCK_TOKENS}-token "
         f"KV-cache block; allowed: a larger tp, {lighter}or a GPU with more memory",
