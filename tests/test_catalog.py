@@ -140,3 +140,42 @@ def test_the_tests_copy_of_the_shared_data_is_current():
     for rel in ("reference/gpus.csv", "reference/megatron_2021_table1.csv",
                 "reference/README.md", "examples/factory.yaml"):
         assert (copy / rel).read_bytes() == (real / rel).read_bytes(), rel
+
+
+# --- GPUs added for issue 15 ----------------------------------------------------------------
+
+
+def test_export_hoppers_keep_what_the_rules_left() -> None:
+    # H800: the H100 SXM die, clocks and HBM, NVLink cut from 18 to 8 links (900 -> 400 GB/s).
+    h100, h800, h20 = (catalog.entry("gpu", n) for n in ("H100-SXM", "H800", "H20"))
+    for key in ("bf16_tflops", "fp8_tflops", "hbm_gb", "hbm_tb_s", "tdp_w"):
+        assert h800[key] == h100[key], key
+    assert h800["nvlink_gb_s"] == 8 * 50 < h100["nvlink_gb_s"]
+    # H20: under a sixth of the H100's tensor throughput, but more HBM and more bandwidth.
+    assert h20["bf16_tflops"] < h100["bf16_tflops"] / 6
+    assert h20["fp8_tflops"] == 2 * h20["bf16_tflops"]
+    assert h20["hbm_gb"] > h100["hbm_gb"] and h20["hbm_tb_s"] > h100["hbm_tb_s"]
+
+
+def test_blackwell_ultra_and_cdna_refreshes() -> None:
+    b200, b300, gb300 = (catalog.entry("gpu", n) for n in ("B200", "B300", "GB300"))
+    # Blackwell Ultra: B200's BF16/FP8 rates, 1.5x its dense FP4, 288 GB instead of 192.
+    assert (b300["bf16_tflops"], b300["fp8_tflops"]) == (b200["bf16_tflops"], b200["fp8_tflops"])
+    assert b300["fp4_tflops"] == pytest.approx(1.5 * b200["fp4_tflops"])
+    assert b300["hbm_gb"] == gb300["hbm_gb"] == 288 > b200["hbm_gb"]
+    assert gb300["nvlink_domain"] == 72 and b300["nvlink_domain"] == 8
+    mi300, mi325, mi355 = (catalog.entry("gpu", n) for n in ("MI300X", "MI325X", "MI355X"))
+    # MI325X: MI300X's compute with 256 GB at 6 TB/s; MI355X (CDNA4): about twice the matrix
+    # rate, FP4 at twice FP8.
+    assert mi325["bf16_tflops"] == mi300["bf16_tflops"] and mi325["hbm_gb"] == 256
+    assert mi355["family"] == "cdna4" and mi355["fp4_tflops"] == pytest.approx(
+        2 * mi355["fp8_tflops"], rel=1e-3)
+    assert 1.9 < mi355["bf16_tflops"] / mi300["bf16_tflops"] < 2.0
+
+
+def test_fp4_only_where_the_tensor_cores_have_it() -> None:
+    for name in catalog.names("gpu"):
+        g = catalog.entry("gpu", name)
+        if g.get("fp4_tflops") is not None:
+            assert g["family"] in ("blackwell", "cdna4"), name
+            assert g["fp4_tflops"] >= 1.999 * g["fp8_tflops"], name  # datasheet rounding

@@ -50,7 +50,17 @@ class GPUSpec(Spec):
     family: str = Field("hopper", description="calibration family in catalog/calibration.yaml")
     bf16_tflops: float = Field(gt=0, description="dense BF16 tensor TFLOP/s")
     fp8_tflops: float | None = Field(None, gt=0, description="dense FP8 tensor TFLOP/s")
-    hbm_gb: float = Field(gt=0, description="HBM capacity, 10^9 bytes")
+    fp4_tflops: float | None = Field(
+        None,
+        gt=0,
+        description="dense FP4 tensor TFLOP/s (NVFP4 on Blackwell, MXFP4 on CDNA4); none: no "
+        "FP4 tensor cores",
+    )
+    hbm_gb: float = Field(
+        gt=0,
+        description="HBM capacity as the datasheet gives it (GB; binary, as HBM stacks are: "
+        "serving counts 2^30 x 0.9956 bytes per GB visible, training 10^9)",
+    )
     hbm_tb_s: float = Field(gt=0, description="HBM bandwidth, TB/s")
     tdp_w: float = Field(gt=0, description="board power at full load, W")
     idle_w: float | None = Field(
