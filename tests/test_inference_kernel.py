@@ -288,8 +288,8 @@ def test_arrays_in_equal_scalars_in() -> None:
 
 
 def test_unknown_precision_names_the_allowed_ones() -> None:
-    with pytest.raises(ValueError, match="bf16, fp8, int4"):
-        weight_bytes(model("llama3-8b"), "fp4")
+    with pytest.raises(ValueError, match="bf16, fp8, int4, fp4"):
+        weight_bytes(model("llama3-8b"), "int8")
     with pytest.raises(ValueError, match="bf16, fp8"):
         kv_bytes_per_token(model("llama3-8b"), "int4")
 

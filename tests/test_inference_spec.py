@@ -161,8 +161,11 @@ def test_replicas_outside_the_autoscaler_bounds() -> None:
     ("path", "value", "where", "words"),
     [
         ("inference.0.fidelity", "slow", "inference.0.fidelity", "'step', 'fast' or 'fluid'"),
-        ("inference.0.precision", "fp4", "inference.0.precision", "'bf16', 'fp8' or 'int4'"),
-        ("inference.0.kv_precision", "int4", "inference.0.kv_precision", "'bf16' or 'fp8'"),
+        ("inference.0.precision", "fp6", "inference.0.precision",
+         "'bf16', 'fp8', 'int4' or 'fp4'"),
+        ("inference.0.kv_precision", "int4", "inference.0.kv_precision", "'bf16', 'fp8' or 'fp4'"),
+        ("inference.0.kv_cache_dtype", "int4", "inference.0.kv_cache_dtype",
+         "'bf16', 'fp8' or 'fp4'"),
         ("inference.0.router", "hash", "inference.0.router", "'least-outstanding'"),
         ("inference.0.tp", 0, "inference.0.tp", "greater than or equal to 1"),
         ("inference.0.replicas", -1, "inference.0.replicas", "greater than or equal to 0"),
@@ -241,7 +244,7 @@ def test_weights_must_fit() -> None:
     assert msg.startswith("inference.0: llama3-70b at precision bf16 needs 141.1 GB of weights; "
                           "1 GPU of 80 GB (85.5 x 10^9 bytes visible) x gpu_memory_utilization 0.9 "
                           "give only 77.0 GB")
-    assert "allowed: a larger tp, fp8/int4 weights, or a GPU with more memory" in msg
+    assert "allowed: a larger tp, fp8/int4/fp4 weights, or a GPU with more memory" in msg
     # Each way out the message offers works.
     assert service(with_("inference.0.tp", 4, data)).tp == 4
     assert service(with_("inference.0.precision", "int4", data)).precision == "int4"
@@ -254,7 +257,7 @@ def test_weights_must_fit() -> None:
     msg = error_of(with_("inference.0.gpu_memory_utilization", 0.45, fp8))
     assert ("at precision fp8 needs 72.7 GB of weights; 2 GPUs of 80 GB (85.5 x 10^9 bytes "
             "visible) x gpu_memory_utilization 0.45 give only 77.0 GB, less 5.2 GB") in msg
-    assert msg.endswith("allowed: a larger tp, int4 weights, or a GPU with more memory")
+    assert msg.endswith("allowed: a larger tp, int4/fp4 weights, or a GPU with more memory")
 
 
 def test_replicas_must_fit_the_pool() -> None:

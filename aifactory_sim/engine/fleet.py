@@ -41,7 +41,7 @@ from ..kernels.inference import (
     IterationTable,
     gpu_inference_args,
     kv_capacity_tokens,
-    weight_bytes,
+    replica_weight_bytes,
 )
 from .autoscaler import policy_for
 from .cluster import Allocation
@@ -87,6 +87,9 @@ class ReplicaSizing(NamedTuple):
     weight_bytes: float
     model_args: dict[str, Any]
     gpu_args: dict[str, Any]
+    #: expert parallelism and data-parallel attention as the kernels take them
+    #: (kernels.inference._iteration_constants: ep, dp_attention, nic_bytes_per_s, nvlink_domain)
+    parallel_args: dict[str, Any]
 
 
 def replica_sizing(
@@ -102,8 +105,15 @@ def replica_sizing(
     )
     m = spec.model.kernel_args()
     b = spec.batching
+    cal = catalog.entry("calibration", gpu.family)
+    par = {
+        "ep": spec.ep,
+        "dp_attention": spec.dp_attention,
+        "nic_bytes_per_s": pool.nic_gbit_s / 8.0 * 1e9 * cal["net_efficiency"],
+        "nvlink_domain": gpu.nvlink_domain,
+    }
     table = IterationModel(
-        m, g, tp=spec.tp, precision=spec.precision, kv_precision=spec.kv_precision
+        m, g, tp=spec.tp, precision=spec.precision, kv_precision=spec.kv_precision, **par
     ).table(b.max_batched_tokens, b.max_num_seqs)
     kv_tokens = float(
         kv_capacity_tokens(
@@ -115,9 +125,11 @@ def replica_sizing(
             gpu_memory_utilization=spec.gpu_memory_utilization,
             max_batched_tokens=b.max_batched_tokens,
             max_num_seqs=b.max_num_seqs,
+            dp_attention=spec.dp_attention,
         )
     )
-    return ReplicaSizing(table, kv_tokens, float(weight_bytes(m, spec.precision)), m, g)
+    weights = float(replica_weight_bytes(m, spec.precision, spec.dp_attention))
+    return ReplicaSizing(table, kv_tokens, weights, m, g, par)
 
 
 def sample_interval_s(spec: InferenceService) -> float:
@@ -176,8 +188,8 @@ class Fleet:
         self.kv_tokens = sizing.kv_tokens
         self.weight_bytes = sizing.weight_bytes
         gpn = pool.gpus_per_node
-        self.slots_per_node = max(1, gpn // spec.tp)
-        self.nodes_per_replica = max(1, spec.tp // gpn)
+        self.slots_per_node = max(1, gpn // spec.gpus_per_replica)
+        self.nodes_per_replica = max(1, spec.gpus_per_replica // gpn)
 
         self.policy = None if spec.autoscaler is None else policy_for(spec.autoscaler)
         self.interval_s = SAMPLE_S if self.policy is None else self.policy.interval_s
@@ -304,7 +316,7 @@ class Fleet:
         if not self.model.cores_track_busy:  # nothing to add per replica: skip the sum
             return self.busy_gpu_s
         now = self.env.now
-        return self.busy_gpu_s + self.spec.tp * sum(
+        return self.busy_gpu_s + self.spec.gpus_per_replica * sum(
             r.core.busy_until(now) for r in self.live.values() if r.state in ("ready", "draining")
         )
 
@@ -473,7 +485,7 @@ class Fleet:
             source = cs.weights_from or ("storage" if self.storage is not None else "nvme")
             if source == "storage":
                 assert self.storage is not None
-                cap = self.spec.tp * self.pool.nic_gbit_s / 8.0 * 1e9
+                cap = self.spec.gpus_per_replica * self.pool.nic_gbit_s / 8.0 * 1e9
                 flows = self.storage.open_many(
                     "read", [(self.weight_bytes, cap, f"{self.name}/{r.index}") for r, _ in alive]
                 )
@@ -491,7 +503,7 @@ class Fleet:
     def _ready(self, r: Replica) -> None:
         now = self.env.now
         self.model.advance_to(now)
-        self.cold_gpu_s += self.spec.tp * (now - r.placed_s)
+        self.cold_gpu_s += self.spec.gpus_per_replica * (now - r.placed_s)
         self._set_state(r, "ready")
         r.core.busy_s = 0.0
         r.placed_s = now  # from here on: serving time
@@ -520,7 +532,7 @@ class Fleet:
             if r.state == "pending":
                 self._gone(r)
             elif r.state == "starting":
-                self.cold_gpu_s += self.spec.tp * (now - r.placed_s)
+                self.cold_gpu_s += self.spec.gpus_per_replica * (now - r.placed_s)
                 r.generation += 1
                 self._gone(r)
             else:
@@ -550,7 +562,7 @@ class Fleet:
 
     def _retire(self, r: Replica, now: float) -> None:
         """A ready or draining replica stops: book what it served."""
-        self.busy_gpu_s += self.spec.tp * r.core.busy_until(now)
+        self.busy_gpu_s += self.spec.gpus_per_replica * r.core.busy_until(now)
         self._gone(r)
 
     def _set_state(self, r: Replica, state: str) -> None:
@@ -600,9 +612,9 @@ class Fleet:
         replace = 0
         for r in hit:
             if r.state == "starting":
-                self.cold_gpu_s += self.spec.tp * (now - r.placed_s)
+                self.cold_gpu_s += self.spec.gpus_per_replica * (now - r.placed_s)
             else:
-                self.busy_gpu_s += self.spec.tp * r.core.busy_until(now)
+                self.busy_gpu_s += self.spec.gpus_per_replica * r.core.busy_until(now)
             orphans += model.evicted(r, now)
             r.core.busy_s = 0.0
             if r.state == "ready":
@@ -627,9 +639,9 @@ class Fleet:
             self._sample(arrived / (horizon - last))
         for r in self.live.values():
             if r.state in ("ready", "draining"):
-                self.busy_gpu_s += self.spec.tp * r.core.busy_until(horizon)
+                self.busy_gpu_s += self.spec.gpus_per_replica * r.core.busy_until(horizon)
             elif r.state == "starting":
-                self.cold_gpu_s += self.spec.tp * (horizon - r.placed_s)
+                self.cold_gpu_s += self.spec.gpus_per_replica * (horizon - r.placed_s)
         self._book_held()
         self._set_provisioned(0)
         tel = self.ledger

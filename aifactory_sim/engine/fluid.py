@@ -153,6 +153,7 @@ class FlowModel:
         self.table = sizing.table
         self.kv_tokens = sizing.kv_tokens
         self.model_args, self.gpu_args = sizing.model_args, sizing.gpu_args
+        self.parallel_args = sizing.parallel_args
         self.interval_s = interval_s
         self._init_requests(rngs, span_s)
 
@@ -258,6 +259,7 @@ class FlowModel:
             precision=spec.precision,
             kv_precision=spec.kv_precision,
             kv_capacity=self.kv_tokens,
+            **self.parallel_args,
         )
         ops = self.ops = operating_points(
             self.rep, float(closed["requests_per_iteration"] / closed["iteration_time_s"])
@@ -343,7 +345,7 @@ class FlowModel:
             d = max(d + now_b[3] - steady_b[3], 0.0)
             service_s *= x_held / max(completion(self._ct, held, admit)[0], 1e-12)
         busy = 1.0 - math.exp(-in_service / r)
-        self.fleet.book_busy(self.spec.tp * r * dt * busy)
+        self.fleet.book_busy(self.spec.gpus_per_replica * r * dt * busy)
         self._fluid_area += area + (q0 + q1) / 2.0 * dt + drained
         self._admitted += admitted
         self._x = x_held

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from .architecture import census, layer_totals
 from .collectives import ring_allgather_s, ring_allreduce_s
 
 F64 = NDArray[np.float64]
@@ -34,12 +35,35 @@ F64 = NDArray[np.float64]
 #: (NVIDIA ModelOpt, vLLM `fp8`), a scale per matrix is negligible. int4: 4-bit weights with one
 #: fp16 scale and one 4-bit zero point per group of 128 weights, AWQ's defaults (Lin et al.,
 #: "AWQ", MLSys'24; GPTQ, Frantar et al., ICLR'23, uses the same group of 128): 0.5 + 2.5/128.
-WEIGHT_BYTES_PER_PARAM = {"bf16": 2.0, "fp8": 1.0, "int4": 0.5 + 2.5 / 128.0}
+#: fp4: NVFP4, 4-bit E2M1 values with one FP8 (E4M3) scale per block of 16 (NVIDIA, "Introducing
+#: NVFP4 for efficient and accurate low-precision inference", developer blog, June 2025; the
+#: per-tensor FP32 scale is negligible): 0.5 + 1/16.
+WEIGHT_BYTES_PER_PARAM = {"bf16": 2.0, "fp8": 1.0, "int4": 0.5 + 2.5 / 128.0, "fp4": 0.5 + 1 / 16}
 #: Which tensor-core rate a weights precision's GEMMs run at: fp8 weights with fp8 activations
 #: (W8A8) on FP8 tensor cores; int4 weights are dequantised to bf16 inside the GEMM (W4A16).
-FP8_COMPUTE = {"bf16": 0.0, "fp8": 1.0, "int4": 0.0}
-#: Bytes per element of the KV cache (vLLM `kv_cache_dtype` auto = bf16, or fp8 E4M3).
-KV_BYTES_PER_ELEMENT = {"bf16": 2.0, "fp8": 1.0}
+FP8_COMPUTE = {"bf16": 0.0, "fp8": 1.0, "int4": 0.0, "fp4": 0.0}
+#: fp4 weights with fp4 activations (W4A4) on FP4 tensor cores (Blackwell's `fp4_flops`); a GPU
+#: without them dequantises to bf16 in the GEMM (W4A16 at the BF16 rate, `gpu_inference_args`).
+FP4_COMPUTE = {"bf16": 0.0, "fp8": 0.0, "int4": 0.0, "fp4": 1.0}
+#: Bytes per element of the KV cache (vLLM `kv_cache_dtype` auto = bf16, or fp8 E4M3; fp4: NVFP4
+#: as above, TensorRT-LLM's NVFP4 KV cache on Blackwell).
+KV_BYTES_PER_ELEMENT = {"bf16": 2.0, "fp8": 1.0, "fp4": 0.5 + 1 / 16}
+#: DeepEP dispatches tokens to the experts in FP8 (E4M3 with one FP32 scale per 128 elements)
+#: and combines their outputs in BF16 (deepseek-ai/DeepEP README, "normal kernels ... dispatch
+#: FP8, combine BF16"; DeepSeek-V3 report, Sec. 3.3.2, FP8 dispatch).
+A2A_DISPATCH_BYTES = 1.0 + 4.0 / 128.0
+A2A_COMBINE_BYTES = 2.0
+#: Tokens per rank up to which the dispatch uses DeepEP's low-latency kernels (pure RDMA, every
+#: copy sent straight to its GPU: k f_net copies cross the network); above it the normal
+#: kernels, which send a token once to each remote NVLink domain and forward it over NVLink
+#: there (deepseek-ai/DeepEP README; SGLang's `--deepep-mode auto` picks low-latency for decode
+#: batches, which the LMSYS large-scale EP deployment ran at 256 tokens per rank).
+LOW_LATENCY_TOKENS_PER_RANK = 256
+#: Scale-out bandwidth per GPU when the caller gives none: one 400 Gb/s NIC per GPU (DGX H100's
+#: ConnectX-7, rail-optimised) at the calibration's net_efficiency 0.825 (catalog/calibration.yaml).
+NIC_BYTES_PER_S = 400e9 / 8.0 * 0.825
+#: Latency of one scale-out message step (the 5 us estimate.job_estimate uses for the network).
+NET_ALPHA_S = 5e-6
 #: Tokens per KV-cache block: vLLM's default PagedAttention block size (Kwon et al., SOSP'23).
 BLOCK_TOKENS = 16
 #: Bytes per activation element: activations stay bf16 between the kernels.
@@ -117,22 +141,93 @@ def weight_bytes(m: Mapping[str, Any], precision: ArrayLike = "bf16") -> F64:
         + s["h"]
         + s["V"] * s["h"] * np.where(s["tied"], 1.0, 2.0)
     )
-    return linear * _lookup(precision, WEIGHT_BYTES_PER_PARAM, "precision") + 2.0 * other
+    plain = linear * _lookup(precision, WEIGHT_BYTES_PER_PARAM, "precision") + 2.0 * other
+    dense, routed = weight_parts_bytes(m, precision)
+    return np.where(census(m)["uniform"], plain, dense + routed)
+
+
+def weight_parts_bytes(m: Mapping[str, Any], precision: ArrayLike = "bf16") -> tuple[F64, F64]:
+    """(dense part, routed experts) of `weight_bytes`: what every attention rank holds (attention,
+    dense FFNs, shared experts, routers, embeddings, norms) and the routed experts, which expert
+    parallelism spreads over the replica."""
+    c = census(m)
+    t = layer_totals(c)
+    wb = _lookup(precision, WEIGHT_BYTES_PER_PARAM, "precision")
+    routers = c["n_moe"] * c["router"]
+    other = (
+        c["l"] * 2.0 * c["h"]
+        + routers
+        + c["h"]
+        + c["V"] * c["h"] * np.where(m["tie_embeddings"], 1.0, 2.0)
+    )
+    return (t["dense_part"] - routers) * wb + 2.0 * other, t["routed"] * wb
+
+
+def replica_weight_bytes(
+    m: Mapping[str, Any], precision: ArrayLike = "bf16", dp_attention: ArrayLike = 1
+) -> F64:
+    """Weights a replica holds: with `dp_attention` data-parallel attention ranks each keeps the
+    dense part (sharded over its tp ranks) and the routed experts are stored once, spread over
+    all tp x dp_attention GPUs (SGLang's DP attention with expert parallelism); = weight_bytes
+    with dp_attention 1."""
+    dense, routed = weight_parts_bytes(m, precision)
+    dp = _f(dp_attention)
+    return np.where(dp == 1, weight_bytes(m, precision), dp * dense + routed)
 
 
 def kv_bytes_per_token(
-    m: Mapping[str, Any], kv_precision: ArrayLike = "bf16", tp: ArrayLike = 1
+    m: Mapping[str, Any],
+    kv_precision: ArrayLike = "bf16",
+    tp: ArrayLike = 1,
+    seq_tokens: ArrayLike | None = None,
 ) -> F64:
-    """KV-cache bytes one token holds in a replica: 2 (K and V) x l x g x d x bytes.
+    """KV-cache bytes one token holds in an attention group of `tp` GPUs: 2 (K and V) x l x g x d
+    x bytes.
 
     With more tensor ranks than KV heads each rank keeps one head (a replicated copy), so a
-    replica stores max(g, t) heads (as vLLM and TensorRT-LLM do).
+    replica stores max(g, t) heads (as vLLM and TensorRT-LLM do). MLA caches one latent of
+    kv_lora_rank + qk_rope_head_dim elements per token and layer, shared by all heads, so every
+    tensor rank keeps all of it: t copies (the duplication SGLang's DP attention removes;
+    DeepSeek-V2, arXiv 2405.04434, Table 1: (d_c + d_h^R) l elements per token). A windowed
+    layer keeps at most W tokens of a sequence: with `seq_tokens` (a sequence's length) its
+    share is min(s, W) / s of a full layer's; without, every layer counts in full (an upper
+    bound).
     """
     s = _shape(m)
     heads = np.maximum(s["g"], _f(tp))
-    return (
-        2.0 * s["l"] * heads * s["d"] * _lookup(kv_precision, KV_BYTES_PER_ELEMENT, "kv_precision")
-    )
+    b = _lookup(kv_precision, KV_BYTES_PER_ELEMENT, "kv_precision")
+    plain = 2.0 * s["l"] * heads * s["d"] * b
+    c = census(m)
+    per_layer = np.where(c["mla"], c["kv_elems"] * _f(tp), heads * c["kv_elems"])
+    window, wl = c["window"], c["window_layers"]
+    if seq_tokens is None:
+        layers = c["l"]
+    else:
+        seq = np.maximum(_f(seq_tokens), 1.0)
+        layers = c["l"] - wl + wl * np.where(window > 0, np.minimum(seq, window) / seq, 1.0)
+    general = layers * per_layer * b
+    simple = c["uniform"] & (wl == 0)
+    return np.where(simple, plain, general) if seq_tokens is None else general
+
+
+def kv_bytes_per_sequence(
+    m: Mapping[str, Any],
+    context_tokens: ArrayLike,
+    kv_precision: ArrayLike = "bf16",
+    tp: ArrayLike = 1,
+) -> F64:
+    """KV-cache bytes of one sequence of `context_tokens` tokens: full layers hold every token,
+    windowed layers min(context, W) (sliding-window attention, Beltagy et al., Longformer, arXiv
+    2004.05150; vLLM frees the blocks that slide out of the window)."""
+    ctx = _f(context_tokens)
+    return kv_bytes_per_token(m, kv_precision, tp, seq_tokens=ctx) * np.maximum(ctx, 1.0)
+
+
+def window_context_tokens(context_tokens: ArrayLike, window_tokens: ArrayLike) -> F64:
+    """Tokens a windowed layer attends to, summed over sequences: sum_i min(c_i, W) (W = 0: no
+    window, c_i). Pass it to `iteration_breakdown` as `window_context_tokens`."""
+    ctx, w = _f(context_tokens), _f(window_tokens)
+    return np.sum(np.where(w > 0, np.minimum(ctx, w), ctx), axis=-1)
 
 
 def activation_reserve_bytes(
@@ -157,6 +252,12 @@ def activation_reserve_bytes(
         2.0 * s["h"]
         + (s["h"] + 2.0 * s["kv"] + (s["n_ffn"] - 1.0) * s["f"] * s["k"] + s["f"] * s["k"]) / t
     )
+    # other layer mixes: the widest FFN a token passes (a dense layer's f, or a MoE layer's
+    # (k + shared) f_e) and the attention's own QKV width
+    c = census(m)
+    ffn = np.maximum(np.where(c["n_dense"] > 0, c["f"], 0.0), (c["k"] + c["shared"]) * c["f_e"])
+    mixed = 2.0 * c["h"] + (c["qkv_out"] + c["n_ffn"] * ffn) / t
+    per_token = np.where(c["uniform"], per_token, mixed)
     logits = _f(max_num_seqs) * 4.0 * s["V"] / t
     return ACT_BYTES * per_token * _f(max_batched_tokens) + logits + WORKSPACE_BYTES
 
@@ -171,23 +272,32 @@ def kv_capacity_tokens(
     gpu_memory_utilization: ArrayLike = 0.9,
     max_batched_tokens: ArrayLike = 8192,
     max_num_seqs: ArrayLike = 256,
+    dp_attention: ArrayLike = 1,
+    seq_tokens: ArrayLike | None = None,
 ) -> F64:
-    """Tokens of KV cache a replica of `tp` GPUs holds, in whole blocks of BLOCK_TOKENS.
+    """Tokens of KV cache a replica of n = tp x dp_attention GPUs holds, in whole blocks of
+    BLOCK_TOKENS.
 
-        C = floor((hbm x util x t - weights - t x reserve) / kv_bytes_per_token / 16) x 16
+        C = floor((hbm x util x n - weights - n x reserve) / kv_bytes_per_token / 16) x 16
     vLLM's rule (`gpu_memory_utilization` of each GPU's HBM, less weights and the profiled
-    activation peak, `activation_reserve_bytes`); 0 where the model does not fit.
+    activation peak, `activation_reserve_bytes`); 0 where the model does not fit. Weights are
+    `replica_weight_bytes` (each data-parallel attention rank keeps the dense part); each rank
+    profiles its share of the batch, max_batched_tokens / dp_attention. With `seq_tokens` (a
+    typical sequence length) windowed layers count min(s, W) / s of a token
+    (`kv_bytes_per_token`); without, in full.
     """
     t = _f(tp)
+    dp = _f(dp_attention)
+    n = t * dp
     free = (
-        _f(hbm_bytes) * _f(gpu_memory_utilization) * t
-        - weight_bytes(m, precision)
-        - t
+        _f(hbm_bytes) * _f(gpu_memory_utilization) * n
+        - replica_weight_bytes(m, precision, dp)
+        - n
         * activation_reserve_bytes(
-            m, tp=tp, max_batched_tokens=max_batched_tokens, max_num_seqs=max_num_seqs
+            m, tp=tp, max_batched_tokens=_f(max_batched_tokens) / dp, max_num_seqs=max_num_seqs
         )
     )
-    tokens = np.maximum(free, 0.0) / kv_bytes_per_token(m, kv_precision, tp)
+    tokens = np.maximum(free, 0.0) / kv_bytes_per_token(m, kv_precision, tp, seq_tokens)
     return np.floor(tokens / BLOCK_TOKENS) * BLOCK_TOKENS
 
 
@@ -207,9 +317,11 @@ def gpu_inference_args(gpu: Mapping[str, Any], calibration: Mapping[str, Any]) -
     """
     bf16 = float(gpu["bf16_tflops"]) * 1e12
     fp8 = gpu.get("fp8_tflops")
+    fp4 = gpu.get("fp4_tflops")  # Blackwell; none: FP4 weights run W4A16 at the BF16 rate
     return {
         "bf16_flops": bf16,
         "fp8_flops": bf16 if fp8 is None else float(fp8) * 1e12,
+        "fp4_flops": bf16 if fp4 is None else float(fp4) * 1e12,
         "hbm_bytes": float(gpu["hbm_gb"]) * DEVICE_BYTES_PER_GB,
         "hbm_bytes_per_s": float(gpu["hbm_tb_s"]) * 1e12,
         "nvlink_bytes_per_s": float(gpu["nvlink_gb_s"]) / 2.0 * 1e9,  # one direction
@@ -236,8 +348,13 @@ def iteration_breakdown(
     tp: ArrayLike = 1,
     precision: ArrayLike = "bf16",
     kv_precision: ArrayLike = "bf16",
+    window_context_tokens: ArrayLike | None = None,
+    **parallel: Any,
 ) -> dict[str, F64]:
-    """Seconds of one iteration per phase (see `iteration_time_s` for the arguments).
+    """Seconds of one iteration per phase (see `iteration_time_s` for the arguments; `parallel`
+    takes ep, dp_attention, nic_bytes_per_s, net_alpha_s and nvlink_domain, see
+    `_iteration_constants`; `window_context_tokens`, the decoding sequences' summed
+    min(context, W), `window_context_tokens()`, default their full context: an upper bound).
 
     Per GPU of the replica, with N = P + D tokens (P prefill tokens, D decoding sequences) and S
     sequences sampled (D plus the prefills that finish):
@@ -265,6 +382,27 @@ def iteration_breakdown(
     - overhead: fixed per iteration (scheduling, input preparation, launches, sampling's host
       side), `iteration_overhead_s` of the GPU family, plus `layer_overhead_s` per layer (the
       launch and tail of the layer's kernels).
+    Other architectures and expert parallelism (a replica of n = t x D GPUs: D = dp_attention
+    data-parallel attention ranks of t tensor ranks each, the batch split evenly over them; ep
+    expert-parallel groups of n / ep GPUs, each holding E / ep routed experts sharded over its
+    GPUs). Per GPU: the dense part (attention, dense FFNs, shared experts, routers; every layer,
+    kernels/architecture.py) runs N / D tokens over t ranks; the routed experts run the busiest
+    group's assignments, N_r = imbalance x N k / ep, over n / ep ranks, and read the experts
+    the batch touches, n_moe E (1 - (1 - k/E)^N) / n of them; one GEMM roofline over both.
+    imbalance = router_imbalance x (1 + sqrt(2 ep ln(ep) / (N k))): the largest of ep bins
+    after N k random assignments (Raab & Steger, "Balls into Bins", RANDOM'98, Thm. 1: m/n +
+    sqrt(2 m ln(n) / n) for m >> n ln n) times the model's popularity skew; 1 with ep = 1.
+    Attention runs on each rank's N / D tokens and context (MLA: the absorbed latent form,
+    kernels/architecture.py's attn_ctx_flops; windowed layers read min(context, W) when
+    `window_context_tokens` is given), the lm-head on its S / D rows.
+    - moe_comm: with ep > 1, per MoE layer, the dispatch of N_r token copies (FP8) to the
+      experts and the combine of their outputs (BF16, A2A_DISPATCH_BYTES / A2A_COMBINE_BYTES),
+      each as max(bytes x f_nvl / B_nvlink, bytes x f_net / B_nic) + alpha, with f_nvl =
+      (min(ep, domain) - 1) / ep of the copies inside the NVLink domain and f_net = max(ep -
+      domain, 0) / ep beyond it (DeepEP's low-latency kernels, up to
+      LOW_LATENCY_TOKENS_PER_RANK tokens per rank), or, above that, one copy per remote
+      domain the token's experts sit in (`_remote_domains`, DeepEP's normal kernels forward
+      inside the domain over NVLink); NVLink and the NICs move their shares at once.
     FLOP-bound work runs at `prefill_gemm_efficiency` of peak, byte-bound work at
     `decode_hbm_efficiency` of HBM bandwidth; a GEMM (the linear layers, the lm-head) takes the
     larger of its two bounds plus `roofline_overlap_loss` of the smaller (`_roofline`).
@@ -274,8 +412,12 @@ def iteration_breakdown(
     sampled = _f(decode_seqs) + (
         np.where(p_tok > 0, 1.0, 0.0) if prefill_seqs is None else _f(prefill_seqs)
     )
-    c = _iteration_constants(m, g, tp=tp, precision=precision, kv_precision=kv_precision)
-    return _iteration_phases(c, p_tok, _f(decode_seqs), _f(context_tokens), pre_ctx, sampled)
+    c = _iteration_constants(
+        m, g, tp=tp, precision=precision, kv_precision=kv_precision, **parallel
+    )
+    ctx = _f(context_tokens)
+    wctx = ctx if window_context_tokens is None else _f(window_context_tokens)
+    return _iteration_phases(c, p_tok, _f(decode_seqs), ctx, pre_ctx, sampled, wctx)
 
 
 def _iteration_constants(
@@ -285,14 +427,24 @@ def _iteration_constants(
     tp: ArrayLike,
     precision: ArrayLike,
     kv_precision: ArrayLike,
+    ep: ArrayLike = 1,
+    dp_attention: ArrayLike = 1,
+    nic_bytes_per_s: ArrayLike = NIC_BYTES_PER_S,
+    net_alpha_s: ArrayLike = NET_ALPHA_S,
+    nvlink_domain: ArrayLike = 8,
 ) -> dict[str, F64]:
     """Everything in an iteration's time that does not depend on the batch (see
-    `iteration_breakdown`), computed once per replica configuration."""
+    `iteration_breakdown`), computed once per replica configuration. `ep`: expert-parallel
+    groups; `dp_attention`: data-parallel attention ranks (a replica has tp x dp_attention
+    GPUs); `nic_bytes_per_s`: achievable scale-out bandwidth per GPU, one direction;
+    `nvlink_domain`: GPUs one NVLink domain joins."""
     s = _shape(m)
     t = _f(tp)
     wbytes = _lookup(precision, WEIGHT_BYTES_PER_PARAM, "precision")
     fp8 = _lookup(precision, FP8_COMPUTE, "precision") > 0
     gemm_peak = np.where(fp8, _f(g["fp8_flops"]), _f(g["bf16_flops"]))
+    fp4 = _lookup(precision, FP4_COMPUTE, "precision") > 0
+    gemm_peak = np.where(fp4, _f(g.get("fp4_flops", g["bf16_flops"])), gemm_peak)
     flop_eff = _f(g["prefill_gemm_efficiency"])
     e, k = s["E"], s["k"]
     n_up = s["n_ffn"] - 1.0  # up-projection matrices (gate and up for SwiGLU)
@@ -307,7 +459,25 @@ def _iteration_constants(
         + s["h"]
     )  # FFN down in, out
     ew = (8.0 * s["h"] + (2.0 * (s["h"] + s["kv"]) + s["n_ffn"] * s["f"] * k) / t) * ACT_BYTES
+    moe = _moe_constants(m, t, _f(ep), _f(dp_attention))
+    kv_tok = kv_bytes_per_token(m, kv_precision, tp) / t
+    arch = census(m)
+    win_share = np.where(arch["window_layers"] > 0, arch["window_layers"] / arch["l"], 0.0)
+    ep_a, nvl = _f(ep), _f(g["nvlink_bytes_per_s"]) * _f(g["nvlink_efficiency"])
+    domain = _f(nvlink_domain)
     return {
+        **moe,
+        "ep": ep_a,
+        "f_net": np.maximum(ep_a - domain, 0.0) / ep_a,
+        "f_nvl": (np.minimum(ep_a, domain) - 1.0) / ep_a,
+        "remote_domains": _remote_domains(ep_a, domain, s["k"], m.get("route_nodes")),
+        "nic_bw": _f(nic_bytes_per_s),
+        "net_alpha": _f(net_alpha_s),
+        "kv_win": kv_tok * win_share,  # the windowed layers' share of kv_tok
+        "win_share": win_share,
+        "attn_ctx": np.where(arch["uniform"], 4.0 * s["h"], arch["attn_ctx_flops"]),
+        "attn_pair": np.where(arch["uniform"], 4.0 * s["h"], arch["attn_pair_flops"]),
+        "nvl_bw_moe": nvl,
         "t": t,
         "l": s["l"],
         "h": s["h"],
@@ -325,7 +495,7 @@ def _iteration_constants(
         "hbm_bw": _f(g["hbm_bytes_per_s"]) * _f(g["decode_hbm_efficiency"]),
         "nvlink_bw": _f(g["nvlink_bytes_per_s"]) * _f(g["nvlink_efficiency"]),
         "alpha": _f(g["nvlink_alpha_s"]),
-        "kv_tok": kv_bytes_per_token(m, kv_precision, tp) / t,
+        "kv_tok": kv_tok,
         # Fixed time per iteration: the family's per-iteration overhead and a per-layer cost
         # (the launch and tail of each layer's kernels, exposed even under CUDA graphs).
         "overhead": _f(g["iteration_overhead_s"]) + s["l"] * _f(g.get("layer_overhead_s", 0.0)),
@@ -350,12 +520,102 @@ def _roofline(compute_s: F64, memory_s: F64, overlap_loss: ArrayLike) -> F64:
     return np.maximum(compute_s, memory_s) + _f(overlap_loss) * np.minimum(compute_s, memory_s)
 
 
+def _moe_constants(m: Mapping[str, Any], t: F64, ep: F64, dp: F64) -> dict[str, F64]:
+    """The batch-independent part of the dense-part / routed-expert split of
+    `iteration_breakdown`: per-token sums over the layers (kernels/architecture.py)."""
+    c = census(m)
+    lt = layer_totals(c)
+    n = t * dp
+    n_up = c["n_ffn"] - 1.0
+    h = c["h"]
+    attn_io = h + c["qkv_out"] / t + c["o_in"] / t + h
+    ffn_io = h + (n_up + 1.0) * c["f"] / t + h
+    shared_io = 2.0 * h + (n_up + 1.0) * c["shared"] * c["f_e"] / t
+    dense_io = c["l"] * attn_io + c["n_dense"] * ffn_io + c["n_moe"] * shared_io
+    dense_ew = (
+        c["l"] * (8.0 * h + 2.0 * (c["qkv_out"] - c["kv"]) / t)
+        + (c["n_dense"] * c["n_ffn"] * c["f"] + c["n_moe"] * c["n_ffn"] * c["shared"] * c["f_e"])
+        / t
+    )
+    expert_ranks = n / ep  # GPUs one expert is sharded over
+    simple = c["uniform"] & (dp == 1) & (ep == 1)
+    return {
+        "simple": simple,
+        "D": dp,
+        "n_gpus": n,
+        "n_moe": c["n_moe"],
+        "dense_active": lt["dense_part"],
+        "dense_weights": lt["dense_part"] - c["n_moe"] * c["router"],
+        "expert": c["expert"],
+        "expert_ranks": expert_ranks,
+        "dense_io": dense_io * ACT_BYTES,
+        "routed_io": c["n_moe"] * (n_up + 1.0) * c["f_e"] / expert_ranks * ACT_BYTES,
+        "dense_ew": dense_ew * ACT_BYTES,
+        "routed_ew": c["n_moe"] * c["n_ffn"] * c["f_e"] / expert_ranks * ACT_BYTES,
+        "skew": _f(m.get("router_imbalance") or 1.0),
+        "max_imbalance": ep * np.minimum(c["k"], c["E"] / ep) / c["k"],
+    }
+
+
+def _remote_domains(ep: F64, domain: F64, k: F64, route_nodes: Any) -> F64:
+    """Remote NVLink domains one token's k experts sit in, on average, with the experts spread
+    evenly over G = ep / domain domains: (G - 1) (1 - (1 - 1/G)^k), capped by node-limited
+    routing's M (DeepSeek-V3, arXiv 2412.19437, Sec. 2.1.2: each token goes to at most 4 nodes;
+    `route_nodes`); 0 inside one domain."""
+    groups = np.maximum(ep / domain, 1.0)
+    hit = (groups - 1.0) * (1.0 - (1.0 - 1.0 / groups) ** k)
+    if route_nodes is not None:
+        hit = np.minimum(hit, _f(route_nodes))
+    return np.where(ep > domain, hit, 0.0)
+
+
+def routed_imbalance(n_tok: ArrayLike, k: ArrayLike, ep: ArrayLike, skew: ArrayLike = 1.0) -> F64:
+    """Busiest expert-parallel group's routed assignments over the mean, for N tokens of k
+    assignments each over ep groups: skew x (1 + sqrt(2 ep ln(ep) / (N k))) (Raab & Steger,
+    RANDOM'98, Thm. 1); 1 for ep = 1. The caller caps it at ep min(k, E/ep) / k (a group
+    cannot take more than min(k, E/ep) copies of each token)."""
+    n, kk, e = _f(n_tok), _f(k), _f(ep)
+    spread = np.sqrt(2.0 * e * np.log(np.maximum(e, 1.0)) / np.maximum(n * kk, 1.0))
+    return np.where(e > 1, _f(skew) * (1.0 + spread), 1.0)
+
+
+def alltoall_s(
+    nbytes: ArrayLike,
+    f_nvl: ArrayLike,
+    f_net: ArrayLike,
+    nvlink_bytes_per_s: ArrayLike,
+    nic_bytes_per_s: ArrayLike,
+    nvlink_alpha_s: ArrayLike,
+    net_alpha_s: ArrayLike,
+) -> F64:
+    """Seconds for one all-to-all in which a GPU receives `nbytes`, a share f_nvl of it over
+    NVLink and f_net over its NIC, both at once: max(n f_nvl / B_nvl, n f_net / B_nic) + alpha
+    (the network's alpha when any of it leaves the NVLink domain); alpha-beta as
+    kernels/collectives.py, one step (every peer sends directly, DeepEP's kernels)."""
+    n = _f(nbytes)
+    fn, fx = _f(f_nvl), _f(f_net)
+    beta = np.maximum(n * fn / _f(nvlink_bytes_per_s), n * fx / _f(nic_bytes_per_s))
+    alpha = np.where(fx > 0, _f(net_alpha_s), _f(nvlink_alpha_s))
+    return np.where(fn + fx > 0, beta + alpha, 0.0)
+
+
 def _iteration_phases(
-    c: Mapping[str, F64], p_tok: F64, d_seq: F64, ctx: F64, pre_ctx: F64, sampled: F64
+    c: Mapping[str, F64],
+    p_tok: F64,
+    d_seq: F64,
+    ctx: F64,
+    pre_ctx: F64,
+    sampled: F64,
+    wctx: F64 | None = None,
 ) -> dict[str, F64]:
     """The phases of `iteration_breakdown` from `_iteration_constants` and the batch."""
     t, layers, h, V = c["t"], c["l"], c["h"], c["V"]
     n_tok = p_tok + d_seq
+    D = c["D"]
+    n_grp = n_tok / D  # tokens of one data-parallel attention rank
+    simple = c["simple"]
+    imb = np.minimum(routed_imbalance(n_tok, c["k"], c["ep"], c["skew"]), c["max_imbalance"])
+    n_routed = n_tok * c["k"] * imb / c["ep"]  # assignments at the busiest expert group
 
     # --- linear layers of the transformer blocks ---
     e, k = c["E"], c["k"]
@@ -364,34 +624,81 @@ def _iteration_phases(
     active = c["attn_params"] + k * c["expert_params"] + c["router"]  # parameters a token uses
     gemm_flops = 2.0 * n_tok * layers * active / t
     gemm_bytes = layers * (layer_weights * c["wbytes"] / t + n_tok * c["gemm_io_bytes"])
+    if not np.all(simple):  # dense part over tp ranks, routed experts at the busiest group
+        mixed_flops = (
+            2.0 * n_grp * c["dense_active"] / t
+            + 2.0 * n_routed * c["n_moe"] * c["expert"] / c["expert_ranks"]
+        )
+        mixed_bytes = (
+            c["dense_weights"] * c["wbytes"] / t
+            + c["n_moe"] * experts_touched * c["expert"] * c["wbytes"] / c["n_gpus"]
+            + n_grp * c["dense_io"]
+            + n_routed * c["routed_io"]
+        )
+        gemm_flops = np.where(simple, gemm_flops, mixed_flops)
+        gemm_bytes = np.where(simple, gemm_bytes, mixed_bytes)
     gemm_s = _roofline(gemm_flops / c["gemm_peak_eff"], gemm_bytes / c["hbm_bw"], c["overlap_loss"])
 
     # --- output layer and sampler ---
-    head_flops = 2.0 * sampled * h * V / t
-    head_bytes = (np.where(sampled > 0, 2.0 * V * h, 0.0) + 8.0 * sampled * V) / t
+    s_grp = sampled / D  # each data-parallel attention rank samples its own rows
+    head_flops = 2.0 * s_grp * h * V / t
+    head_bytes = (np.where(s_grp > 0, 2.0 * V * h, 0.0) + 8.0 * s_grp * V) / t
     head_s = _roofline(
         head_flops / c["bf16_peak_eff"], head_bytes / c["hbm_bw"], c["overlap_loss"]
-    ) + ring_allgather_s(4.0 * sampled * V, t, c["nvlink_bw"], c["alpha"])
+    ) + ring_allgather_s(4.0 * s_grp * V, t, c["nvlink_bw"], c["alpha"])
 
     # --- attention core and KV-cache traffic ---
     decode_attn = np.maximum(
         4.0 * h * layers * ctx / t / c["bf16_peak_eff"], ctx * c["kv_tok"] / c["hbm_bw"]
     )
     prefill_attn = 4.0 * h * layers * pre_ctx / t / c["bf16_peak_eff"]
-    kv_write = n_tok * c["kv_tok"] / c["hbm_bw"]
+    kv_write = n_grp * c["kv_tok"] / c["hbm_bw"]
+    if not np.all(simple):  # per rank: its context, MLA/head_dim FLOPs, windowed layers
+        ctx_g = ctx / D
+        wctx_g = ctx_g if wctx is None else wctx / D
+        ctx_eff = ctx_g - c["win_share"] * (ctx_g - wctx_g)  # mean over the layers
+        mixed_decode = np.maximum(
+            c["attn_ctx"] * layers * ctx_eff / t / c["bf16_peak_eff"],
+            (ctx_g * c["kv_tok"] - (ctx_g - wctx_g) * c["kv_win"]) / c["hbm_bw"],
+        )
+        decode_attn = np.where(simple, decode_attn, mixed_decode)
+        mixed_prefill = c["attn_pair"] * layers * (pre_ctx / D) / t / c["bf16_peak_eff"]
+        prefill_attn = np.where(simple, prefill_attn, mixed_prefill)
     attn_s = decode_attn + prefill_attn + kv_write
 
     # --- memory-bound element-wise kernels between the GEMMs ---
     ew_s = layers * n_tok * c["ew_bytes"] / c["hbm_bw"]
+    if not np.all(simple):
+        mixed_ew = (n_grp * c["dense_ew"] + n_routed * c["routed_ew"]) / c["hbm_bw"]
+        ew_s = np.where(simple, ew_s, mixed_ew)
 
     # --- tensor parallelism: 2 all-reduces of the layer output per layer ---
     tp_s = (
         2.0
         * layers
-        * (ring_allreduce_s(ACT_BYTES * n_tok * h, t, c["nvlink_bw"], c["alpha"]) + c["ar_latency"])
+        * (ring_allreduce_s(ACT_BYTES * n_grp * h, t, c["nvlink_bw"], c["alpha"]) + c["ar_latency"])
     )
 
-    total = gemm_s + head_s + attn_s + ew_s + tp_s + c["overhead"]
+    # --- expert parallelism: dispatch and combine all-to-alls per MoE layer ---
+    # network copies of a token: every remote one (low-latency kernels) or one per remote
+    # NVLink domain (normal kernels), as a share of the k copies alltoall_s splits
+    low_latency = n_tok / c["n_gpus"] <= LOW_LATENCY_TOKENS_PER_RANK
+    net_share = np.where(low_latency, c["f_net"], c["remote_domains"] / c["k"])
+    a2a = [
+        alltoall_s(
+            n_routed * h * nbytes,
+            c["f_nvl"],
+            net_share,
+            c["nvl_bw_moe"],
+            c["nic_bw"],
+            c["alpha"],
+            c["net_alpha"],
+        )
+        for nbytes in (A2A_DISPATCH_BYTES, A2A_COMBINE_BYTES)
+    ]
+    moe_s = np.where(c["ep"] > 1, c["n_moe"] * (a2a[0] + a2a[1]), 0.0)
+
+    total = gemm_s + head_s + attn_s + ew_s + tp_s + moe_s + c["overhead"]
     overhead = np.broadcast_to(c["overhead"], np.shape(total)).astype(np.float64)
     return {
         "iteration_time_s": total,
@@ -400,6 +707,7 @@ def _iteration_phases(
         "attention_s": attn_s,
         "elementwise_s": ew_s,
         "tp_comm_s": tp_s,
+        "moe_comm_s": np.broadcast_to(moe_s, np.shape(total)).astype(np.float64),
         "overhead_s": overhead,
     }
 
@@ -417,9 +725,10 @@ class IterationModel:
         tp: ArrayLike = 1,
         precision: ArrayLike = "bf16",
         kv_precision: ArrayLike = "bf16",
+        **parallel: Any,
     ):
         self.constants = _iteration_constants(
-            m, g, tp=tp, precision=precision, kv_precision=kv_precision
+            m, g, tp=tp, precision=precision, kv_precision=kv_precision, **parallel
         )
 
     def __call__(
@@ -450,11 +759,18 @@ class IterationModel:
         by_tokens = _iteration_phases(c, tokens, zero_t, zero_t, zero_t, zero_t)
         by_seqs = _iteration_phases(c, zero_s, zero_s, zero_s, zero_s, seqs)["lm_head_s"]
         attention = 4.0 * c["h"] * c["l"] / c["t"] / c["bf16_peak_eff"]
+        per_context = np.maximum(attention, c["kv_tok"] / c["hbm_bw"])
+        per_pair = attention
+        if not np.all(c["simple"]):  # per data-parallel rank; MLA's and head_dim's FLOPs
+            d = c["D"]
+            attention = c["attn_ctx"] * c["l"] / c["t"] / c["bf16_peak_eff"]
+            per_context = np.maximum(attention / d, c["kv_tok"] / d / c["hbm_bw"])
+            per_pair = c["attn_pair"] * c["l"] / c["t"] / c["bf16_peak_eff"] / d
         return IterationTable(
             tokens=by_tokens["iteration_time_s"].tolist(),
             sampled=(by_seqs - by_seqs[0]).tolist(),
-            per_context=float(np.maximum(attention, c["kv_tok"] / c["hbm_bw"])),
-            per_prefill_pair=float(attention),
+            per_context=float(per_context),
+            per_prefill_pair=float(per_pair),
         )
 
 
@@ -526,6 +842,7 @@ def iteration_time_s(
     tp: ArrayLike = 1,
     precision: ArrayLike = "bf16",
     kv_precision: ArrayLike = "bf16",
+    **parallel: Any,
 ) -> F64:
     """Seconds of one continuous-batching iteration of a replica of `tp` GPUs.
 
@@ -548,6 +865,7 @@ def iteration_time_s(
         tp=tp,
         precision=precision,
         kv_precision=kv_precision,
+        **parallel,
     )["iteration_time_s"]
 
 
@@ -565,6 +883,7 @@ def offline_steady_state(
     gpu_memory_utilization: ArrayLike = 0.9,
     reserve_full_sequence: ArrayLike = False,
     kv_capacity: ArrayLike | None = None,
+    **parallel: Any,
 ) -> dict[str, F64]:
     """Steady state of an offline benchmark on one replica (see `offline_throughput_tokens_s`).
 
@@ -584,6 +903,7 @@ def offline_steady_state(
             gpu_memory_utilization=gpu_memory_utilization,
             max_batched_tokens=max_batched_tokens,
             max_num_seqs=max_num_seqs,
+            dp_attention=parallel.get("dp_attention", 1),
         )
         if kv_capacity is None
         else _f(kv_capacity)
@@ -620,6 +940,7 @@ def offline_steady_state(
         tp=tp,
         precision=precision,
         kv_precision=kv_precision,
+        **parallel,
     )
     t_iter = bd["iteration_time_s"]
     return {
@@ -650,6 +971,7 @@ def offline_throughput_tokens_s(
     gpu_memory_utilization: ArrayLike = 0.9,
     reserve_full_sequence: ArrayLike = False,
     kv_capacity: ArrayLike | None = None,
+    **parallel: Any,
 ) -> F64:
     """Output tokens per second of one replica in the steady state of an offline benchmark
     (N requests at time 0, every one I prompt and O output tokens), closed form.
@@ -696,4 +1018,5 @@ def offline_throughput_tokens_s(
         gpu_memory_utilization=gpu_memory_utilization,
         reserve_full_sequence=reserve_full_sequence,
         kv_capacity=kv_capacity,
+        **parallel,
     )["output_tokens_per_s"]

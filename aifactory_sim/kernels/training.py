@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from .architecture import census, layer_totals
 from .collectives import ring_allgather_s, ring_allreduce_s
 
 F64 = NDArray[np.float64]
@@ -51,7 +52,7 @@ def _f(x: ArrayLike) -> F64:
 
 
 def param_count(m: dict[str, Any]) -> F64:
-    """Parameters of a decoder-only transformer.
+    """Parameters of a decoder-only transformer (all experts: what memory holds).
 
     Per layer: QKV h(h + 2 h g/a) + output h^2 + FFN (2 or 3 for SwiGLU) h f E + router h E
     (if E > 1) + two norms 2h; plus the token embedding V h, an untied output V h, a final norm.
@@ -64,7 +65,12 @@ def param_count(m: dict[str, Any]) -> F64:
     kv = h * g / a
     per_layer = h * (h + 2 * kv) + h * h + n_ffn * h * f * e + np.where(e > 1, h * e, 0.0) + 2 * h
     embed = vocab * h * np.where(m["tie_embeddings"], 1.0, 2.0)
-    return layers * per_layer + embed + h
+    # Other layer mixes (MLA, head_dim, shared experts, dense layers: kernels/architecture.py);
+    # the plain models keep the expression above, bit for bit.
+    c = census(m)
+    lt = layer_totals(c)
+    general = lt["dense_part"] + lt["routed"] + layers * 2 * h + embed + h
+    return np.where(c["uniform"], layers * per_layer + embed + h, general)
 
 
 def layer_forward_flops(
@@ -84,6 +90,14 @@ def layer_forward_flops(
     linear = 2 * tok * h * (h + 2 * kv) + 2 * tok * h * h + 2 * n_ffn * tok * h * f * k
     linear = linear + np.where(e > 1, 2 * tok * h * e, 0.0)
     attention = 4 * tok * _f(seq_len) * h
+    # Other layer mixes: the mean layer of kernels/architecture.py (dense layers, shared experts,
+    # MLA's projections, head_dim), the attention core at 4 a d per query-key pair (MLA: its
+    # expanded heads, 2 a (d_nope + d_rope) + 2 a d_v).
+    c = census(m)
+    lt = layer_totals(c)
+    mean_linear = 2 * tok * (lt["dense_part"] + lt["routed_active"]) / c["l"]
+    linear = np.where(c["uniform"], linear, mean_linear)
+    attention = np.where(c["uniform"], attention, tok * _f(seq_len) * c["attn_pair_flops"])
     return linear, attention
 
 
@@ -147,6 +161,13 @@ def memory_per_gpu(
     kv = h * g / a
 
     layer_params = param_count({**m, "layers": 1, "vocab": 0}) - h  # one layer, no embedding
+    arch = census(m)
+    # a mean layer where layers differ (dense layers before the MoE ones, interleaving)
+    mean_layer = (param_count({**m, "vocab": 0}) - h) / layers
+    layer_params = np.where(arch["uniform"], layer_params, mean_layer)
+    # FFN width a token passes through, on the mean layer: f k, or (k + shared) f_e on MoE layers
+    # and f on dense ones
+    fk = (arch["n_moe"] * (k + arch["shared"]) * arch["f_e"] + arch["n_dense"] * f) / layers
     stage_layers = np.ceil(layers / p)
     # One stage (p = 1) holds both the embedding and an untied output layer.
     embed = vocab * h * np.where(m["tie_embeddings"], 1.0, np.where(p == 1, 2.0, 1.0))
@@ -165,7 +186,11 @@ def memory_per_gpu(
     dropout = np.asarray(m.get("dropout", True), dtype=bool)
     replicated = (8.0 + 2.0 * dropout) * tok * h / np.where(sequence_parallel, t, 1.0)
     gated = np.where(m["gated_ffn"], 1.5, 1.0)
-    sharded = (2.0 * tok * (2 * h + 2 * kv) + 4.0 * gated * tok * f * k) / t
+    sharded = np.where(
+        arch["uniform"],
+        (2.0 * tok * (2 * h + 2 * kv) + 4.0 * gated * tok * f * k) / t,
+        (2.0 * tok * (2 * h + 2 * kv) + 4.0 * gated * tok * fk) / t,
+    )
     # Unfused attention keeps the softmax output (2 a s^2 b); with dropout also its mask and
     # output (3 a s^2 b more).
     no_scores = np.logical_or(flash_attention, rc >= 1)  # flash, or the core recomputed
@@ -247,6 +272,12 @@ def step_time(
     gated_bytes = np.where(m["gated_ffn"], 6.0, 4.0)
     dropout = np.asarray(m.get("dropout", True), dtype=bool)
     ew = (20.0 + 2.0 * dropout) * tok * h / np.where(seqpar, t, 1.0) + gated_bytes * tok * f * k / t
+    arch = census(m)
+    fk = (arch["n_moe"] * (k + arch["shared"]) * arch["f_e"] + arch["n_dense"] * f) / layers
+    ew_mixed = (20.0 + 2.0 * dropout) * tok * h / np.where(
+        seqpar, t, 1.0
+    ) + gated_bytes * tok * fk / t
+    ew = np.where(arch["uniform"], ew, ew_mixed)
     score_bytes = np.where(dropout, 13.0, 8.0)
     att_bytes = np.where(flash, tok * (4 * h + 4 * kv) / t, score_bytes * tok * a * s / t)
     # Backward moves about twice the forward's bytes; recompute adds a forward.

@@ -93,7 +93,56 @@ class ModelSpec(Spec):
     ffn_hidden: int | None = Field(None, gt=0, description="default: 4 x hidden")
     ffn_kind: Literal["gelu", "swiglu"] = "gelu"
     experts: int = Field(1, gt=0)
-    top_k: int = Field(1, gt=0, description="experts active per token")
+    top_k: int = Field(1, gt=0, description="routed experts active per token")
+    head_dim: int | None = Field(
+        None, gt=0, description="width of a query/key/value head; default hidden / heads"
+    )
+    attention: Literal["mha", "gqa", "mla"] | None = Field(
+        None,
+        description="mha (kv_heads = heads), gqa (fewer kv_heads) or mla (DeepSeek's latent KV: "
+        "kv_lora_rank, qk_nope_head_dim, qk_rope_head_dim, v_head_dim); default: mla if "
+        "kv_lora_rank is given, else mha or gqa from kv_heads",
+    )
+    kv_lora_rank: int | None = Field(None, gt=0, description="MLA: KV latent width (cached)")
+    q_lora_rank: int | None = Field(
+        None, gt=0, description="MLA: query latent width; none: a full-rank query projection"
+    )
+    qk_nope_head_dim: int | None = Field(None, gt=0, description="MLA: non-rotary q/k head width")
+    qk_rope_head_dim: int | None = Field(
+        None, gt=0, description="MLA: rotary key width, shared by the heads and cached"
+    )
+    v_head_dim: int | None = Field(None, gt=0, description="MLA: value head width")
+    window_tokens: int | None = Field(
+        None,
+        gt=0,
+        description="sliding-window (or chunked) attention span of the windowed layers, tokens",
+    )
+    window_layers: int | None = Field(
+        None, ge=0, description="layers that use window_tokens; default: all layers"
+    )
+    moe_ffn_hidden: int | None = Field(
+        None, gt=0, description="width of one routed (and shared) expert; default ffn_hidden"
+    )
+    shared_experts: int = Field(0, ge=0, description="experts every token uses on a MoE layer")
+    dense_layers: int = Field(
+        0, ge=0, description="leading layers with a dense FFN of ffn_hidden (DeepSeek-V3: 3)"
+    )
+    moe_every: int = Field(
+        1, gt=0, description="after dense_layers, every moe_every-th layer is MoE, the rest dense"
+    )
+    route_nodes: int | None = Field(
+        None,
+        gt=0,
+        description="most NVLink domains (nodes) a token's experts may sit in: node-limited "
+        "routing (DeepSeek-V3: 4); none: no limit",
+    )
+    router_imbalance: float = Field(
+        1.0,
+        ge=1.0,
+        description="busiest expert-parallel rank's routed tokens over the mean from skewed "
+        "expert popularity, on top of random routing's own spread; 1: balanced popularity (what "
+        "EPLB's redundant experts aim for)",
+    )
     tie_embeddings: bool = False
     dropout: bool = Field(
         True, description="trained with dropout (GPT-3); Llama and Mixtral use none"
@@ -113,13 +162,71 @@ class ModelSpec(Spec):
 
     @model_validator(mode="after")
     def _shapes(self) -> ModelSpec:
-        if self.hidden % self.heads:
+        if self.head_dim is None and self.hidden % self.heads:
             raise ValueError(f"hidden={self.hidden} must be a multiple of heads={self.heads}")
         if self.heads % self.kv_heads:  # type: ignore[operator]
             raise ValueError(f"heads={self.heads} must be a multiple of kv_heads={self.kv_heads}")
         if self.top_k > self.experts:
             raise ValueError(f"top_k={self.top_k} cannot exceed experts={self.experts}")
+        mla_fields = ("kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim")
+        kind = self.attention_kind
+        missing = [f for f in mla_fields if getattr(self, f) is None]
+        if kind == "mla" and missing:
+            raise ValueError(f"attention mla needs {', '.join(missing)}")
+        if kind != "mla":
+            given = [f for f in (*mla_fields, "q_lora_rank") if getattr(self, f) is not None]
+            if given:
+                raise ValueError(
+                    f"{', '.join(given)} describe MLA, but attention is {kind}; allowed: "
+                    "attention mla, or drop them"
+                )
+        if kind == "mha" and self.kv_heads != self.heads:
+            raise ValueError(
+                f"attention mha needs kv_heads = heads = {self.heads}, got kv_heads="
+                f"{self.kv_heads}; allowed: attention gqa"
+            )
+        if kind == "gqa" and self.kv_heads == self.heads:
+            raise ValueError(
+                f"attention gqa needs kv_heads < heads={self.heads}; allowed: attention mha"
+            )
+        if self.window_layers is not None:
+            if self.window_tokens is None:
+                raise ValueError("window_layers needs window_tokens (the window's span)")
+            if self.window_layers > self.layers:
+                raise ValueError(f"window_layers={self.window_layers} exceeds layers={self.layers}")
+        moe_shape = self.shared_experts or self.dense_layers or self.moe_every > 1
+        if self.experts == 1 and (moe_shape or self.moe_ffn_hidden is not None):
+            raise ValueError(
+                "shared_experts, dense_layers, moe_every and moe_ffn_hidden describe a mixture "
+                "of experts; allowed with experts > 1 only"
+            )
+        if self.experts > 1 and self.dense_layers + self.moe_every > self.layers:
+            raise ValueError(
+                f"dense_layers={self.dense_layers} and moe_every={self.moe_every} leave no MoE "
+                f"layer among the {self.layers} layers"
+            )
         return self
+
+    @property
+    def attention_kind(self) -> str:
+        """mha, gqa or mla: as given, else derived from kv_lora_rank and kv_heads."""
+        if self.attention is not None:
+            return self.attention
+        if self.kv_lora_rank is not None:
+            return "mla"
+        return "mha" if self.kv_heads == self.heads else "gqa"
+
+    @property
+    def is_moe(self) -> bool:
+        """A mixture of experts: more than one routed expert."""
+        return self.experts > 1
+
+    @property
+    def active_params(self) -> float:
+        """Parameters a token multiplies (kernels.architecture.active_param_count)."""
+        from ..kernels.architecture import active_param_count
+
+        return float(active_param_count(self.kernel_args()))
 
     @property
     def params(self) -> float:
@@ -142,4 +249,24 @@ class ModelSpec(Spec):
             "top_k": self.top_k,
             "tie_embeddings": self.tie_embeddings,
             "dropout": self.dropout,
+            # architecture variants (kernels/architecture.py); None/0: the plain model
+            "head_dim": self.head_dim,
+            "mla": self.attention_kind == "mla",
+            "kv_lora_rank": self.kv_lora_rank,
+            "q_lora_rank": self.q_lora_rank,
+            "qk_nope_head_dim": self.qk_nope_head_dim,
+            "qk_rope_head_dim": self.qk_rope_head_dim,
+            "v_head_dim": self.v_head_dim,
+            "window_tokens": self.window_tokens,
+            "window_layers": (
+                None
+                if self.window_tokens is None
+                else (self.layers if self.window_layers is None else self.window_layers)
+            ),
+            "moe_ffn_hidden": self.moe_ffn_hidden,
+            "shared_experts": self.shared_experts,
+            "dense_layers": self.dense_layers,
+            "moe_every": self.moe_every,
+            "router_imbalance": self.router_imbalance,
+            "route_nodes": self.route_nodes,
         }

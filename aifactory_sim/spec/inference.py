@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 
 from .autoscaling import Autoscaler
 from .base import NonNegativeDurationS, Spec
@@ -119,13 +119,30 @@ class InferenceService(Workload):
         description="a catalog name, {base: NAME, field: value}, or an inline model"
     )
     pool: str | None = Field(None, description="node pool the replicas run on; default: the first")
-    precision: Literal["bf16", "fp8", "int4"] = Field(
+    precision: Literal["bf16", "fp8", "int4", "fp4"] = Field(
         "bf16",
         description="weights: bf16; fp8 (W8A8 on FP8 tensor cores, W8A16 without); int4 (AWQ/GPTQ"
-        " groups of 128, W4A16)",
+        " groups of 128, W4A16); fp4 (NVFP4, W4A4 on FP4 tensor cores, W4A16 without)",
     )
-    kv_precision: Literal["bf16", "fp8"] = Field(
-        "bf16", description="KV-cache elements (vLLM kv_cache_dtype)"
+    kv_cache_dtype: Literal["bf16", "fp8", "fp4"] = Field(
+        "bf16",
+        # the older name is accepted as written, so that its errors name it
+        validation_alias=AliasChoices("kv_cache_dtype", "kv_precision"),
+        description="KV-cache elements (vLLM kv_cache_dtype); fp4 (NVFP4) needs a GPU with FP4 "
+        "tensor cores. `kv_precision` is the older name of the same field",
+    )
+    ep: int = Field(
+        1,
+        ge=1,
+        description="expert-parallel groups of a MoE model's routed experts: a divisor of the "
+        "experts and of the replica's gpus_per_replica; 1: experts sharded like the rest",
+    )
+    dp_attention: int = Field(
+        1,
+        ge=1,
+        description="data-parallel attention ranks per replica, each of tp GPUs with its own "
+        "sequences, KV cache and a copy of the non-expert weights (SGLang --enable-dp-attention);"
+        " a replica has tp x dp_attention GPUs",
     )
     tp: int = Field(
         1,
@@ -178,12 +195,50 @@ class InferenceService(Workload):
     def _model_from_catalog(cls, value: Any) -> Any:
         return from_catalog("model", value)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _kv_precision_alias(cls, data: Any) -> Any:
+        """`kv_precision` (older name) and `kv_cache_dtype` name one field: both given must
+        agree (the field's alias choices take either alone)."""
+        if isinstance(data, dict) and "kv_precision" in data and "kv_cache_dtype" in data:
+            old, new = data["kv_precision"], data["kv_cache_dtype"]
+            if new != old:
+                raise ValueError(
+                    f"kv_precision={old!r} and kv_cache_dtype={new!r} name the same field and "
+                    "disagree; allowed: give one of them"
+                )
+            data = {k: v for k, v in data.items() if k != "kv_precision"}
+        return data
+
+    @property
+    def kv_precision(self) -> str:
+        """The KV-cache element type (kv_cache_dtype; the older name)."""
+        return self.kv_cache_dtype
+
+    @property
+    def gpus_per_replica(self) -> int:
+        """GPUs one replica occupies: tp x dp_attention."""
+        return self.tp * self.dp_attention
+
     @model_validator(mode="after")
     def _check(self) -> InferenceService:
         if self.model.heads % self.tp:
             raise ValueError(
                 f"tp={self.tp} must divide the model's heads={self.model.heads} (each tensor "
                 "rank takes whole heads)"
+            )
+        n = self.gpus_per_replica
+        if self.ep > 1 and not self.model.is_moe:
+            raise ValueError(
+                f"ep={self.ep} needs a mixture-of-experts model; {self.model.name} has one FFN "
+                "per layer; allowed: ep 1"
+            )
+        if self.ep > 1 and (self.model.experts % self.ep or n % self.ep):
+            allowed = [e for e in range(1, n + 1) if n % e == 0 and self.model.experts % e == 0]
+            raise ValueError(
+                f"ep={self.ep} must divide the model's experts={self.model.experts} and the "
+                f"replica's tp x dp_attention = {n} GPUs; allowed: "
+                f"{', '.join(map(str, allowed))}"
             )
         a = self.autoscaler
         if (
@@ -208,6 +263,6 @@ class InferenceService(Workload):
         return 1
 
     def nodes_for(self, replicas: int, gpus_per_node: int) -> int:
-        """Whole nodes `replicas` replicas occupy: gpus_per_node / tp of them share a node, or
-        each spans tp / gpus_per_node nodes."""
-        return -(-replicas * self.tp // gpus_per_node)
+        """Whole nodes `replicas` replicas occupy: gpus_per_node / n of them share a node, or
+        each spans n / gpus_per_node nodes (n = gpus_per_replica)."""
+        return -(-replicas * self.gpus_per_replica // gpus_per_node)

@@ -559,14 +559,24 @@ class Scenario(Spec):
                 raise located(f"{where}.pool", f"unknown pool {svc.pool!r}; allowed: {pools}")
             pool = self.pool(svc.pool)
             gpn = pool.gpus_per_node
-            if gpn % svc.tp and svc.tp % gpn:
+            n_rep = svc.gpus_per_replica
+            if gpn % n_rep and n_rep % gpn:
                 divisors = [d for d in range(1, gpn + 1) if gpn % d == 0]
+                field = "tp" if svc.dp_attention == 1 else "dp_attention"
+                what = f"tp={svc.tp}" if svc.dp_attention == 1 else f"tp x dp_attention={n_rep}"
                 raise located(
-                    f"{where}.tp",
-                    f"tp={svc.tp} neither divides nor is a multiple of the {gpn} GPUs of a "
+                    f"{where}.{field}",
+                    f"{what} neither divides nor is a multiple of the {gpn} GPUs of a "
                     f"node in pool {pool.name!r}; allowed: {', '.join(map(str, divisors))} "
                     f"(replicas share a node) or a multiple of {gpn} (a replica spans whole "
                     "nodes)",
+                )
+            if svc.kv_cache_dtype == "fp4" and getattr(pool.gpu, "fp4_tflops", None) is None:
+                raise located(
+                    f"{where}.kv_cache_dtype",
+                    f"fp4 (NVFP4) KV cache needs FP4 tensor cores, which {pool.gpu.name} lacks "
+                    "(no fp4_tflops): attention would dequantise every cached element on each "
+                    "read, and no serving engine offers it there; allowed: bf16, fp8",
                 )
             _check_weights_fit(svc, pool, where)
             spares = self.cluster.spare_nodes if pool is self.cluster.node_pools[0] else 0
@@ -575,7 +585,13 @@ class Scenario(Spec):
             if needed > usable:
                 raise located(
                     f"{where}.replicas",
-                    f"{svc.initial_replicas} replicas of tp={svc.tp} need {needed} nodes of "
+                    f"{svc.initial_replicas} replicas of "
+                    + (
+                        f"tp={svc.tp}"
+                        if svc.dp_attention == 1
+                        else f"{svc.gpus_per_replica} GPUs (tp x dp_attention)"
+                    )
+                    + f" need {needed} nodes of "
                     f"{gpn} GPUs, more than pool {pool.name!r}'s {pool.nodes} nodes"
                     + (f" less {spares} spare nodes" if spares else "")
                     + f" = {usable}",
@@ -627,7 +643,7 @@ def _check_weights_fit(svc: InferenceService, pool: NodePool, where: str) -> Non
         DEVICE_BYTES_PER_GB,
         activation_reserve_bytes,
         kv_capacity_tokens,
-        weight_bytes,
+        replica_weight_bytes,
     )
 
     m = svc.model.kernel_args()
@@ -643,23 +659,33 @@ def _check_weights_fit(svc: InferenceService, pool: NodePool, where: str) -> Non
             gpu_memory_utilization=svc.gpu_memory_utilization,
             max_batched_tokens=b.max_batched_tokens,
             max_num_seqs=b.max_num_seqs,
+            dp_attention=svc.dp_attention,
         )
     )
     if capacity >= BLOCK_TOKENS:
         return
-    weights_gb = float(weight_bytes(m, svc.precision)) / 1e9
-    usable_gb = hbm * svc.gpu_memory_utilization * svc.tp / 1e9
+    n = svc.gpus_per_replica
+    weights_gb = float(replica_weight_bytes(m, svc.precision, svc.dp_attention)) / 1e9
+    usable_gb = hbm * svc.gpu_memory_utilization * n / 1e9
     reserve_gb = (
-        svc.tp
+        n
         * float(
             activation_reserve_bytes(
-                m, tp=svc.tp, max_batched_tokens=b.max_batched_tokens, max_num_seqs=b.max_num_seqs
+                m,
+                tp=svc.tp,
+                max_batched_tokens=b.max_batched_tokens / svc.dp_attention,
+                max_num_seqs=b.max_num_seqs,
             )
         )
         / 1e9
     )
-    gpus = f"{svc.tp} GPU{'s' if svc.tp > 1 else ''}"
-    lighter = {"bf16": "fp8/int4 weights, ", "fp8": "int4 weights, ", "int4": ""}[svc.precision]
+    gpus = f"{n} GPU{'s' if n > 1 else ''}"
+    lighter = {
+        "bf16": "fp8/int4/fp4 weights, ",
+        "fp8": "int4/fp4 weights, ",
+        "int4": "",
+        "fp4": "",
+    }[svc.precision]
     raise located(
         where,
         f"{svc.model.name} at precision {svc.precision} needs {weights_gb:.1f} GB of weights; "
