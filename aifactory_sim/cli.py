@@ -329,8 +329,10 @@ def _cmd_catalog(args: argparse.Namespace) -> int:
 
 
 def _layout_name(row: Any) -> str:
+    moe = row["ep"] > 1 or row["dp_attention"] > 1
+    par = f" dp-attention{row['dp_attention']} ep{row['ep']}" if moe else ""
     return (
-        f"tp{row['tp']} ep{row['ep']} {row['precision']} kv-{row['kv_cache_dtype']} "
+        f"tp{row['tp']}{par} {row['precision']} kv-{row['kv_cache_dtype']} "
         f"max_num_seqs {row['max_num_seqs']} max_batched_tokens {row['max_batched_tokens']}"
     )
 
@@ -354,6 +356,7 @@ def _cmd_plan_serving(args: argparse.Namespace) -> int:
         load_rps=args.rate,
         gpus_per_node=args.gpus_per_node,
         usd_per_gpu_hour=args.usd_per_gpu_hour,
+        nic_gbit_s=args.nic_gbit_s,
     )
     best = df.attrs["cheapest"]
     slo = ", ".join(f"{k} <= {v:g} s" for k, v in (("TTFT", args.ttft), ("TPOT", args.tpot)) if v)
@@ -382,8 +385,10 @@ def _cmd_plan_serving(args: argparse.Namespace) -> int:
         f"{_layout_name(best)}: {fleet}, {cost}; TTFT p{args.percentile:g} "
         f"{best['ttft_s']:.3g} s, TPOT {best['tpot_s']:.3g} s"
     )
+    moe = bool((df["ep"] > 1).any() or (df["dp_attention"] > 1).any())
     cols = [
         "tp",
+        *(["dp_attention", "ep"] if moe else []),
         "precision",
         "kv_cache_dtype",
         "max_num_seqs",
@@ -529,7 +534,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     ps = sub.add_parser(
         "plan-serving",
-        help="rank serving layouts (tp, precision, KV dtype, batch limits) of a model on a GPU "
+        help="rank serving layouts (tp, and for MoE dp_attention and ep; precision, KV dtype, "
+        "batch limits) of a model on a GPU "
         "and size the cheapest fleet that meets a latency SLO",
     )
     ps.add_argument("model", metavar="MODEL", help="a catalog model, e.g. llama3-70b")
@@ -543,6 +549,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--percentile", type=float, default=50.0, help="TTFT percentile the SLO holds (50)"
     )
     ps.add_argument("--gpus-per-node", type=int, default=8, help="GPUs per node (8)")
+    ps.add_argument(
+        "--nic-gbit-s",
+        type=float,
+        default=400.0,
+        metavar="G",
+        help="scale-out NIC per GPU, Gb/s, for a MoE model's expert all-to-all (400)",
+    )
     ps.add_argument(
         "--usd-per-gpu-hour", type=float, metavar="X", help="price, for the cost per token"
     )

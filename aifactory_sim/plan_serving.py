@@ -1,8 +1,8 @@
 """Serving plans: every replica layout of a model on a GPU, its throughput per GPU against the
 per-user token rate and the time to first token, and the cheapest fleet that meets an SLO.
 
-`plan_serving` enumerates (tp, ep, weights precision, KV-cache dtype, max_num_seqs,
-max_batched_tokens) layouts, evaluates them all in two vectorised calls into
+`plan_serving` enumerates (tp, dp_attention, ep, weights precision, KV-cache dtype,
+max_num_seqs, max_batched_tokens) layouts, evaluates them all in two vectorised calls into
 kernels/inference.py, and returns one row per layout. Nothing here simulates time: the engine
 (`af.run` with a `poisson` or `offline` workload) is the check (tests/test_plan_serving.py).
 
@@ -48,11 +48,12 @@ Model, per layout (I prompt and O output tokens, both the workload's means, held
    lightly loaded replica is dominated by the last two parts.
 4. SLO capacity: x_slo, the largest x on the curve whose TPOT and TTFT meet the SLO (0 when none
    does: `meets_slo` False). Latency grows along the curve, so every rate below x_slo meets it
-   too. With a load L (requests/s): replicas = ceil(L / x_slo), GPUs = replicas x tp x ep, and
+   too. With a load L (requests/s): replicas = ceil(L / x_slo), GPUs = replicas x G (G = tp x
+   dp_attention, the replica's GPUs; expert parallelism spreads the experts over those), and
    the TPOT and TTFT reported are those at x = L / replicas (interpolated along the curve).
 5. Cost per million output tokens: with a load, of the tokens served at that load,
    GPUs / (3600 L O) x 1e6 GPU-hours; without one, of a replica run at its SLO capacity,
-   (tp x ep) / (3600 x_slo O) x 1e6. Times `usd_per_gpu_hour` when a price is given (prices are
+   G / (3600 x_slo O) x 1e6. Times `usd_per_gpu_hour` when a price is given (prices are
    inputs, never constants).
 
 Not modelled: the spread of prompt and output lengths (the means stand for every request),
@@ -60,7 +61,20 @@ preemptions (the steady state never runs out of KV cache: the KV limit is one of
 prefix caching, routing imbalance between replicas (each replica is taken to receive L /
 replicas as a Poisson stream, what least-outstanding routing approaches), and multi-node
 replicas' slower inter-node all-reduce (the kernel prices every tensor-parallel all-reduce at
-NVLink rates).
+NVLink rates; the expert all-to-all does use the NICs beyond one NVLink domain).
+
+Mixture-of-experts models (`ModelSpec.is_moe`) also range over expert parallelism `ep` (a
+divisor of both the replica's GPUs and the routed experts) and data-parallel attention
+`dp_attention` (ranks of tp GPUs, each with its own sequences and KV cache), priced by the
+kernel's all-to-all and router-imbalance terms (kernels/inference.py); a dense model keeps
+ep = dp_attention = 1, where those axes change nothing. FP4 weights and KV are offered by
+default only on GPUs with FP4 tensor cores (`fp4_tflops`). The mean iteration is pessimistic
+for a MoE replica at a few tens of sequences: most of its iterations decode only and read the
+experts that few tokens touch, while the mean iteration, with its share of a prompt, reads
+nearly all of them (the experts touched are concave in the batch). Against the engine,
+DeepSeek-V3 on H200: -12 % to 0 % at 128-512 sequences, up to +36 % (the engine faster) at 32
+(tests/test_plan_serving.py).
+
 """
 
 from __future__ import annotations
@@ -79,29 +93,32 @@ if TYPE_CHECKING:
 
 F64 = NDArray[np.float64]
 
-#: The layout axes: (column of the result, the kernel keyword it feeds, or None while the kernel
-#: does not take it). Adding one the kernel learns (ep, dp_attention) is a line here, a default
-#: in DEFAULT_OPTIONS and, while the kernel lacks it, a value in NOT_IN_KERNEL_YET.
-AXES: tuple[tuple[str, str | None], ...] = (
+#: The layout axes: (column of the result, the kernel keyword it feeds). Adding one the kernel
+#: learns is a line here and a default in DEFAULT_OPTIONS.
+AXES: tuple[tuple[str, str], ...] = (
     ("tp", "tp"),
-    ("ep", None),
+    ("dp_attention", "dp_attention"),
+    ("ep", "ep"),
     ("precision", "precision"),
     ("kv_cache_dtype", "kv_precision"),
     ("max_num_seqs", "max_num_seqs"),
     ("max_batched_tokens", "max_batched_tokens"),
 )
 #: Options of each axis when none are given. max_num_seqs is the concurrency cap: the grid over
-#: which a layout may run below its memory's concurrency to meet a TPOT.
+#: which a layout may run below its memory's concurrency to meet a TPOT. ep and dp_attention:
+#: the MoE defaults (a dense model takes 1); fp4 joins precision and kv_cache_dtype by default on
+#: a GPU with FP4 tensor cores.
 DEFAULT_OPTIONS: dict[str, tuple[Any, ...]] = {
     "tp": (1, 2, 4, 8),
-    "ep": (1,),
+    "dp_attention": (1, 2, 4, 8),
+    "ep": (1, 2, 4, 8, 16, 32, 64),
     "precision": ("bf16", "fp8", "int4"),
     "kv_cache_dtype": ("bf16", "fp8"),
     "max_num_seqs": (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
     "max_batched_tokens": (2048, 8192, 16384),
 }
-#: Axes the kernel does not take yet, with the only value they may hold until it does.
-NOT_IN_KERNEL_YET: dict[str, Any] = {"ep": 1}
+#: Scale-out NIC rate per GPU when none is given: NDR InfiniBand, 400 Gb/s (catalog networks).
+DEFAULT_NIC_GBIT_S = 400.0
 #: Points of the operating curve, as shares u = n / lam_max of the saturated rate: dense at
 #: light load (a TTFT or a tight TPOT may only be met there) and every 5 % above 10 %.
 CURVE = np.concatenate(([0.002, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08], np.linspace(0.1, 1.0, 19)))
@@ -117,9 +134,14 @@ def _positive(name: str, value: Any, *, integer: bool = False) -> None:
         raise ScenarioError(f"{name} must be {kind}; got {value!r}")
 
 
-def _options(name: str, given: Any, allowed: tuple[Any, ...] | None = None) -> tuple[Any, ...]:
+def _options(
+    name: str,
+    given: Any,
+    allowed: tuple[Any, ...] | None = None,
+    default: tuple[Any, ...] | None = None,
+) -> tuple[Any, ...]:
     """An axis' options as a tuple, checked: whole positive numbers, or names from `allowed`."""
-    opts = DEFAULT_OPTIONS[name] if given is None else given
+    opts = (DEFAULT_OPTIONS[name] if default is None else default) if given is None else given
     opts = (opts,) if isinstance(opts, (str, int)) else tuple(opts)
     if not opts:
         raise ScenarioError(f"{name} options must not be empty")
@@ -129,11 +151,6 @@ def _options(name: str, given: Any, allowed: tuple[Any, ...] | None = None) -> t
                 raise ScenarioError(f"{name} options must be among {', '.join(allowed)}; got {v!r}")
         else:
             _positive(f"{name} option", v, integer=True)
-    if name in NOT_IN_KERNEL_YET and set(opts) != {NOT_IN_KERNEL_YET[name]}:
-        raise ScenarioError(
-            f"{name} options must be ({NOT_IN_KERNEL_YET[name]},) for now: the serving kernel "
-            f"does not model {name} other than {NOT_IN_KERNEL_YET[name]} yet; got {opts}"
-        )
     return tuple(dict.fromkeys(opts))
 
 
@@ -250,11 +267,13 @@ def plan_serving(
     usd_per_gpu_hour: float | None = None,
     tp_options: tuple[int, ...] | None = None,
     ep_options: tuple[int, ...] | None = None,
+    dp_attention_options: tuple[int, ...] | None = None,
     precision_options: tuple[str, ...] | None = None,
     kv_cache_dtype_options: tuple[str, ...] | None = None,
     max_num_seqs_options: tuple[int, ...] | None = None,
     max_batched_tokens_options: tuple[int, ...] | None = None,
     gpu_memory_utilization: float = 0.9,
+    nic_gbit_s: float = DEFAULT_NIC_GBIT_S,
     include_infeasible: bool = False,
 ) -> pd.DataFrame:
     """One row per serving layout of `model` on `gpu` (catalog names, mappings or specs), the
@@ -264,9 +283,12 @@ def plan_serving(
     (1 / TPOT; the mean decode iteration, at any percentile); an SLO left out is not checked.
     `load_rps` (requests/s) sizes the fleet: `replicas`, `gpus`, and the cost of the tokens
     served at that load; without it the cost is that of a replica run at its SLO capacity.
-    Layout rules: tp divides `gpus_per_node` or is a multiple of it, and divides the attention
-    heads (KV heads are replicated when tp exceeds them, as the kernel does);
-    max_batched_tokens >= max_num_seqs (vLLM's rule). Layouts whose weights and one request's
+    Layout rules: tp and the replica's tp x dp_attention GPUs each divide `gpus_per_node` or
+    are a multiple of it, tp divides the attention heads (KV heads are replicated when tp
+    exceeds them, as the kernel does); ep divides the replica's GPUs and the routed experts;
+    max_batched_tokens >= max_num_seqs (vLLM's rule). ep and dp_attention other than 1 need a
+    MoE model. `nic_gbit_s` is each GPU's scale-out NIC (the expert all-to-all beyond one NVLink
+    domain). Layouts whose weights and one request's
     KV cache do not fit are dropped unless `include_infeasible` (then `fits` is False).
     `df.attrs` holds the inputs, `best_ttft_s` and `best_tpot_s` (the lowest reachable by any
     fitting layout, at the lightest load of the curve) and `cheapest` (the first row as a dict,
@@ -293,6 +315,7 @@ def plan_serving(
         ("tokens_per_s_per_user", tokens_per_s_per_user),
         ("load_rps", load_rps),
         ("usd_per_gpu_hour", usd_per_gpu_hour),
+        ("nic_gbit_s", nic_gbit_s),
     ):
         if value is not None:
             _positive(name, value)
@@ -305,12 +328,29 @@ def plan_serving(
             f"gpu_memory_utilization must be in (0, 1]; got {gpu_memory_utilization!r}"
         )
     m_spec, g_spec = _resolve(model, gpu)
+    moe = bool(m_spec.is_moe)
+    fp4 = g_spec.fp4_tflops is not None
+    for name, given in (("ep", ep_options), ("dp_attention", dp_attention_options)):
+        if not moe and given is not None and set(_options(name, given)) != {1}:
+            raise ScenarioError(
+                f"{name} options {tuple(given)}: {m_spec.name} is a dense model (one FFN per "
+                f"layer), where {name} changes nothing; allowed: (1,)"
+            )
     opts = {
         "tp": _options("tp", tp_options),
-        "ep": _options("ep", ep_options),
-        "precision": _options("precision", precision_options, tuple(WEIGHT_BYTES_PER_PARAM)),
+        "dp_attention": _options("dp_attention", dp_attention_options, None, None if moe else (1,)),
+        "ep": _options("ep", ep_options, None, None if moe else (1,)),
+        "precision": _options(
+            "precision",
+            precision_options,
+            tuple(WEIGHT_BYTES_PER_PARAM),
+            DEFAULT_OPTIONS["precision"] + (("fp4",) if fp4 else ()),
+        ),
         "kv_cache_dtype": _options(
-            "kv_cache_dtype", kv_cache_dtype_options, tuple(KV_BYTES_PER_ELEMENT)
+            "kv_cache_dtype",
+            kv_cache_dtype_options,
+            tuple(KV_BYTES_PER_ELEMENT),
+            DEFAULT_OPTIONS["kv_cache_dtype"] + (("fp4",) if fp4 else ()),
         ),
         "max_num_seqs": _options("max_num_seqs", max_num_seqs_options),
         "max_batched_tokens": _options("max_batched_tokens", max_batched_tokens_options),
@@ -330,14 +370,33 @@ def plan_serving(
     cols: dict[str, Any] = {
         a: np.asarray(opts[a])[g.ravel()] for a, g in zip(names, grids, strict=True)
     }
-    keep = cols["max_batched_tokens"] >= cols["max_num_seqs"]
-    cols = {a: v[keep] for a, v in cols.items()}
-    if not keep.any():
+    if not (cols["max_batched_tokens"] >= cols["max_num_seqs"]).any():
         raise ScenarioError("every max_batched_tokens option is below every max_num_seqs one")
+    n_rep = cols["tp"] * cols["dp_attention"]
+    keep = (
+        (cols["max_batched_tokens"] >= cols["max_num_seqs"])
+        & ((gpn % n_rep == 0) | (n_rep % gpn == 0))
+        & (n_rep % cols["ep"] == 0)
+        & ((m_spec.experts % cols["ep"] == 0) if moe else (cols["ep"] == 1))
+    )
+    if not keep.any():
+        raise ScenarioError(
+            f"no layout is valid: ep options {opts['ep']} must divide a replica's tp x "
+            f"dp_attention GPUs (tp {tps}, dp_attention {opts['dp_attention']}) and the "
+            f"{m_spec.experts} experts, and tp x dp_attention must divide gpus_per_node={gpn} "
+            "or be a multiple of it"
+        )
+    cols = {a: v[keep] for a, v in cols.items()}
 
     margs = m_spec.kernel_args()
-    g = gpu_inference_args(gpu_fields(g_spec), catalog.entry("calibration", g_spec.family))
-    kernel = {kw: cols[a] for a, kw in AXES if kw is not None}
+    cal = catalog.entry("calibration", g_spec.family)
+    g = gpu_inference_args(gpu_fields(g_spec), cal)
+    kernel = {kw: cols[a] for a, kw in AXES}
+    # the network and NVLink domain as the engine's replica_sizing gives them (engine/fleet.py)
+    net = {
+        "nic_bytes_per_s": float(nic_gbit_s) / 8.0 * 1e9 * cal["net_efficiency"],
+        "nvlink_domain": g_spec.nvlink_domain,
+    }
     i_len, o_len = float(prompt), float(output)
     sat = offline_steady_state(
         margs,
@@ -350,8 +409,11 @@ def plan_serving(
         kv_precision=kernel["kv_precision"],
         max_num_seqs=kernel["max_num_seqs"],
         max_batched_tokens=kernel["max_batched_tokens"],
+        ep=kernel["ep"],
+        dp_attention=kernel["dp_attention"],
+        **net,
     )
-    gpus_per_replica = cols["tp"] * cols["ep"]
+    gpus_per_replica = cols["tp"] * cols["dp_attention"]
     lam_max = sat["requests_per_iteration"]
     t_max = sat["iteration_time_s"]
     fits = (sat["kv_capacity_tokens"] >= i_len + o_len) & (lam_max > 0)
@@ -372,6 +434,9 @@ def plan_serving(
         tp=kernel["tp"][col],
         precision=kernel["precision"][col],
         kv_precision=kernel["kv_precision"][col],
+        ep=kernel["ep"][col],
+        dp_attention=kernel["dp_attention"][col],
+        **net,
     )["iteration_time_s"]
     with np.errstate(divide="ignore", invalid="ignore"):
         x = np.where(n > 0, n / t, 0.0)  # requests/s per replica
@@ -397,6 +462,9 @@ def plan_serving(
         tp=kernel["tp"][col],
         precision=kernel["precision"][col],
         kv_precision=kernel["kv_precision"][col],
+        ep=kernel["ep"][col],
+        dp_attention=kernel["dp_attention"][col],
+        **net,
     )["iteration_time_s"]
     q = percentile / 100.0
     ttft = _ttft_s(
@@ -424,6 +492,7 @@ def plan_serving(
     df = pd.DataFrame(
         {
             "tp": cols["tp"],
+            "dp_attention": cols["dp_attention"],
             "ep": cols["ep"],
             "precision": cols["precision"],
             "kv_cache_dtype": cols["kv_cache_dtype"],

@@ -109,12 +109,19 @@ def iteration_s(
     prompts: np.ndarray,
 ) -> np.ndarray:
     """The kernel's iteration time for fractional batches: the replica's IterationTable,
-    linear between whole tokens and sequences (exact at whole numbers)."""
+    linear between whole tokens and sequences (exact at whole numbers; a decode-only batch,
+    prefill 0, takes the table's decode_tokens)."""
     tab = rep.table
     tokens = np.clip(prefill + decode, 0.0, len(tab.tokens) - 1.0)
     seqs = np.clip(decode + prompts, 0.0, len(tab.sampled) - 1.0)
+    by_tokens = np.interp(tokens, rep.tok_axis, tab.tokens)
+    if tab.split:  # expert-parallel: decode-only iterations dispatch with their own kernels
+        alone = np.interp(
+            np.minimum(tokens, len(tab.decode_tokens) - 1.0), rep.seq_axis, tab.decode_tokens
+        )
+        by_tokens = np.where(prefill > 0, by_tokens, alone)
     return (
-        np.interp(tokens, rep.tok_axis, tab.tokens)
+        by_tokens
         + np.interp(seqs, rep.seq_axis, tab.sampled)
         + tab.per_context * context
         + tab.per_prefill_pair * pairs

@@ -53,11 +53,12 @@ KV_BYTES_PER_ELEMENT = {"bf16": 2.0, "fp8": 1.0, "fp4": 0.5 + 1 / 16}
 #: FP8, combine BF16"; DeepSeek-V3 report, Sec. 3.3.2, FP8 dispatch).
 A2A_DISPATCH_BYTES = 1.0 + 4.0 / 128.0
 A2A_COMBINE_BYTES = 2.0
-#: Tokens per rank up to which the dispatch uses DeepEP's low-latency kernels (pure RDMA, every
-#: copy sent straight to its GPU: k f_net copies cross the network); above it the normal
-#: kernels, which send a token once to each remote NVLink domain and forward it over NVLink
-#: there (deepseek-ai/DeepEP README; SGLang's `--deepep-mode auto` picks low-latency for decode
-#: batches, which the LMSYS large-scale EP deployment ran at 256 tokens per rank).
+#: Tokens per rank up to which a decode-only iteration uses DeepEP's low-latency kernels (pure
+#: RDMA, every copy sent straight to its GPU: k f_net copies cross the network); an iteration
+#: that prefills, or holds more tokens per rank, uses the normal kernels, which send a token once
+#: to each remote NVLink domain and forward it over NVLink there (deepseek-ai/DeepEP README;
+#: SGLang's `--deepep-mode auto` picks normal for extend batches and low-latency for decode
+#: batches, whose buffers the LMSYS large-scale EP deployment sized at 256 tokens per rank).
 LOW_LATENCY_TOKENS_PER_RANK = 256
 #: Scale-out bandwidth per GPU when the caller gives none: one 400 Gb/s NIC per GPU (DGX H100's
 #: ConnectX-7, rail-optimised) at the calibration's net_efficiency 0.825 (catalog/calibration.yaml).
@@ -399,8 +400,8 @@ def iteration_breakdown(
       experts and the combine of their outputs (BF16, A2A_DISPATCH_BYTES / A2A_COMBINE_BYTES),
       each as max(bytes x f_nvl / B_nvlink, bytes x f_net / B_nic) + alpha, with f_nvl =
       (min(ep, domain) - 1) / ep of the copies inside the NVLink domain and f_net = max(ep -
-      domain, 0) / ep beyond it (DeepEP's low-latency kernels, up to
-      LOW_LATENCY_TOKENS_PER_RANK tokens per rank), or, above that, one copy per remote
+      domain, 0) / ep beyond it (DeepEP's low-latency kernels: a decode-only iteration of up to
+      LOW_LATENCY_TOKENS_PER_RANK tokens per rank), or, otherwise, one copy per remote
       domain the token's experts sit in (`_remote_domains`, DeepEP's normal kernels forward
       inside the domain over NVLink); NVLink and the NICs move their shares at once.
     FLOP-bound work runs at `prefill_gemm_efficiency` of peak, byte-bound work at
@@ -682,7 +683,7 @@ def _iteration_phases(
     # --- expert parallelism: dispatch and combine all-to-alls per MoE layer ---
     # network copies of a token: every remote one (low-latency kernels) or one per remote
     # NVLink domain (normal kernels), as a share of the k copies alltoall_s splits
-    low_latency = n_tok / c["n_gpus"] <= LOW_LATENCY_TOKENS_PER_RANK
+    low_latency = (p_tok <= 0.0) & (n_tok / c["n_gpus"] <= LOW_LATENCY_TOKENS_PER_RANK)
     net_share = np.where(low_latency, c["f_net"], c["remote_domains"] / c["k"])
     a2a = [
         alltoall_s(
@@ -758,6 +759,10 @@ class IterationModel:
         zero_t, zero_s = np.zeros_like(tokens), np.zeros_like(seqs)
         by_tokens = _iteration_phases(c, tokens, zero_t, zero_t, zero_t, zero_t)
         by_seqs = _iteration_phases(c, zero_s, zero_s, zero_s, zero_s, seqs)["lm_head_s"]
+        decode_tokens = None  # the same as tokens[:max_seqs + 1] without expert parallelism
+        if np.any(c["ep"] > 1):  # a decode-only iteration may use the low-latency all-to-all
+            by_decode = _iteration_phases(c, zero_s, seqs, zero_s, zero_s, zero_s)
+            decode_tokens = by_decode["iteration_time_s"].tolist()
         attention = 4.0 * c["h"] * c["l"] / c["t"] / c["bf16_peak_eff"]
         per_context = np.maximum(attention, c["kv_tok"] / c["hbm_bw"])
         per_pair = attention
@@ -771,6 +776,7 @@ class IterationModel:
             sampled=(by_seqs - by_seqs[0]).tolist(),
             per_context=float(per_context),
             per_prefill_pair=float(per_pair),
+            decode_tokens=decode_tokens,
         )
 
 
@@ -785,21 +791,41 @@ class IterationTable:
 
         t_iter = tokens[N] + sampled[S] + per_context x context + per_prefill_pair x pairs,
 
-    with `sampled[0] = 0`. A run of decode iterations of D sequences whose contexts grow by one
-    token each per iteration therefore has the closed-form elapsed time of `decode_run_s`.
+    with `sampled[0] = 0`, for an iteration that prefills. A decode-only iteration of D
+    sequences takes `decode_tokens[D]` in place of tokens[D]: the same number unless the replica
+    is expert-parallel, where a decode-only iteration may dispatch with DeepEP's low-latency
+    kernels (LOW_LATENCY_TOKENS_PER_RANK). A run of decode iterations of D sequences whose
+    contexts grow by one token each per iteration therefore has the closed-form elapsed time of
+    `decode_run_s`.
     """
 
-    __slots__ = ("decode_base", "per_context", "per_prefill_pair", "sampled", "tokens")
+    __slots__ = (
+        "decode_base",
+        "decode_tokens",
+        "per_context",
+        "per_prefill_pair",
+        "sampled",
+        "split",
+        "tokens",
+    )
 
     def __init__(
-        self, tokens: list[float], sampled: list[float], per_context: float, per_prefill_pair: float
+        self,
+        tokens: list[float],
+        sampled: list[float],
+        per_context: float,
+        per_prefill_pair: float,
+        decode_tokens: list[float] | None = None,
     ):
         self.tokens = tokens
         self.sampled = sampled
         self.per_context = per_context
         self.per_prefill_pair = per_prefill_pair
-        #: a decode iteration of D sequences at zero context: tokens[D] + sampled[D]
-        self.decode_base = [tokens[d] + sampled[d] for d in range(len(sampled))]
+        #: whether decode-only iterations have their own token term
+        self.split = decode_tokens is not None
+        self.decode_tokens = tokens[: len(sampled)] if decode_tokens is None else decode_tokens
+        #: a decode iteration of D sequences at zero context: decode_tokens[D] + sampled[D]
+        self.decode_base = [self.decode_tokens[d] + sampled[d] for d in range(len(sampled))]
 
     def time_s(
         self,
@@ -810,8 +836,9 @@ class IterationTable:
         prefill_seqs: int,
     ) -> float:
         """One iteration (arguments as `iteration_time_s`)."""
+        tokens = self.tokens if prefill_tokens or not self.split else self.decode_tokens
         return (
-            self.tokens[prefill_tokens + decode_seqs]
+            tokens[prefill_tokens + decode_seqs]
             + self.sampled[decode_seqs + prefill_seqs]
             + self.per_context * context_tokens
             + self.per_prefill_pair * prefill_pairs
