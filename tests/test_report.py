@@ -215,11 +215,19 @@ def test_energy_and_cost_headline_cards_read_the_schema_keys():
 
     from aifactory_sim.report import _energy_cards
 
-    # energy_mwh, peak_mw, cost_usd.private.total and cost_usd.cloud.total, by name.
-    golden = Path(__file__).parent / "golden" / "scenario-factory" / "summary.json"
-    assert _energy_cards(json.loads(golden.read_text())) == [
-        ("energy", "1.89e+03 MWh"), ("peak power", "11.4 MW"),
-        ("cost, private", "$3,140,880"), ("cost, cloud", "$8,214,912")]
+    # energy_mwh, peak_mw, cost_usd.private.total and cost_usd.cloud.total, by name: each card
+    # shows its key's value from the golden factory summary, to 3 figures (money to the dollar)
+    golden = json.loads(
+        (Path(__file__).parent / "golden" / "scenario-factory" / "summary.json").read_text())
+    cost = golden["cost_usd"]
+    assert _energy_cards(golden) == [
+        ("energy", f"{golden['energy_mwh']:,.3g} MWh"),
+        ("peak power", f"{golden['peak_mw']:,.3g} MW"),
+        ("cost, private", f"${cost['private']['total']:,.0f}"),
+        ("cost, cloud", f"${cost['cloud']['total']:,.0f}")]
+    # a summary saved before the energy section has none of these cards
+    assert _energy_cards({k: v for k, v in golden.items()
+                          if k not in ("energy_mwh", "peak_mw", "cost_usd")}) == []
     summary = {"gpus": 8, "energy_mwh": 12.5, "energy_mwh_by": {"training": 10.0}, "mean_mw": 1.0,
                "peak_mw": 1.25,
                "cost_usd": {"private": {"capex": 1.0, "energy": 2.0, "total": 3000.0},

@@ -77,6 +77,13 @@ class RouterModel:
         self._cores: list[ReplicaCore] = []  # each replica's core (the fleet's replica.core)
         self.queue: deque[int] = deque()  # the router's queue
         self._rr = 0
+        self._policy = spec.router
+        self._seats = spec.batching.max_num_seqs
+        # Whether the ready replicas are every replica, in index order (None: to be checked):
+        # then least-outstanding's first replica with the fewest in flight is
+        # outs.index(min(outs)), two C loops instead of a key call per replica. Every change to
+        # the fleet's ready list is followed by a call below that resets it before any routing.
+        self._in_order: bool | None = None
         self._heap: list[tuple[float, int, int]] = []  # (plan end, seq, replica)
         self._seq = 0
         # Requests in the system (arrived, not dropped, not finished) and their time integral,
@@ -137,6 +144,7 @@ class RouterModel:
         )
         self.outs.append(0)
         self._seqs.append(-1)
+        self._in_order = None
         self._cores.append(core)
         return core
 
@@ -149,19 +157,24 @@ class RouterModel:
         """Handle every arrival and plan end at or before `t`, in time order (a plan end before
         an arrival at the same instant: the finished request frees its seat first)."""
         arrivals, n = self._arrivals, len(self._arrivals)
-        heap, replicas, seqs = self._heap, self.replicas, self._seqs
+        heap, replicas, seqs, cores = self._heap, self.replicas, self._seqs, self._cores
+        drop, route, plan_end = self._drop, self._route, self._plan_end
+        heappop = heapq.heappop
         i = self._next
         while True:
             ta = arrivals[i] if i < n else INF
-            while heap and seqs[heap[0][2]] != heap[0][1]:
-                heapq.heappop(heap)  # a plan that was cut or cancelled
+            while heap:
+                top = heap[0]
+                if seqs[top[2]] == top[1]:
+                    break
+                heappop(heap)  # a plan that was cut or cancelled
             tr = heap[0][0] if heap else INF
             if tr <= ta:
                 if tr > t:
                     break
                 self._area += self._in_system * (tr - self._area_t)
                 self._area_t = tr
-                self._in_system -= self._plan_end(replicas[heapq.heappop(heap)[2]], tr)
+                self._in_system -= plan_end(replicas[heappop(heap)[2]], tr)
             else:
                 if ta > t:
                     break
@@ -169,10 +182,10 @@ class RouterModel:
                 self._area_t = ta
                 touched: list[ReplicaView] = []
                 while i < n and arrivals[i] == ta:  # requests arriving together
-                    if not self._drop[i]:
+                    if not drop[i]:
                         self._in_system += 1
-                        r = self._route(i, ta)
-                        if r is not None and self._cores[r.index].plan is None:
+                        r = route(i, ta)
+                        if r is not None and cores[r.index].plan is None:
                             touched.append(r)
                     i += 1
                 self._next = i
@@ -196,14 +209,21 @@ class RouterModel:
     def _plan_end(self, r: ReplicaView, now: float) -> int:
         """A replica's plan ends: its finished requests leave (their number is returned), the
         router's queue refills it, and it plans again."""
-        core = self._cores[r.index]
+        k = r.index
+        core = self._cores[k]
         done = core.advance()
         if done:
-            self.outs[r.index] -= done
+            self.outs[k] -= done
             if self.queue and r.state == "ready":
                 self._fill_from_queue(r, now)
-        core.schedule(now)
-        self._push(r)
+        if core.plan is None and (core.running or core.waiting):
+            core._plan(now)  # core.schedule(now), inlined
+        # self._push(r), inlined: once per plan end
+        self._seq += 1
+        self._seqs[k] = self._seq
+        plan = core.plan
+        if plan is not None:
+            heapq.heappush(self._heap, (plan.end, self._seq, k))
         return done
 
     # --- router ------------------------------------------------------------------------------
@@ -213,11 +233,14 @@ class RouterModel:
         if not ready or self.queue:
             self.queue.append(rid)
             return None
-        policy = self.spec.router
+        policy = self._policy
         if policy == "least-outstanding":
             outs = self.outs
-            k = min(ready, key=outs.__getitem__)
-            if outs[k] >= self.spec.batching.max_num_seqs:
+            in_order = self._in_order
+            if in_order is None:
+                in_order = self._in_order = ready == list(range(len(outs)))
+            k = outs.index(min(outs)) if in_order else min(ready, key=outs.__getitem__)
+            if outs[k] >= self._seats:
                 self.queue.append(rid)
                 return None
         elif policy == "round-robin":
@@ -229,13 +252,16 @@ class RouterModel:
         return self._send(self.replicas[k], rid, now)
 
     def _send(self, r: ReplicaView, rid: int, now: float) -> ReplicaView:
-        core = self._cores[r.index]
+        k = r.index
+        core = self._cores[k]
         plan = core.plan
         k_before = plan.k if plan is not None else 0
         core.add(rid, now)
-        self.outs[r.index] += 1
-        if plan is not None and plan.k != k_before:
-            self._push(r)  # the decode stretch was cut
+        self.outs[k] += 1
+        if plan is not None and plan.k != k_before:  # the decode stretch was cut: _push(r)
+            self._seq += 1
+            self._seqs[k] = self._seq
+            heapq.heappush(self._heap, (plan.end, self._seq, k))
         return r
 
     def _fill_from_queue(self, r: ReplicaView, now: float) -> None:
@@ -275,17 +301,19 @@ class RouterModel:
         return self.outs[index]
 
     def replica_ready(self, replica: ReplicaView, now: float) -> None:
+        self._in_order = None
         if self.queue:
             self._fill_from_queue(replica, now)
             self._schedule(replica, now)
 
     def scaled_down(self, ready_before: int, ready_after: int) -> None:
-        pass  # the removed replicas drain their own requests
+        self._in_order = None  # the removed replicas drain their own requests
 
     def node_failing(self, hit: Sequence[ReplicaView]) -> None:
-        pass  # their requests come back through `evicted`
+        self._in_order = None  # their requests come back through `evicted`
 
     def evicted(self, replica: ReplicaView, now: float) -> list[int]:
+        self._in_order = None
         orphans = replica.core.evict(now)
         self.outs[replica.index] = 0
         self._seqs[replica.index] = -1
@@ -293,8 +321,10 @@ class RouterModel:
 
     def stopped(self, replica: ReplicaView) -> None:
         self._seqs[replica.index] = -1
+        self._in_order = None
 
     def reroute(self, requests: list[int], now: float) -> None:
+        self._in_order = None
         for rid in sorted(requests):
             target = self._route(rid, now)
             if target is not None:

@@ -53,6 +53,10 @@ class RequestLog:
         self.finish_s = np.full(n, math.nan)
         self.preemptions = np.zeros(n, dtype=np.int64)
         self.replica = np.full(n, -1, dtype=np.int64)
+        #: the lengths as Python ints, for the replicas' reads (a list index is several times
+        #: cheaper than a NumPy scalar's)
+        self.prompt_list: list[int] = self.prompt_tokens.tolist()
+        self.output_list: list[int] = self.output_tokens.tolist()
 
     def __len__(self) -> int:
         return self.arrival_s.size
@@ -179,7 +183,7 @@ class ReplicaCore:
         at its first iteration boundary at or after `now`; an idle replica waits for
         `schedule`, so that requests arriving together are admitted together."""
         log = self.log
-        self.waiting.append(Seq(rid, int(log.prompt_tokens[rid]), int(log.output_tokens[rid])))
+        self.waiting.append(Seq(rid, log.prompt_list[rid], log.output_list[rid]))
         log.replica[rid] = self.index
         plan = self.plan
         if (
@@ -322,9 +326,11 @@ class ReplicaCore:
             c = now - d0
             root = c / b if a == 0.0 else (-b + math.sqrt(b * b + 4.0 * a * c)) / (2.0 * a)
             j = max(1, math.ceil(root))
-            while j > 1 and plan.end_of(j - 1) >= now:
+            # plan.end_of(j) inlined: d0 + decode_run_s(first, growth, j)
+            first, growth = plan.first, plan.growth
+            while j > 1 and d0 + ((j - 1) * first + growth * ((j - 1) * (j - 2.0) / 2.0)) >= now:
                 j -= 1
-            while j < plan.k and plan.end_of(j) < now:
+            while j < plan.k and d0 + (j * first + growth * (j * (j - 1.0) / 2.0)) < now:
                 j += 1
         if j < plan.k:
             plan.set_k(j)
@@ -337,7 +343,7 @@ class ReplicaCore:
             del self.prefilling[victim.order]
             self._pre_blocks -= -(-victim.cached // BLOCK_TOKENS)
         self.log.preemptions[victim.rid] += 1
-        victim.target = int(self.log.prompt_tokens[victim.rid]) + victim.generated
+        victim.target = self.log.prompt_list[victim.rid] + victim.generated
         victim.prefilled = victim.cached = 0
         self.waiting.appendleft(victim)
 
@@ -355,7 +361,11 @@ class ReplicaCore:
             if self.running:
                 self._decode_stretch(now, i, cap)
             return
-        used = self._decode_blocks(i) + self._pre_blocks  # exact: admission depends on it
+        # Blocks in use: the upper bound above first; the exact count (a sum over 16 residues)
+        # only when a decision hangs on it, so every decision is the exact count's.
+        n = self._n_dec
+        base = self._pre_blocks + (self._ctx0 + n * (i + BLOCK_TOKENS)) // BLOCK_TOKENS
+        exact = False
         budget = self.max_batched_tokens - self._n_dec
         chunks: list[tuple[Seq, int]] = []
         extra = 0  # blocks the chunks add
@@ -369,16 +379,19 @@ class ReplicaCore:
             more = -(-(s.cached + c) // BLOCK_TOKENS) - -(-s.cached // BLOCK_TOKENS)
             # vLLM V1: a running request's new tokens get blocks, preempting the newest running
             # request (possibly itself, which ends the pass) until they do.
-            while used + extra + more > cap and s.order in self.running:
+            while base + extra + more > cap and s.order in self.running:
+                if not exact:
+                    base, exact = self._decode_blocks(i) + self._pre_blocks, True
+                    continue
                 self._preempt(self.running[next(reversed(self.running))])
-                used = self._decode_blocks(i) + self._pre_blocks
+                base = self._decode_blocks(i) + self._pre_blocks
                 budget = self.max_batched_tokens - self._n_dec - sum(c for _, c in chunks)
             if s.order not in self.running:
                 break
             chunks.append((s, c))
             budget -= c
             extra += more
-        used += extra
+        added = extra  # blocks the iteration's chunks add
         n = self._n_dec
         waiting = self.waiting
         while waiting and budget > 0 and len(self.running) < self.max_num_seqs:
@@ -387,8 +400,12 @@ class ReplicaCore:
             if not self.chunked_prefill and c < head.target:
                 break
             blocks = -(-c // BLOCK_TOKENS)
-            if used + blocks > cap:
-                break
+            if base + added + blocks > cap:
+                if exact:
+                    break
+                base, exact = self._decode_blocks(i) + self._pre_blocks, True
+                if base + added + blocks > cap:
+                    break
             waiting.popleft()
             head.order = self._order
             self._order += 1
@@ -398,7 +415,7 @@ class ReplicaCore:
             self.prefilling[head.order] = head
             chunks.append((head, c))
             budget -= c
-            used += blocks
+            added += blocks
         if not chunks:
             if self._n_dec:
                 self._decode_stretch(now, i, cap)
@@ -477,5 +494,9 @@ class ReplicaCore:
                 else:
                     hi = mid - 1
             k = lo
-        first, growth = self.table.decode_run(n, self._ctx0 + n * i)
-        return k, first, growth
+        table = self.table  # table.decode_run(n, context), inlined: once per plan
+        return (
+            k,
+            table.decode_base[n] + table.per_context * (self._ctx0 + n * i),
+            (table.per_context * n),
+        )
