@@ -376,7 +376,10 @@ def bench_year(quick: bool) -> dict[str, Any]:
     )
 
 
-GOAL_SERVE_REQ_S = 50_000
+#: Issue 15's goals: at least 10^5 requests/s in the fast tier on the serve-fast row, and fast at
+#: least 5x step on the busy rows (the lead is bounded by the iterations between two batch
+#: changes, so the busy rows sit near 3x: see the note on SERVE_RATES_RPS).
+GOAL_SERVE_REQ_S = 100_000
 SERVE_REQUESTS = 1_000_000
 SERVE_REPLICAS = 32
 #: Offered load: 5 requests/s per replica (about 7 requests in flight on each: a
