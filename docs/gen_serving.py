@@ -139,14 +139,37 @@ def calibration_table() -> str:
 
     order = list(trtllm.FIT) + [g for g in trtllm.groups() if g not in trtllm.FIT]
     head = " | ".join(f"{i}/{o}" for i, o in trtllm.LENGTHS)
-    lines = [f"| role | model | GPU | TP | {head} | max abs |",
-             "|---|---|---|---:|" + "---:|" * len(trtllm.LENGTHS) + "---:|"]
-    for g in order:
-        sim, pub = trtllm.simulate(g)
+    lines = [f"| role | model | GPU | TP | weights | {head} | max abs |",
+             "|---|---|---|---:|---|" + "---:|" * len(trtllm.LENGTHS) + "---:|"]
+    fp4_fit = ("llama3-70b", "B200", 1)  # tools/calibrate_inference.py --family blackwell
+    runs = [(g, "fp8", g in trtllm.FIT) for g in order]
+    runs += [(g, "fp4", g == fp4_fit) for g in sorted(trtllm.FP4_TABLE, key=lambda g: g != fp4_fit)]
+    for g, precision, fitted in runs:
+        sim, pub = trtllm.simulate(g, precision=precision)
         err = sim / pub - 1.0
-        role = "fit" if g in trtllm.FIT else "held out"
+        role = "fit" if fitted else "held out"
         cells = " | ".join(f"{e:+.1%}" for e in err)
-        lines.append(f"| {role} | {g[0]} | {g[1]} | {g[2]} | {cells} | {np.max(np.abs(err)):.1%} |")
+        lines.append(f"| {role} | {g[0]} | {g[1]} | {g[2]} | {precision.upper()} | {cells} | "
+                     f"{np.max(np.abs(err)):.1%} |")
+    return "\n".join(lines)
+
+
+def moe_table() -> str:
+    """The page's MoE rows (all held out) against the closed form in two readings of its
+    unstated `--ep`: experts sharded over the tensor-parallel GPUs (ep 1) and one expert group
+    per GPU (ep = tp); tensor-parallel attention in both."""
+    from aifactory_sim.validation import trtllm
+
+    rows = trtllm.groups(moe=True)
+    lines = ["| model | GPU | TP | ep | rows | median abs | range | max abs |",
+             "|---|---|---:|---:|---:|---:|---|---:|"]
+    for g in rows:
+        for ep in (1, g[2]):
+            sim, pub = trtllm.simulate_moe(g, ep)
+            err = sim / pub - 1.0
+            lines.append(f"| {g[0]} | {g[1]} | {g[2]} | {ep} | {len(err)} | "
+                         f"{np.median(np.abs(err)):.1%} | {err.min():+.0%} to {err.max():+.0%} | "
+                         f"{np.max(np.abs(err)):.1%} |")
     return "\n".join(lines)
 
 
@@ -361,6 +384,7 @@ def build(text: str) -> tuple[str, str]:
     erl, erl_worst, _ = erlang_table()
     text = replace_block(DOC, text, "constants", constants_table())
     text = replace_block(DOC, text, "calibration", calibration_table())
+    text = replace_block(DOC, text, "moe-holdout", moe_table())
     text = replace_block(DOC, text, "example", example_section())
     text = replace_block(DOC, text, "tensorrt", trt)
     text = replace_block(DOC, text, "erlang", erl)

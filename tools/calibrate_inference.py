@@ -13,9 +13,16 @@ because these rows cannot tell it from the per-layer cost (both scale the memory
 iterations; fitting it too moves the objective by under 1 % to 0.91 with 33 us a layer). Every other group of PERF_OVERVIEW (H200, 405B
 on eight GPUs) is predicted, not fitted: the table printed is docs/background/serving.md's.
 
+The Blackwell family (`--family blackwell`) keeps Hopper's software constants (per-layer,
+all-reduce and iteration costs, the roofline's overlap loss) and fits its two hardware ones,
+prefill_gemm_efficiency (of the dense FP4 peak here) and decode_hbm_efficiency, on the same
+page's FP4 rows of Llama 3.3 70B on one B200 (BLACKWELL_FIT, minimax); the 405B rows on four
+B200 and the GB200 rows are predicted.
+
     python tools/calibrate_inference.py            # fit, then each group's errors
     python tools/calibrate_inference.py --check    # exit 1 if the catalog's constants fit
                                                    # measurably worse than the optimum
+    python tools/calibrate_inference.py --family blackwell [--check]
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ import numpy as np
 from scipy.optimize import minimize
 
 from aifactory_sim import catalog
-from aifactory_sim.validation.trtllm import FIT, groups, simulate
+from aifactory_sim.validation.trtllm import FIT, FP4_TABLE, groups, simulate
 
 #: The fitted constants and the unit the optimiser works in (so that all are of order one).
 KEYS = {
@@ -80,10 +87,56 @@ def table(cal: dict) -> None:
               f"{np.max(np.abs(err)):5.1%}  " + " ".join(f"{e:+.0%}" for e in err))
 
 
+#: Blackwell: the FP4 group fitted, the constants fitted (the rest carried from Hopper).
+BLACKWELL_FIT = ("llama3-70b", "B200", 1)
+BLACKWELL_KEYS = ("prefill_gemm_efficiency", "decode_hbm_efficiency")
+
+
+def blackwell_objective(cal: dict) -> float:
+    sim, pub = simulate(BLACKWELL_FIT, cal, precision="fp4")
+    return float(np.max(np.abs(sim / pub - 1.0)))
+
+
+def blackwell(check: bool) -> int:
+    base = catalog.entry("calibration", "blackwell")
+
+    def cal_of(x: np.ndarray) -> dict:
+        x = np.clip(np.abs(x), 0.05, 1.0)
+        return {**base, **dict(zip(BLACKWELL_KEYS, x.tolist(), strict=True))}
+
+    rng = np.random.default_rng(0)
+    best = None
+    for _ in range(12):
+        r = minimize(lambda x: blackwell_objective(cal_of(x)), rng.uniform(0.3, 0.9, 2),
+                     method="Nelder-Mead", options={"xatol": 1e-4, "fatol": 1e-6})
+        if best is None or r.fun < best.fun:
+            best = r
+    assert best is not None
+    fitted = cal_of(best.x)
+    print("fit:", {k: round(fitted[k], 4) for k in BLACKWELL_KEYS},
+          f"max |error| {blackwell_objective(fitted):.4f}")
+    print("catalog:", {k: base[k] for k in BLACKWELL_KEYS},
+          f"max |error| {blackwell_objective(base):.4f}")
+    for group in FP4_TABLE:
+        sim, pub = simulate(group, base, precision="fp4")
+        err = sim / pub - 1.0
+        role = "fit " if group == BLACKWELL_FIT else "held"
+        print(f"{role} {group[0]:<12} {group[1]:<9} TP{group[2]}  max |error| "
+              f"{np.max(np.abs(err)):5.1%}  " + " ".join(f"{e:+.0%}" for e in err))
+    if check and blackwell_objective(base) > blackwell_objective(fitted) + 0.01:
+        print("catalog/calibration.yaml (blackwell) fits worse than the optimum by more than a "
+              "point: update it from the fit above")
+        return 1
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true")
+    parser.add_argument("--family", choices=("hopper", "blackwell"), default="hopper")
     args = parser.parse_args()
+    if args.family == "blackwell":
+        return blackwell(args.check)
     base = catalog.entry("calibration", "hopper")
     best = fit(base)
     print("fit:", {k: float(f"{best[k]:.4g}") for k in KEYS}, f"objective {objective(best):.4f}")

@@ -71,11 +71,59 @@ _TABLE: dict[tuple[str, str, int], list[int]] = {
     ],
 }  # fmt: skip
 
+#: The page's Blackwell FP4 rows of dense models (NVFP4 checkpoints, FP8 KV cache: tables "Llama
+#: 3.3 70B" and "Llama 3.1 405B", B200 and GB200 columns), held out: no constant of the
+#: blackwell family is fitted; they check the FP4 path (W4A4 at fp4_tflops) on Hopper's
+#: constants. (model, gpu, tp) -> output tokens/s per pair of LENGTHS.
+FP4_TABLE: dict[tuple[str, str, int], list[int]] = {
+    ("llama3-70b", "B200", 1): [
+        11147, 9922, 6831, 7762, 7007, 6271, 1339, 4783, 1459, 665,
+    ],
+    ("llama3-70b", "GB200", 1): [
+        12189, 11309, 7849, 9028, 7326, 6513, 1450, 5646, 1602, 755,
+    ],
+    ("llama3-405b", "B200", 4): [
+        6281, 8020, 6345, 6244, 5209, 4933, 749, 4212, 1048, 672,
+    ],
+    ("llama3-405b", "GB200", 4): [
+        6740, 8151, 6608, 6540, 5389, 5135, 797, 4407, 1112, 739,
+    ],
+}  # fmt: skip
+
 #: (model, gpu, tp, ISL, OSL, published output tokens/s), every row of _TABLE.
 PERF_OVERVIEW: list[tuple[str, str, int, int, int, int]] = [
     (model, gpu, tp, isl, osl, pub)
     for (model, gpu, tp), values in _TABLE.items()
     for (isl, osl), pub in zip(LENGTHS, values, strict=True)
+]
+
+#: The page's mixture-of-experts rows on Hopper, FP8 (tables "Qwen3-235B-A22B" and "Llama 4
+#: Maverick"; None where the page has no figure), all held out: (model, gpu, tp) -> output
+#: tokens/s per pair of LENGTHS. The page runs MoE models with `--ep $ep_size`, its value not
+#: given, and an options file that sets `enable_attention_dp: true` nested under
+#: `cuda_graph_config` (where the LLM API does not read it), so how the experts and the
+#: attention were spread is not known; `simulate_moe` takes a reading.
+_MOE_TABLE: dict[tuple[str, str, int], list[int | None]] = {
+    ("qwen3-235b-a22b", "H100-SXM", 8): [
+        None, 19658, 12447, 18351, 14898, 15136, None, 9924, 3225, None,
+    ],
+    ("qwen3-235b-a22b", "H200", 8): [
+        30429, 42821, 26852, 28026, 23789, 22061, 3331, 16672, 3623, 1876,
+    ],
+    ("llama4-maverick", "H100-SXM", 8): [
+        None, 10829, 6744, 10108, 9677, 9151, None, 6916, 3457, None,
+    ],
+    ("llama4-maverick", "H200", 8): [
+        63994, 40572, 24616, 37835, 31782, 34734, 7307, 20957, 8456, 4106,
+    ],
+}  # fmt: skip
+
+#: (model, gpu, tp, ISL, OSL, published output tokens/s), every figure of _MOE_TABLE.
+MOE_PERF_OVERVIEW: list[tuple[str, str, int, int, int, int]] = [
+    (model, gpu, tp, isl, osl, pub)
+    for (model, gpu, tp), values in _MOE_TABLE.items()
+    for (isl, osl), pub in zip(LENGTHS, values, strict=True)
+    if pub is not None
 ]
 
 #: The groups the Hopper inference constants are fitted on: one model on one GPU and one
@@ -137,29 +185,41 @@ def bench_limits(
 
 
 def row_arguments(
-    model: Mapping[str, Any], gpu_hbm_gb: float, tp: int, isl: int, osl: int
+    model: Mapping[str, Any],
+    gpu_hbm_gb: float,
+    tp: int,
+    isl: int,
+    osl: int,
+    precision: str = "fp8",
 ) -> dict[str, Any]:
     """Keyword arguments of kernels.inference.offline_steady_state for one row, run as the
-    page ran it: FP8 weights (ModelOpt: FP8 linear layers, bf16 embedding and lm-head), FP8 KV
-    cache, trtllm-bench's batch limits, TensorRT-LLM's GUARANTEED_NO_EVICT admission (blocks for
-    ISL + OSL reserved at admission) and a KV cache of KV_FREE_FRACTION of the memory the
+    page ran it: FP8 weights (ModelOpt: FP8 linear layers, bf16 embedding and lm-head; or
+    `precision` fp4, ModelOpt NVFP4 linear layers), FP8 KV cache, trtllm-bench's batch
+    limits, TensorRT-LLM's GUARANTEED_NO_EVICT admission (blocks for ISL + OSL reserved at
+    admission) and a KV cache of KV_FREE_FRACTION of the memory the
     weights and the activation reserve leave."""
     from ..kernels.inference import (
         BLOCK_TOKENS,
         DEVICE_BYTES_PER_GB,
+        WEIGHT_BYTES_PER_PARAM,
         activation_reserve_bytes,
         kv_bytes_per_token,
         weight_bytes,
     )
-
-    gpu_hbm_bytes = gpu_hbm_gb * DEVICE_BYTES_PER_GB
     from ..kernels.training import param_count
 
-    weights = float(weight_bytes(model, "fp8"))
+    gpu_hbm_bytes = gpu_hbm_gb * DEVICE_BYTES_PER_GB
+
+    weights = float(weight_bytes(model, precision))
     per_token = float(kv_bytes_per_token(model, "fp8", tp))
-    # trtllm-bench sizes its limits with every parameter at one byte (FP8)
+    # trtllm-bench sizes its limits with every parameter at the checkpoint's bytes (1 for FP8)
     bs, tokens = bench_limits(
-        float(param_count(dict(model))), per_token, gpu_hbm_bytes, tp, isl, osl
+        float(param_count(dict(model))) * WEIGHT_BYTES_PER_PARAM[precision],
+        per_token,
+        gpu_hbm_bytes,
+        tp,
+        isl,
+        osl,
     )
     reserve = float(
         activation_reserve_bytes(model, tp=tp, max_batched_tokens=tokens, max_num_seqs=bs)
@@ -172,7 +232,7 @@ def row_arguments(
         "max_num_seqs": bs,
         "max_batched_tokens": tokens,
         "tp": tp,
-        "precision": "fp8",
+        "precision": precision,
         "kv_precision": "fp8",
         "reserve_full_sequence": True,
         "kv_capacity": capacity * BLOCK_TOKENS,
@@ -193,21 +253,25 @@ def no_evict_seqs(capacity_tokens: float, isl: int, osl: int, max_batch_size: in
     return max(1, min(max_batch_size, int(capacity_tokens // full)))
 
 
-def groups() -> dict[tuple[str, str, int], list[tuple[int, int, int]]]:
-    """PERF_OVERVIEW by (model, gpu, tp): the (ISL, OSL, published) rows of each."""
+def groups(moe: bool = False) -> dict[tuple[str, str, int], list[tuple[int, int, int]]]:
+    """PERF_OVERVIEW (MOE_PERF_OVERVIEW with `moe`) by (model, gpu, tp): the (ISL, OSL,
+    published) rows of each."""
     out: dict[tuple[str, str, int], list[tuple[int, int, int]]] = {}
-    for model, gpu, tp, isl, osl, pub in PERF_OVERVIEW:
+    for model, gpu, tp, isl, osl, pub in MOE_PERF_OVERVIEW if moe else PERF_OVERVIEW:
         out.setdefault((model, gpu, tp), []).append((isl, osl, pub))
     return out
 
 
 def simulate(
-    group: tuple[str, str, int], calibration: Mapping[str, Any] | None = None
+    group: tuple[str, str, int],
+    calibration: Mapping[str, Any] | None = None,
+    precision: str = "fp8",
 ) -> tuple[Any, Any]:
     """(simulated, published) output tokens/s of a group's rows, as numpy arrays, from one
     call of kernels.inference.offline_steady_state, each row run as `row_arguments` says.
     `calibration` replaces the GPU family's constants (values may be arrays that broadcast
-    against the rows on a trailing axis: a fit passes grids)."""
+    against the rows on a trailing axis: a fit passes grids). With `precision` "fp4" the group
+    is one of FP4_TABLE's."""
     import numpy as np
 
     from .. import catalog
@@ -218,19 +282,55 @@ def simulate(
     m = as_model(model).kernel_args()
     g = catalog.entry("gpu", gpu)
     cal = calibration if calibration is not None else catalog.entry("calibration", g["family"])
-    rows = [row_arguments(m, g["hbm_gb"], tp, isl, osl) for isl, osl, _ in groups()[group]]
+    table = (
+        groups()[group]
+        if precision == "fp8"
+        else [(i, o, p) for (i, o), p in zip(LENGTHS, FP4_TABLE[group], strict=True)]
+    )
+    rows = [row_arguments(m, g["hbm_gb"], tp, isl, osl, precision) for isl, osl, _ in table]
     keys = ("prompt_tokens", "output_tokens", "max_num_seqs", "max_batched_tokens", "kv_capacity")
     batch = {k: np.array([r[k] for r in rows], dtype=np.float64) for k in keys}
     fixed = {k: v for k, v in rows[0].items() if k not in keys}
     sim = offline_steady_state(m, gpu_inference_args(g, cal), **fixed, **batch)
-    published = np.array([pub for _, _, pub in groups()[group]], dtype=np.float64)
+    published = np.array([pub for _, _, pub in table], dtype=np.float64)
+    return sim["output_tokens_per_s"], published
+
+
+def simulate_moe(group: tuple[str, str, int], ep: int) -> tuple[Any, Any]:
+    """(simulated, published) output tokens/s of a MoE group's rows, as `simulate` runs the
+    dense ones (same limits, admission and KV cache), with the routed experts over `ep` groups
+    of the tp GPUs (1: sharded like the rest) and tensor-parallel attention: the reading of
+    the page's `--ep $ep_size` that the serving page tabulates for ep 1 and ep = tp."""
+    import numpy as np
+
+    from .. import catalog
+    from ..estimate import as_gpu, as_model
+    from ..kernels.inference import gpu_inference_args, offline_steady_state
+
+    model, gpu, tp = group
+    m = as_model(model).kernel_args()
+    g = catalog.entry("gpu", gpu)
+    cal = catalog.entry("calibration", g["family"])
+    rows_in = groups(moe=True)[group]
+    rows = [row_arguments(m, g["hbm_gb"], tp, isl, osl) for isl, osl, _ in rows_in]
+    keys = ("prompt_tokens", "output_tokens", "max_num_seqs", "max_batched_tokens", "kv_capacity")
+    batch = {k: np.array([r[k] for r in rows], dtype=np.float64) for k in keys}
+    fixed = {k: v for k, v in rows[0].items() if k not in keys}
+    net = {  # one 400 Gb/s NIC per GPU (DGX H100 and H200), as engine/fleet.py prices it
+        "nic_bytes_per_s": 400e9 / 8.0 * cal["net_efficiency"],
+        "nvlink_domain": as_gpu(gpu).nvlink_domain,
+    }
+    sim = offline_steady_state(m, gpu_inference_args(g, cal), **fixed, **batch, ep=ep, **net)
+    published = np.array([pub for _, _, pub in rows_in], dtype=np.float64)
     return sim["output_tokens_per_s"], published
 
 
 __all__ = [
     "FIT",
+    "FP4_TABLE",
     "KV_FREE_FRACTION",
     "LENGTHS",
+    "MOE_PERF_OVERVIEW",
     "PERF_OVERVIEW",
     "ROWS",
     "bench_limits",
@@ -238,4 +338,5 @@ __all__ = [
     "no_evict_seqs",
     "row_arguments",
     "simulate",
+    "simulate_moe",
 ]
