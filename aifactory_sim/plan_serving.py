@@ -355,6 +355,11 @@ def plan_serving(
         "max_num_seqs": _options("max_num_seqs", max_num_seqs_options),
         "max_batched_tokens": _options("max_batched_tokens", max_batched_tokens_options),
     }
+    if not fp4 and "fp4" in opts["kv_cache_dtype"]:
+        raise ScenarioError(
+            f"kv_cache_dtype option fp4 (NVFP4) needs FP4 tensor cores, which {g_spec.name} "
+            "lacks (no fp4_tflops), as a scenario's service would be told; allowed: bf16, fp8"
+        )
     gpn = int(gpus_per_node)
     tps = tuple(t for t in opts["tp"] if (gpn % t == 0 or t % gpn == 0) and m_spec.heads % t == 0)
     if not tps:

@@ -185,6 +185,7 @@ def test_cost_follows_the_price_and_the_tokens_served():
     [
         (dict(ep_options=(1, 2)), "llama3-8b is a dense model"),
         (dict(dp_attention_options=(2,)), "dp_attention options (2,)"),
+        (dict(kv_cache_dtype_options=("fp4",)), "needs FP4 tensor cores, which H100-SXM lacks"),
         (dict(precision_options=("fp6",)), "precision options must be among"),
         (dict(prompt=-1), "prompt must be a positive integer"),
         (dict(tpot_s=0.01, tokens_per_s_per_user=50.0), "not both"),
