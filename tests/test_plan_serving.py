@@ -32,14 +32,12 @@ def plan(**kw):
     )
 
 
-def test_saturated_throughput_is_the_kernels_exactly():
-    """output_tokens_per_s_per_gpu is offline_steady_state's for the same layout / its GPUs."""
-    df = af.plan_serving("llama3-70b", "H100-SXM", prompt=PROMPT, output=OUTPUT)
-    g = as_gpu("H100-SXM")
-    args = gpu_inference_args(gpu_fields(g), catalog.entry("calibration", g.family))
-    kernel = offline_steady_state(
-        as_model("llama3-70b").kernel_args(),
-        args,
+def kernel_of(df, model: str, gpu: str, **parallel):
+    """offline_steady_state for every layout of a plan, called directly."""
+    g = as_gpu(gpu)
+    return offline_steady_state(
+        as_model(model).kernel_args(),
+        gpu_inference_args(gpu_fields(g), catalog.entry("calibration", g.family)),
         prompt_tokens=PROMPT,
         output_tokens=OUTPUT,
         tp=df["tp"].to_numpy(),
@@ -47,7 +45,14 @@ def test_saturated_throughput_is_the_kernels_exactly():
         kv_precision=df["kv_cache_dtype"].to_numpy(),
         max_num_seqs=df["max_num_seqs"].to_numpy(),
         max_batched_tokens=df["max_batched_tokens"].to_numpy(),
+        **parallel,
     )
+
+
+def test_saturated_throughput_is_the_kernels_exactly():
+    """output_tokens_per_s_per_gpu is offline_steady_state's for the same layout / its GPUs."""
+    df = af.plan_serving("llama3-70b", "H100-SXM", prompt=PROMPT, output=OUTPUT)
+    kernel = kernel_of(df, "llama3-70b", "H100-SXM")
     np.testing.assert_array_equal(
         df["output_tokens_per_s_per_gpu"], kernel["output_tokens_per_s"] / df["tp"]
     )
@@ -284,16 +289,10 @@ def test_moe_layouts_are_the_kernels_with_expert_parallelism():
     df = moe_plan()
     g = as_gpu("H200")
     cal = catalog.entry("calibration", g.family)
-    kernel = offline_steady_state(
-        as_model("deepseek-v3").kernel_args(),
-        gpu_inference_args(gpu_fields(g), cal),
-        prompt_tokens=PROMPT,
-        output_tokens=OUTPUT,
-        tp=df["tp"].to_numpy(),
-        precision=df["precision"].to_numpy(),
-        kv_precision=df["kv_cache_dtype"].to_numpy(),
-        max_num_seqs=df["max_num_seqs"].to_numpy(),
-        max_batched_tokens=df["max_batched_tokens"].to_numpy(),
+    kernel = kernel_of(
+        df,
+        "deepseek-v3",
+        "H200",
         ep=df["ep"].to_numpy(),
         dp_attention=df["dp_attention"].to_numpy(),
         nic_bytes_per_s=400 / 8 * 1e9 * cal["net_efficiency"],

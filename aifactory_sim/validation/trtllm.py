@@ -262,16 +262,16 @@ def groups(moe: bool = False) -> dict[tuple[str, str, int], list[tuple[int, int,
     return out
 
 
-def simulate(
+def _run_rows(
     group: tuple[str, str, int],
-    calibration: Mapping[str, Any] | None = None,
-    precision: str = "fp8",
+    table: list[tuple[int, int, int]],
+    calibration: Mapping[str, Any] | None,
+    precision: str,
+    **parallel: Any,
 ) -> tuple[Any, Any]:
-    """(simulated, published) output tokens/s of a group's rows, as numpy arrays, from one
-    call of kernels.inference.offline_steady_state, each row run as `row_arguments` says.
-    `calibration` replaces the GPU family's constants (values may be arrays that broadcast
-    against the rows on a trailing axis: a fit passes grids). With `precision` "fp4" the group
-    is one of FP4_TABLE's."""
+    """(simulated, published) output tokens/s of `table`'s (ISL, OSL, published) rows of a
+    (model, gpu, tp) group: one call of kernels.inference.offline_steady_state, each row run as
+    `row_arguments` says; `parallel` goes to the kernel (ep and the network)."""
     import numpy as np
 
     from .. import catalog
@@ -282,18 +282,31 @@ def simulate(
     m = as_model(model).kernel_args()
     g = catalog.entry("gpu", gpu)
     cal = calibration if calibration is not None else catalog.entry("calibration", g["family"])
+    rows = [row_arguments(m, g["hbm_gb"], tp, isl, osl, precision) for isl, osl, _ in table]
+    keys = ("prompt_tokens", "output_tokens", "max_num_seqs", "max_batched_tokens", "kv_capacity")
+    batch = {k: np.array([r[k] for r in rows], dtype=np.float64) for k in keys}
+    fixed = {k: v for k, v in rows[0].items() if k not in keys}
+    sim = offline_steady_state(m, gpu_inference_args(g, cal), **fixed, **batch, **parallel)
+    published = np.array([pub for _, _, pub in table], dtype=np.float64)
+    return sim["output_tokens_per_s"], published
+
+
+def simulate(
+    group: tuple[str, str, int],
+    calibration: Mapping[str, Any] | None = None,
+    precision: str = "fp8",
+) -> tuple[Any, Any]:
+    """(simulated, published) output tokens/s of a group's rows, as numpy arrays, from one
+    call of kernels.inference.offline_steady_state, each row run as `row_arguments` says.
+    `calibration` replaces the GPU family's constants (values may be arrays that broadcast
+    against the rows on a trailing axis: a fit passes grids). With `precision` "fp4" the group
+    is one of FP4_TABLE's."""
     table = (
         groups()[group]
         if precision == "fp8"
         else [(i, o, p) for (i, o), p in zip(LENGTHS, FP4_TABLE[group], strict=True)]
     )
-    rows = [row_arguments(m, g["hbm_gb"], tp, isl, osl, precision) for isl, osl, _ in table]
-    keys = ("prompt_tokens", "output_tokens", "max_num_seqs", "max_batched_tokens", "kv_capacity")
-    batch = {k: np.array([r[k] for r in rows], dtype=np.float64) for k in keys}
-    fixed = {k: v for k, v in rows[0].items() if k not in keys}
-    sim = offline_steady_state(m, gpu_inference_args(g, cal), **fixed, **batch)
-    published = np.array([pub for _, _, pub in table], dtype=np.float64)
-    return sim["output_tokens_per_s"], published
+    return _run_rows(group, table, calibration, precision)
 
 
 def simulate_moe(group: tuple[str, str, int], ep: int) -> tuple[Any, Any]:
@@ -301,28 +314,15 @@ def simulate_moe(group: tuple[str, str, int], ep: int) -> tuple[Any, Any]:
     dense ones (same limits, admission and KV cache), with the routed experts over `ep` groups
     of the tp GPUs (1: sharded like the rest) and tensor-parallel attention: the reading of
     the page's `--ep $ep_size` that the serving page tabulates for ep 1 and ep = tp."""
-    import numpy as np
-
     from .. import catalog
-    from ..estimate import as_gpu, as_model
-    from ..kernels.inference import gpu_inference_args, offline_steady_state
+    from ..estimate import as_gpu
 
-    model, gpu, tp = group
-    m = as_model(model).kernel_args()
-    g = catalog.entry("gpu", gpu)
-    cal = catalog.entry("calibration", g["family"])
-    rows_in = groups(moe=True)[group]
-    rows = [row_arguments(m, g["hbm_gb"], tp, isl, osl) for isl, osl, _ in rows_in]
-    keys = ("prompt_tokens", "output_tokens", "max_num_seqs", "max_batched_tokens", "kv_capacity")
-    batch = {k: np.array([r[k] for r in rows], dtype=np.float64) for k in keys}
-    fixed = {k: v for k, v in rows[0].items() if k not in keys}
+    cal = catalog.entry("calibration", as_gpu(group[1]).family)
     net = {  # one 400 Gb/s NIC per GPU (DGX H100 and H200), as engine/fleet.py prices it
         "nic_bytes_per_s": 400e9 / 8.0 * cal["net_efficiency"],
-        "nvlink_domain": as_gpu(gpu).nvlink_domain,
+        "nvlink_domain": as_gpu(group[1]).nvlink_domain,
     }
-    sim = offline_steady_state(m, gpu_inference_args(g, cal), **fixed, **batch, ep=ep, **net)
-    published = np.array([pub for _, _, pub in rows_in], dtype=np.float64)
-    return sim["output_tokens_per_s"], published
+    return _run_rows(group, groups(moe=True)[group], None, "fp8", ep=ep, **net)
 
 
 __all__ = [
