@@ -154,6 +154,22 @@ def calibration_table() -> str:
     return "\n".join(lines)
 
 
+def ampere_table() -> str:
+    """The older page's static-batch A100 rows (validation.trtllm.AMPERE_STATIC) against the
+    closed form: the Llama 2 7B rows fitted, the 70B rows held out."""
+    from aifactory_sim.validation import trtllm
+
+    sim, pub = trtllm.simulate_static(trtllm.AMPERE_STATIC)
+    lines = ["| role | model | TP | batch | ISL / OSL | published tok/s/GPU | model | error |",
+             "|---|---|---:|---:|---|---:|---:|---:|"]
+    for row, s_, p_ in zip(trtllm.AMPERE_STATIC, sim, pub, strict=True):
+        model, _, tp, batch, isl, osl, _ = row
+        role = "fit" if model == "llama2-7b" else "held out"
+        lines.append(f"| {role} | {model} | {tp} | {batch} | {isl} / {osl} | {p_:,.0f} | "
+                     f"{s_:,.0f} | {s_ / p_ - 1:+.1%} |")
+    return "\n".join(lines)
+
+
 def moe_table() -> str:
     """The page's MoE rows (all held out) against the closed form in two readings of its
     unstated `--ep`: experts sharded over the tensor-parallel GPUs (ep 1) and one expert group
@@ -385,6 +401,7 @@ def build(text: str) -> tuple[str, str]:
     text = replace_block(DOC, text, "constants", constants_table())
     text = replace_block(DOC, text, "calibration", calibration_table())
     text = replace_block(DOC, text, "moe-holdout", moe_table())
+    text = replace_block(DOC, text, "ampere", ampere_table())
     text = replace_block(DOC, text, "example", example_section())
     text = replace_block(DOC, text, "tensorrt", trt)
     text = replace_block(DOC, text, "erlang", erl)

@@ -106,7 +106,8 @@ def test_validate_and_catalog(small: Path, capsys):
     assert main(["catalog", "models", "--json"]) == 0
     models = json.loads(capsys.readouterr().out)
     assert set(models) == {
-        "gpt3-175b", "llama3-8b", "llama3-70b", "llama3-405b", "mixtral-8x7b", "mixtral-8x22b",
+        "gpt3-175b", "llama2-7b", "llama2-70b", "llama3-8b", "llama3-70b", "llama3-405b",
+        "mixtral-8x7b", "mixtral-8x22b",
         "deepseek-v3", "deepseek-r1", "qwen3-235b-a22b", "llama4-maverick", "gpt-oss-120b",
     }
 

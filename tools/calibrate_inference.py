@@ -17,12 +17,15 @@ The Blackwell family (`--family blackwell`) keeps Hopper's software constants (p
 all-reduce and iteration costs, the roofline's overlap loss) and fits its two hardware ones,
 prefill_gemm_efficiency (of the dense FP4 peak here) and decode_hbm_efficiency, on the same
 page's FP4 rows of Llama 3.3 70B on one B200 (BLACKWELL_FIT, minimax); the 405B rows on four
-B200 and the GB200 rows are predicted.
+B200 and the GB200 rows are predicted. The Ampere family (`--family ampere`) fits the same two
+on the older page's static-batch FP16 rows of Llama 2 7B on A100 (TensorRT-LLM v0.6.1,
+AMPERE_STATIC); its Llama 2 70B rows on four A100 are predicted.
 
     python tools/calibrate_inference.py            # fit, then each group's errors
     python tools/calibrate_inference.py --check    # exit 1 if the catalog's constants fit
                                                    # measurably worse than the optimum
     python tools/calibrate_inference.py --family blackwell [--check]
+    python tools/calibrate_inference.py --family ampere [--check]
 """
 
 from __future__ import annotations
@@ -34,7 +37,14 @@ import numpy as np
 from scipy.optimize import minimize
 
 from aifactory_sim import catalog
-from aifactory_sim.validation.trtllm import FIT, FP4_TABLE, groups, simulate
+from aifactory_sim.validation.trtllm import (
+    AMPERE_STATIC,
+    FIT,
+    FP4_TABLE,
+    groups,
+    simulate,
+    simulate_static,
+)
 
 #: The fitted constants and the unit the optimiser works in (so that all are of order one).
 KEYS = {
@@ -87,44 +97,58 @@ def table(cal: dict) -> None:
               f"{np.max(np.abs(err)):5.1%}  " + " ".join(f"{e:+.0%}" for e in err))
 
 
-#: Blackwell: the FP4 group fitted, the constants fitted (the rest carried from Hopper).
+#: Blackwell and Ampere: two hardware constants fitted (the rest carried from Hopper).
+HARDWARE_KEYS = ("prefill_gemm_efficiency", "decode_hbm_efficiency")
 BLACKWELL_FIT = ("llama3-70b", "B200", 1)
-BLACKWELL_KEYS = ("prefill_gemm_efficiency", "decode_hbm_efficiency")
+AMPERE_FIT_MODEL = "llama2-7b"
 
 
-def blackwell_objective(cal: dict) -> float:
-    sim, pub = simulate(BLACKWELL_FIT, cal, precision="fp4")
-    return float(np.max(np.abs(sim / pub - 1.0)))
+def _errors(family: str, cal: dict) -> dict[str, np.ndarray]:
+    """Relative errors of each group of the family's table, the fitted group first."""
+    if family == "blackwell":
+        order = [BLACKWELL_FIT] + [g for g in FP4_TABLE if g != BLACKWELL_FIT]
+        out = {}
+        for g in order:
+            sim, pub = simulate(g, cal, precision="fp4")
+            out[f"{g[0]} {g[1]} TP{g[2]}"] = sim / pub - 1.0
+        return out
+    out = {}
+    for model in (AMPERE_FIT_MODEL, "llama2-70b"):
+        sim, pub = simulate_static([r for r in AMPERE_STATIC if r[0] == model], cal)
+        out[f"{model} A100 (static batches)"] = sim / pub - 1.0
+    return out
 
 
-def blackwell(check: bool) -> int:
-    base = catalog.entry("calibration", "blackwell")
+def fit_hardware(family: str, check: bool) -> int:
+    """Fit HARDWARE_KEYS of `family` (minimax over its fitted group), print every group."""
+    base = catalog.entry("calibration", family)
 
     def cal_of(x: np.ndarray) -> dict:
         x = np.clip(np.abs(x), 0.05, 1.0)
-        return {**base, **dict(zip(BLACKWELL_KEYS, x.tolist(), strict=True))}
+        return {**base, **dict(zip(HARDWARE_KEYS, x.tolist(), strict=True))}
+
+    def objective_of(cal: dict) -> float:
+        return float(np.max(np.abs(next(iter(_errors(family, cal).values())))))
 
     rng = np.random.default_rng(0)
     best = None
     for _ in range(12):
-        r = minimize(lambda x: blackwell_objective(cal_of(x)), rng.uniform(0.3, 0.9, 2),
+        r = minimize(lambda x: objective_of(cal_of(x)), rng.uniform(0.3, 0.9, 2),
                      method="Nelder-Mead", options={"xatol": 1e-4, "fatol": 1e-6})
         if best is None or r.fun < best.fun:
             best = r
     assert best is not None
     fitted = cal_of(best.x)
-    print("fit:", {k: round(fitted[k], 4) for k in BLACKWELL_KEYS},
-          f"max |error| {blackwell_objective(fitted):.4f}")
-    print("catalog:", {k: base[k] for k in BLACKWELL_KEYS},
-          f"max |error| {blackwell_objective(base):.4f}")
-    for group in FP4_TABLE:
-        sim, pub = simulate(group, base, precision="fp4")
-        err = sim / pub - 1.0
-        role = "fit " if group == BLACKWELL_FIT else "held"
-        print(f"{role} {group[0]:<12} {group[1]:<9} TP{group[2]}  max |error| "
-              f"{np.max(np.abs(err)):5.1%}  " + " ".join(f"{e:+.0%}" for e in err))
-    if check and blackwell_objective(base) > blackwell_objective(fitted) + 0.01:
-        print("catalog/calibration.yaml (blackwell) fits worse than the optimum by more than a "
+    print("fit:", {k: round(fitted[k], 4) for k in HARDWARE_KEYS},
+          f"max |error| {objective_of(fitted):.4f}")
+    print("catalog:", {k: base[k] for k in HARDWARE_KEYS},
+          f"max |error| {objective_of(base):.4f}")
+    for i, (name, err) in enumerate(_errors(family, base).items()):
+        role = "fit " if i == 0 else "held"
+        print(f"{role} {name:<36} max |error| {np.max(np.abs(err)):5.1%}  "
+              + " ".join(f"{e:+.0%}" for e in err))
+    if check and objective_of(base) > objective_of(fitted) + 0.01:
+        print(f"catalog/calibration.yaml ({family}) fits worse than the optimum by more than a "
               "point: update it from the fit above")
         return 1
     return 0
@@ -133,10 +157,10 @@ def blackwell(check: bool) -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true")
-    parser.add_argument("--family", choices=("hopper", "blackwell"), default="hopper")
+    parser.add_argument("--family", choices=("hopper", "blackwell", "ampere"), default="hopper")
     args = parser.parse_args()
-    if args.family == "blackwell":
-        return blackwell(args.check)
+    if args.family != "hopper":
+        return fit_hardware(args.family, args.check)
     base = catalog.entry("calibration", "hopper")
     best = fit(base)
     print("fit:", {k: float(f"{best[k]:.4g}") for k in KEYS}, f"objective {objective(best):.4f}")

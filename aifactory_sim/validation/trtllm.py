@@ -325,7 +325,75 @@ def simulate_moe(group: tuple[str, str, int], ep: int) -> tuple[Any, Any]:
     return _run_rows(group, groups(moe=True)[group], None, "fp8", ep=ep, **net)
 
 
+#: TensorRT-LLM's older performance page for Ampere (docs/source/performance.md, data of
+#: v0.6.1, "Peak Throughput", "A100 GPUs (FP16)"; the page's LLaMA 7B and 70B are Llama 2's):
+#: static batches run by gptSessionBenchmark (one context phase for the whole batch, then one
+#: generation step per further output token), FP16 weights and KV cache, output tokens/s per
+#: GPU. (model, gpu, tp, batch, ISL, OSL, published). An older stack than the 1.0 rows above.
+AMPERE_STATIC: list[tuple[str, str, int, int, int, int, int]] = [
+    ("llama2-7b", "A100-SXM-80GB", 1, 384, 128, 128, 5586),
+    ("llama2-7b", "A100-SXM-80GB", 1, 60, 128, 2048, 1928),
+    ("llama2-7b", "A100-SXM-80GB", 1, 52, 2048, 128, 591),
+    ("llama2-7b", "A100-SXM-80GB", 2, 64, 2048, 2048, 782),
+    ("llama2-70b", "A100-SXM-80GB", 4, 1280, 128, 128, 670),
+    ("llama2-70b", "A100-SXM-80GB", 4, 240, 128, 2048, 525),
+    ("llama2-70b", "A100-SXM-80GB", 4, 120, 2048, 128, 79),
+]
+
+
+def simulate_static(
+    rows: list[tuple[str, str, int, int, int, int, int]],
+    calibration: Mapping[str, Any] | None = None,
+) -> tuple[Any, Any]:
+    """(simulated, published) output tokens/s per GPU of static-batch rows (AMPERE_STATIC's
+    form): a batch of B prompts of ISL tokens prefilled in one iteration, then OSL - 1 decode
+    iterations of the B sequences, the j-th attending to B (ISL + j) cached tokens; throughput
+    B OSL / (the iterations' summed time) / tp. BF16 weights and KV cache (FP16's bytes and
+    FLOP/s on A100). `calibration` replaces the GPU family's constants."""
+    import numpy as np
+
+    from .. import catalog
+    from ..estimate import as_model
+    from ..kernels.inference import (
+        gpu_inference_args,
+        iteration_time_s,
+        prefill_context_tokens,
+    )
+
+    sim = []
+    for model, gpu, tp, batch, isl, osl, _ in rows:
+        m = as_model(model).kernel_args()
+        g = catalog.entry("gpu", gpu)
+        cal = calibration if calibration is not None else catalog.entry("calibration", g["family"])
+        args = gpu_inference_args(g, cal)
+        kw: dict[str, Any] = {"tp": tp, "precision": "bf16", "kv_precision": "bf16"}
+        context = iteration_time_s(
+            m,
+            args,
+            prefill_tokens=batch * isl,
+            decode_seqs=0,
+            context_tokens=0,
+            prefill_context=batch * float(prefill_context_tokens(isl)),
+            prefill_seqs=batch,
+            **kw,
+        )
+        steps = np.arange(1, osl, dtype=np.float64)
+        decode = iteration_time_s(
+            m,
+            args,
+            prefill_tokens=0,
+            decode_seqs=batch,
+            context_tokens=batch * (isl + steps),
+            **kw,
+        )
+        total = float(context) + float(np.sum(decode))
+        sim.append(batch * osl / total / tp)
+    published = np.array([r[-1] for r in rows], dtype=np.float64)
+    return np.array(sim), published
+
+
 __all__ = [
+    "AMPERE_STATIC",
     "FIT",
     "FP4_TABLE",
     "KV_FREE_FRACTION",
@@ -339,4 +407,5 @@ __all__ = [
     "row_arguments",
     "simulate",
     "simulate_moe",
+    "simulate_static",
 ]
