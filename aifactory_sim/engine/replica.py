@@ -354,17 +354,18 @@ class ReplicaCore:
         # KV for the running sequences' next tokens; preempt the newest until they fit.
         # (ceil((c + 1) / 16) <= (c + 16) / 16: when that bound fits, skip the exact count.)
         n = self._n_dec
-        if self._pre_blocks + (self._ctx0 + n * (i + BLOCK_TOKENS)) // BLOCK_TOKENS > cap:
+        base = self._pre_blocks + (self._ctx0 + n * (i + BLOCK_TOKENS)) // BLOCK_TOKENS
+        if base > cap:
             while self.running and self._decode_blocks(i) + self._pre_blocks > cap:
                 self._preempt(self.running[next(reversed(self.running))])
+            n = self._n_dec
+            base = self._pre_blocks + (self._ctx0 + n * (i + BLOCK_TOKENS)) // BLOCK_TOKENS
         if not (self.prefilling or self.waiting):
             if self.running:
                 self._decode_stretch(now, i, cap)
             return
-        # Blocks in use: the upper bound above first; the exact count (a sum over 16 residues)
-        # only when a decision hangs on it, so every decision is the exact count's.
-        n = self._n_dec
-        base = self._pre_blocks + (self._ctx0 + n * (i + BLOCK_TOKENS)) // BLOCK_TOKENS
+        # `base`, blocks in use, is that upper bound; the exact count (a sum over 16 residues)
+        # is taken only when a decision hangs on it, so every decision is the exact count's.
         exact = False
         budget = self.max_batched_tokens - self._n_dec
         chunks: list[tuple[Seq, int]] = []
@@ -494,9 +495,5 @@ class ReplicaCore:
                 else:
                     hi = mid - 1
             k = lo
-        table = self.table  # table.decode_run(n, context), inlined: once per plan
-        return (
-            k,
-            table.decode_base[n] + table.per_context * (self._ctx0 + n * i),
-            (table.per_context * n),
-        )
+        first, growth = self.table.decode_run(n, self._ctx0 + n * i)
+        return k, first, growth
