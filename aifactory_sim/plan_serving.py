@@ -303,6 +303,7 @@ def plan_serving(
         WEIGHT_BYTES_PER_PARAM,
         gpu_inference_args,
         iteration_breakdown,
+        network_args,
         offline_steady_state,
     )
 
@@ -375,11 +376,12 @@ def plan_serving(
     cols: dict[str, Any] = {
         a: np.asarray(opts[a])[g.ravel()] for a, g in zip(names, grids, strict=True)
     }
-    if not (cols["max_batched_tokens"] >= cols["max_num_seqs"]).any():
+    in_budget = cols["max_batched_tokens"] >= cols["max_num_seqs"]
+    if not in_budget.any():
         raise ScenarioError("every max_batched_tokens option is below every max_num_seqs one")
     n_rep = cols["tp"] * cols["dp_attention"]
     keep = (
-        (cols["max_batched_tokens"] >= cols["max_num_seqs"])
+        in_budget
         & ((gpn % n_rep == 0) | (n_rep % gpn == 0))
         & (n_rep % cols["ep"] == 0)
         & ((m_spec.experts % cols["ep"] == 0) if moe else (cols["ep"] == 1))
@@ -397,11 +399,7 @@ def plan_serving(
     cal = catalog.entry("calibration", g_spec.family)
     g = gpu_inference_args(gpu_fields(g_spec), cal)
     kernel = {kw: cols[a] for a, kw in AXES}
-    # the network and NVLink domain as the engine's replica_sizing gives them (engine/fleet.py)
-    net = {
-        "nic_bytes_per_s": float(nic_gbit_s) / 8.0 * 1e9 * cal["net_efficiency"],
-        "nvlink_domain": g_spec.nvlink_domain,
-    }
+    net = network_args(float(nic_gbit_s), cal, g_spec.nvlink_domain)  # as engine/fleet.py
     i_len, o_len = float(prompt), float(output)
     sat = offline_steady_state(
         margs,
@@ -418,7 +416,7 @@ def plan_serving(
         dp_attention=kernel["dp_attention"],
         **net,
     )
-    gpus_per_replica = cols["tp"] * cols["dp_attention"]
+    gpus_per_replica = n_rep[keep]
     lam_max = sat["requests_per_iteration"]
     t_max = sat["iteration_time_s"]
     fits = (sat["kv_capacity_tokens"] >= i_len + o_len) & (lam_max > 0)

@@ -41,6 +41,7 @@ from ..kernels.inference import (
     IterationTable,
     gpu_inference_args,
     kv_capacity_tokens,
+    network_args,
     replica_weight_bytes,
 )
 from .autoscaler import policy_for
@@ -100,17 +101,14 @@ def replica_sizing(
     from .. import catalog
 
     gpu = as_gpu(pool.gpu)
-    g = gpu_inference_args(
-        gpu_fields(gpu, compute_slowdown), catalog.entry("calibration", gpu.family)
-    )
+    cal = catalog.entry("calibration", gpu.family)
+    g = gpu_inference_args(gpu_fields(gpu, compute_slowdown), cal)
     m = spec.model.kernel_args()
     b = spec.batching
-    cal = catalog.entry("calibration", gpu.family)
     par = {
         "ep": spec.ep,
         "dp_attention": spec.dp_attention,
-        "nic_bytes_per_s": pool.nic_gbit_s / 8.0 * 1e9 * cal["net_efficiency"],
-        "nvlink_domain": gpu.nvlink_domain,
+        **network_args(pool.nic_gbit_s, cal, gpu.nvlink_domain),
     }
     table = IterationModel(
         m, g, tp=spec.tp, precision=spec.precision, kv_precision=spec.kv_precision, **par

@@ -309,6 +309,18 @@ def prefill_context_tokens(chunk_tokens: ArrayLike, start_tokens: ArrayLike = 0)
     return c * s0 + c * (c + 1.0) / 2.0
 
 
+def network_args(
+    nic_gbit_s: float, calibration: Mapping[str, Any], nvlink_domain: int
+) -> dict[str, float]:
+    """The network keywords of `iteration_breakdown` (the expert all-to-all's) for GPUs with a
+    `nic_gbit_s` scale-out NIC each: its achievable bytes/s, the family's net_efficiency of line
+    rate, and the GPUs one NVLink domain joins."""
+    return {
+        "nic_bytes_per_s": nic_gbit_s / 8.0 * 1e9 * calibration["net_efficiency"],
+        "nvlink_domain": nvlink_domain,
+    }
+
+
 def gpu_inference_args(gpu: Mapping[str, Any], calibration: Mapping[str, Any]) -> dict[str, Any]:
     """The dict `iteration_time_s` takes, from a GPU's catalog fields and its family's calibration
     (plain mappings, e.g. GPUSpec.model_dump() and catalog.entry("calibration", family)).
@@ -836,7 +848,7 @@ class IterationTable:
         prefill_seqs: int,
     ) -> float:
         """One iteration (arguments as `iteration_time_s`)."""
-        tokens = self.tokens if prefill_tokens or not self.split else self.decode_tokens
+        tokens = self.tokens if prefill_tokens else self.decode_tokens
         return (
             tokens[prefill_tokens + decode_seqs]
             + self.sampled[decode_seqs + prefill_seqs]

@@ -316,12 +316,11 @@ def simulate_moe(group: tuple[str, str, int], ep: int) -> tuple[Any, Any]:
     the page's `--ep $ep_size` that the serving page tabulates for ep 1 and ep = tp."""
     from .. import catalog
     from ..estimate import as_gpu
+    from ..kernels.inference import network_args
 
-    cal = catalog.entry("calibration", as_gpu(group[1]).family)
-    net = {  # one 400 Gb/s NIC per GPU (DGX H100 and H200), as engine/fleet.py prices it
-        "nic_bytes_per_s": 400e9 / 8.0 * cal["net_efficiency"],
-        "nvlink_domain": as_gpu(group[1]).nvlink_domain,
-    }
+    gpu = as_gpu(group[1])
+    # one 400 Gb/s NIC per GPU (DGX H100 and H200), as engine/fleet.py prices it
+    net = network_args(400.0, catalog.entry("calibration", gpu.family), gpu.nvlink_domain)
     return _run_rows(group, groups(moe=True)[group], None, "fp8", ep=ep, **net)
 
 
