@@ -90,12 +90,22 @@ FP4_TABLE: dict[tuple[str, str, int], list[int]] = {
     ],
 }  # fmt: skip
 
+
 #: (model, gpu, tp, ISL, OSL, published output tokens/s), every row of _TABLE.
-PERF_OVERVIEW: list[tuple[str, str, int, int, int, int]] = [
-    (model, gpu, tp, isl, osl, pub)
-    for (model, gpu, tp), values in _TABLE.items()
-    for (isl, osl), pub in zip(LENGTHS, values, strict=True)
-]
+def _flatten(
+    table: Mapping[tuple[str, str, int], list[int] | list[int | None]],
+) -> list[tuple[str, str, int, int, int, int]]:
+    """(model, gpu, tp, ISL, OSL, published) for every figure of a table by LENGTHS (None: the
+    page has no figure there)."""
+    return [
+        (model, gpu, tp, isl, osl, pub)
+        for (model, gpu, tp), values in table.items()
+        for (isl, osl), pub in zip(LENGTHS, values, strict=True)
+        if pub is not None
+    ]
+
+
+PERF_OVERVIEW = _flatten(_TABLE)
 
 #: The page's mixture-of-experts rows on Hopper, FP8 (tables "Qwen3-235B-A22B" and "Llama 4
 #: Maverick"; None where the page has no figure), all held out: (model, gpu, tp) -> output
@@ -119,12 +129,7 @@ _MOE_TABLE: dict[tuple[str, str, int], list[int | None]] = {
 }  # fmt: skip
 
 #: (model, gpu, tp, ISL, OSL, published output tokens/s), every figure of _MOE_TABLE.
-MOE_PERF_OVERVIEW: list[tuple[str, str, int, int, int, int]] = [
-    (model, gpu, tp, isl, osl, pub)
-    for (model, gpu, tp), values in _MOE_TABLE.items()
-    for (isl, osl), pub in zip(LENGTHS, values, strict=True)
-    if pub is not None
-]
+MOE_PERF_OVERVIEW = _flatten(_MOE_TABLE)
 
 #: The groups the Hopper inference constants are fitted on: one model on one GPU and one
 #: tensor-parallel model, both on H100. Everything else in PERF_OVERVIEW is held out.
@@ -253,13 +258,19 @@ def no_evict_seqs(capacity_tokens: float, isl: int, osl: int, max_batch_size: in
     return max(1, min(max_batch_size, int(capacity_tokens // full)))
 
 
+def _by_group(
+    rows: list[tuple[str, str, int, int, int, int]],
+) -> dict[tuple[str, str, int], list[tuple[int, int, int]]]:
+    out: dict[tuple[str, str, int], list[tuple[int, int, int]]] = {}
+    for model, gpu, tp, isl, osl, pub in rows:
+        out.setdefault((model, gpu, tp), []).append((isl, osl, pub))
+    return out
+
+
 def groups(moe: bool = False) -> dict[tuple[str, str, int], list[tuple[int, int, int]]]:
     """PERF_OVERVIEW (MOE_PERF_OVERVIEW with `moe`) by (model, gpu, tp): the (ISL, OSL,
     published) rows of each."""
-    out: dict[tuple[str, str, int], list[tuple[int, int, int]]] = {}
-    for model, gpu, tp, isl, osl, pub in MOE_PERF_OVERVIEW if moe else PERF_OVERVIEW:
-        out.setdefault((model, gpu, tp), []).append((isl, osl, pub))
-    return out
+    return _by_group(MOE_PERF_OVERVIEW if moe else PERF_OVERVIEW)
 
 
 def _run_rows(
@@ -301,12 +312,8 @@ def simulate(
     `calibration` replaces the GPU family's constants (values may be arrays that broadcast
     against the rows on a trailing axis: a fit passes grids). With `precision` "fp4" the group
     is one of FP4_TABLE's."""
-    table = (
-        groups()[group]
-        if precision == "fp8"
-        else [(i, o, p) for (i, o), p in zip(LENGTHS, FP4_TABLE[group], strict=True)]
-    )
-    return _run_rows(group, table, calibration, precision)
+    rows = PERF_OVERVIEW if precision == "fp8" else _flatten({group: FP4_TABLE[group]})
+    return _run_rows(group, _by_group(rows)[group], calibration, precision)
 
 
 def simulate_moe(group: tuple[str, str, int], ep: int) -> tuple[Any, Any]:
