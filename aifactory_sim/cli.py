@@ -357,6 +357,7 @@ def _cmd_plan_serving(args: argparse.Namespace) -> int:
         gpus_per_node=args.gpus_per_node,
         usd_per_gpu_hour=args.usd_per_gpu_hour,
         nic_gbit_s=args.nic_gbit_s,
+        allreduce=args.allreduce,
     )
     best = df.attrs["cheapest"]
     slo = ", ".join(f"{k} <= {v:g} s" for k, v in (("TTFT", args.ttft), ("TPOT", args.tpot)) if v)
@@ -555,6 +556,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=400.0,
         metavar="G",
         help="scale-out NIC per GPU, Gb/s, for a MoE model's expert all-to-all (400)",
+    )
+    ps.add_argument(
+        "--allreduce",
+        choices=("ring", "nvls", "auto"),
+        default="ring",
+        help="tensor-parallel all-reduce: ring, nvls (NVLink SHARP) or auto, the faster (ring)",
     )
     ps.add_argument(
         "--usd-per-gpu-hour", type=float, metavar="X", help="price, for the cost per token"

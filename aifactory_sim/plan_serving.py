@@ -274,6 +274,7 @@ def plan_serving(
     max_batched_tokens_options: tuple[int, ...] | None = None,
     gpu_memory_utilization: float = 0.9,
     nic_gbit_s: float = DEFAULT_NIC_GBIT_S,
+    allreduce: str = "ring",
     include_infeasible: bool = False,
 ) -> pd.DataFrame:
     """One row per serving layout of `model` on `gpu` (catalog names, mappings or specs), the
@@ -288,7 +289,8 @@ def plan_serving(
     exceeds them, as the kernel does); ep divides the replica's GPUs and the routed experts;
     max_batched_tokens >= max_num_seqs (vLLM's rule). ep and dp_attention other than 1 need a
     MoE model. `nic_gbit_s` is each GPU's scale-out NIC (the expert all-to-all beyond one NVLink
-    domain). Layouts whose weights and one request's
+    domain); `allreduce` the tensor-parallel all-reduce (ring, nvls or auto, as a service's
+    `allreduce`). Layouts whose weights and one request's
     KV cache do not fit are dropped unless `include_infeasible` (then `fits` is False).
     `df.attrs` holds the inputs, `best_ttft_s` and `best_tpot_s` (the lowest reachable by any
     fitting layout, at the lightest load of the curve) and `cheapest` (the first row as a dict,
@@ -329,6 +331,13 @@ def plan_serving(
             f"gpu_memory_utilization must be in (0, 1]; got {gpu_memory_utilization!r}"
         )
     m_spec, g_spec = _resolve(model, gpu)
+    if allreduce not in ("ring", "nvls", "auto"):
+        raise ScenarioError(f"allreduce must be one of ring, nvls, auto; got {allreduce!r}")
+    if allreduce == "nvls" and not g_spec.nvls:
+        raise ScenarioError(
+            f"allreduce nvls needs NVLink SHARP, which {g_spec.name} lacks (nvls: false), as a "
+            "scenario's service would be told; allowed: ring, auto"
+        )
     moe = bool(m_spec.is_moe)
     fp4 = g_spec.fp4_tflops is not None
     for name, given in (("ep", ep_options), ("dp_attention", dp_attention_options)):
@@ -399,7 +408,11 @@ def plan_serving(
     cal = catalog.entry("calibration", g_spec.family)
     g = gpu_inference_args(gpu_fields(g_spec), cal)
     kernel = {kw: cols[a] for a, kw in AXES}
-    net = network_args(float(nic_gbit_s), cal, g_spec.nvlink_domain)  # as engine/fleet.py
+    # as engine/fleet.py
+    net: dict[str, Any] = {
+        **network_args(float(nic_gbit_s), cal, g_spec.nvlink_domain),
+        "allreduce": allreduce,
+    }
     i_len, o_len = float(prompt), float(output)
     sat = offline_steady_state(
         margs,
@@ -547,6 +560,7 @@ def plan_serving(
         "percentile": float(percentile),
         "load_rps": load_rps,
         "usd_per_gpu_hour": usd_per_gpu_hour,
+        "allreduce": allreduce,
         "layouts": len(df),
         "best_ttft_s": float(ttft[lightest, 0].min()) if lightest.any() else None,
         "best_tpot_s": float(t[fits, 0].min()) if fits.any() else None,

@@ -7,6 +7,8 @@ Each section sits between a pair of HTML-comment markers in the Markdown file:
 - `constants`: the inference constants of aifactory_sim/catalog/calibration.yaml, per family.
 - `calibration`: the closed form against the TensorRT-LLM 1.0 perf overview's Hopper rows, the
   groups the constants were fitted on and those held out (aifactory_sim/validation/trtllm.py).
+- `nvls`: the same page's tensor-parallel groups with the ring all-reduce and with `auto`
+  (NVLS where faster).
 - `example`: one replica of Llama 3 70B, FP8, TP4 on H100-SXM: memory, KV capacity and the
   phases of a few iterations, from kernels/inference.py.
 - `tensorrt`: the five TensorRT-LLM rows (Llama 3.1 8B FP8, one H100) run through the engine as
@@ -186,6 +188,26 @@ def moe_table() -> str:
             lines.append(f"| {g[0]} | {g[1]} | {g[2]} | {ep} | {len(err)} | "
                          f"{np.median(np.abs(err)):.1%} | {err.min():+.0%} to {err.max():+.0%} | "
                          f"{np.max(np.abs(err)):.1%} |")
+    return "\n".join(lines)
+
+
+def nvls_table() -> str:
+    """The tensor-parallel groups of the calibration table (tp > 1) with each all-reduce
+    algorithm: the closed form's median and largest error."""
+    from aifactory_sim.validation import trtllm
+
+    runs = [(g, "fp8") for g in trtllm.groups() if g[2] > 1]
+    runs += [(g, "fp4") for g in sorted(trtllm.FP4_TABLE) if g[2] > 1]
+    lines = ["| model | GPU | TP | weights | ring: median abs | ring: max abs | auto: median abs "
+             "| auto: max abs |", "|---|---|---:|---|---:|---:|---:|---:|"]
+    for g, precision in runs:
+        cells = []
+        for algo in ("ring", "auto"):
+            sim, pub = trtllm.simulate(g, precision=precision, allreduce=algo)
+            err = np.abs(sim / pub - 1.0)
+            cells += [f"{np.median(err):.1%}", f"{err.max():.1%}"]
+        lines.append(f"| {g[0]} | {g[1]} | {g[2]} | {precision.upper()} | " + " | ".join(cells)
+                     + " |")
     return "\n".join(lines)
 
 
@@ -400,6 +422,7 @@ def build(text: str) -> tuple[str, str]:
     erl, erl_worst, _ = erlang_table()
     text = replace_block(DOC, text, "constants", constants_table())
     text = replace_block(DOC, text, "calibration", calibration_table())
+    text = replace_block(DOC, text, "nvls", nvls_table())
     text = replace_block(DOC, text, "moe-holdout", moe_table())
     text = replace_block(DOC, text, "ampere", ampere_table())
     text = replace_block(DOC, text, "example", example_section())

@@ -108,6 +108,7 @@ def replica_sizing(
     par = {
         "ep": spec.ep,
         "dp_attention": spec.dp_attention,
+        "allreduce": spec.allreduce,
         **network_args(pool.nic_gbit_s, cal, gpu.nvlink_domain),
     }
     table = IterationModel(

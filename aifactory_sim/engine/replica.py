@@ -254,7 +254,7 @@ class ReplicaCore:
         if heap and heap[0][0] <= i:
             finish, running = self.log.finish, self.running
             while heap and heap[0][0] <= i:
-                at, order, s = heapq.heappop(heap)
+                _, order, s = heapq.heappop(heap)
                 if s.order == order:  # else left by a preempted sequence
                     self._stop_decoding(s)
                     del running[order]  # self._done(s, end), written out

@@ -5,6 +5,15 @@ Ring all-reduce over p ranks of an n-byte buffer (Patarasuk & Yuan 2009; Thakur 
 where B is the bus bandwidth each rank achieves (nccl-tests doc/PERFORMANCE.md: busbw = algbw x
 2(p-1)/p for all-reduce). Reduce-scatter and all-gather each move half of that:
     t = (p - 1) alpha + n (p - 1) / p / B.
+All-reduce with NVLink SHARP (NVLS) on an NVSwitch that reduces in the switch (NVIDIA, "NVLink
+and NVLink Switch", third-generation NVSwitch and later; NCCL's NVLS algorithm, 2.17+): each rank
+owns 1/p of the buffer; it sends its whole buffer into the switch, which returns the reduced 1/p
+to its owner (multimem load-reduce), and the owner's 1/p is multicast back to all p ranks. Each
+rank's link carries n (1 + 1/p) bytes each way, against the ring's 2 n (p - 1) / p:
+    t = 2 (p - 1) alpha + n (1 + 1/p) / (L e)
+with L the NVLink line rate one way and e the achieved share of it. NVLS is the faster for p > 3
+at equal efficiency. The latency term is the ring's: shared/reference has no small-message NVLS
+figure, and serving's small all-reduces are bound by the calibrated per-all-reduce latency.
 All functions broadcast over numpy arrays; p = 1 costs nothing.
 """
 
@@ -33,6 +42,18 @@ def ring_allgather_s(
     n = np.asarray(nbytes, dtype=np.float64)
     bw, alpha = np.asarray(busbw_bytes_per_s, np.float64), np.asarray(alpha_s, np.float64)
     t = (p - 1.0) * alpha + n * (p - 1.0) / p / bw
+    return np.where(p > 1.0, t, 0.0)
+
+
+def nvls_allreduce_s(
+    nbytes: ArrayLike, ranks: ArrayLike, bytes_per_s: ArrayLike, alpha_s: ArrayLike = 0.0
+) -> NDArray[np.float64]:
+    """Seconds for an NVLS all-reduce of `nbytes` over `ranks`, each link moving `bytes_per_s`
+    one way (line rate x achieved share; see the module)."""
+    p = np.asarray(ranks, dtype=np.float64)
+    n = np.asarray(nbytes, dtype=np.float64)
+    bw, alpha = np.asarray(bytes_per_s, np.float64), np.asarray(alpha_s, np.float64)
+    t = 2.0 * (p - 1.0) * alpha + n * (1.0 + 1.0 / p) / bw
     return np.where(p > 1.0, t, 0.0)
 
 

@@ -27,7 +27,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from .architecture import census, layer_totals
-from .collectives import ring_allgather_s, ring_allreduce_s
+from .collectives import nvls_allreduce_s, ring_allgather_s, ring_allreduce_s
 
 F64 = NDArray[np.float64]
 
@@ -45,6 +45,10 @@ FP8_COMPUTE = {"bf16": 0.0, "fp8": 1.0, "int4": 0.0, "fp4": 0.0}
 #: fp4 weights with fp4 activations (W4A4) on FP4 tensor cores (Blackwell's `fp4_flops`); a GPU
 #: without them dequantises to bf16 in the GEMM (W4A16 at the BF16 rate, `gpu_inference_args`).
 FP4_COMPUTE = {"bf16": 0.0, "fp8": 0.0, "int4": 0.0, "fp4": 1.0}
+#: The tensor-parallel all-reduce's algorithm (kernels/collectives.py): the ring, NVLink SHARP
+#: (on a GPU whose catalog entry has `nvls: true`), or the faster of the two for each message
+#: (NCCL's own choice when NVLS is enabled).
+ALLREDUCE = {"ring": 0.0, "nvls": 1.0, "auto": 2.0}
 #: Bytes per element of the KV cache (vLLM `kv_cache_dtype` auto = bf16, or fp8 E4M3; fp4: NVFP4
 #: as above, TensorRT-LLM's NVFP4 KV cache on Blackwell).
 KV_BYTES_PER_ELEMENT = {"bf16": 2.0, "fp8": 1.0, "fp4": 0.5 + 1 / 16}
@@ -346,6 +350,8 @@ def gpu_inference_args(gpu: Mapping[str, Any], calibration: Mapping[str, Any]) -
         "roofline_overlap_loss": calibration.get("roofline_overlap_loss", 0.0),
         "layer_overhead_s": calibration.get("layer_overhead_s", 0.0),
         "allreduce_latency_s": calibration.get("allreduce_latency_s", 0.0),
+        # NVLink SHARP, where the NVSwitch has it: its achieved share of the line rate
+        "nvls_efficiency": calibration["nvls_efficiency"] if gpu.get("nvls") else 0.0,
     }
 
 
@@ -445,14 +451,20 @@ def _iteration_constants(
     nic_bytes_per_s: ArrayLike = NIC_BYTES_PER_S,
     net_alpha_s: ArrayLike = NET_ALPHA_S,
     nvlink_domain: ArrayLike = 8,
+    allreduce: ArrayLike = "ring",
 ) -> dict[str, F64]:
     """Everything in an iteration's time that does not depend on the batch (see
     `iteration_breakdown`), computed once per replica configuration. `ep`: expert-parallel
     groups; `dp_attention`: data-parallel attention ranks (a replica has tp x dp_attention
     GPUs); `nic_bytes_per_s`: achievable scale-out bandwidth per GPU, one direction;
-    `nvlink_domain`: GPUs one NVLink domain joins."""
+    `nvlink_domain`: GPUs one NVLink domain joins; `allreduce`: the tensor-parallel
+    all-reduce's algorithm (ALLREDUCE)."""
     s = _shape(m)
     t = _f(tp)
+    algo = _lookup(allreduce, ALLREDUCE, "allreduce")
+    nvls_eff = _f(g.get("nvls_efficiency", 0.0))
+    if np.any((algo == ALLREDUCE["nvls"]) & (nvls_eff <= 0.0)):
+        raise ValueError("allreduce 'nvls' needs a GPU with NVLink SHARP (nvls: true)")
     wbytes = _lookup(precision, WEIGHT_BYTES_PER_PARAM, "precision")
     fp8 = _lookup(precision, FP8_COMPUTE, "precision") > 0
     gemm_peak = np.where(fp8, _f(g["fp8_flops"]), _f(g["bf16_flops"]))
@@ -507,6 +519,10 @@ def _iteration_constants(
         "ew_bytes": ew,
         "hbm_bw": _f(g["hbm_bytes_per_s"]) * _f(g["decode_hbm_efficiency"]),
         "nvlink_bw": _f(g["nvlink_bytes_per_s"]) * _f(g["nvlink_efficiency"]),
+        # NVLS's bytes/s, where asked for and the GPU has it (0: the ring only), and whether
+        # it is used for every all-reduce (nvls) or when faster (auto)
+        "nvls_bw": np.where(algo > 0.0, _f(g["nvlink_bytes_per_s"]) * nvls_eff, 0.0),
+        "nvls_only": algo == ALLREDUCE["nvls"],
         "alpha": _f(g["nvlink_alpha_s"]),
         "kv_tok": kv_tok,
         # Fixed time per iteration: the family's per-iteration overhead and a per-layer cost
@@ -686,11 +702,14 @@ def _iteration_phases(
         ew_s = np.where(simple, ew_s, mixed_ew)
 
     # --- tensor parallelism: 2 all-reduces of the layer output per layer ---
-    tp_s = (
-        2.0
-        * layers
-        * (ring_allreduce_s(ACT_BYTES * n_grp * h, t, c["nvlink_bw"], c["alpha"]) + c["ar_latency"])
-    )
+    # on a ring, or with NVLS (the NVSwitch reduces in the switch) always or where it is faster
+    ar_bytes = ACT_BYTES * n_grp * h
+    ar_s = ring_allreduce_s(ar_bytes, t, c["nvlink_bw"], c["alpha"])
+    if np.any(c["nvls_bw"] > 0.0):
+        nvls_s = nvls_allreduce_s(ar_bytes, t, np.maximum(c["nvls_bw"], 1.0), c["alpha"])
+        pick = np.where(c["nvls_only"], nvls_s, np.minimum(ar_s, nvls_s))
+        ar_s = np.where(c["nvls_bw"] > 0.0, pick, ar_s)
+    tp_s = 2.0 * layers * (ar_s + c["ar_latency"])
 
     # --- expert parallelism: dispatch and combine all-to-alls per MoE layer ---
     # network copies of a token: every remote one (low-latency kernels) or one per remote

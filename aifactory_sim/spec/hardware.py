@@ -71,6 +71,12 @@ class GPUSpec(Spec):
     )
     nvlink_gb_s: float = Field(gt=0, description="NVLink bandwidth per GPU, both directions, GB/s")
     nvlink_domain: int = Field(8, gt=0, description="GPUs reachable over NVLink")
+    nvls: bool = Field(
+        False,
+        description="NVLink SHARP: the NVSwitch reduces all-reduce data in the switch "
+        "(third-generation NVSwitch and later); serving's tensor-parallel all-reduce takes the "
+        "faster of it and the ring",
+    )
     source: str = ""
 
     @model_validator(mode="after")

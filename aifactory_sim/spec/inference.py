@@ -144,6 +144,13 @@ class InferenceService(Workload):
         "sequences, KV cache and a copy of the non-expert weights (SGLang --enable-dp-attention);"
         " a replica has tp x dp_attention GPUs",
     )
+    allreduce: Literal["ring", "nvls", "auto"] = Field(
+        "ring",
+        description="the tensor-parallel all-reduce: ring; nvls (NVLink SHARP, in-switch "
+        "reduction; a GPU with nvls: true); auto: the faster of the two for each message "
+        "(NCCL with NVLS enabled). ring is what the TensorRT-LLM rows the serving constants "
+        "were checked on fit best (docs/background/serving.md, NVLS)",
+    )
     tp: int = Field(
         1,
         ge=1,

@@ -578,6 +578,12 @@ class Scenario(Spec):
                     "(no fp4_tflops): attention would dequantise every cached element on each "
                     "read, and no serving engine offers it there; allowed: bf16, fp8",
                 )
+            if svc.allreduce == "nvls" and not getattr(pool.gpu, "nvls", False):
+                raise located(
+                    f"{where}.allreduce",
+                    f"nvls needs an NVSwitch that reduces in the switch (NVLink SHARP), which "
+                    f"{pool.gpu.name} lacks (nvls: false); allowed: ring, auto",
+                )
             _check_weights_fit(svc, pool, where)
             spares = self.cluster.spare_nodes if pool is self.cluster.node_pools[0] else 0
             usable = pool.nodes - spares

@@ -306,14 +306,16 @@ def simulate(
     group: tuple[str, str, int],
     calibration: Mapping[str, Any] | None = None,
     precision: str = "fp8",
+    allreduce: str = "ring",
 ) -> tuple[Any, Any]:
     """(simulated, published) output tokens/s of a group's rows, as numpy arrays, from one
     call of kernels.inference.offline_steady_state, each row run as `row_arguments` says.
     `calibration` replaces the GPU family's constants (values may be arrays that broadcast
     against the rows on a trailing axis: a fit passes grids). With `precision` "fp4" the group
-    is one of FP4_TABLE's."""
+    is one of FP4_TABLE's. `allreduce`: the tensor-parallel all-reduce (kernels.inference
+    ALLREDUCE)."""
     rows = PERF_OVERVIEW if precision == "fp8" else _flatten({group: FP4_TABLE[group]})
-    return _run_rows(group, _by_group(rows)[group], calibration, precision)
+    return _run_rows(group, _by_group(rows)[group], calibration, precision, allreduce=allreduce)
 
 
 def simulate_moe(group: tuple[str, str, int], ep: int) -> tuple[Any, Any]:
