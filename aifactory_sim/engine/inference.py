@@ -161,35 +161,29 @@ class RouterModel:
         drop, route, plan_end = self._drop, self._route, self._plan_end
         heappop = heapq.heappop
         i = self._next
-        # The time integral of requests in the system, as locals while the loop runs.
-        area, area_t, in_system = self._area, self._area_t, self._in_system
-        seen = -1  # self._seq when the heap's top was last found: no push or pop since
-        tr = INF
         while True:
             ta = arrivals[i] if i < n else INF
-            if self._seq != seen:
-                while heap:
-                    top = heap[0]
-                    if seqs[top[2]] == top[1]:
-                        break
-                    heappop(heap)  # a plan that was cut or cancelled
-                tr = heap[0][0] if heap else INF
-                seen = self._seq
+            while heap:
+                top = heap[0]
+                if seqs[top[2]] == top[1]:
+                    break
+                heappop(heap)  # a plan that was cut or cancelled
+            tr = heap[0][0] if heap else INF
             if tr <= ta:
                 if tr > t:
                     break
-                area += in_system * (tr - area_t)
-                area_t = tr
-                in_system -= plan_end(replicas[heappop(heap)[2]], tr)  # pushes: _seq moves
+                self._area += self._in_system * (tr - self._area_t)
+                self._area_t = tr
+                self._in_system -= plan_end(replicas[heappop(heap)[2]], tr)
             else:
                 if ta > t:
                     break
-                area += in_system * (ta - area_t)
-                area_t = ta
+                self._area += self._in_system * (ta - self._area_t)
+                self._area_t = ta
                 touched: list[ReplicaView] = []
                 while i < n and arrivals[i] == ta:  # requests arriving together
                     if not drop[i]:
-                        in_system += 1
+                        self._in_system += 1
                         r = route(i, ta)
                         if r is not None and cores[r.index].plan is None:
                             touched.append(r)
@@ -198,7 +192,6 @@ class RouterModel:
                 for r in touched:
                     self._schedule(r, ta)
         self._next = i
-        self._area, self._area_t, self._in_system = area, area_t, in_system
 
     def _push(self, r: ReplicaView) -> None:
         self._seq += 1
@@ -261,8 +254,12 @@ class RouterModel:
 
     def _send(self, r: ReplicaView, rid: int, now: float) -> ReplicaView:
         k = r.index
+        core = self._cores[k]
+        plan = core.plan
+        k_before = plan.k if plan is not None else 0
+        core.add(rid, now)
         self.outs[k] += 1
-        if self._cores[k].add(rid, now):
+        if plan is not None and plan.k != k_before:
             self._push(r)  # the decode stretch was cut
         return r
 
@@ -334,7 +331,8 @@ class RouterModel:
 
     # --- end of the run ---------------------------------------------------------------------------
     def close(self, horizon: float) -> None:
-        self.log.forget_first_tokens_after(horizon)  # a chained plan's head, applied ahead
+        late = self.log.first_token_s > horizon  # a chained plan's head, applied ahead
+        self.log.first_token_s[late] = math.nan
         self._check_little(horizon)
 
     def _check_little(self, horizon: float) -> None:
@@ -361,16 +359,15 @@ class RouterModel:
         log = self.log
         n = self._next
         arrival = log.arrival_s[:n]
-        admitted = log.admitted_s[:n]
         return {
             "request": np.arange(n),
             "arrival_s": arrival,
-            "admitted_s": admitted,
+            "admitted_s": log.admitted_s[:n],
             "first_token_s": log.first_token_s[:n],
             "finish_s": log.finish_s[:n],
             "prompt_tokens": log.prompt_tokens[:n],
             "output_tokens": log.output_tokens[:n],
-            "queue_wait_s": admitted - arrival,
+            "queue_wait_s": log.admitted_s[:n] - arrival,
             "preemptions": log.preemptions[:n],
             "replica": log.replica[:n],
             "dropped": self.dropped[:n],

@@ -41,56 +41,25 @@ __all__ = ["BLOCK_TOKENS", "ReplicaCore", "RequestLog"]
 
 
 class RequestLog:
-    """Per-request columns, indexed by request id: what the results' request table holds.
-
-    The replicas write the times, the replica and the preemption count into Python lists (a
-    list item is several times cheaper to read and write than a NumPy array's, and these are
-    written once or twice per request); the `*_s`, `preemptions` and `replica` properties give
-    them as arrays."""
+    """Per-request columns, indexed by request id: what the results' request table holds."""
 
     def __init__(self, arrival_s: np.ndarray, prompt_tokens: np.ndarray, output_tokens: np.ndarray):
         n = arrival_s.size
         self.arrival_s = np.asarray(arrival_s, dtype=np.float64)
         self.prompt_tokens = np.asarray(prompt_tokens, dtype=np.int64)
         self.output_tokens = np.asarray(output_tokens, dtype=np.int64)
-        self.admitted: list[float] = [math.nan] * n
-        self.first_token: list[float] = [math.nan] * n
-        self.finish: list[float] = [math.nan] * n
-        self.preempted: list[int] = [0] * n
-        self.replica_of: list[int] = [-1] * n
-        #: the lengths as Python ints, for the replicas' reads
+        self.admitted_s = np.full(n, math.nan)
+        self.first_token_s = np.full(n, math.nan)
+        self.finish_s = np.full(n, math.nan)
+        self.preemptions = np.zeros(n, dtype=np.int64)
+        self.replica = np.full(n, -1, dtype=np.int64)
+        #: the lengths as Python ints, for the replicas' reads (a list index is several times
+        #: cheaper than a NumPy scalar's)
         self.prompt_list: list[int] = self.prompt_tokens.tolist()
         self.output_list: list[int] = self.output_tokens.tolist()
 
     def __len__(self) -> int:
         return self.arrival_s.size
-
-    @property
-    def admitted_s(self) -> np.ndarray:
-        return np.array(self.admitted, dtype=np.float64)
-
-    @property
-    def first_token_s(self) -> np.ndarray:
-        return np.array(self.first_token, dtype=np.float64)
-
-    @property
-    def finish_s(self) -> np.ndarray:
-        return np.array(self.finish, dtype=np.float64)
-
-    @property
-    def preemptions(self) -> np.ndarray:
-        return np.array(self.preempted, dtype=np.int64)
-
-    @property
-    def replica(self) -> np.ndarray:
-        return np.array(self.replica_of, dtype=np.int64)
-
-    def forget_first_tokens_after(self, t: float) -> None:
-        """Clear first-token times later than `t` (a chained plan's head applied ahead of the
-        clock that the run's end cut off)."""
-        first = self.first_token
-        for rid in np.flatnonzero(np.array(first, dtype=np.float64) > t).tolist():
-            first[rid] = math.nan
 
 
 class Seq:
@@ -116,8 +85,8 @@ class Seq:
         self.rid = rid
         self.target = prompt  # tokens to prefill: the prompt, plus tokens generated before
         self.output = output  # a preemption
-        self.order = -1  # admission order while running; -1 otherwise (what the finish heap's
-        self.prefilled = 0  # entries are checked against)
+        self.order = -1
+        self.prefilled = 0
         self.generated = 0
         self.cached = 0
         self.start = 0
@@ -209,24 +178,21 @@ class ReplicaCore:
     def outstanding(self) -> int:
         return len(self.waiting) + len(self.running)
 
-    def add(self, rid: int, now: float) -> bool:
+    def add(self, rid: int, now: float) -> None:
         """Queue request `rid` (lengths from the log). A decode stretch that could admit it ends
-        at its first iteration boundary at or after `now` (True is returned: the plan ends
-        sooner); an idle replica waits for `schedule`, so that requests arriving together are
-        admitted together."""
+        at its first iteration boundary at or after `now`; an idle replica waits for
+        `schedule`, so that requests arriving together are admitted together."""
         log = self.log
-        waiting = self.waiting
-        waiting.append(Seq(rid, log.prompt_list[rid], log.output_list[rid]))
-        log.replica_of[rid] = self.index
+        self.waiting.append(Seq(rid, log.prompt_list[rid], log.output_list[rid]))
+        log.replica[rid] = self.index
         plan = self.plan
         if (
             plan is not None
             and plan.k > (0 if plan.chunks is not None else 1)
-            and len(waiting) == 1
             and len(self.running) < self.max_num_seqs
+            and len(self.waiting) == 1
         ):
-            return self._cut(plan, now)
-        return False
+            self._cut(plan, now)
 
     def schedule(self, now: float) -> None:
         """Plan from `now` when idle and there is work."""
@@ -250,16 +216,13 @@ class ReplicaCore:
             done = self._apply_head(plan.chunks, end)
         self.iterations += plan.k
         heap = self._finish
-        i = self.iterations
-        if heap and heap[0][0] <= i:
-            finish, running = self.log.finish, self.running
-            while heap and heap[0][0] <= i:
-                _, order, s = heapq.heappop(heap)
-                if s.order == order:  # else left by a preempted sequence
-                    self._stop_decoding(s)
-                    del running[order]  # self._done(s, end), written out
-                    finish[s.rid] = end
-                    done += 1
+        now_i = self.iterations
+        while heap and heap[0][0] <= now_i:
+            at, order, s = heapq.heappop(heap)
+            if s.alive and s.order == order and s.finish_at == at:
+                self._stop_decoding(s)
+                self._done(s, end)
+                done += 1
         return done
 
     def _apply_head(self, chunks: list[tuple[Seq, int]], t: float) -> int:
@@ -279,22 +242,13 @@ class ReplicaCore:
             self._pre_blocks -= before  # prefill done: its blocks now count as decoding
             del self.prefilling[s.order]
             s.generated += 1  # the last chunk samples a token
-            if math.isnan(log.first_token[s.rid]):
-                log.first_token[s.rid] = t
+            if math.isnan(log.first_token_s[s.rid]):
+                log.first_token_s[s.rid] = t
             if s.generated >= s.output:
                 self._done(s, t)
                 done += 1
-            else:  # it decodes from iteration i: into the sums (see Seq)
-                i = self.iterations
-                s.start = i
-                s.finish_at = i + s.output - s.generated
-                x = s.x = s.cached - i + BLOCK_TOKENS
-                s.alive = True
-                self._n_dec += 1
-                self._ctx0 += s.cached - i
-                self._blk_q += x // BLOCK_TOKENS
-                self._blk_r[x % BLOCK_TOKENS] += 1
-                heapq.heappush(self._finish, (s.finish_at, s.order, s))
+            else:
+                self._start_decoding(s)
         return done
 
     def kv_used_blocks(self) -> int:
@@ -307,9 +261,9 @@ class ReplicaCore:
         rids = [s.rid for s in self.running.values()] + [s.rid for s in self.waiting]
         log = self.log
         for s in self.running.values():
-            log.preempted[s.rid] += 1
-            if log.first_token[s.rid] > now:  # a chained plan's head that never ran
-                log.first_token[s.rid] = math.nan
+            log.preemptions[s.rid] += 1
+            if log.first_token_s[s.rid] > now:  # a chained plan's head that never ran
+                log.first_token_s[s.rid] = math.nan
         self.running.clear()
         self.prefilling.clear()
         self.waiting.clear()
@@ -327,6 +281,18 @@ class ReplicaCore:
         return self.busy_s + min(t, plan.end) - plan.start
 
     # --- decoding sequences -----------------------------------------------------------------
+    def _start_decoding(self, s: Seq) -> None:
+        i = self.iterations
+        s.start = i
+        s.finish_at = i + s.output - s.generated
+        s.x = s.cached - i + BLOCK_TOKENS
+        s.alive = True
+        self._n_dec += 1
+        self._ctx0 += s.cached - i
+        self._blk_q += s.x // BLOCK_TOKENS
+        self._blk_r[s.x % BLOCK_TOKENS] += 1
+        heapq.heappush(self._finish, (s.finish_at, s.order, s))
+
     def _stop_decoding(self, s: Seq) -> None:
         """Take a decoding sequence out of the sums; its explicit state is brought up to date."""
         i = self.iterations
@@ -347,12 +313,11 @@ class ReplicaCore:
 
     def _done(self, s: Seq, end: float) -> None:
         del self.running[s.order]
-        self.log.finish[s.rid] = end
+        self.log.finish_s[s.rid] = end
 
     # --- scheduling --------------------------------------------------------------------------
-    def _cut(self, plan: _Plan, now: float) -> bool:
-        """End a plan at its first iteration boundary at or after `now`; whether it ends
-        sooner."""
+    def _cut(self, plan: _Plan, now: float) -> None:
+        """End a plan at its first iteration boundary at or after `now`."""
         d0 = plan.start + plan.head  # where the decode iterations start
         if now <= d0:
             j = 0 if plan.chunks is not None else 1
@@ -369,8 +334,6 @@ class ReplicaCore:
                 j += 1
         if j < plan.k:
             plan.set_k(j)
-            return True
-        return False
 
     def _preempt(self, victim: Seq) -> None:
         del self.running[victim.order]
@@ -379,8 +342,7 @@ class ReplicaCore:
         else:
             del self.prefilling[victim.order]
             self._pre_blocks -= -(-victim.cached // BLOCK_TOKENS)
-        victim.order = -1  # its entry in the finish heap is stale from now on
-        self.log.preempted[victim.rid] += 1
+        self.log.preemptions[victim.rid] += 1
         victim.target = self.log.prompt_list[victim.rid] + victim.generated
         victim.prefilled = victim.cached = 0
         self.waiting.appendleft(victim)
@@ -400,8 +362,7 @@ class ReplicaCore:
             base = self._pre_blocks + (self._ctx0 + n * (i + BLOCK_TOKENS)) // BLOCK_TOKENS
         if not (self.prefilling or self.waiting):
             if self.running:
-                k, first, growth = self._stretch(i, cap)
-                self.plan = _Plan(now, 0.0, None, k, first, growth)
+                self._decode_stretch(now, i, cap)
             return
         # `base`, blocks in use, is that upper bound; the exact count (a sum over 16 residues)
         # is taken only when a decision hangs on it, so every decision is the exact count's.
@@ -434,7 +395,6 @@ class ReplicaCore:
         added = extra  # blocks the iteration's chunks add
         n = self._n_dec
         waiting = self.waiting
-        admitted = self.log.admitted
         while waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             head = waiting[0]
             c = min(head.target, budget)
@@ -450,8 +410,8 @@ class ReplicaCore:
             waiting.popleft()
             head.order = self._order
             self._order += 1
-            if math.isnan(admitted[head.rid]):
-                admitted[head.rid] = now
+            if math.isnan(self.log.admitted_s[head.rid]):
+                self.log.admitted_s[head.rid] = now
             self.running[head.order] = head
             self.prefilling[head.order] = head
             chunks.append((head, c))
@@ -459,8 +419,7 @@ class ReplicaCore:
             added += blocks
         if not chunks:
             if self._n_dec:
-                k, first, growth = self._stretch(i, cap)
-                self.plan = _Plan(now, 0.0, None, k, first, growth)
+                self._decode_stretch(now, i, cap)
             return  # else nothing fits (a prompt larger than the whole cache): stay idle
         tokens = 0
         pairs = 0.0
@@ -500,36 +459,41 @@ class ReplicaCore:
             if s.generated + 1 >= s.output:
                 return False
         heap = self._finish
-        while heap and heap[0][2].order != heap[0][1]:
+        while heap and not (
+            heap[0][2].alive
+            and heap[0][2].order == heap[0][1]
+            and heap[0][2].finish_at == heap[0][0]
+        ):
             heapq.heappop(heap)  # left by a preempted sequence
         return not heap or heap[0][0] > i + 1
+
+    def _decode_stretch(self, now: float, i: int, cap: int) -> None:
+        k, first, growth = self._stretch(i, cap)
+        self.plan = _Plan(now, 0.0, None, k, first, growth)
 
     def _stretch(self, i: int, cap: int) -> tuple[int, float, float]:
         """Decode-only iterations from iteration `i` until the first sequence finishes or the
         KV cache overflows (one iteration in the step tier): (k, first, growth)."""
         heap = self._finish
         top = heap[0]
-        while top[2].order != top[1]:
+        while not (top[2].alive and top[2].order == top[1] and top[2].finish_at == top[0]):
             heapq.heappop(heap)  # left by a preempted sequence
             top = heap[0]
         k = top[0] - i if self.fast else 1
         n = self._n_dec
-        ctx = self._ctx0 + n * i
-        if k > 1 and (ctx + n * (k - 1 + BLOCK_TOKENS)) // BLOCK_TOKENS > cap:
-            k = self._fitting(i, k, cap)
-        table = self.table  # table.decode_run(n, ctx), written out
-        return k, table.decode_base[n] + table.per_context * ctx, table.per_context * n
-
-    def _fitting(self, i: int, k: int, cap: int) -> int:
-        """The most decode iterations from `i`, up to `k`, whose KV blocks fit `cap` (the
-        caller found that the upper bound of the last one's does not)."""
-        if self._decode_blocks(i + k - 1) <= cap:
-            return k
-        lo, hi = 1, k - 1  # the last k that fits lies in [lo, hi]
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            if self._decode_blocks(i + mid - 1) <= cap:
-                lo = mid
-            else:
-                hi = mid - 1
-        return lo
+        last = i + k - 1  # the stretch's last iteration; the bound first, as in _plan
+        if (
+            k > 1
+            and (self._ctx0 + n * (last + BLOCK_TOKENS)) // BLOCK_TOKENS > cap
+            and self._decode_blocks(last) > cap
+        ):
+            lo, hi = 1, k - 1  # the last k that fits lies in [lo, hi]
+            while lo < hi:
+                mid = (lo + hi + 1) // 2
+                if self._decode_blocks(i + mid - 1) <= cap:
+                    lo = mid
+                else:
+                    hi = mid - 1
+            k = lo
+        first, growth = self.table.decode_run(n, self._ctx0 + n * i)
+        return k, first, growth
