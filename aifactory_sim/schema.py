@@ -45,6 +45,7 @@ __all__ = [
     "JobSummary",
     "LatencyStats",
     "Ledger",
+    "PrefixCacheSummary",
     "PrivateCost",
     "Recompute",
     "ServiceCore",
@@ -199,6 +200,18 @@ class ServiceGpuHours(TypedDict):
 
 
 @_STRICT
+class PrefixCacheSummary(TypedDict):
+    """A service with system prompts: its replicas' prefix caches."""
+
+    enabled: bool  # prefix caching on (prefix_cache.enabled and a prefix of a block or more)
+    hit_rate_tokens: float  # fraction 0..1 of the admitted requests' prompt tokens cached
+    prefill_tokens_saved: int  # tokens, prompt tokens not prefilled thanks to the cache
+    requests_hit: int  # requests whose first admission found their prefix cached
+    requests_admitted: int  # requests admitted at least once
+    evictions: int  # prefixes evicted from a replica's cache to free KV blocks
+
+
+@_STRICT
 class ServiceCore(TypedDict):
     """An inference service as the engine reports it (`Fleet.summary`: the fleet's keys and
     its serving model's; the fluid tier's requests are modelled rather than counted)."""
@@ -222,6 +235,7 @@ class ServiceCore(TypedDict):
     replicas_max: int  # replicas, most provisioned at once
     kv_capacity_tokens: float  # tokens of KV cache per replica
     gpu_h: ServiceGpuHours
+    prefix_cache: NotRequired[PrefixCacheSummary]  # with system_prompts only
 
 
 @_STRICT

@@ -40,7 +40,7 @@ import numpy as np
 from ..kernels.stats import latency_stats, slo_attainment
 from .fleet import SERVICE_COLUMNS, Fleet, ReplicaSizing, ServiceRow
 from .replica import ReplicaCore, RequestLog
-from .traffic import draw_requests
+from .traffic import draw_prefixes, draw_requests
 
 if TYPE_CHECKING:
     from ..spec.inference import InferenceService
@@ -110,9 +110,14 @@ class RouterModel:
             output_rng=rngs["outputs"],
         )
         assert reqs.prompt_tokens is not None and reqs.output_tokens is not None  # drawn
-        self.log = RequestLog(
-            reqs.arrival_s + spec.start_at, reqs.prompt_tokens, reqs.output_tokens
-        )
+        prompt, prefix = reqs.prompt_tokens, None
+        sp = spec.system_prompts
+        if sp is not None:  # a system prompt before each request's own tokens
+            prefix = draw_prefixes(sp, prompt.size, rngs["prefixes"])
+            prompt = prompt + sp.tokens
+        self.log = RequestLog(reqs.arrival_s + spec.start_at, prompt, reqs.output_tokens, prefix)
+        #: the tokens of a shared prefix the replicas may cache (0: no prefix caching)
+        self.prefix_tokens = sp.tokens if sp is not None and spec.prefix_cache.enabled else 0
         too_long = self.log.prompt_tokens + self.log.output_tokens > self.kv_tokens
         if not b.chunked_prefill:
             too_long |= self.log.prompt_tokens > b.max_batched_tokens
@@ -141,6 +146,7 @@ class RouterModel:
             chunked_prefill=b.chunked_prefill,
             fast=self.fast,
             index=index,
+            prefix_tokens=self.prefix_tokens,
         )
         self.outs.append(0)
         self._seqs.append(-1)
@@ -371,6 +377,13 @@ class RouterModel:
             "preemptions": log.preemptions[:n],
             "replica": log.replica[:n],
             "dropped": self.dropped[:n],
+            # with system prompts: each request's (its index) and the prompt tokens its first
+            # admission found in its replica's prefix cache
+            **(
+                {}
+                if log.prefix is None
+                else {"prefix": log.prefix[:n], "cached_tokens": log.cached_tokens[:n]}
+            ),
         }
 
     def summary(self, horizon: float, active_s: float) -> dict[str, Any]:
@@ -408,4 +421,26 @@ class RouterModel:
             "slo_attainment": attained,
             "slo_met": met,
             "in_system_mean": self._area / active_s if active_s else 0.0,
+            **self._prefix_summary(cols),
+        }
+
+    def _prefix_summary(self, cols: dict[str, np.ndarray]) -> dict[str, Any]:
+        """With system prompts: the prefix cache's hit rate in prompt tokens (of the requests
+        admitted), the prefill tokens it saved and the requests that hit (docs/reference/
+        metrics.md)."""
+        if "cached_tokens" not in cols:
+            return {}
+        admitted = np.isfinite(cols["admitted_s"])
+        cached = cols["cached_tokens"][admitted]
+        prompt = int(cols["prompt_tokens"][admitted].sum())
+        evictions = sum(c.prefixes.evictions for c in self._cores if c.prefixes is not None)
+        return {
+            "prefix_cache": {
+                "enabled": self.prefix_tokens > 0,
+                "hit_rate_tokens": float(cached.sum() / prompt) if prompt else 0.0,
+                "prefill_tokens_saved": int(cached.sum()),
+                "requests_hit": int((cached > 0).sum()),
+                "requests_admitted": int(admitted.sum()),
+                "evictions": int(evictions),
+            }
         }

@@ -31,19 +31,25 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections import deque
+from collections import OrderedDict, deque
 
 import numpy as np
 
 from ..kernels.inference import BLOCK_TOKENS, IterationTable
 
-__all__ = ["BLOCK_TOKENS", "ReplicaCore", "RequestLog"]
+__all__ = ["BLOCK_TOKENS", "PrefixCacheState", "ReplicaCore", "RequestLog"]
 
 
 class RequestLog:
     """Per-request columns, indexed by request id: what the results' request table holds."""
 
-    def __init__(self, arrival_s: np.ndarray, prompt_tokens: np.ndarray, output_tokens: np.ndarray):
+    def __init__(
+        self,
+        arrival_s: np.ndarray,
+        prompt_tokens: np.ndarray,
+        output_tokens: np.ndarray,
+        prefix: np.ndarray | None = None,
+    ):
         n = arrival_s.size
         self.arrival_s = np.asarray(arrival_s, dtype=np.float64)
         self.prompt_tokens = np.asarray(prompt_tokens, dtype=np.int64)
@@ -53,6 +59,14 @@ class RequestLog:
         self.finish_s = np.full(n, math.nan)
         self.preemptions = np.zeros(n, dtype=np.int64)
         self.replica = np.full(n, -1, dtype=np.int64)
+        #: each request's shared prefix (system prompt index), or None: no shared prefixes;
+        #: `cached_tokens`, the prompt tokens its first admission found in the prefix cache
+        self.prefix: np.ndarray | None = None
+        self.prefix_list: list[int] | None = None
+        if prefix is not None:
+            self.prefix = np.asarray(prefix, dtype=np.int64)
+            self.prefix_list = self.prefix.tolist()
+        self.cached_tokens = np.zeros(n, dtype=np.int64)
         #: the lengths as Python ints, for the replicas' reads (a list index is several times
         #: cheaper than a NumPy scalar's)
         self.prompt_list: list[int] = self.prompt_tokens.tolist()
@@ -75,14 +89,18 @@ class Seq:
         "order",
         "output",
         "prefilled",
+        "prefix",
         "rid",
+        "shared",
         "start",
         "target",
         "x",
     )
 
-    def __init__(self, rid: int, prompt: int, output: int):
+    def __init__(self, rid: int, prompt: int, output: int, prefix: int = -1):
         self.rid = rid
+        self.prefix = prefix  # its shared prefix (-1: none)
+        self.shared = 0  # blocks it uses from the prefix cache (not its own)
         self.target = prompt  # tokens to prefill: the prompt, plus tokens generated before
         self.output = output  # a preemption
         self.order = -1
@@ -91,7 +109,7 @@ class Seq:
         self.cached = 0
         self.start = 0
         self.finish_at = 0
-        self.x = 0  # cached - start + BLOCK_TOKENS: blocks for the next token = (x + I) // 16
+        self.x = 0  # cached - start + 16 - 16 shared: own blocks for the next token = (x + I) // 16
         self.alive = False  # decoding, and in the finish heap
 
 
@@ -130,6 +148,69 @@ class _Plan:
         return self.start + self.head + IterationTable.decode_run_s(self.first, self.growth, j)
 
 
+class PrefixCacheState:
+    """A replica's prefix cache: vLLM's automatic prefix caching (Kwon et al., SOSP'23; the V1
+    KV cache manager) at the granularity of one shared prefix. A prefix's full KV blocks
+    (`blocks_each`: only whole blocks are hashed and shared) become an entry when the first
+    request with it finishes its prefill there; a later request with the same prefix admitted
+    while the entry is cached uses those blocks instead of its own and starts its prefill after
+    them. Entries count against the replica's KV blocks; one that no running sequence uses may
+    be evicted, least recently used first, when blocks are needed for admission or for the
+    running sequences' next tokens, before any of them is preempted. Two requests that miss
+    together keep their own copies; only the first is cached."""
+
+    __slots__ = ("blocks", "blocks_each", "entries", "evictions")
+
+    def __init__(self, blocks_each: int):
+        self.blocks_each = blocks_each
+        #: prefix -> running sequences using it, least recently used first
+        self.entries: OrderedDict[int, int] = OrderedDict()
+        self.blocks = 0  # blocks the entries hold
+        self.evictions = 0
+
+    def use(self, prefix: int) -> int:
+        """A request admitted with a cached prefix: the blocks it shares."""
+        self.entries[prefix] += 1
+        self.entries.move_to_end(prefix)
+        return self.blocks_each
+
+    def register(self, prefix: int) -> int:
+        """A request's prefill of `prefix` is done: cache its blocks (the blocks it now shares)
+        unless another request's are already cached."""
+        if prefix in self.entries:
+            return 0
+        self.entries[prefix] = 1
+        self.blocks += self.blocks_each
+        return self.blocks_each
+
+    def release(self, prefix: int) -> None:
+        self.entries[prefix] -= 1
+
+    def evictable(self) -> bool:
+        return any(refs == 0 for refs in self.entries.values())
+
+    def evict(self, need: int, keep: int = -1) -> int:
+        """Evict unused entries, least recently used first (never `keep`), until `need` blocks
+        are free or none is left to evict: the blocks freed."""
+        freed = 0
+        if need > 0:
+            for prefix in [p for p, refs in self.entries.items() if refs == 0 and p != keep]:
+                del self.entries[prefix]
+                freed += self.blocks_each
+                self.evictions += 1
+                if freed >= need:
+                    break
+        self.blocks -= freed
+        return freed
+
+    def blocks_in_use(self) -> int:
+        return self.blocks_each * sum(1 for refs in self.entries.values() if refs)
+
+    def clear(self) -> None:
+        self.entries.clear()
+        self.blocks = 0
+
+
 class ReplicaCore:
     def __init__(
         self,
@@ -142,6 +223,7 @@ class ReplicaCore:
         chunked_prefill: bool = True,
         fast: bool = True,
         index: int = 0,
+        prefix_tokens: int = 0,
     ):
         if max_batched_tokens < max_num_seqs:
             raise ValueError(
@@ -172,6 +254,11 @@ class ReplicaCore:
         self._blk_r = [0] * BLOCK_TOKENS  # + #{x % 16 >= 16 - I % 16}
         self._finish: list[tuple[int, int, Seq]] = []  # (finish iteration, order, seq)
         self._pre_blocks = 0  # blocks held by the sequences in prefill
+        self._shared_dec = 0  # prefix-cache blocks the decoding sequences use (not their own)
+        # The prefix cache (see PrefixCacheState): on when the log's requests carry prefixes
+        # and `prefix_tokens` (each prefix's length) fills at least one block.
+        on = log.prefix_list is not None and prefix_tokens >= BLOCK_TOKENS
+        self.prefixes = PrefixCacheState(prefix_tokens // BLOCK_TOKENS) if on else None
 
     # --- the driver's calls ----------------------------------------------------------------
     @property
@@ -183,7 +270,8 @@ class ReplicaCore:
         at its first iteration boundary at or after `now`; an idle replica waits for
         `schedule`, so that requests arriving together are admitted together."""
         log = self.log
-        self.waiting.append(Seq(rid, log.prompt_list[rid], log.output_list[rid]))
+        prefix = -1 if log.prefix_list is None else log.prefix_list[rid]
+        self.waiting.append(Seq(rid, log.prompt_list[rid], log.output_list[rid], prefix))
         log.replica[rid] = self.index
         plan = self.plan
         if (
@@ -239,8 +327,10 @@ class ReplicaCore:
             if s.prefilled < s.target:
                 self._pre_blocks += -(-s.cached // BLOCK_TOKENS) - before
                 continue
-            self._pre_blocks -= before  # prefill done: its blocks now count as decoding
+            self._pre_blocks -= before - s.shared  # prefill done: its own blocks now decode
             del self.prefilling[s.order]
+            if self.prefixes is not None and s.prefix >= 0 and not s.shared:
+                s.shared = self.prefixes.register(s.prefix)  # its prefix blocks, now cached
             s.generated += 1  # the last chunk samples a token
             if math.isnan(log.first_token_s[s.rid]):
                 log.first_token_s[s.rid] = t
@@ -252,8 +342,10 @@ class ReplicaCore:
         return done
 
     def kv_used_blocks(self) -> int:
-        """Blocks the running sequences hold (decoding ones counted with their next token)."""
-        return self._decode_blocks(self.iterations) + self._pre_blocks
+        """Blocks the running sequences hold (decoding ones counted with their next token),
+        cached prefixes in use included (an unused one is free to evict, as vLLM counts it)."""
+        used = self._decode_blocks(self.iterations) + self._pre_blocks
+        return used if self.prefixes is None else used + self.prefixes.blocks_in_use()
 
     def evict(self, now: float) -> list[int]:
         """Drop every request at `now` (the replica is gone): their ids, oldest first, for the
@@ -268,7 +360,9 @@ class ReplicaCore:
         self.prefilling.clear()
         self.waiting.clear()
         self._finish.clear()
-        self._n_dec = self._ctx0 = self._blk_q = self._pre_blocks = 0
+        if self.prefixes is not None:
+            self.prefixes.clear()
+        self._n_dec = self._ctx0 = self._blk_q = self._pre_blocks = self._shared_dec = 0
         self._blk_r = [0] * BLOCK_TOKENS
         self.plan = None
         return rids
@@ -285,8 +379,9 @@ class ReplicaCore:
         i = self.iterations
         s.start = i
         s.finish_at = i + s.output - s.generated
-        s.x = s.cached - i + BLOCK_TOKENS
+        s.x = s.cached - i + BLOCK_TOKENS * (1 - s.shared)
         s.alive = True
+        self._shared_dec += s.shared
         self._n_dec += 1
         self._ctx0 += s.cached - i
         self._blk_q += s.x // BLOCK_TOKENS
@@ -299,6 +394,7 @@ class ReplicaCore:
         s.generated += i - s.start
         s.cached += i - s.start
         s.alive = False
+        self._shared_dec -= s.shared
         self._n_dec -= 1
         self._ctx0 -= s.cached - i
         self._blk_q -= s.x // BLOCK_TOKENS
@@ -314,6 +410,8 @@ class ReplicaCore:
     def _done(self, s: Seq, end: float) -> None:
         del self.running[s.order]
         self.log.finish_s[s.rid] = end
+        if s.shared:
+            self.prefixes.release(s.prefix)  # type: ignore[union-attr]
 
     # --- scheduling --------------------------------------------------------------------------
     def _cut(self, plan: _Plan, now: float) -> None:
@@ -341,7 +439,10 @@ class ReplicaCore:
             self._stop_decoding(victim)
         else:
             del self.prefilling[victim.order]
-            self._pre_blocks -= -(-victim.cached // BLOCK_TOKENS)
+            self._pre_blocks -= -(-victim.cached // BLOCK_TOKENS) - victim.shared
+        if victim.shared:
+            self.prefixes.release(victim.prefix)  # type: ignore[union-attr]
+            victim.shared = 0
         self.log.preemptions[victim.rid] += 1
         victim.target = self.log.prompt_list[victim.rid] + victim.generated
         victim.prefilled = victim.cached = 0
@@ -350,16 +451,28 @@ class ReplicaCore:
     def _plan(self, now: float) -> None:
         """Schedule the iteration that starts at `now` (and, fast, the stretch after it)."""
         i = self.iterations
-        cap = self.kv_blocks
-        # KV for the running sequences' next tokens; preempt the newest until they fit.
+        cache = self.prefixes
+        cap = self.kv_blocks if cache is None else self.kv_blocks - cache.blocks
+        # KV for the running sequences' next tokens; preempt the newest until they fit, once
+        # the prefix cache has given up every prefix no running sequence uses.
         # (ceil((c + 1) / 16) <= (c + 16) / 16: when that bound fits, skip the exact count.)
         n = self._n_dec
-        base = self._pre_blocks + (self._ctx0 + n * (i + BLOCK_TOKENS)) // BLOCK_TOKENS
+        base = (
+            self._pre_blocks
+            + (self._ctx0 + n * (i + BLOCK_TOKENS)) // BLOCK_TOKENS
+            - self._shared_dec
+        )
         if base > cap:
+            if cache is not None:
+                cap += cache.evict(self._decode_blocks(i) + self._pre_blocks - cap)
             while self.running and self._decode_blocks(i) + self._pre_blocks > cap:
                 self._preempt(self.running[next(reversed(self.running))])
             n = self._n_dec
-            base = self._pre_blocks + (self._ctx0 + n * (i + BLOCK_TOKENS)) // BLOCK_TOKENS
+            base = (
+                self._pre_blocks
+                + (self._ctx0 + n * (i + BLOCK_TOKENS)) // BLOCK_TOKENS
+                - self._shared_dec
+            )
         if not (self.prefilling or self.waiting):
             if self.running:
                 self._decode_stretch(now, i, cap)
@@ -384,6 +497,9 @@ class ReplicaCore:
                 if not exact:
                     base, exact = self._decode_blocks(i) + self._pre_blocks, True
                     continue
+                if cache is not None and cache.evictable():
+                    cap += cache.evict(base + extra + more - cap)
+                    continue
                 self._preempt(self.running[next(reversed(self.running))])
                 base = self._decode_blocks(i) + self._pre_blocks
                 budget = self.max_batched_tokens - self._n_dec - sum(c for _, c in chunks)
@@ -397,21 +513,29 @@ class ReplicaCore:
         waiting = self.waiting
         while waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             head = waiting[0]
-            c = min(head.target, budget)
-            if not self.chunked_prefill and c < head.target:
+            hit = cache is not None and head.prefix >= 0 and head.prefix in cache.entries
+            skip = cache.blocks_each * BLOCK_TOKENS if hit else 0  # type: ignore[union-attr]
+            c = min(head.target - skip, budget)
+            if not self.chunked_prefill and c < head.target - skip:
                 break
             blocks = -(-c // BLOCK_TOKENS)
             if base + added + blocks > cap:
-                if exact:
-                    break
-                base, exact = self._decode_blocks(i) + self._pre_blocks, True
+                if not exact:
+                    base, exact = self._decode_blocks(i) + self._pre_blocks, True
+                if base + added + blocks > cap and cache is not None:
+                    keep = head.prefix if hit else -1  # the prefix it is about to use stays
+                    cap += cache.evict(base + added + blocks - cap, keep)
                 if base + added + blocks > cap:
                     break
             waiting.popleft()
             head.order = self._order
             self._order += 1
+            if hit:  # its prefix's blocks are the cache's: prefill starts after them
+                head.shared = cache.use(head.prefix)  # type: ignore[union-attr]
+                head.prefilled = head.cached = skip
             if math.isnan(self.log.admitted_s[head.rid]):
                 self.log.admitted_s[head.rid] = now
+                self.log.cached_tokens[head.rid] = skip
             self.running[head.order] = head
             self.prefilling[head.order] = head
             chunks.append((head, c))
@@ -437,8 +561,13 @@ class ReplicaCore:
             self._apply_head(chunks, now + dt)
             i += 1
             n = self._n_dec
+            if cache is not None:  # a prefix registered by the head moved into the cache
+                cap = self.kv_blocks - cache.blocks
             if (
-                self._pre_blocks + (self._ctx0 + n * (i + BLOCK_TOKENS)) // BLOCK_TOKENS > cap
+                self._pre_blocks
+                + (self._ctx0 + n * (i + BLOCK_TOKENS)) // BLOCK_TOKENS
+                - self._shared_dec
+                > cap
                 and self._decode_blocks(i) > cap
             ):
                 self.plan = _Plan(now, dt, chunks, 0, 0.0, 0.0, applied=True)  # preempts next
@@ -484,7 +613,7 @@ class ReplicaCore:
         last = i + k - 1  # the stretch's last iteration; the bound first, as in _plan
         if (
             k > 1
-            and (self._ctx0 + n * (last + BLOCK_TOKENS)) // BLOCK_TOKENS > cap
+            and (self._ctx0 + n * (last + BLOCK_TOKENS)) // BLOCK_TOKENS - self._shared_dec > cap
             and self._decode_blocks(last) > cap
         ):
             lo, hi = 1, k - 1  # the last k that fits lies in [lo, hi]

@@ -21,6 +21,7 @@ import numpy as np
 from scipy.special import ndtr
 
 from ..errors import ScenarioError
+from ..kernels.caching import zipf
 from ..spec.serving import (
     BurstyTraffic,
     DiurnalTraffic,
@@ -30,6 +31,7 @@ from ..spec.serving import (
     LognormalTokens,
     OfflineTraffic,
     PoissonTraffic,
+    SystemPrompts,
     TokenLengths,
     TraceTraffic,
     Traffic,
@@ -384,3 +386,10 @@ def draw_requests(
         else:
             raise ScenarioError(f"{traffic.kind} traffic needs a {name} distribution", path=name)
     return Requests(times, drawn[0], drawn[1])
+
+
+def draw_prefixes(system_prompts: SystemPrompts, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Each of `n` requests' system prompt (0 .. count - 1, the most popular first), drawn
+    independently with Zipf weights rank^-popularity (kernels.caching.zipf)."""
+    w = zipf(system_prompts.count, system_prompts.popularity)
+    return np.searchsorted(np.cumsum(w), rng.random(n), side="right").clip(0, w.size - 1)

@@ -111,6 +111,14 @@ class ColdStart(Spec):
 # --- the service ----------------------------------------------------------------------------
 
 
+class PrefixCache(Spec):
+    """Automatic prefix caching (vLLM's, on by default since its V1 engine; TensorRT-LLM's KV
+    block reuse): the KV blocks of a prompt's shared prefix stay cached on the replica after
+    its request leaves and a later request with the same prefix skips their prefill."""
+
+    enabled: bool = Field(True, description="cache shared prefixes' KV blocks (vLLM V1 default)")
+
+
 class InferenceService(Workload):
     """A model served by identical replicas behind one router."""
 
@@ -196,6 +204,10 @@ class InferenceService(Workload):
         None, description="latency objectives to report attainment against; none: no SLO"
     )
     cold_start: ColdStart = Field(ColdStart(), description="what a new replica takes to start")
+    prefix_cache: PrefixCache = Field(
+        PrefixCache(),
+        description="automatic prefix caching of shared prefixes (system_prompts); on by default",
+    )
 
     @field_validator("model", mode="before")
     @classmethod

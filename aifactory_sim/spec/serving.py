@@ -263,6 +263,22 @@ TokenLengths = Annotated[
 ]
 
 
+class SystemPrompts(_Serving):
+    """Shared prefixes: every request starts with one of `count` system prompts of `tokens`
+    tokens each, then its own part (`prompt_tokens` is that part: a request's prompt is
+    tokens + its draw). Prompt r (from 1) is drawn with weight r^-popularity (Zipf's law;
+    0: all alike), independently for each request."""
+
+    count: int = Field(ge=1, description="distinct system prompts")
+    tokens: int = Field(ge=1, description="tokens of each system prompt")
+    popularity: float = Field(
+        0.0,
+        ge=0.0,
+        description="Zipf exponent of how often each prompt is drawn (weight rank^-popularity); "
+        "0: uniform",
+    )
+
+
 class Workload(_Serving):
     """The requests of one service: when they come and how long they are; the fields an
     `inference` service carries (a base for that model). For a `trace` the trace's token
@@ -271,6 +287,11 @@ class Workload(_Serving):
     traffic: Traffic
     prompt_tokens: TokenLengths | None = None
     output_tokens: TokenLengths | None = None
+    system_prompts: SystemPrompts | None = Field(
+        None,
+        description="shared system prompts before each request's own tokens (prefix caching "
+        "reuses their KV cache); none: no shared prefix",
+    )
 
     @model_validator(mode="after")
     def _lengths_given(self) -> Workload:
