@@ -182,3 +182,35 @@ def test_bad_fields_are_named(fields, where):
     with pytest.raises(af.ScenarioError) as err:
         af.load(_with(**fields))
     assert where in str(err.value)
+
+
+def _frontier_chat(**fields: Any) -> dict[str, Any]:
+    d = _with(prompt_tokens={"kind": "lognormal", "median": 800, "sigma": 0.8}, **fields)
+    d["duration"] = "5m"
+    return d
+
+
+@pytest.mark.parametrize(("fields", "hit_tol"), [
+    # every prompt fits beside the batch: only cold misses
+    (dict(traffic={"kind": "poisson", "rate_rps": 60},
+          system_prompts={"count": 40, "tokens": 2000, "popularity": 1.0}), 0.02),
+    # KV tight: 400 prompts of 4,000 tokens on half the memory, evictions every second
+    (dict(traffic={"kind": "poisson", "rate_rps": 20}, gpu_memory_utilization=0.5,
+          system_prompts={"count": 400, "tokens": 4000, "popularity": 0.9}), 0.05),
+])
+def test_fluid_tier_models_the_prefix_cache(fields, hit_tol):
+    """The fluid tier's hit ratio (Che's approximation at the load's KV, cold misses off)
+    against the fast tier's counted hits, and the latencies they lead to: hit rate within
+    `hit_tol`, TTFT and TPOT medians within 15 % (the fluid tier's tolerance on the serving
+    page's workloads, docs/background/serving.md)."""
+    out = {}
+    for tier in ("fast", "fluid"):
+        d = _frontier_chat(**fields)
+        d["fidelity"] = tier
+        out[tier] = af.run(af.load(d)).summary["inference"]["chat"]
+    fast, fluid = out["fast"], out["fluid"]
+    assert fluid["prefix_cache"]["hit_rate_tokens"] == pytest.approx(
+        fast["prefix_cache"]["hit_rate_tokens"], abs=hit_tol)
+    assert 0.2 < fast["prefix_cache"]["hit_rate_tokens"] < 0.9
+    for key in ("ttft_s", "tpot_s"):
+        assert fluid[key]["p50"] == pytest.approx(fast[key]["p50"], rel=0.15), key

@@ -89,6 +89,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..kernels.caching import lru_hit_ratio, zipf
 from ..kernels.fluid import (
     batch_at,
     completion,
@@ -99,10 +100,13 @@ from ..kernels.fluid import (
     rate_at,
     seat_wait,
 )
-from ..kernels.inference import offline_steady_state
+from ..kernels.inference import BLOCK_TOKENS, offline_steady_state
 from ..kernels.stats import latency_stats, slo_attainment
 from .fleet import ReplicaSizing
 from .traffic import counts_per_tick, draw_requests, lengths, tick_edges
+
+#: Rounds of the fixed point between the prefix cache's hit ratio and the KV it leaves.
+PREFIX_ROUNDS = 8
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -202,6 +206,9 @@ class FlowModel:
             assert spec.prompt_tokens is not None and spec.output_tokens is not None
             prompt = lengths(spec.prompt_tokens, POOL, rngs["prompts"])
             output = lengths(spec.output_tokens, POOL, rngs["outputs"])
+        sp = spec.system_prompts
+        if sp is not None:  # a system prompt before each request's own tokens
+            prompt = prompt + sp.tokens
         too_long = prompt + output > self.kv_tokens
         if not b.chunked_prefill:
             too_long |= prompt > b.max_batched_tokens
@@ -214,17 +221,22 @@ class FlowModel:
         self._noise = 0.0
         self._noise_t = start
         self._count_at, self._drawn = math.nan, 0.0
-        self.rep = fluid_replica(
-            self.table,
-            self.pool_prompt,
-            self.pool_output,
-            max_batched_tokens=b.max_batched_tokens,
-            max_num_seqs=b.max_num_seqs,
-            kv_tokens=self.kv_tokens,
-        )
-        self.mean_prompt, self.mean_output = self.rep.mean_prompt, self.rep.mean_output
-        self.output_cv2 = self.rep.output_cv2
-        self._operating_points()
+        self.pool_cached = np.zeros_like(self.pool_prompt)
+        self.prefix_hit = 0.0
+        self._replica()
+        skip = (sp.tokens // BLOCK_TOKENS) * BLOCK_TOKENS if sp is not None else 0
+        if skip and spec.prefix_cache.enabled:
+            # The hit ratio and the load it leaves on the KV cache depend on each other: from
+            # a cache as large as the whole KV, to their fixed point (a few rounds).
+            u = rngs["prefixes"].random(self.pool_prompt.size)
+            hit = lru_hit_ratio(zipf(sp.count, sp.popularity), self.kv_tokens // skip)
+            for _ in range(PREFIX_ROUNDS):
+                self.prefix_hit = hit
+                self.pool_cached = np.where(u < hit, float(skip), 0.0)
+                self._replica()
+                hit = self._prefix_hit_ratio(skip, span_s)
+                if abs(hit - self.prefix_hit) < 1e-3:
+                    break
         # The flows.
         self._t = start
         self._backlog = 0.0
@@ -243,6 +255,42 @@ class FlowModel:
         #: Requests admitted to the other replicas faster than they prefill prompts, waiting
         #: in them for the token budget (all replicas together).
         self._unprefilled = 0.0
+
+    def _replica(self) -> None:
+        """The fluid replica and its operating points from the length pools (each prompt's
+        prefilled part: its tokens not found in the prefix cache)."""
+        b = self.spec.batching
+        self.pool_prefill = self.pool_prompt - self.pool_cached
+        self.rep = fluid_replica(
+            self.table,
+            self.pool_prefill,
+            self.pool_output,
+            max_batched_tokens=b.max_batched_tokens,
+            max_num_seqs=b.max_num_seqs,
+            kv_tokens=self.kv_tokens,
+            cached=self.pool_cached,
+        )
+        self.mean_prompt, self.mean_output = self.rep.mean_prompt, self.rep.mean_output
+        self.output_cv2 = self.rep.output_cv2
+        self._operating_points()
+
+    def _prefix_hit_ratio(self, skip: int, span_s: float) -> float:
+        """The share of requests whose system prompt their replica has cached. Che's
+        approximation (kernels/caching.py) of each replica's LRU over the prompts' Zipf
+        weights, for the prefixes of `skip` tokens that fit in the KV cache its sequences
+        leave at the run's mean load per starting replica (op_kv of the operating points, the
+        cache uncounted); less the cold misses, each replica's first request for each prefix
+        it holds. One figure for the run: it does not follow the load over the day."""
+        sp = self.spec.system_prompts
+        assert sp is not None
+        replicas = max(self.spec.initial_replicas, 1)
+        arrived = float(self.cum_arrivals[-1]) * (1.0 - self.drop_share)
+        x = min(arrived / max(span_s, 1e-9) / replicas, self.x_max)
+        kv_share = float(np.interp(x, self.ops.op_x, self.ops.op_kv))
+        capacity = math.floor(max(self.kv_tokens * (1.0 - kv_share), 0.0) / skip)
+        hit = lru_hit_ratio(zipf(sp.count, sp.popularity), capacity)
+        cold = replicas * min(sp.count, capacity) / max(arrived, 1.0)
+        return max(hit - cold, 0.0)
 
     def _operating_points(self) -> None:
         """The replica's steady states (kernels.fluid.operating_points) up to the saturation
@@ -663,7 +711,7 @@ class FlowModel:
             self._mc_rng,
             self.rep,
             self.ops,
-            self.pool_prompt,
+            self.pool_prefill,
             self.pool_output,
             self.cum_arrivals * (1.0 - self.drop_share),
             self.edges,
@@ -711,4 +759,25 @@ class FlowModel:
             "slo_attainment": attained,
             "slo_met": met,
             "in_system_mean": self._fluid_area / active_s if active_s else 0.0,
+            **self._prefix_summary(),
+        }
+
+    def _prefix_summary(self) -> dict[str, Any]:
+        """With system prompts: the prefix cache as modelled (the share of requests that hit,
+        kernels/caching.py, times the requests admitted)."""
+        sp = self.spec.system_prompts
+        if sp is None:
+            return {}
+        admitted = self._admitted
+        mean_prompt = float(self.pool_prompt.mean())
+        cached = float(self.pool_cached.mean())
+        return {
+            "prefix_cache": {
+                "enabled": bool(self.spec.prefix_cache.enabled and sp.tokens >= BLOCK_TOKENS),
+                "hit_rate_tokens": cached / mean_prompt if mean_prompt else 0.0,
+                "prefill_tokens_saved": round(admitted * cached),
+                "requests_hit": round(admitted * float((self.pool_cached > 0).mean())),
+                "requests_admitted": round(admitted),
+                "evictions": 0,
+            }
         }

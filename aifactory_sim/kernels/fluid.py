@@ -63,6 +63,9 @@ class FluidReplica(NamedTuple):
     mean_pairs: float  # E[I (I + 1) / 2], the causal attention pairs of a prompt
     mean_context: float  # c_bar: the context averaged over decode steps
     output_cv2: float  # squared coefficient of variation of the output lengths
+    #: prompt tokens found in the prefix cache, on average: in the KV cache and the context,
+    #: not prefilled (mean_prompt and mean_pairs are the prefilled part's)
+    mean_cached: float = 0.0
 
 
 def fluid_replica(
@@ -73,16 +76,23 @@ def fluid_replica(
     max_batched_tokens: int,
     max_num_seqs: int,
     kv_tokens: float,
+    cached: np.ndarray | None = None,
 ) -> FluidReplica:
     """The replica with the moments of the run's lengths (float arrays of prompt and output
-    tokens, requests too long for the cache left out)."""
+    tokens, requests too long for the cache left out). With `cached` (each request's prompt
+    tokens found in the prefix cache), `prompt` is the part prefilled after them: its chunks
+    also attend to the cached tokens."""
     i, o = prompt, output
+    s = np.zeros_like(i) if cached is None else cached
     mean_prompt = float(i.mean())
     mean_output = float(o.mean())
-    mean_pairs = float((i * (i + 1.0) / 2.0).mean())
+    mean_pairs = float((i * s + i * (i + 1.0) / 2.0).mean())
+    mean_cached = float(s.mean())
     decode_steps = float((o - 1.0).mean())
-    mean_context = mean_prompt + (
-        float((o * (o - 1.0) / 2.0).mean()) / decode_steps if decode_steps > 0 else 0.0
+    mean_context = (
+        mean_prompt
+        + mean_cached
+        + (float((o * (o - 1.0) / 2.0).mean()) / decode_steps if decode_steps > 0 else 0.0)
     )
     output_cv2 = float(o.var() / o.mean() ** 2)
     return FluidReplica(
@@ -97,6 +107,7 @@ def fluid_replica(
         mean_pairs,
         mean_context,
         output_cv2,
+        mean_cached,
     )
 
 
@@ -190,9 +201,10 @@ def operating_points(rep: FluidReplica, saturation_rate: float) -> OperatingPoin
     lengths, kernels.inference.offline_steady_state), and the saturation rate x_max."""
     b_tokens, b_seqs = rep.max_batched_tokens, rep.max_num_seqs
     ei, eo = rep.mean_prompt, rep.mean_output
+    ek = ei + rep.mean_cached  # a prompt's tokens in the KV cache, cached prefix included
     dec_steps = max(eo - 1.0, 0.0)
     one = np.ones(1)
-    t_min = float(iteration_s(rep, 0.0 * one, one, ei * one, 0.0 * one, 0.0 * one)[0])
+    t_min = float(iteration_s(rep, 0.0 * one, one, ek * one, 0.0 * one, 0.0 * one)[0])
     x_hi = 1.5 * saturation_rate
     x = x_hi * np.linspace(0.0, 1.0, GRID)[:, None]
     t = np.full((GRID, 1), t_min)
@@ -211,7 +223,7 @@ def operating_points(rep: FluidReplica, saturation_rate: float) -> OperatingPoin
             [
                 (n * ei + d) / b_tokens,
                 (d + n * resid) / b_seqs,
-                (d * (ei + eo / 2.0 + half) + n * resid * (ei + half)) / rep.kv_tokens,
+                (d * (ek + eo / 2.0 + half) + n * resid * (ek + half)) / rep.kv_tokens,
             ]
         )[:, 0]
 
@@ -233,14 +245,14 @@ def operating_points(rep: FluidReplica, saturation_rate: float) -> OperatingPoin
     t_mean, t_decode = mixture(rep, n, d)
     stop = max(last, 1) + 1
     x_max = float(x[max(last, 1), 0])
-    seats = min(float(b_seqs), rep.kv_tokens / (ei + eo / 2.0 + half))
+    seats = min(float(b_seqs), rep.kv_tokens / (ek + eo / 2.0 + half))
     op_x = x[:stop, 0]
     op_t = t_mean[:stop, 0]
     op_n = n[:stop, 0]
     op_d = d[:stop, 0]
     op_t_decode = t_decode[:stop, 0]
     op_service_s = (resid + dec_steps) * op_t
-    op_kv = (op_d * (ei + eo / 2.0 + half) + op_n * resid * (ei + half)) / (rep.kv_tokens)
+    op_kv = (op_d * (ek + eo / 2.0 + half) + op_n * resid * (ek + half)) / (rep.kv_tokens)
     # Requests in service per replica, l(x) = x T_s(x), and its slope: the time constant
     # with which the number in service returns to l after a disturbance (FlowModel._metric).
     op_l = op_x * op_service_s
@@ -505,8 +517,9 @@ def latency_samples(
             rep, tokens, dd, ctx, others_pairs + c * before + c * (c + 1) / 2.0, nn + 1.0
         )
 
-    full_chunk = with_chunk(room, room / 2.0)
-    prefill = with_chunk(last, (chunks - 1.0) * room)
+    cached = rep.mean_cached  # a cached prefix the chunks attend to (its mean)
+    full_chunk = with_chunk(room, room / 2.0 + cached)
+    prefill = with_chunk(last, (chunks - 1.0) * room + cached)
     many = chunks > 1
     if many.any():
         prefill = prefill + np.where(many, (chunks - 1.0) * full_chunk, 0.0)
