@@ -225,7 +225,7 @@ class FlowModel:
         self.prefix_hit = 0.0
         self._replica()
         skip = (sp.tokens // BLOCK_TOKENS) * BLOCK_TOKENS if sp is not None else 0
-        if skip and spec.prefix_cache.enabled:
+        if sp is not None and skip and spec.prefix_cache.enabled:
             # The hit ratio and the load it leaves on the KV cache depend on each other: from
             # a cache as large as the whole KV, to their fixed point (a few rounds).
             u = rngs["prefixes"].random(self.pool_prompt.size)
