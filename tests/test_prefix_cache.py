@@ -12,19 +12,9 @@ import numpy as np
 import pytest
 
 import aifactory_sim as af
-from aifactory_sim import catalog
 from aifactory_sim.engine.replica import BLOCK_TOKENS, ReplicaCore, RequestLog
-from aifactory_sim.estimate import as_gpu, as_model
 from aifactory_sim.kernels.caching import lru_hit_ratio, zipf
-from aifactory_sim.kernels.inference import IterationModel, gpu_inference_args
-
-_GPU = as_gpu("H100-SXM")
-TABLE = IterationModel(
-    as_model("llama3-8b").kernel_args(),
-    gpu_inference_args(_GPU.model_dump(), catalog.entry("calibration", _GPU.family)),
-    precision="fp8",
-    kv_precision="fp8",
-).table(8192, 256)
+from test_replica import TABLE, drive
 
 
 def _lru_simulation(p: np.ndarray, capacity: int, n: int, seed: int) -> float:
@@ -61,22 +51,7 @@ def _core(prefix: np.ndarray, prompts, outputs, arrivals, *, fast: bool, kv_bloc
     core = ReplicaCore(TABLE, log, kv_capacity_tokens=kv_blocks * BLOCK_TOKENS,
                        max_num_seqs=seqs, max_batched_tokens=8192, fast=fast,
                        prefix_tokens=prefix_tokens)
-    return _drive(core)
-
-
-def _drive(core: ReplicaCore) -> ReplicaCore:
-    arrivals = core.log.arrival_s
-    i = 0
-    while i < len(arrivals) or core.next_time() < np.inf:
-        if i < len(arrivals) and arrivals[i] <= core.next_time():
-            core.add(i, float(arrivals[i]))
-            core.schedule(float(arrivals[i]))
-            i += 1
-        else:
-            t = core.next_time()
-            core.advance()
-            core.schedule(t)
-    return core
+    return drive(core)
 
 
 def test_the_replicas_cache_is_an_lru_of_the_prefixes_that_fit():
