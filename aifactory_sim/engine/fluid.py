@@ -222,20 +222,19 @@ class FlowModel:
         self._noise_t = start
         self._count_at, self._drawn = math.nan, 0.0
         self.pool_cached = np.zeros_like(self.pool_prompt)
-        self.prefix_hit = 0.0
         self._replica()
         skip = (sp.tokens // BLOCK_TOKENS) * BLOCK_TOKENS if sp is not None else 0
         if sp is not None and skip and spec.prefix_cache.enabled:
             # The hit ratio and the load it leaves on the KV cache depend on each other: from
             # a cache as large as the whole KV, to their fixed point (a few rounds).
             u = rngs["prefixes"].random(self.pool_prompt.size)
-            hit = lru_hit_ratio(zipf(sp.count, sp.popularity), self.kv_tokens // skip)
+            weights = zipf(sp.count, sp.popularity)
+            hit = lru_hit_ratio(weights, self.kv_tokens // skip)
             for _ in range(PREFIX_ROUNDS):
-                self.prefix_hit = hit
                 self.pool_cached = np.where(u < hit, float(skip), 0.0)
                 self._replica()
-                hit = self._prefix_hit_ratio(skip, span_s)
-                if abs(hit - self.prefix_hit) < 1e-3:
+                before, hit = hit, self._prefix_hit_ratio(weights, sp.count, skip, span_s)
+                if abs(hit - before) < 1e-3:
                     break
         # The flows.
         self._t = start
@@ -274,22 +273,20 @@ class FlowModel:
         self.output_cv2 = self.rep.output_cv2
         self._operating_points()
 
-    def _prefix_hit_ratio(self, skip: int, span_s: float) -> float:
+    def _prefix_hit_ratio(self, weights: np.ndarray, count: int, skip: int, span_s: float) -> float:
         """The share of requests whose system prompt their replica has cached. Che's
-        approximation (kernels/caching.py) of each replica's LRU over the prompts' Zipf
-        weights, for the prefixes of `skip` tokens that fit in the KV cache its sequences
+        approximation (kernels/caching.py) of each replica's LRU over the `count` prompts'
+        Zipf `weights`, for the prefixes of `skip` tokens that fit in the KV cache its sequences
         leave at the run's mean load per starting replica (op_kv of the operating points, the
         cache uncounted); less the cold misses, each replica's first request for each prefix
         it holds. One figure for the run: it does not follow the load over the day."""
-        sp = self.spec.system_prompts
-        assert sp is not None
         replicas = max(self.spec.initial_replicas, 1)
         arrived = float(self.cum_arrivals[-1]) * (1.0 - self.drop_share)
         x = min(arrived / max(span_s, 1e-9) / replicas, self.x_max)
         kv_share = float(np.interp(x, self.ops.op_x, self.ops.op_kv))
         capacity = math.floor(max(self.kv_tokens * (1.0 - kv_share), 0.0) / skip)
-        hit = lru_hit_ratio(zipf(sp.count, sp.popularity), capacity)
-        cold = replicas * min(sp.count, capacity) / max(arrived, 1.0)
+        hit = lru_hit_ratio(weights, capacity)
+        cold = replicas * min(count, capacity) / max(arrived, 1.0)
         return max(hit - cold, 0.0)
 
     def _operating_points(self) -> None:
