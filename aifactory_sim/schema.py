@@ -212,6 +212,21 @@ class PrefixCacheSummary(TypedDict):
 
 
 @_STRICT
+class SpeculativeSummary(TypedDict):
+    """A service with speculative decoding: what it does per replica, from the kernels."""
+
+    method: str  # mtp or draft
+    draft_tokens: int  # tokens drafted per sequence and verify step
+    tokens_per_step: float  # tokens kept per verify step, on average (accepted + 1)
+    accepted_tokens_per_step: float  # drafted tokens accepted per verify step, on average
+    acceptance_rate: float  # fraction 0..1 of drafted tokens accepted
+    verify_step_s: float  # s, one verify step and its drafting at batch 1
+    tpot_gain_batch_1: float  # decode time per token without / with, one sequence
+    tpot_gain_full_batch: float  # the same at max_num_seqs sequences (< 1: a throughput cost)
+    draft_weight_gb: float  # GB (1e9 bytes), the drafter's weights per replica
+
+
+@_STRICT
 class ServiceCore(TypedDict):
     """An inference service as the engine reports it (`Fleet.summary`: the fleet's keys and
     its serving model's; the fluid tier's requests are modelled rather than counted)."""
@@ -236,6 +251,7 @@ class ServiceCore(TypedDict):
     kv_capacity_tokens: float  # tokens of KV cache per replica
     gpu_h: ServiceGpuHours
     prefix_cache: NotRequired[PrefixCacheSummary]  # with system_prompts only
+    speculative: NotRequired[SpeculativeSummary]  # with speculative decoding only
 
 
 @_STRICT

@@ -37,18 +37,20 @@ import simpy
 
 from ..estimate import as_gpu, gpu_fields
 from ..kernels.inference import (
+    Drafter,
     IterationModel,
     IterationTable,
     gpu_inference_args,
     kv_capacity_tokens,
     network_args,
     replica_weight_bytes,
+    speculative_tokens_per_step,
 )
 from .autoscaler import policy_for
 from .cluster import Allocation
 
 if TYPE_CHECKING:
-    from ..spec.inference import InferenceService
+    from ..spec.inference import InferenceService, Speculative
     from ..spec.scenario import NodePool
     from .broker import NodeBroker
     from .ports import ServingCore, ServingModel
@@ -91,6 +93,8 @@ class ReplicaSizing(NamedTuple):
     #: expert parallelism and data-parallel attention as the kernels take them
     #: (kernels.inference._iteration_constants: ep, dp_attention, nic_bytes_per_s, nvlink_domain)
     parallel_args: dict[str, Any]
+    #: with speculative decoding, what it does (speculation_summary); else None
+    speculation: dict[str, Any] | None = None
 
 
 def replica_sizing(
@@ -111,9 +115,24 @@ def replica_sizing(
         "allreduce": spec.allreduce,
         **network_args(pool.nic_gbit_s, cal, gpu.nvlink_domain),
     }
-    table = IterationModel(
+    model = IterationModel(
         m, g, tp=spec.tp, precision=spec.precision, kv_precision=spec.kv_precision, **par
-    ).table(b.max_batched_tokens, b.max_num_seqs)
+    )
+    table = model.table(b.max_batched_tokens, b.max_num_seqs)
+    speculation, dbytes = None, (0.0, 0.0)
+    sp = spec.speculative
+    if sp is not None:
+        dm = None if sp.draft_model is None else sp.draft_model.kernel_args()
+        dbytes = spec.drafter_bytes()
+        draft_model = None
+        if dm is not None:  # a dense draft on the replica's GPUs, its tensor parallelism
+            dpar = {**par, "ep": 1}
+            draft_model = IterationModel(
+                dm, g, tp=spec.tp, precision=spec.precision, kv_precision=spec.kv_precision, **dpar
+            )
+        drafter = Drafter(sp.draft_tokens, speculative_tokens_per_step(sp.rates), draft_model)
+        plain, table = table, model.table(b.max_batched_tokens, b.max_num_seqs, drafter)
+        speculation = speculation_summary(sp, drafter, plain, table, dbytes)
     kv_tokens = float(
         kv_capacity_tokens(
             m,
@@ -125,10 +144,47 @@ def replica_sizing(
             max_batched_tokens=b.max_batched_tokens,
             max_num_seqs=b.max_num_seqs,
             dp_attention=spec.dp_attention,
+            drafter_bytes=dbytes,
         )
     )
-    weights = float(replica_weight_bytes(m, spec.precision, spec.dp_attention))
-    return ReplicaSizing(table, kv_tokens, weights, m, g, par)
+    weights = float(replica_weight_bytes(m, spec.precision, spec.dp_attention) + dbytes[0])
+    return ReplicaSizing(table, kv_tokens, weights, m, g, par, speculation)
+
+
+#: Context per sequence (tokens) at which a service's summary states speculative decoding's
+#: per-token gain: a chat turn's prompt and answer, typical of the bundled workloads.
+SPECULATION_CONTEXT_TOKENS = 2048
+
+
+def speculation_summary(
+    sp: Speculative,
+    drafter: Drafter,
+    plain: IterationTable,
+    table: IterationTable,
+    dbytes: tuple[float, float],
+) -> dict[str, Any]:
+    """What speculative decoding does for a replica, from the kernels (docs/reference/
+    metrics.md): tokens kept per verify step, and the decode time per token without and with
+    it, alone (batch 1) and at a full batch (max_num_seqs), at SPECULATION_CONTEXT_TOKENS of
+    context per sequence. Below 1 at a full batch: speculation costs throughput there."""
+    ctx = float(SPECULATION_CONTEXT_TOKENS)
+    full = len(table.sampled) - 1
+
+    def gain(n: int) -> float:
+        return plain.decode_run(n, n * ctx)[0] / table.decode_run(n, n * ctx)[0]
+
+    tau = drafter.tokens_per_step
+    return {
+        "method": sp.method,
+        "draft_tokens": sp.draft_tokens,
+        "tokens_per_step": tau,
+        "accepted_tokens_per_step": tau - 1.0,
+        "acceptance_rate": (tau - 1.0) / sp.draft_tokens,
+        "verify_step_s": table.decode_run(1, ctx)[0] * tau,
+        "tpot_gain_batch_1": gain(1),
+        "tpot_gain_full_batch": gain(full),
+        "draft_weight_gb": dbytes[0] / 1e9,
+    }
 
 
 def sample_interval_s(spec: InferenceService) -> float:
@@ -665,6 +721,7 @@ class Fleet:
             "replicas_mean": self._replica_s / active_s if active_s else 0.0,
             "replicas_max": self.replicas_max,
             "kv_capacity_tokens": self.kv_tokens,
+            **({} if (sp := self.sizing.speculation) is None else {"speculative": sp}),
             "gpu_h": {
                 "held": self.held_gpu_s / 3600.0,
                 "busy": self.busy_gpu_s / 3600.0,

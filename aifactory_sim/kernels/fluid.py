@@ -131,10 +131,13 @@ def iteration_s(
             np.minimum(tokens, len(tab.decode_tokens) - 1.0), rep.seq_axis, tab.decode_tokens
         )
         by_tokens = np.where(prefill > 0, by_tokens, alone)
+    per_context: float | np.ndarray = tab.per_context
+    if tab.decode_per_context != tab.per_context:  # speculative: decode-only steps differ
+        per_context = np.where(prefill > 0, tab.per_context, tab.decode_per_context)
     return (
         by_tokens
         + np.interp(seqs, rep.seq_axis, tab.sampled)
-        + tab.per_context * context
+        + per_context * context
         + tab.per_prefill_pair * pairs
     )
 

@@ -20,8 +20,8 @@ of Vidur, Agrawal et al., MLSys'24, and of the LLM roofline survey, Yuan et al.,
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -279,9 +279,11 @@ def kv_capacity_tokens(
     max_num_seqs: ArrayLike = 256,
     dp_attention: ArrayLike = 1,
     seq_tokens: ArrayLike | None = None,
+    drafter_bytes: tuple[ArrayLike, ArrayLike] = (0.0, 0.0),
 ) -> F64:
     """Tokens of KV cache a replica of n = tp x dp_attention GPUs holds, in whole blocks of
-    BLOCK_TOKENS.
+    BLOCK_TOKENS. `drafter_bytes`: a speculative drafter's weights and KV bytes per token
+    (`drafter_bytes`), held beside the model's.
 
         C = floor((hbm x util x n - weights - n x reserve) / kv_bytes_per_token / 16) x 16
     vLLM's rule (`gpu_memory_utilization` of each GPU's HBM, less weights and the profiled
@@ -302,8 +304,40 @@ def kv_capacity_tokens(
             m, tp=tp, max_batched_tokens=_f(max_batched_tokens) / dp, max_num_seqs=max_num_seqs
         )
     )
-    tokens = np.maximum(free, 0.0) / kv_bytes_per_token(m, kv_precision, tp, seq_tokens)
+    free = free - _f(drafter_bytes[0])
+    per_token = kv_bytes_per_token(m, kv_precision, tp, seq_tokens) + _f(drafter_bytes[1])
+    tokens = np.maximum(free, 0.0) / per_token
     return np.floor(tokens / BLOCK_TOKENS) * BLOCK_TOKENS
+
+
+def drafter_bytes(
+    m: Mapping[str, Any],
+    draft: Mapping[str, Any] | None = None,
+    *,
+    mtp_modules: int = 1,
+    precision: ArrayLike = "bf16",
+    kv_precision: ArrayLike = "bf16",
+    tp: ArrayLike = 1,
+    dp_attention: ArrayLike = 1,
+) -> tuple[F64, F64]:
+    """A speculative drafter's memory on the replica: (weight bytes, KV bytes per token).
+
+    A draft model: its own weights (`replica_weight_bytes`, same precision, each data-parallel
+    attention rank a copy of its dense part) and its own KV cache for every token the model
+    caches. MTP (`draft` None): each module is one transformer block of the model (DeepSeek-V3,
+    arXiv 2412.19437 Sec. 2.2; the embedding and output layer are shared), taken as 1 / l of
+    the replica's weights and of the KV bytes per token per module; DeepSeek-V3's 14B module
+    against 671B over 61 layers (11B) shows what that leaves out (its projection and norms)."""
+    if draft is not None:
+        return (
+            replica_weight_bytes(draft, precision, dp_attention),
+            kv_bytes_per_token(draft, kv_precision, tp),
+        )
+    share = float(mtp_modules) / _shape(m)["l"]
+    return (
+        replica_weight_bytes(m, precision, dp_attention) * share,
+        kv_bytes_per_token(m, kv_precision, tp) * share,
+    )
 
 
 def prefill_context_tokens(chunk_tokens: ArrayLike, start_tokens: ArrayLike = 0) -> F64:
@@ -781,9 +815,26 @@ class IterationModel:
             d_seq + _f(prefill_seqs),
         )["iteration_time_s"]
 
-    def table(self, max_tokens: int, max_seqs: int) -> IterationTable:
+    def _context_costs(self) -> tuple[float, float, float]:
+        """Decode attention's seconds per cached context token, FLOP-bound and byte-bound
+        (per_context is the larger), and prefill attention's per query-key pair."""
+        c = self.constants
+        attention = 4.0 * c["h"] * c["l"] / c["t"] / c["bf16_peak_eff"]
+        kv = c["kv_tok"] / c["hbm_bw"]
+        per_pair = attention
+        if not np.all(c["simple"]):  # per data-parallel rank; MLA's and head_dim's FLOPs
+            d = c["D"]
+            attention = c["attn_ctx"] * c["l"] / c["t"] / c["bf16_peak_eff"] / d
+            kv = c["kv_tok"] / d / c["hbm_bw"]
+            per_pair = c["attn_pair"] * c["l"] / c["t"] / c["bf16_peak_eff"] / d
+        return float(attention), float(kv), float(per_pair)
+
+    def table(
+        self, max_tokens: int, max_seqs: int, drafter: Drafter | None = None
+    ) -> IterationTable:
         """The iteration time of every batch up to `max_tokens` tokens and `max_seqs` sampled
-        sequences as lookups and two slopes (see IterationTable); one kernel call per axis."""
+        sequences as lookups and two slopes (see IterationTable); one kernel call per axis.
+        With a `drafter`, decode-only iterations are speculative (`speculative_table`)."""
         c = self.constants
         tokens = np.arange(max_tokens + 1, dtype=np.float64)
         seqs = np.arange(max_seqs + 1, dtype=np.float64)
@@ -794,21 +845,94 @@ class IterationModel:
         if np.any(c["ep"] > 1):  # a decode-only iteration may use the low-latency all-to-all
             by_decode = _iteration_phases(c, zero_s, seqs, zero_s, zero_s, zero_s)
             decode_tokens = by_decode["iteration_time_s"].tolist()
-        attention = 4.0 * c["h"] * c["l"] / c["t"] / c["bf16_peak_eff"]
-        per_context = np.maximum(attention, c["kv_tok"] / c["hbm_bw"])
-        per_pair = attention
-        if not np.all(c["simple"]):  # per data-parallel rank; MLA's and head_dim's FLOPs
-            d = c["D"]
-            attention = c["attn_ctx"] * c["l"] / c["t"] / c["bf16_peak_eff"]
-            per_context = np.maximum(attention / d, c["kv_tok"] / d / c["hbm_bw"])
-            per_pair = c["attn_pair"] * c["l"] / c["t"] / c["bf16_peak_eff"] / d
-        return IterationTable(
+        attention, kv, per_pair = self._context_costs()
+        table = IterationTable(
             tokens=by_tokens["iteration_time_s"].tolist(),
             sampled=(by_seqs - by_seqs[0]).tolist(),
-            per_context=float(per_context),
-            per_prefill_pair=float(per_pair),
+            per_context=max(attention, kv),
+            per_prefill_pair=per_pair,
             decode_tokens=decode_tokens,
         )
+        return table if drafter is None else speculative_table(self, table, drafter)
+
+
+class Drafter(NamedTuple):
+    """A speculative replica's drafter, for IterationModel.table: `draft_tokens` (k) drafted
+    per sequence and verify step, `tokens_per_step` (speculative_tokens_per_step) kept on
+    average, and the draft model's IterationModel (None: the model's own MTP module, one
+    transformer block of it per drafted token)."""
+
+    draft_tokens: int
+    tokens_per_step: float
+    model: IterationModel | None = None
+
+
+def speculative_tokens_per_step(rates: Sequence[float]) -> float:
+    """Tokens a sequence keeps per verify step, on average: 1 + sum_i prod_{j <= i} a_j for
+    conditional acceptance rates a_1..a_k of the drafted positions (a drafted token counts only
+    when every one before it was accepted; the verify pass adds one token of its own, the
+    correction or the bonus). With one rate a: (1 - a^(k+1)) / (1 - a), Leviathan et al.,
+    "Fast Inference from Transformers via Speculative Decoding", ICML'23, eq. (1)."""
+    tau, run = 1.0, 1.0
+    for a in rates:
+        run *= a
+        tau += run
+    return tau
+
+
+def speculative_table(model: IterationModel, table: IterationTable, d: Drafter) -> IterationTable:
+    """`table` with its decode-only iterations speculative, per token kept.
+
+    A verify step of D sequences runs D (k + 1) tokens through the model's layers and output
+    layer (each sequence's last token and its k drafts, one forward pass, as vLLM and SGLang
+    verify) and attends each of the k + 1 queries to the sequence's cached context: (k + 1)x the
+    attention FLOPs, the KV cache read once. The drafter then proposes the next k tokens: k
+    sequential passes of the draft model at D sequences (its own iteration, overhead included),
+    or of one MTP transformer block plus the shared output layer (the model's layered phases
+    over its layers, DeepSeek-V3 Sec. 2.2: the module is one block sharing the embedding and
+    head). A step keeps tau tokens per sequence on average, so the table's decode-only iteration
+    is a step's time over tau: one token per sequence, as the engine counts, at the expected
+    pace, with the context (and so the KV cache) growing one token per iteration, which it does
+    on average. Iterations that prefill do not speculate (their decoding sequences advance one
+    token); their prefill also runs through the drafter (its prefill cost is added), which needs
+    the prompt's hidden states or KV to draft from.
+    """
+    c = model.constants
+    k, tau = d.draft_tokens, d.tokens_per_step
+    seqs = np.arange(len(table.sampled), dtype=np.float64)
+    zero = np.zeros_like(seqs)
+    v = seqs * (k + 1.0)
+    verify = _iteration_phases(c, zero, v, zero, zero, v)["iteration_time_s"]
+    attention, kv, _ = model._context_costs()
+    verify_ctx = max((k + 1.0) * attention, kv)
+    tok = np.asarray(table.tokens)
+    layers = float(np.max(c["l"]))
+    if d.model is None:  # one MTP block per draft: the layered phases' share of one layer
+        ph = _iteration_phases(c, zero, seqs, zero, zero, seqs)
+        layered = ph["iteration_time_s"] - ph["overhead_s"] - ph["lm_head_s"]
+        draft = layered / layers + ph["lm_head_s"]
+        draft_ctx = max(attention, kv) / layers
+        prefill = np.where(tok > tok[0], (tok - tok[0]) / layers, 0.0)
+        pair = table.per_prefill_pair / layers
+    else:
+        dc = d.model.constants
+        draft = _iteration_phases(dc, zero, seqs, zero, zero, seqs)["iteration_time_s"]
+        da, dkv, pair = d.model._context_costs()
+        draft_ctx = max(da, dkv)
+        n = np.arange(tok.size, dtype=np.float64)
+        dz = np.zeros_like(n)
+        prefill = np.where(n > 0, _iteration_phases(dc, n, dz, dz, dz, dz)["iteration_time_s"], 0.0)
+    step = verify + k * draft
+    per_token = step / tau
+    sampled = np.asarray(table.sampled)
+    return IterationTable(
+        tokens=(tok + prefill).tolist(),
+        sampled=table.sampled,
+        per_context=table.per_context,
+        per_prefill_pair=table.per_prefill_pair + pair,
+        decode_tokens=(per_token - sampled).tolist(),
+        decode_per_context=(verify_ctx + k * draft_ctx) / tau,
+    )
 
 
 class IterationTable:
@@ -832,6 +956,7 @@ class IterationTable:
 
     __slots__ = (
         "decode_base",
+        "decode_per_context",
         "decode_tokens",
         "per_context",
         "per_prefill_pair",
@@ -847,10 +972,13 @@ class IterationTable:
         per_context: float,
         per_prefill_pair: float,
         decode_tokens: list[float] | None = None,
+        decode_per_context: float | None = None,
     ):
         self.tokens = tokens
         self.sampled = sampled
         self.per_context = per_context
+        #: a decode-only iteration's per_context (speculative decoding's differs)
+        self.decode_per_context = per_context if decode_per_context is None else decode_per_context
         self.per_prefill_pair = per_prefill_pair
         #: whether decode-only iterations have their own token term
         self.split = decode_tokens is not None
@@ -867,9 +995,14 @@ class IterationTable:
         prefill_seqs: int,
     ) -> float:
         """One iteration (arguments as `iteration_time_s`)."""
-        tokens = self.tokens if prefill_tokens else self.decode_tokens
+        if not prefill_tokens:
+            return (
+                self.decode_tokens[decode_seqs]
+                + self.sampled[decode_seqs + prefill_seqs]
+                + self.decode_per_context * context_tokens
+            )
         return (
-            tokens[prefill_tokens + decode_seqs]
+            self.tokens[prefill_tokens + decode_seqs]
             + self.sampled[decode_seqs + prefill_seqs]
             + self.per_context * context_tokens
             + self.per_prefill_pair * prefill_pairs
@@ -877,8 +1010,8 @@ class IterationTable:
 
     def decode_run(self, decode_seqs: int, context_tokens: float) -> tuple[float, float]:
         """(first, growth): decode iteration i (from 0) of the run takes first + growth x i."""
-        n = decode_seqs
-        return self.decode_base[n] + self.per_context * context_tokens, self.per_context * n
+        n, per = decode_seqs, self.decode_per_context
+        return self.decode_base[n] + per * context_tokens, per * n
 
     @staticmethod
     def decode_run_s(first: float, growth: float, iterations: float) -> float:

@@ -149,6 +149,13 @@ class ModelSpec(Spec):
         "expert popularity, on top of random routing's own spread; 1: balanced popularity (what "
         "EPLB's redundant experts aim for)",
     )
+    mtp_modules: int = Field(
+        0,
+        ge=0,
+        description="multi-token-prediction modules trained with the model (DeepSeek-V3: 1), "
+        "each one transformer block that drafts the next token for speculative decoding "
+        "(speculative.method mtp); 0: none",
+    )
     tie_embeddings: bool = False
     dropout: bool = Field(
         True, description="trained with dropout (GPT-3); Llama and Mixtral use none"

@@ -119,6 +119,58 @@ class PrefixCache(Spec):
     enabled: bool = Field(True, description="cache shared prefixes' KV blocks (vLLM V1 default)")
 
 
+class Speculative(Spec):
+    """Speculative decoding: a drafter proposes `draft_tokens` tokens per sequence, the model
+    verifies them in one forward pass and keeps the longest accepted run plus one token of its
+    own (Leviathan et al., ICML'23; DeepSeek-V3's multi-token prediction, arXiv 2412.19437 Sec.
+    5.4.3). Modelled in expectation (kernels.inference.speculative_tokens_per_step)."""
+
+    method: Literal["mtp", "draft"] = Field(
+        description="mtp: the model's own multi-token-prediction module(s) (a model with "
+        "mtp_modules >= 1); draft: a separate, smaller draft model (draft_model)"
+    )
+    draft_tokens: int = Field(
+        ge=1, le=16, description="tokens drafted per sequence and verify step (k)"
+    )
+    acceptance: float | list[float] = Field(
+        description="the chance a drafted token is accepted given the ones before it were: one "
+        "rate for every position, or one per position (draft_tokens of them), each in (0, 1]"
+    )
+    draft_model: ModelSpec | None = Field(
+        None,
+        description="method draft: the draft model (a catalog name or an inline model) sharing "
+        "the model's vocabulary; it runs on the replica's GPUs with the model's tp",
+    )
+
+    @field_validator("draft_model", mode="before")
+    @classmethod
+    def _draft_from_catalog(cls, value: Any) -> Any:
+        return None if value is None else from_catalog("model", value)
+
+    @model_validator(mode="after")
+    def _check(self) -> Speculative:
+        rates = self.acceptance if isinstance(self.acceptance, list) else [self.acceptance]
+        if isinstance(self.acceptance, list) and len(rates) != self.draft_tokens:
+            raise ValueError(
+                f"acceptance lists {len(rates)} rates for draft_tokens={self.draft_tokens}; "
+                "allowed: one rate, or one per drafted position"
+            )
+        bad = [a for a in rates if not 0.0 < a <= 1.0]
+        if bad:
+            raise ValueError(f"acceptance {bad[0]} is not a rate; allowed: 0 < acceptance <= 1")
+        if self.method == "draft" and self.draft_model is None:
+            raise ValueError("method draft needs draft_model (a catalog model name)")
+        if self.method == "mtp" and self.draft_model is not None:
+            raise ValueError("draft_model is for method draft; mtp drafts with the model itself")
+        return self
+
+    @property
+    def rates(self) -> list[float]:
+        """The acceptance rate of each drafted position."""
+        a = self.acceptance
+        return list(a) if isinstance(a, list) else [a] * self.draft_tokens
+
+
 class InferenceService(Workload):
     """A model served by identical replicas behind one router."""
 
@@ -209,6 +261,10 @@ class InferenceService(Workload):
         description="automatic prefix caching of shared prefixes (system_prompts); on by default",
     )
 
+    speculative: Speculative | None = Field(
+        None, description="speculative decoding (mtp or a draft model); none: plain decoding"
+    )
+
     @field_validator("model", mode="before")
     @classmethod
     def _model_from_catalog(cls, value: Any) -> Any:
@@ -259,6 +315,24 @@ class InferenceService(Workload):
                 f"replica's tp x dp_attention = {n} GPUs; allowed: "
                 f"{', '.join(map(str, allowed))}"
             )
+        sp = self.speculative
+        if sp is not None and sp.method == "mtp" and self.model.mtp_modules < 1:
+            raise ValueError(
+                f"speculative.method mtp needs a model with multi-token-prediction modules; "
+                f"{self.model.name} has mtp_modules 0; allowed: method draft with a draft_model"
+            )
+        if sp is not None and sp.draft_model is not None:
+            d = sp.draft_model
+            if d.vocab != self.model.vocab:
+                raise ValueError(
+                    f"speculative.draft_model {d.name} has vocab {d.vocab}, {self.model.name} "
+                    f"{self.model.vocab}: a draft model must share the model's tokenizer"
+                )
+            if d.heads % self.tp:
+                raise ValueError(
+                    f"speculative.draft_model {d.name}: tp={self.tp} must divide its heads="
+                    f"{d.heads} (it runs with the model's tensor parallelism)"
+                )
         a = self.autoscaler
         if (
             a is not None
@@ -270,6 +344,25 @@ class InferenceService(Workload):
                 f"within min_replicas..max_replicas; allowed: {a.min_replicas}..{a.max_replicas}"
             )
         return self
+
+    def drafter_bytes(self) -> tuple[float, float]:
+        """The speculative drafter's weights and KV bytes per token on a replica
+        (kernels.inference.drafter_bytes); (0, 0) without speculative decoding."""
+        sp = self.speculative
+        if sp is None:
+            return 0.0, 0.0
+        from ..kernels.inference import drafter_bytes  # kernels are pure; imported lazily
+
+        w, kv = drafter_bytes(
+            self.model.kernel_args(),
+            None if sp.draft_model is None else sp.draft_model.kernel_args(),
+            mtp_modules=self.model.mtp_modules,
+            precision=self.precision,
+            kv_precision=self.kv_precision,
+            tp=self.tp,
+            dp_attention=self.dp_attention,
+        )
+        return float(w), float(kv)
 
     @property
     def initial_replicas(self) -> int:

@@ -666,12 +666,15 @@ def _check_weights_fit(svc: InferenceService, pool: NodePool, where: str) -> Non
             max_batched_tokens=b.max_batched_tokens,
             max_num_seqs=b.max_num_seqs,
             dp_attention=svc.dp_attention,
+            drafter_bytes=svc.drafter_bytes(),
         )
     )
     if capacity >= BLOCK_TOKENS:
         return
     n = svc.gpus_per_replica
-    weights_gb = float(replica_weight_bytes(m, svc.precision, svc.dp_attention)) / 1e9
+    weights_gb = (
+        float(replica_weight_bytes(m, svc.precision, svc.dp_attention)) + svc.drafter_bytes()[0]
+    ) / 1e9
     usable_gb = hbm * svc.gpu_memory_utilization * n / 1e9
     reserve_gb = (
         n
@@ -694,7 +697,8 @@ def _check_weights_fit(svc: InferenceService, pool: NodePool, where: str) -> Non
     }[svc.precision]
     raise located(
         where,
-        f"{svc.model.name} at precision {svc.precision} needs {weights_gb:.1f} GB of weights; "
+        f"{svc.model.name} at precision {svc.precision} needs {weights_gb:.1f} GB of weights"
+        f"{' (its speculative drafter included)' if svc.speculative is not None else ''}; "
         f"{gpus} of {pool.gpu.hbm_gb:g} GB ({hbm / 1e9:.1f} x 10^9 bytes visible) x "
         f"gpu_memory_utilization "
         f"{svc.gpu_memory_utilization:g} give only {usable_gb:.1f} GB, less {reserve_gb:.1f} GB "
