@@ -212,6 +212,19 @@ class PrefixCacheSummary(TypedDict):
 
 
 @_STRICT
+class ConversationSummary(TypedDict):
+    """A service with conversations: its turns and how often the cache kept their context."""
+
+    started: int  # conversations whose first turn arrived
+    turns: int  # requests that arrived, first and later turns
+    turns_per_conversation: float  # turns / started
+    later_turns: int  # requests that arrived as a second or later turn
+    later_turn_hit_rate: float  # fraction 0..1 of admitted later turns that found their
+    # conversation's context cached beyond the system prompt
+    later_turn_prompt_tokens_mean: float  # tokens, a later turn's prompt with its history
+
+
+@_STRICT
 class SpeculativeSummary(TypedDict):
     """A service with speculative decoding: what it does per replica, from the kernels."""
 
@@ -250,7 +263,8 @@ class ServiceCore(TypedDict):
     replicas_max: int  # replicas, most provisioned at once
     kv_capacity_tokens: float  # tokens of KV cache per replica
     gpu_h: ServiceGpuHours
-    prefix_cache: NotRequired[PrefixCacheSummary]  # with system_prompts only
+    prefix_cache: NotRequired[PrefixCacheSummary]  # with system_prompts or conversations
+    conversations: NotRequired[ConversationSummary]  # with conversations only
     speculative: NotRequired[SpeculativeSummary]  # with speculative decoding only
 
 

@@ -155,7 +155,15 @@ class Factory:
         tier = sc.service_tier(svc)
         rngs = {
             name: rng_for(sc.seed, f"inference.{svc.name}.{name}")
-            for name in ("arrivals", "prompts", "outputs", "router", "metric", "prefixes")
+            for name in (
+                "arrivals",
+                "prompts",
+                "outputs",
+                "router",
+                "metric",
+                "prefixes",
+                "conversations",
+            )
         }
         sizing = replica_sizing(svc, pool, self.compute_slowdown(svc.pool))
         span_s = max(horizon - svc.start_at, 0.0)

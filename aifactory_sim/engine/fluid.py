@@ -88,6 +88,8 @@ import math
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from scipy.optimize import brentq
+from scipy.special import gammainc
 
 from ..kernels.caching import lru_hit_ratio, zipf
 from ..kernels.fluid import (
@@ -102,8 +104,9 @@ from ..kernels.fluid import (
 )
 from ..kernels.inference import BLOCK_TOKENS, offline_steady_state
 from ..kernels.stats import latency_stats, slo_attainment
+from ..spec.traces import Requests
 from .fleet import ReplicaSizing
-from .traffic import counts_per_tick, draw_requests, lengths, tick_edges
+from .traffic import Turns, counts_per_tick, draw_conversations, draw_requests, lengths, tick_edges
 
 #: Rounds of the fixed point between the prefix cache's hit ratio and the KV it leaves.
 PREFIX_ROUNDS = 8
@@ -206,6 +209,19 @@ class FlowModel:
             assert spec.prompt_tokens is not None and spec.output_tokens is not None
             prompt = lengths(spec.prompt_tokens, POOL, rngs["prompts"])
             output = lengths(spec.output_tokens, POOL, rngs["outputs"])
+        self.turns: Turns | None = None
+        if spec.conversations is not None:  # the pool as turns of conversations
+            assert spec.prompt_tokens is not None and spec.output_tokens is not None
+            self.turns = draw_conversations(
+                spec.conversations,
+                Requests(np.zeros(prompt.size), prompt, output),
+                spec.prompt_tokens,
+                spec.output_tokens,
+                conversation_rng=rngs["conversations"],
+                prompt_rng=rngs["prompts"],
+                output_rng=rngs["outputs"],
+            )
+            prompt, output = self.turns.prompt_tokens, self.turns.output_tokens
         sp = spec.system_prompts
         if sp is not None:  # a system prompt before each request's own tokens
             prompt = prompt + sp.tokens
@@ -216,6 +232,22 @@ class FlowModel:
         keep = ~too_long if not too_long.all() else np.ones_like(too_long)
         self.pool_prompt = prompt[keep].astype(np.float64)
         self.pool_output = output[keep].astype(np.float64)
+        #: with conversations: each pooled turn's conversation context its replica may hold
+        #: (tokens in whole blocks, the system prompt's included; 0 for a first turn), whether
+        #: the conversation goes on after it, and the share of first turns
+        self.pool_context = np.zeros_like(self.pool_prompt)
+        if self.turns is not None:
+            t = self.turns
+            prev = np.full(t.turn.size, -1)
+            later = t.next_turn >= 0
+            prev[t.next_turn[later]] = np.flatnonzero(later)
+            held = (prompt + output - 1) // BLOCK_TOKENS * BLOCK_TOKENS  # a turn's, when done
+            context = np.where(prev >= 0, held[np.maximum(prev, 0)], 0)
+            self.pool_context = context[keep].astype(np.float64)
+            self.pool_goes_on = later[keep]
+            self.first_share = float((t.turn[keep] == 1).mean())
+            self._pool_keep, self._pool_prev = keep, prev
+            self._pool_held = held.astype(np.float64)
         self._mc_rng = rngs["router"]
         self._noise_rng = rngs["metric"]
         self._noise = 0.0
@@ -224,7 +256,10 @@ class FlowModel:
         self.pool_cached = np.zeros_like(self.pool_prompt)
         self._replica()
         skip = (sp.tokens // BLOCK_TOKENS) * BLOCK_TOKENS if sp is not None else 0
-        if sp is not None and skip and spec.prefix_cache.enabled:
+        self.conv_hit = 0.0
+        if self.turns is not None and spec.prefix_cache.enabled:
+            self._conversation_hits(rngs["prefixes"], skip, span_s)
+        elif sp is not None and skip and spec.prefix_cache.enabled:
             # The hit ratio and the load it leaves on the KV cache depend on each other: from
             # a cache as large as the whole KV, to their fixed point (a few rounds).
             u = rngs["prefixes"].random(self.pool_prompt.size)
@@ -288,6 +323,86 @@ class FlowModel:
         hit = lru_hit_ratio(weights, capacity)
         cold = replicas * min(count, capacity) / max(arrived, 1.0)
         return max(hit - cold, 0.0)
+
+    def _conversation_hits(self, rng: np.random.Generator, skip: int, span_s: float) -> None:
+        """The prefix cache with conversations: each pooled turn's cached tokens, from the share
+        h_s of requests whose system prompt is cached and, for a later turn, whether a replica
+        it lands on still holds its conversation's context.
+
+        One LRU per replica, Che's approximation in time (kernels/caching.py): an entry stays
+        for a characteristic time T after its last use. A turn lands on the replica of the turn
+        before with chance a (1 with prefix-aware routing, else 1 / replicas); so the last turn
+        on its replica is G turns back, G ~ Geometric(a) (none if G reaches past the first
+        turn), and that turn's context (its prompt and answer, whole blocks) survived if the G
+        think times since (exponential, mean theta; service times left out) fit in T: chance
+        P(Gamma(G, theta) < T). Per replica, at the run's mean rate lambda per starting replica,
+        system prompt i (Zipf weight p_i) is used at lambda p_i, and every turn leaves its
+        context (mean s tokens beyond the system prompt) until a later turn of the conversation
+        uses it on this replica (chance u = g a / (1 - g (1 - a)), g the share of turns followed
+        by another; after about theta_u = theta / (1 - g (1 - a))) or it is evicted; T fills the
+        KV the load's sequences leave (the operating point's KV share):
+            skip sum_i (1 - exp(-lambda p_i T))
+                + lambda s [u theta_u (1 - exp(-T / theta_u)) + (1 - u) T] = free KV.
+        h_s = sum_i p_i (1 - exp(-lambda p_i T)) less the cold misses (as `_prefix_hit_ratio`);
+        a conversation's blocks match only behind its cached system prompt (h_s = 1 without
+        system prompts). A fixed point with the KV the cache leaves, as for system prompts."""
+        spec = self.spec
+        sp, conv = spec.system_prompts, spec.conversations
+        assert conv is not None and self.turns is not None
+        replicas = max(spec.initial_replicas, 1)
+        a = 1.0 if spec.router == "prefix-aware" else 1.0 / replicas
+        theta = conv.think_time_s
+        g = float(self.pool_goes_on.mean())
+        use = g * a / (1.0 - g * (1.0 - a))
+        theta_u = theta / (1.0 - g * (1.0 - a))
+        weights = zipf(sp.count, sp.popularity) if sp is not None and skip else np.ones(1)
+        size = self.pool_prompt.size
+        u_sys, u_conv = rng.random(size), rng.random(size)
+        # G turns back to the last turn on the same replica, and that turn's context
+        t, keep = self.turns, self._pool_keep
+        back = rng.geometric(a, size) if a < 1.0 else np.ones(size, dtype=np.int64)
+        turn = t.turn[keep]
+        reach = (turn > back) & (turn > 1)
+        at = np.flatnonzero(keep)
+        for step in range(int(back[reach].max(initial=0))):
+            at = np.where(reach & (back > step), self._pool_prev[at], at)
+        context = np.where(reach, self._pool_held[np.maximum(at, 0)], 0.0)
+        arrived = float(self.cum_arrivals[-1]) * (1.0 - self.drop_share)
+        lam = arrived / max(span_s, 1e-9) / replicas
+        system = float(skip) if sp is not None else 0.0
+        left = float(np.mean(self._pool_held[keep])) - system
+
+        def occupancy(y: float) -> float:
+            held = system * float(np.sum(-np.expm1(-lam * weights * y))) if system else 0.0
+            kept = use * theta_u * -math.expm1(-y / theta_u) if theta_u > 0 else 0.0
+            return held + lam * left * (kept + (1.0 - use) * y)
+
+        h_s, hits = 1.0, np.zeros(size, dtype=bool)
+        later = turn > 1
+        for _ in range(PREFIX_ROUNDS):
+            x = min(lam, self.x_max)
+            kv_share = float(np.interp(x, self.ops.op_x, self.ops.op_kv))
+            free = max(self.kv_tokens * (1.0 - kv_share), 0.0)
+            hi = 1.0
+            while occupancy(hi) < free and hi < 1e12:
+                hi *= 2.0
+            big_t = (
+                brentq(lambda y, f=free: occupancy(y) - f, 0.0, hi) if occupancy(hi) >= free else hi
+            )
+            before = (h_s, float(hits[later].mean()) if later.any() else 0.0)
+            if system:
+                hit = float(np.sum(weights * -np.expm1(-lam * weights * big_t)))
+                cold = replicas * len(weights) / max(arrived, 1.0)
+                h_s = max(hit - cold, 0.0)
+            survive = gammainc(back, big_t / theta) if theta > 0 else np.ones(size)
+            hits = reach & (u_conv < survive * h_s)
+            sys_hit = np.where(u_sys < h_s, system, 0.0)
+            self.pool_cached = np.where(hits, context, sys_hit)
+            self._replica()
+            h_c = float(hits[later].mean()) if later.any() else 0.0
+            if abs(h_s - before[0]) < 1e-3 and abs(h_c - before[1]) < 1e-3:
+                break
+        self.conv_hit = float(hits[later].mean()) if later.any() else 0.0
 
     def _operating_points(self) -> None:
         """The replica's steady states (kernels.fluid.operating_points) up to the saturation
@@ -757,20 +872,45 @@ class FlowModel:
             "slo_met": met,
             "in_system_mean": self._fluid_area / active_s if active_s else 0.0,
             **self._prefix_summary(),
+            **self._conversation_summary(),
+        }
+
+    def _conversation_summary(self) -> dict[str, Any]:
+        """With conversations: the turns as modelled (the arrivals, the pool's share of first
+        turns, the modelled share of later turns that hit)."""
+        if self.turns is None:
+            return {}
+        turns = round(float(self.cum_arrivals[-1]))
+        started = round(turns * self.first_share)
+        later = self.pool_context > 0
+        return {
+            "conversations": {
+                "started": started,
+                "turns": turns,
+                "turns_per_conversation": turns / started if started else 0.0,
+                "later_turns": turns - started,
+                "later_turn_hit_rate": self.conv_hit,
+                "later_turn_prompt_tokens_mean": (
+                    float(self.pool_prompt[later].mean()) if later.any() else 0.0
+                ),
+            }
         }
 
     def _prefix_summary(self) -> dict[str, Any]:
         """With system prompts: the prefix cache as modelled (the share of requests that hit,
         kernels/caching.py, times the requests admitted)."""
         sp = self.spec.system_prompts
-        if sp is None:
+        if sp is None and self.turns is None:
             return {}
         admitted = self._admitted
         mean_prompt = float(self.pool_prompt.mean())
         cached = float(self.pool_cached.mean())
         return {
             "prefix_cache": {
-                "enabled": bool(self.spec.prefix_cache.enabled and sp.tokens >= BLOCK_TOKENS),
+                "enabled": bool(
+                    self.spec.prefix_cache.enabled
+                    and (self.turns is not None or (sp is not None and sp.tokens >= BLOCK_TOKENS))
+                ),
                 "hit_rate_tokens": cached / mean_prompt if mean_prompt else 0.0,
                 "prefill_tokens_saved": round(admitted * cached),
                 "requests_hit": round(admitted * float((self.pool_cached > 0).mean())),

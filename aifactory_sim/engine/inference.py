@@ -37,10 +37,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..kernels.inference import BLOCK_TOKENS
 from ..kernels.stats import latency_stats, slo_attainment
 from .fleet import SERVICE_COLUMNS, Fleet, ReplicaSizing, ServiceRow
 from .replica import ReplicaCore, RequestLog
-from .traffic import draw_prefixes, draw_requests
+from .traffic import Turns, draw_conversations, draw_prefixes, draw_requests
 
 if TYPE_CHECKING:
     from ..spec.inference import InferenceService
@@ -49,6 +50,15 @@ if TYPE_CHECKING:
 __all__ = ["SERVICE_COLUMNS", "RouterModel", "Service", "ServiceRow"]
 
 INF = math.inf
+
+#: prefix-aware routing (RouterModel._affinity): the share of a prompt a replica's past
+#: requests must match, and when the load is out of balance (busiest - idlest > BALANCE_ABS
+#: requests and busiest > BALANCE_REL x idlest). sgl-router's cache_aware defaults
+#: (--cache-threshold 0.3, --balance-abs-threshold 64, --balance-rel-threshold 1.5), which
+#: vLLM's router shares.
+CACHE_THRESHOLD = 0.3
+BALANCE_ABS = 64
+BALANCE_REL = 1.5
 
 #: The service as the broker, the factory and the runner see it: its replica fleet.
 Service = Fleet
@@ -78,6 +88,10 @@ class RouterModel:
         self.queue: deque[int] = deque()  # the router's queue
         self._rr = 0
         self._policy = spec.router
+        #: prefix-aware routing's record: conversation -> (replica of its last turn, that
+        #: turn's prompt and answer tokens); system prompt -> replicas that served it
+        self._conv_at: dict[int, tuple[int, int]] = {}
+        self._sys_at: dict[int, set[int]] = {}
         self._seats = spec.batching.max_num_seqs
         # Whether the ready replicas are every replica, in index order (None: to be checked):
         # then least-outstanding's first replica with the fewest in flight is
@@ -110,19 +124,45 @@ class RouterModel:
             output_rng=rngs["outputs"],
         )
         assert reqs.prompt_tokens is not None and reqs.output_tokens is not None  # drawn
-        prompt, prefix = reqs.prompt_tokens, None
+        arrival, prompt, output = reqs.arrival_s, reqs.prompt_tokens, reqs.output_tokens
+        prefix, conv = None, None
+        self.turns: Turns | None = None
+        if spec.conversations is not None:  # first turns in arrival order, then later turns
+            assert spec.prompt_tokens is not None and spec.output_tokens is not None
+            turns = self.turns = draw_conversations(
+                spec.conversations,
+                reqs,
+                spec.prompt_tokens,
+                spec.output_tokens,
+                conversation_rng=rngs["conversations"],
+                prompt_rng=rngs["prompts"],
+                output_rng=rngs["outputs"],
+            )
+            arrival, prompt, output = turns.arrival_s, turns.prompt_tokens, turns.output_tokens
+            conv = turns.conversation
+            self._next_turn = turns.next_turn.tolist()
+            self._think = turns.think_s.tolist()
         sp = spec.system_prompts
         if sp is not None:  # a system prompt before each request's own tokens
-            prefix = draw_prefixes(sp, prompt.size, rngs["prefixes"])
+            if conv is None:
+                prefix = draw_prefixes(sp, prompt.size, rngs["prefixes"])
+            else:  # one per conversation, for every turn of it
+                prefix = draw_prefixes(sp, int(conv.max(initial=-1)) + 1, rngs["prefixes"])[conv]
             prompt = prompt + sp.tokens
-        self.log = RequestLog(reqs.arrival_s + spec.start_at, prompt, reqs.output_tokens, prefix)
+        self.log = RequestLog(arrival + spec.start_at, prompt, output, prefix, conv)
+        on = spec.prefix_cache.enabled
         #: the tokens of a shared prefix the replicas may cache (0: no prefix caching)
-        self.prefix_tokens = sp.tokens if sp is not None and spec.prefix_cache.enabled else 0
+        self.prefix_tokens = sp.tokens if sp is not None and on else 0
+        self.cache_conversations = conv is not None and on
+        #: later turns: (arrival, id) of those whose time is known and has not come yet
+        self._later: list[tuple[float, int]] = []
+        self._later_arrived = 0
+        self._firsts = len(reqs.arrival_s) if conv is None else int(conv.max(initial=-1)) + 1
         too_long = self.log.prompt_tokens + self.log.output_tokens > self.kv_tokens
         if not b.chunked_prefill:
             too_long |= self.log.prompt_tokens > b.max_batched_tokens
         self.dropped = too_long
-        self._arrivals = self.log.arrival_s.tolist()
+        self._arrivals = self.log.arrival_s[: self._firsts].tolist()
         self._drop = too_long.tolist()
         self._uniform = (
             rngs["router"].random(len(self.log)).tolist() if spec.router == "random" else None
@@ -147,6 +187,7 @@ class RouterModel:
             fast=self.fast,
             index=index,
             prefix_tokens=self.prefix_tokens,
+            cache_conversations=self.cache_conversations,
         )
         self.outs.append(0)
         self._seqs.append(-1)
@@ -166,9 +207,12 @@ class RouterModel:
         heap, replicas, seqs, cores = self._heap, self.replicas, self._seqs, self._cores
         drop, route, plan_end = self._drop, self._route, self._plan_end
         heappop = heapq.heappop
+        later = self._later  # never rebound
         i = self._next
         while True:
             ta = arrivals[i] if i < n else INF
+            if later and later[0][0] < ta:
+                ta = later[0][0]
             while heap:
                 top = heap[0]
                 if seqs[top[2]] == top[1]:
@@ -195,6 +239,15 @@ class RouterModel:
                             touched.append(r)
                     i += 1
                 self._next = i
+                while later and later[0][0] == ta:  # conversations' later turns
+                    rid = heappop(later)[1]
+                    self.log.arrival_s[rid] = ta
+                    self._later_arrived += 1
+                    if not drop[rid]:
+                        self._in_system += 1
+                        r = route(rid, ta)
+                        if r is not None and cores[r.index].plan is None:
+                            touched.append(r)
                 for r in touched:
                     self._schedule(r, ta)
         self._next = i
@@ -220,6 +273,8 @@ class RouterModel:
         done = core.advance()
         if done:
             self.outs[k] -= done
+            if core.finished:
+                self._next_turns(core.finished, now)
             if self.queue and r.state == "ready":
                 self._fill_from_queue(r, now)
         # core.schedule(now) and self._push(r), written out: this runs at every plan end, the
@@ -233,6 +288,16 @@ class RouterModel:
             heapq.heappush(self._heap, (plan.end, self._seq, k))
         return done
 
+    def _next_turns(self, finished: list[int], now: float) -> None:
+        """Turns of conversations answered at `now`: each one's next turn arrives after its
+        think time."""
+        nxt, think, later = self._next_turn, self._think, self._later
+        for rid in finished:
+            j = nxt[rid]
+            if j >= 0:
+                heapq.heappush(later, (now + think[j], j))
+        finished.clear()
+
     # --- router ------------------------------------------------------------------------------
     def _route(self, rid: int, now: float) -> ReplicaView | None:
         """Send request `rid` to a replica (returned), or to the router's queue (None)."""
@@ -241,6 +306,11 @@ class RouterModel:
             self.queue.append(rid)
             return None
         policy = self._policy
+        if policy == "prefix-aware":
+            k = self._affinity(rid)
+            if k >= 0:
+                return self._send(self.replicas[k], rid, now)
+            policy = "least-outstanding"
         if policy == "least-outstanding":
             outs = self.outs
             in_order = self._in_order
@@ -258,8 +328,49 @@ class RouterModel:
             k = ready[int(self._uniform[rid] * len(ready))]
         return self._send(self.replicas[k], rid, now)
 
+    def _affinity(self, rid: int) -> int:
+        """`prefix-aware` routing: the ready replica whose past requests share the longest prefix
+        with this one (the replica of its conversation's last turn, matching that turn's prompt
+        and answer; else the least loaded replica that served its system prompt), when the match
+        is over CACHE_THRESHOLD of the prompt and the replica has a free seat; -1 (least
+        outstanding instead) otherwise, or when the load is out of balance: the busiest ready
+        replica holds BALANCE_ABS more requests than the idlest and BALANCE_REL times as many.
+        SGLang's and vLLM's cache-aware routers (sgl-router `cache_aware`, its defaults), with
+        the router's record of past requests exact and never evicted."""
+        outs, ready, replicas = self.outs, self.ready, self.replicas
+        if not ready:
+            return -1
+        lo = min(outs[j] for j in ready)
+        hi = max(outs[j] for j in ready)
+        if hi - lo > BALANCE_ABS and hi > BALANCE_REL * lo:
+            return -1
+        log = self.log
+        prompt = log.prompt_list[rid]
+        best, match = -1, 0
+        if self.turns is not None:
+            at = self._conv_at.get(log.conversation_list[rid])  # type: ignore[index]
+            if at is not None and replicas[at[0]].state == "ready":
+                best, match = at[0], min(at[1], prompt)
+        if log.prefix_list is not None and self.spec.system_prompts is not None:
+            tokens = self.spec.system_prompts.tokens
+            held = self._sys_at.get(log.prefix_list[rid])
+            if held and tokens > match:
+                up = [j for j in held if replicas[j].state == "ready"]
+                if up:
+                    best, match = min(up, key=outs.__getitem__), tokens
+        if best < 0 or match <= CACHE_THRESHOLD * prompt or outs[best] >= self._seats:
+            return -1
+        return best
+
     def _send(self, r: ReplicaView, rid: int, now: float) -> ReplicaView:
         k = r.index
+        if self._policy == "prefix-aware":  # what the router remembers of past requests
+            log = self.log
+            if log.conversation_list is not None:
+                conv = log.conversation_list[rid]
+                self._conv_at[conv] = (k, log.prompt_list[rid] + log.output_list[rid])
+            if log.prefix_list is not None:
+                self._sys_at.setdefault(log.prefix_list[rid], set()).add(k)
         core = self._cores[k]
         plan = core.plan
         k_before = plan.k if plan is not None else 0
@@ -272,7 +383,7 @@ class RouterModel:
     def _fill_from_queue(self, r: ReplicaView, now: float) -> None:
         """A replica has room: hand it the router's queue, oldest first."""
         queue = self.queue
-        if self.spec.router == "least-outstanding":
+        if self.spec.router in ("least-outstanding", "prefix-aware"):
             seats = self.spec.batching.max_num_seqs
             while queue and self.outs[r.index] < seats:
                 self._send(r, queue.popleft(), now)
@@ -286,7 +397,7 @@ class RouterModel:
 
     # --- what the fleet asks -------------------------------------------------------------------
     def arrived(self) -> float:
-        return self._next
+        return self._next + self._later_arrived
 
     def metric(self, kind: str) -> float:
         if kind == "queue":
@@ -341,16 +452,31 @@ class RouterModel:
         self.log.first_token_s[late] = math.nan
         self._check_little(horizon)
 
+    def _arrived(self) -> slice | np.ndarray:
+        """The requests that arrived, as an index of the log: the first `_next` without
+        conversations; with them, every first turn and later turn that came, in arrival order
+        (ties by id)."""
+        if self.turns is None:
+            return slice(0, self._next)
+        arrival = self.log.arrival_s
+        ids = np.concatenate(
+            (
+                np.arange(self._next),
+                self._firsts + np.flatnonzero(np.isfinite(arrival[self._firsts :])),
+            )
+        )
+        return ids[np.lexsort((ids, arrival[ids]))]
+
     def _check_little(self, horizon: float) -> None:
         """Little's law on every run: the time integral of requests in the system, kept from
         the engine's own arrivals and completions, must equal the sum over the request table
         of each request's time in the system (to the end of the run). A mismatch means a
         request was lost or counted twice: an internal error, never a user's."""
-        n = self._next
+        n = self._arrived()
         log = self.log
-        keep = ~self.dropped[:n]
-        spent = np.minimum(np.nan_to_num(log.finish_s[:n], nan=horizon), horizon)
-        total = float((spent - log.arrival_s[:n])[keep].sum())
+        keep = ~self.dropped[n]
+        spent = np.minimum(np.nan_to_num(log.finish_s[n], nan=horizon), horizon)
+        total = float((spent - log.arrival_s[n])[keep].sum())
         self._area += self._in_system * (horizon - self._area_t)
         self._area_t = horizon
         if not math.isclose(self._area, total, rel_tol=1e-9, abs_tol=1e-6):
@@ -363,28 +489,33 @@ class RouterModel:
     def requests_frame(self) -> dict[str, np.ndarray]:
         """The per-request table's columns (requests that arrived before the end of the run)."""
         log = self.log
-        n = self._next
-        arrival = log.arrival_s[:n]
-        return {
-            "request": np.arange(n),
+        n = self._arrived()
+        arrival = log.arrival_s[n]
+        ids = np.arange(self._next) if isinstance(n, slice) else n
+        cols: dict[str, np.ndarray] = {
+            "request": ids,
             "arrival_s": arrival,
-            "admitted_s": log.admitted_s[:n],
-            "first_token_s": log.first_token_s[:n],
-            "finish_s": log.finish_s[:n],
-            "prompt_tokens": log.prompt_tokens[:n],
-            "output_tokens": log.output_tokens[:n],
-            "queue_wait_s": log.admitted_s[:n] - arrival,
-            "preemptions": log.preemptions[:n],
-            "replica": log.replica[:n],
-            "dropped": self.dropped[:n],
-            # with system prompts: each request's (its index) and the prompt tokens its first
-            # admission found in its replica's prefix cache
-            **(
-                {}
-                if log.prefix is None
-                else {"prefix": log.prefix[:n], "cached_tokens": log.cached_tokens[:n]}
-            ),
+            "admitted_s": log.admitted_s[n],
+            "first_token_s": log.first_token_s[n],
+            "finish_s": log.finish_s[n],
+            "prompt_tokens": log.prompt_tokens[n],
+            "output_tokens": log.output_tokens[n],
+            "queue_wait_s": log.admitted_s[n] - arrival,
+            "preemptions": log.preemptions[n],
+            "replica": log.replica[n],
+            "dropped": self.dropped[n],
         }
+        # with system prompts: each request's (its index); with conversations, each request's
+        # conversation (the id of its first turn) and turn (from 1); with either, the prompt
+        # tokens its first admission found in its replica's prefix cache
+        if log.prefix is not None:
+            cols["prefix"] = log.prefix[n]
+        if self.turns is not None:
+            cols["conversation"] = self.turns.conversation[n]
+            cols["turn"] = self.turns.turn[n]
+        if log.prefix is not None or self.turns is not None:
+            cols["cached_tokens"] = log.cached_tokens[n]
+        return cols
 
     def summary(self, horizon: float, active_s: float) -> dict[str, Any]:
         """The requests' part of the service's summary (docs/reference/metrics.md)."""
@@ -422,6 +553,33 @@ class RouterModel:
             "slo_met": met,
             "in_system_mean": self._area / active_s if active_s else 0.0,
             **self._prefix_summary(cols),
+            **self._conversation_summary(cols),
+        }
+
+    def _conversation_summary(self, cols: dict[str, np.ndarray]) -> dict[str, Any]:
+        """With conversations: how many started, their turns so far, and how often a later
+        turn found its conversation's context cached (docs/reference/metrics.md)."""
+        if self.turns is None:
+            return {}
+        turn = cols["turn"]
+        later = turn > 1
+        sp = self.spec.system_prompts
+        system = (sp.tokens // BLOCK_TOKENS) * BLOCK_TOKENS if sp is not None else 0
+        admitted = later & np.isfinite(cols["admitted_s"])
+        hits = admitted & (cols["cached_tokens"] > system)
+        started = int((turn == 1).sum())
+        hit_rate = float(hits.sum() / admitted.sum()) if admitted.any() else 0.0
+        return {
+            "conversations": {
+                "started": started,
+                "turns": int(turn.size),
+                "turns_per_conversation": float(turn.size / started) if started else 0.0,
+                "later_turns": int(later.sum()),
+                "later_turn_hit_rate": hit_rate,
+                "later_turn_prompt_tokens_mean": (
+                    float(cols["prompt_tokens"][later].mean()) if later.any() else 0.0
+                ),
+            }
         }
 
     def _prefix_summary(self, cols: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -436,7 +594,7 @@ class RouterModel:
         evictions = sum(c.prefixes.evictions for c in self._cores if c.prefixes is not None)
         return {
             "prefix_cache": {
-                "enabled": self.prefix_tokens > 0,
+                "enabled": self.prefix_tokens > 0 or self.cache_conversations,
                 "hit_rate_tokens": float(cached.sum() / prompt) if prompt else 0.0,
                 "prefill_tokens_saved": int(cached.sum()),
                 "requests_hit": int((cached > 0).sum()),

@@ -37,7 +37,7 @@ import numpy as np
 
 from ..kernels.inference import BLOCK_TOKENS, IterationTable
 
-__all__ = ["BLOCK_TOKENS", "PrefixCacheState", "ReplicaCore", "RequestLog"]
+__all__ = ["BLOCK_TOKENS", "PrefixCacheState", "ReplicaCore", "RequestLog", "conversation_key"]
 
 
 class RequestLog:
@@ -49,6 +49,7 @@ class RequestLog:
         prompt_tokens: np.ndarray,
         output_tokens: np.ndarray,
         prefix: np.ndarray | None = None,
+        conversation: np.ndarray | None = None,
     ):
         n = arrival_s.size
         self.arrival_s = np.asarray(arrival_s, dtype=np.float64)
@@ -67,6 +68,12 @@ class RequestLog:
             self.prefix = np.asarray(prefix, dtype=np.int64)
             self.prefix_list = self.prefix.tolist()
         self.cached_tokens = np.zeros(n, dtype=np.int64)
+        #: with conversations: each request's (the id of its first turn), else None
+        self.conversation: np.ndarray | None = None
+        self.conversation_list: list[int] | None = None
+        if conversation is not None:
+            self.conversation = np.asarray(conversation, dtype=np.int64)
+            self.conversation_list = self.conversation.tolist()
         #: the lengths as Python ints, for the replicas' reads (a list index is several times
         #: cheaper than a NumPy scalar's)
         self.prompt_list: list[int] = self.prompt_tokens.tolist()
@@ -84,6 +91,8 @@ class Seq:
     __slots__ = (
         "alive",
         "cached",
+        "conv",
+        "conv_held",
         "finish_at",
         "generated",
         "order",
@@ -97,10 +106,12 @@ class Seq:
         "x",
     )
 
-    def __init__(self, rid: int, prompt: int, output: int, prefix: int = -1):
+    def __init__(self, rid: int, prompt: int, output: int, prefix: int = -1, conv: int = -1):
         self.rid = rid
         self.prefix = prefix  # its shared prefix (-1: none)
+        self.conv = conv  # its conversation's key in the prefix cache (-1: none)
         self.shared = 0  # blocks it uses from the prefix cache (not its own)
+        self.conv_held = 0  # of them, the blocks of its conversation's entry
         self.target = prompt  # tokens to prefill: the prompt, plus tokens generated before
         self.output = output  # a preemption
         self.order = -1
@@ -150,29 +161,34 @@ class _Plan:
 
 class PrefixCacheState:
     """A replica's prefix cache: vLLM's automatic prefix caching (Kwon et al., SOSP'23; the V1
-    KV cache manager) at the granularity of one shared prefix. A prefix's full KV blocks
+    KV cache manager) at the granularity of one shared prefix. A system prompt's full KV blocks
     (`blocks_each`: only whole blocks are hashed and shared) become an entry when the first
     request with it finishes its prefill there; a later request with the same prefix admitted
     while the entry is cached uses those blocks instead of its own and starts its prefill after
-    them. Entries count against the replica's KV blocks; one that no running sequence uses may
-    be evicted, least recently used first, when blocks are needed for admission or for the
-    running sequences' next tokens, before any of them is preempted. Two requests that miss
-    together keep their own copies; only the first is cached."""
+    them. A conversation's entry (a negative key, `conversation_key`) holds the full blocks of
+    its context after the system prompt's, stored when a turn finishes (`store`: what vLLM keeps
+    of a finished request's blocks) and used by the next turn after the system prompt's entry
+    (a block's hash chains through every block before it, so the conversation's blocks match only
+    behind a cached system prompt). Entries count against the replica's KV blocks; one that no
+    running sequence uses may be evicted, least recently used first, when blocks are needed for
+    admission or for the running sequences' next tokens, before any of them is preempted. Two
+    requests that miss together keep their own copies; only the first is cached."""
 
-    __slots__ = ("blocks", "blocks_each", "entries", "evictions")
+    __slots__ = ("blocks", "blocks_each", "entries", "evictions", "sizes")
 
     def __init__(self, blocks_each: int):
         self.blocks_each = blocks_each
-        #: prefix -> running sequences using it, least recently used first
+        #: key -> running sequences using it, least recently used first
         self.entries: OrderedDict[int, int] = OrderedDict()
+        self.sizes: dict[int, int] = {}  # key -> its blocks
         self.blocks = 0  # blocks the entries hold
         self.evictions = 0
 
-    def use(self, prefix: int) -> int:
+    def use(self, key: int) -> int:
         """A request admitted with a cached prefix: the blocks it shares."""
-        self.entries[prefix] += 1
-        self.entries.move_to_end(prefix)
-        return self.blocks_each
+        self.entries[key] += 1
+        self.entries.move_to_end(key)
+        return self.sizes[key]
 
     def register(self, prefix: int) -> int:
         """A request's prefill of `prefix` is done: cache its blocks (the blocks it now shares)
@@ -180,8 +196,21 @@ class PrefixCacheState:
         if prefix in self.entries:
             return 0
         self.entries[prefix] = 1
+        self.sizes[prefix] = self.blocks_each
         self.blocks += self.blocks_each
         return self.blocks_each
+
+    def store(self, key: int, blocks: int) -> None:
+        """A conversation's turn finished (its references released): its context's full blocks
+        beyond the system prompt's replace the conversation's entry, as the most recent."""
+        old = self.sizes.pop(key, 0)
+        if old:
+            del self.entries[key]
+            self.blocks -= old
+        if blocks > 0:
+            self.entries[key] = 0
+            self.sizes[key] = blocks
+            self.blocks += blocks
 
     def release(self, prefix: int) -> None:
         self.entries[prefix] -= 1
@@ -189,14 +218,14 @@ class PrefixCacheState:
     def evictable(self) -> bool:
         return any(refs == 0 for refs in self.entries.values())
 
-    def evict(self, need: int, keep: int = -1) -> int:
-        """Evict unused entries, least recently used first (never `keep`), until `need` blocks
-        are free or none is left to evict: the blocks freed."""
+    def evict(self, need: int, keep: tuple[int, ...] = ()) -> int:
+        """Evict unused entries, least recently used first (never those in `keep`), until
+        `need` blocks are free or none is left to evict: the blocks freed."""
         freed = 0
         if need > 0:
-            for prefix in [p for p, refs in self.entries.items() if refs == 0 and p != keep]:
-                del self.entries[prefix]
-                freed += self.blocks_each
+            for key in [k for k, refs in self.entries.items() if refs == 0 and k not in keep]:
+                del self.entries[key]
+                freed += self.sizes.pop(key)
                 self.evictions += 1
                 if freed >= need:
                     break
@@ -204,11 +233,18 @@ class PrefixCacheState:
         return freed
 
     def blocks_in_use(self) -> int:
-        return self.blocks_each * sum(1 for refs in self.entries.values() if refs)
+        sizes = self.sizes
+        return sum(sizes[k] for k, refs in self.entries.items() if refs)
 
     def clear(self) -> None:
         self.entries.clear()
+        self.sizes.clear()
         self.blocks = 0
+
+
+def conversation_key(conversation: int) -> int:
+    """A conversation's key in a PrefixCacheState (system prompts' keys are 0, 1, ...)."""
+    return -2 - conversation
 
 
 class ReplicaCore:
@@ -224,6 +260,7 @@ class ReplicaCore:
         fast: bool = True,
         index: int = 0,
         prefix_tokens: int = 0,
+        cache_conversations: bool = False,
     ):
         if max_batched_tokens < max_num_seqs:
             raise ValueError(
@@ -256,9 +293,15 @@ class ReplicaCore:
         self._pre_blocks = 0  # blocks held by the sequences in prefill
         self._shared_dec = 0  # prefix-cache blocks the decoding sequences use (not their own)
         # The prefix cache (see PrefixCacheState): on when the log's requests carry prefixes
-        # and `prefix_tokens` (each prefix's length) fills at least one block.
-        on = log.prefix_list is not None and prefix_tokens >= BLOCK_TOKENS
+        # and `prefix_tokens` (each prefix's length) fills at least one block, or when
+        # `cache_conversations` (the log's requests are turns of conversations).
+        conv = cache_conversations and log.conversation_list is not None
+        on = conv or (log.prefix_list is not None and prefix_tokens >= BLOCK_TOKENS)
         self.prefixes = PrefixCacheState(prefix_tokens // BLOCK_TOKENS) if on else None
+        self._conversations = log.conversation_list if conv else None
+        #: with conversations, the requests finished since the driver last took them (their
+        #: next turns come after them); else None
+        self.finished: list[int] | None = [] if log.conversation_list is not None else None
 
     # --- the driver's calls ----------------------------------------------------------------
     @property
@@ -271,7 +314,8 @@ class ReplicaCore:
         `schedule`, so that requests arriving together are admitted together."""
         log = self.log
         prefix = -1 if log.prefix_list is None else log.prefix_list[rid]
-        self.waiting.append(Seq(rid, log.prompt_list[rid], log.output_list[rid], prefix))
+        conv = -1 if self._conversations is None else -2 - self._conversations[rid]
+        self.waiting.append(Seq(rid, log.prompt_list[rid], log.output_list[rid], prefix, conv))
         log.replica[rid] = self.index
         plan = self.plan
         if (
@@ -329,8 +373,9 @@ class ReplicaCore:
                 continue
             self._pre_blocks -= before - s.shared  # prefill done: its own blocks now decode
             del self.prefilling[s.order]
-            if self.prefixes is not None and s.prefix >= 0 and not s.shared:
-                s.shared = self.prefixes.register(s.prefix)  # its prefix blocks, now cached
+            cache = self.prefixes
+            if cache is not None and s.prefix >= 0 and not s.shared and cache.blocks_each:
+                s.shared = cache.register(s.prefix)  # its prefix blocks, now cached
             s.generated += 1  # the last chunk samples a token
             if math.isnan(log.first_token_s[s.rid]):
                 log.first_token_s[s.rid] = t
@@ -407,11 +452,28 @@ class ReplicaCore:
         extra = sum(self._blk_r[BLOCK_TOKENS - phase :]) if phase else 0
         return self._blk_q + self._n_dec * (i // BLOCK_TOKENS) + extra
 
+    def _release(self, s: Seq) -> None:
+        """A sequence leaves (done or preempted): it stops using its cached entries."""
+        cache = self.prefixes
+        assert cache is not None
+        if s.conv_held:
+            cache.release(s.conv)
+        if s.shared != s.conv_held:
+            cache.release(s.prefix)
+        s.shared = s.conv_held = 0
+
     def _done(self, s: Seq, end: float) -> None:
         del self.running[s.order]
         self.log.finish_s[s.rid] = end
         if s.shared:
-            self.prefixes.release(s.prefix)  # type: ignore[union-attr]
+            self._release(s)
+        if self.finished is not None:
+            self.finished.append(s.rid)
+            if s.conv != -1:  # its context stays cached for the conversation's next turn
+                cache = self.prefixes
+                assert cache is not None
+                system = cache.blocks_each if s.prefix >= 0 else 0
+                cache.store(s.conv, s.cached // BLOCK_TOKENS - system)
 
     # --- scheduling --------------------------------------------------------------------------
     def _cut(self, plan: _Plan, now: float) -> None:
@@ -441,8 +503,7 @@ class ReplicaCore:
             del self.prefilling[victim.order]
             self._pre_blocks -= -(-victim.cached // BLOCK_TOKENS) - victim.shared
         if victim.shared:
-            self.prefixes.release(victim.prefix)  # type: ignore[union-attr]
-            victim.shared = 0
+            self._release(victim)
         self.log.preemptions[victim.rid] += 1
         victim.target = self.log.prompt_list[victim.rid] + victim.generated
         victim.prefilled = victim.cached = 0
@@ -513,8 +574,20 @@ class ReplicaCore:
         waiting = self.waiting
         while waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             head = waiting[0]
-            hit = cache is not None and head.prefix >= 0 and head.prefix in cache.entries
-            skip = cache.blocks_each * BLOCK_TOKENS if hit else 0  # type: ignore[union-attr]
+            hit = chit = False
+            skip = 0
+            if cache is not None:
+                entries = cache.entries
+                hit = head.prefix >= 0 and head.prefix in entries
+                skip = cache.blocks_each * BLOCK_TOKENS if hit else 0
+                # its conversation's blocks, behind its system prompt's (if it has one)
+                chit = (
+                    head.conv != -1
+                    and head.conv in entries
+                    and (hit or head.prefix < 0 or not cache.blocks_each)
+                )
+                if chit:
+                    skip += cache.sizes[head.conv] * BLOCK_TOKENS
             c = min(head.target - skip, budget)
             if not self.chunked_prefill and c < head.target - skip:
                 break
@@ -523,15 +596,21 @@ class ReplicaCore:
                 if not exact:
                     base, exact = self._decode_blocks(i) + self._pre_blocks, True
                 if base + added + blocks > cap and cache is not None:
-                    keep = head.prefix if hit else -1  # the prefix it is about to use stays
+                    # the entries it is about to use stay
+                    keep = (head.prefix if hit else -1, head.conv if chit else -1)
                     cap += cache.evict(base + added + blocks - cap, keep)
                 if base + added + blocks > cap:
                     break
             waiting.popleft()
             head.order = self._order
             self._order += 1
-            if hit:  # its prefix's blocks are the cache's: prefill starts after them
-                head.shared = cache.use(head.prefix)  # type: ignore[union-attr]
+            if hit or chit:  # its prefix's blocks are the cache's: prefill starts after them
+                assert cache is not None
+                if hit:
+                    head.shared = cache.use(head.prefix)
+                if chit:
+                    head.conv_held = cache.use(head.conv)
+                    head.shared += head.conv_held
                 head.prefilled = head.cached = skip
             if math.isnan(self.log.admitted_s[head.rid]):
                 self.log.admitted_s[head.rid] = now

@@ -16,6 +16,7 @@ named stream each for arrivals, prompt and output lengths, see `engine.factory.r
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 from scipy.special import ndtr
@@ -24,6 +25,7 @@ from ..errors import ScenarioError
 from ..kernels.caching import zipf
 from ..spec.serving import (
     BurstyTraffic,
+    Conversations,
     DiurnalTraffic,
     EmpiricalTokens,
     FixedTokens,
@@ -386,6 +388,80 @@ def draw_requests(
         else:
             raise ScenarioError(f"{traffic.kind} traffic needs a {name} distribution", path=name)
     return Requests(times, drawn[0], drawn[1])
+
+
+class Turns(NamedTuple):
+    """A run's requests with conversations (`draw_conversations`), indexed by request id: the
+    conversations' first turns first, in arrival order (id = conversation), then the later
+    turns, conversation by conversation and turn by turn."""
+
+    arrival_s: np.ndarray  # first turns' arrival times; nan for later turns (known when asked)
+    prompt_tokens: np.ndarray  # the conversation so far and the turn's own tokens
+    output_tokens: np.ndarray
+    conversation: np.ndarray  # its conversation (= the id of its first turn)
+    turn: np.ndarray  # 1, 2, ... within its conversation
+    next_turn: np.ndarray  # the id of the conversation's next turn; -1 after the last
+    think_s: np.ndarray  # the pause before this turn, after the answer to the one before
+
+
+def draw_conversations(
+    conv: Conversations,
+    reqs: Requests,
+    prompt_tokens: TokenLengths,
+    output_tokens: TokenLengths,
+    *,
+    conversation_rng: np.random.Generator,
+    prompt_rng: np.random.Generator,
+    output_rng: np.random.Generator,
+) -> Turns:
+    """Conversations from a run's drawn requests `reqs` (arrivals at the traffic's rate, with
+    their lengths): each arrival starts a conversation with chance 1 / turns_mean and is its
+    first turn; a conversation has Geometric(1 / turns_mean) turns (at most turns_max); each
+    later turn draws its own prompt and output tokens from the two distributions (continuing
+    their streams) and a think time, exponential of mean think_time_s. Turn j's prompt is the
+    turns before it (their prompts' own tokens and their answers) and its own tokens."""
+    assert reqs.prompt_tokens is not None and reqs.output_tokens is not None
+    q = 1.0 / conv.turns_mean
+    first = conversation_rng.random(reqs.arrival_s.size) < q
+    c = int(first.sum())
+    turns = conversation_rng.geometric(q, size=c).astype(np.int64) if q < 1.0 else np.ones(c, int)
+    if conv.turns_max is not None:
+        turns = np.minimum(turns, conv.turns_max)
+    m = int((turns - 1).sum())
+    own_later = lengths(prompt_tokens, m, prompt_rng)
+    out_later = lengths(output_tokens, m, output_rng)
+    think = conversation_rng.exponential(1.0, size=m) * conv.think_time_s
+    # Flat order: conversation by conversation, turn by turn.
+    n = c + m
+    conv_of = np.repeat(np.arange(c), turns)
+    starts = np.concatenate(([0], np.cumsum(turns)[:-1])).astype(np.int64)
+    turn = np.arange(n) - starts[conv_of]  # from 0
+    later_start = np.concatenate(([0], np.cumsum(turns - 1)[:-1])).astype(np.int64)
+    rid = np.where(turn == 0, conv_of, c + later_start[conv_of] + turn - 1)
+    is_first = turn == 0
+    own = np.empty(n, dtype=np.int64)
+    out = np.empty(n, dtype=np.int64)
+    own[is_first], own[~is_first] = reqs.prompt_tokens[first], own_later
+    out[is_first], out[~is_first] = reqs.output_tokens[first], out_later
+    step = own + out
+    done = np.cumsum(step) - step  # tokens of the turns before, over all conversations
+    before = done - done[starts][conv_of]
+    nxt = np.where(turn + 1 < turns[conv_of], np.roll(rid, -1), -1)
+    arrival = np.full(n, math.nan)
+    arrival[:c] = reqs.arrival_s[first]
+    pause = np.zeros(n)
+    pause[c:] = think
+    order = np.empty(n, dtype=np.int64)
+    order[rid] = np.arange(n)  # id -> flat position
+    return Turns(
+        arrival,
+        (before + own)[order],
+        out[order],
+        conv_of[order],
+        (turn + 1)[order],
+        nxt[order],
+        pause,
+    )
 
 
 def draw_prefixes(system_prompts: SystemPrompts, n: int, rng: np.random.Generator) -> np.ndarray:

@@ -43,6 +43,9 @@ GRID = 512
 KMAX = 512
 #: Fixed-point iterations (the map is a contraction: t grows slower than linearly in t).
 FIXED_POINT_ITERATIONS = 100
+#: Usage (the largest share of the token budget, the seats or the KV cache a row's steady
+#: state needs) at which operating_points holds a row that has no fixed point.
+T_CAP_USAGE = 64.0
 #: Points of the completion-rate table G(l, a) over requests held and admission rate.
 TABLE_L = 65
 TABLE_A = 33
@@ -211,14 +214,26 @@ def operating_points(rep: FluidReplica, saturation_rate: float) -> OperatingPoin
     x_hi = 1.5 * saturation_rate
     x = x_hi * np.linspace(0.0, 1.0, GRID)[:, None]
     t = np.full((GRID, 1), t_min)
+    resid = max(1.0, ei / b_tokens)
+    half = (BLOCK_TOKENS - 1) / 2.0
+    # Far beyond saturation the map has no fixed point (the iteration grows with the batch
+    # faster than the batch with it): hold such rows where their usage (linear in t) reaches
+    # T_CAP_USAGE, far past the usage-1 limit that ends the grid, so that no row runs off to
+    # infinity; rows the grid keeps never reach it.
+    per_t = np.maximum.reduce(
+        [
+            x * ei / b_tokens,
+            x * (dec_steps + resid) / b_seqs,
+            x * (dec_steps * (ek + eo / 2.0 + half) + resid * (ek + half)) / rep.kv_tokens,
+        ]
+    )
+    t_cap = np.where(per_t > 0, T_CAP_USAGE / np.maximum(per_t, 1e-300), np.inf)
     for _ in range(FIXED_POINT_ITERATIONS):
-        t_new = mixture(rep, x * t, x * dec_steps * t)[0]
+        t_new = np.minimum(mixture(rep, x * t, x * dec_steps * t)[0], t_cap)
         if np.allclose(t_new, t, rtol=1e-12, atol=0.0):
             t = t_new
             break
         t = t_new
-    resid = max(1.0, ei / b_tokens)
-    half = (BLOCK_TOKENS - 1) / 2.0
 
     def usage_of(x: np.ndarray, t: np.ndarray) -> np.ndarray:
         n, d = x * t, x * dec_steps * t

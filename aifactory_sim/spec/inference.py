@@ -238,10 +238,11 @@ class InferenceService(Workload):
         "cache (vLLM gpu_memory_utilization)",
     )
     batching: Batching = Field(Batching(), description="continuous-batching limits")
-    router: Literal["least-outstanding", "round-robin", "random"] = Field(
+    router: Literal["least-outstanding", "round-robin", "random", "prefix-aware"] = Field(
         "least-outstanding",
         description="how a request picks a ready replica: fewest requests in flight, in turn, "
-        "or at random",
+        "at random, or prefix-aware (the replica that served its conversation or system prompt "
+        "while the load stays balanced, else the fewest in flight; SGLang's cache-aware router)",
     )
     replicas: int | None = Field(
         None,

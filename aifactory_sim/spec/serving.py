@@ -279,6 +279,28 @@ class SystemPrompts(_Serving):
     )
 
 
+class Conversations(_Serving):
+    """Multi-turn chats: each conversation's later turns come `think_time_s` (on average,
+    exponentially distributed) after the answer to the turn before, and carry the whole
+    conversation so far (its system prompt, every earlier prompt and answer) before their own
+    tokens; prefix caching can reuse that context's KV. The traffic draws when conversations
+    start: of its arrivals, one in `turns_mean` starts a conversation (an independent thinning,
+    which keeps the traffic's shape), so that requests, first and later turns together, come at
+    about the traffic's rate."""
+
+    turns_mean: float = Field(
+        ge=1.0,
+        description="mean turns per conversation: geometric on 1, 2, ... (each turn the last with "
+        "chance 1 / turns_mean)",
+    )
+    think_time_s: NonNegativeDurationS = Field(
+        description="mean time from an answer to the next turn (exponential)"
+    )
+    turns_max: int | None = Field(
+        None, ge=1, description="most turns a conversation has; none: no limit"
+    )
+
+
 class Workload(_Serving):
     """The requests of one service: when they come and how long they are; the fields an
     `inference` service carries (a base for that model). For a `trace` the trace's token
@@ -293,8 +315,20 @@ class Workload(_Serving):
         "reuses their KV cache); none: no shared prefix",
     )
 
+    conversations: Conversations | None = Field(
+        None,
+        description="multi-turn conversations whose later turns carry the earlier turns' tokens; "
+        "none: every request is on its own",
+    )
+
     @model_validator(mode="after")
     def _lengths_given(self) -> Workload:
+        if self.conversations is not None and isinstance(self.traffic, TraceTraffic):
+            raise ValueError(
+                "conversations draw their later turns' times from the answers; a trace gives "
+                "every request's time; allowed: conversations with poisson, diurnal, bursty or "
+                "offline traffic"
+            )
         if not isinstance(self.traffic, TraceTraffic):
             missing = [
                 name for name in ("prompt_tokens", "output_tokens") if getattr(self, name) is None
