@@ -258,7 +258,7 @@ def test_service_validation_names_the_field() -> None:
     assert "ep=4 needs a mixture-of-experts model" in _error(
         _with(model="llama3-70b", dp_attention=1, ep=4)
     )
-    assert "ep=3 must divide the model's experts=256" in _error(_with(ep=3))
+    assert "ep=3 must divide the replica's tp x dp_attention = 16 GPUs" in _error(_with(ep=3))
     assert "name the same field and disagree" in _error(
         _with(kv_precision="fp8", kv_cache_dtype="bf16")
     )

@@ -1,4 +1,5 @@
-"""Autoscaler decisions: Kubernetes' HPA and Knative's KPA as pure, deterministic state machines.
+"""Autoscaler decisions: Kubernetes' HPA, Knative's KPA and an SLO planner as pure, deterministic
+state machines.
 
 No SimPy and no randomness here. The engine calls a policy at each sync tick with the simulated
 time, the replica count and the metric, and applies the count it gets back; these classes only
@@ -20,7 +21,7 @@ from __future__ import annotations
 import math
 from collections import deque
 
-from ..spec.autoscaling import HPA, KPA
+from ..spec.autoscaling import HPA, KPA, Planner
 
 
 def ceil_count(x: float) -> int:
@@ -316,10 +317,60 @@ class KPAPolicy:
             self._samples.popleft()
 
 
-def policy_for(spec: HPA | KPA) -> HPAPolicy | KPAPolicy:
-    """The decision object for an autoscaler spec."""
+class PlannerPolicy:
+    """An SLO planner in the manner of NVIDIA Dynamo's: replicas = ceil(arrival rate / (what one
+    replica carries within the SLO x utilization)), the per-replica figure computed once from
+    the kernels (engine/fleet.slo_capacity_rps) where Dynamo interpolates profiled throughput
+    at its TTFT and ITL targets. Up at once; down only to the highest proposal of the last
+    `scale_down_stabilization_s` (this one included); within [min_replicas, max_replicas]. A
+    replica that cannot meet the SLO at any load (capacity 0) asks for max_replicas while there
+    is traffic."""
+
+    def __init__(self, spec: Planner, capacity_rps: float) -> None:
+        self.spec = spec
+        self.capacity_rps = capacity_rps
+        self._clock = _Clock()
+        self._proposals: deque[tuple[float, int]] = deque()
+        self.wanted = 0
+
+    @property
+    def interval_s(self) -> float:
+        return self.spec.sync_s
+
+    def proposal(self, rate_rps: float) -> int:
+        """Replicas for an arrival rate, before stabilisation."""
+        s = self.spec
+        if rate_rps <= 0:
+            want = 0
+        elif self.capacity_rps <= 0:
+            want = s.max_replicas
+        else:
+            want = ceil_count(rate_rps / (self.capacity_rps * s.utilization))
+        return min(max(want, s.min_replicas), s.max_replicas)
+
+    def update(self, now: float, current: int, metric: float, ready: int | None = None) -> int:
+        """One sync tick: `metric` is the arrival rate over the last period (requests/s)."""
+        self._clock.tick(now)
+        _check_counts(current, ready)
+        want = self.proposal(_check_metric(metric, "metric"))
+        window = self._proposals
+        window.append((now, want))
+        while window and window[0][0] < now - self.spec.scale_down_stabilization_s:
+            window.popleft()
+        desired = want if want >= current else min(current, max(p for _, p in window))
+        self.wanted = desired
+        return desired
+
+
+def policy_for(
+    spec: HPA | KPA | Planner, capacity_rps: float = 0.0
+) -> HPAPolicy | KPAPolicy | PlannerPolicy:
+    """The decision object for an autoscaler spec (`capacity_rps`: a planner's per-replica
+    throughput within the SLO)."""
     if isinstance(spec, HPA):
         return HPAPolicy(spec)
     if isinstance(spec, KPA):
         return KPAPolicy(spec)
+    if isinstance(spec, Planner):
+        return PlannerPolicy(spec, capacity_rps)
     raise TypeError(f"not an autoscaler spec: {type(spec).__name__}")

@@ -145,9 +145,10 @@ def replica_sizing(
             max_num_seqs=b.max_num_seqs,
             dp_attention=spec.dp_attention,
             drafter_bytes=dbytes,
+            ep=spec.ep,
         )
     )
-    weights = float(replica_weight_bytes(m, spec.precision, spec.dp_attention) + dbytes[0])
+    weights = float(replica_weight_bytes(m, spec.precision, spec.dp_attention, spec.ep) + dbytes[0])
     return ReplicaSizing(table, kv_tokens, weights, m, g, par, speculation)
 
 
@@ -185,6 +186,56 @@ def speculation_summary(
         "tpot_gain_full_batch": gain(full),
         "draft_weight_gb": dbytes[0] / 1e9,
     }
+
+
+def slo_capacity_rps(
+    spec: InferenceService,
+    table: IterationTable,
+    kv_tokens: float,
+    role: str,
+    lengths: tuple[float, float, float],
+) -> float:
+    """Requests per second one replica carries within the service's SLO, from its iteration
+    table: what the `planner` autoscaler sizes against (engine/autoscaler.PlannerPolicy).
+    `lengths`: mean prompt tokens prefilled, found cached, and output tokens.
+
+    - prefill (a `prefill` replica, or the prefill share of a `both` one): iterations filled to
+      `max_batched_tokens` with chunks of mean prompts (their attention pairs after the cached
+      tokens included) prefill max_batched_tokens / prompt prompts each; 0 when one prompt
+      alone takes longer than `slo.ttft_s`.
+    - decode (`decode`, or `both`): the most tokens per second over batches of D sequences at
+      the mean context (prompt + half the output) that fit the seats and the KV cache and whose
+      iteration meets `slo.tpot_s`, over the output tokens after the first.
+    - both: a replica that does both shares its time: 1 / (1 / prefill + 1 / decode).
+    """
+    b, slo = spec.batching, spec.slo
+    p, cached, out = lengths
+    caps: list[float] = []
+    if role in ("prefill", "both") and p > 0:
+        budget = b.max_batched_tokens
+        k = budget / p
+        pairs = k * (p * cached + p * (p + 1.0) / 2.0)
+        seqs = min(max(1, round(k)), len(table.sampled) - 1)
+        rate = k / table.time_s(budget, 0, 0.0, pairs, seqs)
+        one = min(p, float(budget))
+        alone = math.ceil(p / budget) * table.time_s(
+            int(one), 0, 0.0, one * cached + one * (one + 1.0) / 2.0, 1
+        )
+        if slo is not None and slo.ttft_s is not None and alone > slo.ttft_s:
+            rate = 0.0
+        caps.append(rate)
+    if role in ("decode", "both") and out > 1:
+        ctx = p + cached + out / 2.0
+        seats = min(b.max_num_seqs, int(kv_tokens // max(ctx, 1.0)), len(table.sampled) - 1)
+        d = np.arange(1, seats + 1, dtype=np.float64)
+        step = np.asarray(table.decode_base[1 : seats + 1]) + table.decode_per_context * ctx * d
+        ok = np.ones_like(d, dtype=bool)
+        if slo is not None and slo.tpot_s is not None:
+            ok = step <= slo.tpot_s
+        caps.append(float((d / step)[ok].max()) / (out - 1.0) if ok.any() else 0.0)
+    if not caps or min(caps) <= 0:
+        return 0.0
+    return 1.0 / sum(1.0 / c for c in caps)
 
 
 def sample_interval_s(spec: InferenceService) -> float:
@@ -225,6 +276,7 @@ class Fleet:
         ledger: Ledger,
         sample: Callable[[], None],
         storage: SharedStorage | None,
+        role: str = "both",
     ):
         self.env = env
         self.broker = broker
@@ -246,7 +298,16 @@ class Fleet:
         self.slots_per_node = max(1, gpn // spec.gpus_per_replica)
         self.nodes_per_replica = max(1, spec.gpus_per_replica // gpn)
 
-        self.policy = None if spec.autoscaler is None else policy_for(spec.autoscaler)
+        self.role = role
+        #: what one replica carries within the SLO, for a planner (slo_capacity_rps)
+        self.capacity_rps = 0.0
+        if spec.autoscaler is not None and spec.autoscaler.kind == "planner":
+            self.capacity_rps = slo_capacity_rps(
+                spec, sizing.table, sizing.kv_tokens, role, model.mean_lengths()
+            )
+        self.policy = (
+            None if spec.autoscaler is None else policy_for(spec.autoscaler, self.capacity_rps)
+        )
         self.interval_s = SAMPLE_S if self.policy is None else self.policy.interval_s
         self.replicas: list[Replica] = []  # every replica ever asked for, by index
         self.live: dict[int, Replica] = {}  # those not gone, in index order

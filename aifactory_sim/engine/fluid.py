@@ -708,6 +708,14 @@ class FlowModel:
     def start(self, now: float) -> None:
         pass  # the flows start at the service's start (set up with the traffic grid)
 
+    def mean_lengths(self) -> tuple[float, float, float]:
+        """Mean prompt tokens prefilled and found cached, and output tokens, of the pool."""
+        return (
+            float(self.pool_prefill.mean()),
+            float(self.pool_cached.mean()),
+            float(self.pool_output.mean()),
+        )
+
     def arrived(self) -> float:
         return self._arrived
 

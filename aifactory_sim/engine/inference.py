@@ -396,6 +396,19 @@ class RouterModel:
                     self._schedule(target, now)
 
     # --- what the fleet asks -------------------------------------------------------------------
+    def mean_lengths(self) -> tuple[float, float, float]:
+        """Mean prompt tokens to prefill, found cached (unknown ahead: 0), and output tokens
+        of the requests that can run (a planner's sizing, fleet.slo_capacity_rps)."""
+        keep = ~self.dropped
+        if not keep.any():
+            return 0.0, 0.0, 0.0
+        log = self.log
+        return (
+            float(log.prompt_tokens[keep].mean()),
+            0.0,
+            float(log.output_tokens[keep].mean()),
+        )
+
     def arrived(self) -> float:
         return self._next + self._later_arrived
 

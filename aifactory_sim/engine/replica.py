@@ -103,6 +103,7 @@ class Seq:
         "shared",
         "start",
         "target",
+        "transferred",
         "x",
     )
 
@@ -122,6 +123,7 @@ class Seq:
         self.finish_at = 0
         self.x = 0  # cached - start + 16 - 16 shared: own blocks for the next token = (x + I) // 16
         self.alive = False  # decoding, and in the finish heap
+        self.transferred = False  # prefilled elsewhere: its prompt's KV arrives with it
 
 
 class _Plan:
@@ -261,6 +263,7 @@ class ReplicaCore:
         index: int = 0,
         prefix_tokens: int = 0,
         cache_conversations: bool = False,
+        track_finished: bool = False,
     ):
         if max_batched_tokens < max_num_seqs:
             raise ValueError(
@@ -278,6 +281,8 @@ class ReplicaCore:
         self.chunked_prefill = chunked_prefill
         self.fast = fast
         self.waiting: deque[Seq] = deque()
+        #: requests prefilled elsewhere, their KV here (add_transferred), first come first served
+        self.incoming: deque[Seq] = deque()
         self.running: dict[int, Seq] = {}  # admission order -> seq; the last is the newest
         self.prefilling: dict[int, Seq] = {}  # the running ones still in prefill, oldest first
         self.plan: _Plan | None = None
@@ -301,12 +306,13 @@ class ReplicaCore:
         self._conversations = log.conversation_list if conv else None
         #: with conversations, the requests finished since the driver last took them (their
         #: next turns come after them); else None
-        self.finished: list[int] | None = [] if log.conversation_list is not None else None
+        track = track_finished or log.conversation_list is not None
+        self.finished: list[int] | None = [] if track else None
 
     # --- the driver's calls ----------------------------------------------------------------
     @property
     def outstanding(self) -> int:
-        return len(self.waiting) + len(self.running)
+        return len(self.waiting) + len(self.running) + len(self.incoming)
 
     def add(self, rid: int, now: float) -> None:
         """Queue request `rid` (lengths from the log). A decode stretch that could admit it ends
@@ -326,9 +332,48 @@ class ReplicaCore:
         ):
             self._cut(plan, now)
 
+    def add_transferred(self, rid: int, now: float) -> None:
+        """Queue request `rid` prefilled on another replica (disaggregated serving): its prompt's
+        KV cache has arrived and its first token was sampled there; admitted as its blocks fit,
+        it decodes from its second token. Cuts a decode stretch as `add` does."""
+        log = self.log
+        s = Seq(rid, log.prompt_list[rid], log.output_list[rid])
+        s.prefilled = s.cached = s.target
+        s.generated = 1
+        s.transferred = True
+        self.incoming.append(s)
+        log.replica[rid] = self.index
+        plan = self.plan
+        if (
+            plan is not None
+            and plan.k > (0 if plan.chunks is not None else 1)
+            and len(self.running) < self.max_num_seqs
+            and len(self.incoming) == 1
+        ):
+            self._cut(plan, now)
+
+    def _admit_transferred(self, now: float, cap: int) -> None:
+        """Admit the transferred requests at the head of the queue while seats and KV blocks
+        allow: they start decoding at once (no prefill), first come first served."""
+        waiting, log = self.incoming, self.log
+        i = self.iterations
+        while waiting and len(self.running) < self.max_num_seqs:
+            head = waiting[0]
+            need = -(-(head.cached + 1) // BLOCK_TOKENS)  # its KV and its next token's
+            if self._decode_blocks(i) + self._pre_blocks + need > cap:
+                break
+            waiting.popleft()
+            head.transferred = False
+            head.order = self._order
+            self._order += 1
+            if math.isnan(log.admitted_s[head.rid]):
+                log.admitted_s[head.rid] = now
+            self.running[head.order] = head
+            self._start_decoding(head)
+
     def schedule(self, now: float) -> None:
         """Plan from `now` when idle and there is work."""
-        if self.plan is None and (self.running or self.waiting):
+        if self.plan is None and (self.running or self.waiting or self.incoming):
             self._plan(now)
 
     def next_time(self) -> float:
@@ -396,6 +441,8 @@ class ReplicaCore:
         """Drop every request at `now` (the replica is gone): their ids, oldest first, for the
         router to send elsewhere; their progress is lost and counts as a preemption."""
         rids = [s.rid for s in self.running.values()] + [s.rid for s in self.waiting]
+        rids += [s.rid for s in self.incoming]
+        self.incoming.clear()
         log = self.log
         for s in self.running.values():
             log.preemptions[s.rid] += 1
@@ -534,6 +581,14 @@ class ReplicaCore:
                 + (self._ctx0 + n * (i + BLOCK_TOKENS)) // BLOCK_TOKENS
                 - self._shared_dec
             )
+        if self.incoming:
+            self._admit_transferred(now, cap)
+            n = self._n_dec
+            base = (
+                self._pre_blocks
+                + (self._ctx0 + n * (i + BLOCK_TOKENS)) // BLOCK_TOKENS
+                - self._shared_dec
+            )
         if not (self.prefilling or self.waiting):
             if self.running:
                 self._decode_stretch(now, i, cap)
@@ -661,7 +716,12 @@ class ReplicaCore:
         prompt in prefill finishes in it, none of them is done after one token, nobody waits
         and no decoding sequence finishes in it (a finish must end a plan: the router hears
         of it)."""
-        if self.waiting or finishing != len(self.prefilling) or len(chunks) != finishing:
+        if (
+            self.waiting
+            or self.incoming
+            or finishing != len(self.prefilling)
+            or len(chunks) != finishing
+        ):
             return False
         for s, _ in chunks:
             if s.generated + 1 >= s.output:

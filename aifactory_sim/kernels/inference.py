@@ -169,15 +169,23 @@ def weight_parts_bytes(m: Mapping[str, Any], precision: ArrayLike = "bf16") -> t
 
 
 def replica_weight_bytes(
-    m: Mapping[str, Any], precision: ArrayLike = "bf16", dp_attention: ArrayLike = 1
+    m: Mapping[str, Any],
+    precision: ArrayLike = "bf16",
+    dp_attention: ArrayLike = 1,
+    ep: ArrayLike = 1,
 ) -> F64:
     """Weights a replica holds: with `dp_attention` data-parallel attention ranks each keeps the
     dense part (sharded over its tp ranks) and the routed experts are stored once, spread over
     all tp x dp_attention GPUs (SGLang's DP attention with expert parallelism); = weight_bytes
-    with dp_attention 1."""
+    with dp_attention 1. With `ep` groups that do not divide the E experts, each group holds
+    ceil(E / ep) and the spare slots hold redundant copies (DeepSeek's EPLB: 256 experts in 288
+    slots on 144 decode GPUs), stored too: ceil(E / ep) ep / E of the routed weights."""
     dense, routed = weight_parts_bytes(m, precision)
     dp = _f(dp_attention)
-    return np.where(dp == 1, weight_bytes(m, precision), dp * dense + routed)
+    e, groups = _shape(m)["E"], _f(ep)
+    spare = np.ceil(e / groups) * groups / e - 1.0  # redundant slots per expert
+    plain = np.where(dp == 1, weight_bytes(m, precision), dp * dense + routed)
+    return plain + routed * spare
 
 
 def kv_bytes_per_token(
@@ -280,6 +288,7 @@ def kv_capacity_tokens(
     dp_attention: ArrayLike = 1,
     seq_tokens: ArrayLike | None = None,
     drafter_bytes: tuple[ArrayLike, ArrayLike] = (0.0, 0.0),
+    ep: ArrayLike = 1,
 ) -> F64:
     """Tokens of KV cache a replica of n = tp x dp_attention GPUs holds, in whole blocks of
     BLOCK_TOKENS. `drafter_bytes`: a speculative drafter's weights and KV bytes per token
@@ -298,7 +307,7 @@ def kv_capacity_tokens(
     n = t * dp
     free = (
         _f(hbm_bytes) * _f(gpu_memory_utilization) * n
-        - replica_weight_bytes(m, precision, dp)
+        - replica_weight_bytes(m, precision, dp, ep)
         - n
         * activation_reserve_bytes(
             m, tp=tp, max_batched_tokens=_f(max_batched_tokens) / dp, max_num_seqs=max_num_seqs

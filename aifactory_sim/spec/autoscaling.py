@@ -143,4 +143,36 @@ class KPA(Spec):
         return self
 
 
-Autoscaler = Annotated[HPA | KPA, Field(discriminator="kind")]
+class Planner(Spec):
+    """An SLO planner, after NVIDIA Dynamo's: it sizes a pool from the arrival rate and what
+    one replica can carry within the service's SLO, computed from the kernels: a prefill pool
+    (or a disaggregated service's prefill replicas) on `slo.ttft_s`, a decode pool on
+    `slo.tpot_s`, an aggregated pool on both (engine/autoscaler.PlannerPolicy)."""
+
+    kind: Literal["planner"] = "planner"
+    target: Literal["slo"] = Field("slo", description="what it sizes against: the service's slo")
+    min_replicas: int = Field(1, ge=0, description="never fewer replicas")
+    max_replicas: int = Field(ge=1, description="never more replicas")
+    utilization: float = Field(
+        0.8,
+        gt=0,
+        le=1,
+        description="share of a replica's SLO-bound throughput it is sized to carry (headroom "
+        "for bursts and queueing)",
+    )
+    sync_s: PositiveDurationS = Field(60.0, description="period between two decisions")
+    scale_down_stabilization_s: NonNegativeDurationS = Field(
+        300.0, description="scale down only to the highest proposal of this window"
+    )
+
+    @property
+    def metric(self) -> str:
+        return "rps"
+
+    @model_validator(mode="after")
+    def _check(self) -> Planner:
+        _check_bounds(self.min_replicas, self.max_replicas)
+        return self
+
+
+Autoscaler = Annotated[HPA | KPA | Planner, Field(discriminator="kind")]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
 
 from .autoscaling import Autoscaler
 from .base import NonNegativeDurationS, Spec
@@ -171,6 +171,47 @@ class Speculative(Spec):
         return list(a) if isinstance(a, list) else [a] * self.draft_tokens
 
 
+class PoolLayout(Spec):
+    """One side of a disaggregated service: its replicas' layout and count."""
+
+    tp: int = Field(1, ge=1, description="tensor-parallel GPUs per data-parallel rank")
+    ep: int = Field(1, ge=1, description="expert-parallel groups (see the service's ep)")
+    dp_attention: int = Field(
+        1, ge=1, description="data-parallel attention ranks (see the service's dp_attention)"
+    )
+    replicas: int | None = Field(
+        None, ge=0, description="replicas at the start; default 1 (or the planner's minimum)"
+    )
+    batching: Batching | None = Field(None, description="this side's limits; default the service's")
+
+
+class KVTransfer(Spec):
+    """How a request's KV cache moves from its prefill replica to its decode replica."""
+
+    link: Literal["fabric", "nvlink"] = Field(
+        "fabric",
+        description="fabric: RDMA over the prefill replica's scale-out NICs (the pool's "
+        "nic_gbit_s per GPU); nvlink: within one NVLink domain (both replicas in it) at the "
+        "GPUs' NVLink bandwidth",
+    )
+    latency_us: float | None = Field(
+        None,
+        ge=0,
+        description="fixed time of a transfer beyond its bytes; default: the fabric's latency_us "
+        "(fabric) or the GPU's NVLink alpha (nvlink)",
+    )
+
+
+class Disaggregation(Spec):
+    """Prefill and decode on separate replicas of one model (Splitwise, DistServe; DeepSeek's,
+    Dynamo's and llm-d's deployments): a request prefills on a prefill replica, its KV cache
+    moves to a decode replica (`kv_transfer`), and it decodes there."""
+
+    prefill: PoolLayout = Field(description="the prefill replicas")
+    decode: PoolLayout = Field(description="the decode replicas")
+    kv_transfer: KVTransfer = Field(KVTransfer(), description="the KV cache's move")
+
+
 class InferenceService(Workload):
     """A model served by identical replicas behind one router."""
 
@@ -265,6 +306,11 @@ class InferenceService(Workload):
     speculative: Speculative | None = Field(
         None, description="speculative decoding (mtp or a draft model); none: plain decoding"
     )
+    disaggregation: Disaggregation | None = Field(
+        None,
+        description="prefill and decode on separate replicas, each side its own layout and "
+        "count; the service's tp, ep, dp_attention and replicas then do not apply",
+    )
 
     @field_validator("model", mode="before")
     @classmethod
@@ -309,12 +355,12 @@ class InferenceService(Workload):
                 f"ep={self.ep} needs a mixture-of-experts model; {self.model.name} has one FFN "
                 "per layer; allowed: ep 1"
             )
-        if self.ep > 1 and (self.model.experts % self.ep or n % self.ep):
-            allowed = [e for e in range(1, n + 1) if n % e == 0 and self.model.experts % e == 0]
+        if self.ep > 1 and (n % self.ep or self.ep > self.model.experts * 2):
+            allowed = [e for e in range(1, n + 1) if n % e == 0 and e <= self.model.experts * 2]
             raise ValueError(
-                f"ep={self.ep} must divide the model's experts={self.model.experts} and the "
-                f"replica's tp x dp_attention = {n} GPUs; allowed: "
-                f"{', '.join(map(str, allowed))}"
+                f"ep={self.ep} must divide the replica's tp x dp_attention = {n} GPUs (each "
+                f"group holds ceil(experts / ep) experts of the model's {self.model.experts}, "
+                f"the spare slots redundant copies); allowed: {', '.join(map(str, allowed))}"
             )
         sp = self.speculative
         if sp is not None and sp.method == "mtp" and self.model.mtp_modules < 1:
@@ -334,6 +380,24 @@ class InferenceService(Workload):
                     f"speculative.draft_model {d.name}: tp={self.tp} must divide its heads="
                     f"{d.heads} (it runs with the model's tensor parallelism)"
                 )
+        if self.disaggregation is not None:
+            for which in ("prefill", "decode"):
+                try:
+                    self.side(which)
+                except ValidationError as exc:
+                    err = exc.errors()[0]
+                    at = ".".join(str(p) for p in err["loc"])
+                    msg = str(err["msg"]).removeprefix("Value error, ")
+                    raise ValueError(
+                        f"disaggregation.{which}{'.' + at if at else ''}: {msg}"
+                    ) from None
+        if self.autoscaler is not None and self.autoscaler.kind == "planner":
+            slo = self.slo
+            if slo is None or (slo.ttft_s is None and slo.tpot_s is None):
+                raise ValueError(
+                    "autoscaler planner sizes replicas against the service's SLO; allowed: "
+                    "give slo with ttft_s and/or tpot_s, or an hpa/kpa autoscaler"
+                )
         a = self.autoscaler
         if (
             a is not None
@@ -345,6 +409,34 @@ class InferenceService(Workload):
                 f"within min_replicas..max_replicas; allowed: {a.min_replicas}..{a.max_replicas}"
             )
         return self
+
+    def side(self, which: str) -> InferenceService:
+        """A disaggregated service's prefill or decode replicas as a service of their own
+        (`name/prefill`, `name/decode`): its layout, count and batching from the side, the rest
+        from the service. Validated like any service (a layout that does not fit fails here,
+        named)."""
+        d = self.disaggregation
+        assert d is not None
+        layout = d.prefill if which == "prefill" else d.decode
+        data = self.model_dump(exclude={"disaggregation", "replicas"}, exclude_none=True)
+        data["model"] = self.model.model_dump(exclude_none=True)
+        if self.speculative is not None and self.speculative.draft_model is not None:
+            data["speculative"]["draft_model"] = self.speculative.draft_model.model_dump(
+                exclude_none=True
+            )
+        data.update(
+            name=f"{self.name}/{which}",
+            tp=layout.tp,
+            ep=layout.ep,
+            dp_attention=layout.dp_attention,
+        )
+        if layout.replicas is not None:
+            data["replicas"] = layout.replicas
+        if layout.batching is not None:
+            data["batching"] = layout.batching.model_dump()
+        if which == "prefill":  # a prefill replica does not decode: no drafter
+            data.pop("speculative", None)
+        return InferenceService.model_validate(data)
 
     def drafter_bytes(self) -> tuple[float, float]:
         """The speculative drafter's weights and KV bytes per token on a replica

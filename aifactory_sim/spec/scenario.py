@@ -558,47 +558,29 @@ class Scenario(Spec):
             if svc.pool is not None and svc.pool not in pools:
                 raise located(f"{where}.pool", f"unknown pool {svc.pool!r}; allowed: {pools}")
             pool = self.pool(svc.pool)
-            gpn = pool.gpus_per_node
-            n_rep = svc.gpus_per_replica
-            if gpn % n_rep and n_rep % gpn:
-                divisors = [d for d in range(1, gpn + 1) if gpn % d == 0]
-                field = "tp" if svc.dp_attention == 1 else "dp_attention"
-                what = f"tp={svc.tp}" if svc.dp_attention == 1 else f"tp x dp_attention={n_rep}"
-                raise located(
-                    f"{where}.{field}",
-                    f"{what} neither divides nor is a multiple of the {gpn} GPUs of a "
-                    f"node in pool {pool.name!r}; allowed: {', '.join(map(str, divisors))} "
-                    f"(replicas share a node) or a multiple of {gpn} (a replica spans whole "
-                    "nodes)",
+            if svc.disaggregation is None:
+                needed = _check_layout(svc, pool, where)
+            else:  # each side on its own, their nodes together
+                needed = sum(
+                    _check_layout(svc.side(side), pool, f"{where}.disaggregation.{side}")
+                    for side in ("prefill", "decode")
                 )
-            if svc.kv_cache_dtype == "fp4" and getattr(pool.gpu, "fp4_tflops", None) is None:
-                raise located(
-                    f"{where}.kv_cache_dtype",
-                    f"fp4 (NVFP4) KV cache needs FP4 tensor cores, which {pool.gpu.name} lacks "
-                    "(no fp4_tflops): attention would dequantise every cached element on each "
-                    "read, and no serving engine offers it there; allowed: bf16, fp8",
-                )
-            if svc.allreduce == "nvls" and not getattr(pool.gpu, "nvls", False):
-                raise located(
-                    f"{where}.allreduce",
-                    f"nvls needs an NVSwitch that reduces in the switch (NVLink SHARP), which "
-                    f"{pool.gpu.name} lacks (nvls: false); allowed: ring, auto",
-                )
-            _check_weights_fit(svc, pool, where)
             spares = self.cluster.spare_nodes if pool is self.cluster.node_pools[0] else 0
             usable = pool.nodes - spares
-            needed = svc.nodes_for(svc.initial_replicas, gpn)
             if needed > usable:
-                raise located(
-                    f"{where}.replicas",
-                    f"{svc.initial_replicas} replicas of "
-                    + (
+                if svc.disaggregation is None:
+                    field = f"{where}.replicas"
+                    what = f"{svc.initial_replicas} replicas of " + (
                         f"tp={svc.tp}"
                         if svc.dp_attention == 1
                         else f"{svc.gpus_per_replica} GPUs (tp x dp_attention)"
                     )
-                    + f" need {needed} nodes of "
-                    f"{gpn} GPUs, more than pool {pool.name!r}'s {pool.nodes} nodes"
+                else:
+                    field, what = f"{where}.disaggregation", "the prefill and decode replicas"
+                raise located(
+                    field,
+                    f"{what} need {needed} nodes of {pool.gpus_per_node} GPUs, more than pool "
+                    f"{pool.name!r}'s {pool.nodes} nodes"
                     + (f" less {spares} spare nodes" if spares else "")
                     + f" = {usable}",
                 )
@@ -641,6 +623,40 @@ class Scenario(Spec):
         return self
 
 
+def _check_layout(svc: InferenceService, pool: NodePool, where: str) -> int:
+    """A service's replica layout on its pool (GPUs per replica against the node, the FP4 KV
+    cache and NVLS against the GPU, the weights against its memory): the nodes its starting
+    replicas need."""
+    gpn = pool.gpus_per_node
+    n_rep = svc.gpus_per_replica
+    if gpn % n_rep and n_rep % gpn:
+        divisors = [d for d in range(1, gpn + 1) if gpn % d == 0]
+        field = "tp" if svc.dp_attention == 1 else "dp_attention"
+        what = f"tp={svc.tp}" if svc.dp_attention == 1 else f"tp x dp_attention={n_rep}"
+        raise located(
+            f"{where}.{field}",
+            f"{what} neither divides nor is a multiple of the {gpn} GPUs of a "
+            f"node in pool {pool.name!r}; allowed: {', '.join(map(str, divisors))} "
+            f"(replicas share a node) or a multiple of {gpn} (a replica spans whole "
+            "nodes)",
+        )
+    if svc.kv_cache_dtype == "fp4" and getattr(pool.gpu, "fp4_tflops", None) is None:
+        raise located(
+            f"{where}.kv_cache_dtype",
+            f"fp4 (NVFP4) KV cache needs FP4 tensor cores, which {pool.gpu.name} lacks "
+            "(no fp4_tflops): attention would dequantise every cached element on each "
+            "read, and no serving engine offers it there; allowed: bf16, fp8",
+        )
+    if svc.allreduce == "nvls" and not getattr(pool.gpu, "nvls", False):
+        raise located(
+            f"{where}.allreduce",
+            f"nvls needs an NVSwitch that reduces in the switch (NVLink SHARP), which "
+            f"{pool.gpu.name} lacks (nvls: false); allowed: ring, auto",
+        )
+    _check_weights_fit(svc, pool, where)
+    return svc.nodes_for(svc.initial_replicas, gpn)
+
+
 def _check_weights_fit(svc: InferenceService, pool: NodePool, where: str) -> None:
     """Refuse a service whose replica leaves no room for one KV-cache block (vLLM's rule, in
     kernels.inference.kv_capacity_tokens)."""
@@ -667,13 +683,15 @@ def _check_weights_fit(svc: InferenceService, pool: NodePool, where: str) -> Non
             max_num_seqs=b.max_num_seqs,
             dp_attention=svc.dp_attention,
             drafter_bytes=svc.drafter_bytes(),
+            ep=svc.ep,
         )
     )
     if capacity >= BLOCK_TOKENS:
         return
     n = svc.gpus_per_replica
     weights_gb = (
-        float(replica_weight_bytes(m, svc.precision, svc.dp_attention)) + svc.drafter_bytes()[0]
+        float(replica_weight_bytes(m, svc.precision, svc.dp_attention, svc.ep))
+        + svc.drafter_bytes()[0]
     ) / 1e9
     usable_gb = hbm * svc.gpu_memory_utilization * n / 1e9
     reserve_gb = (
