@@ -96,10 +96,11 @@ def assemble(run: FactoryRun) -> Results:
     services = (
         pd.concat(
             [
-                pd.DataFrame(svc.rows, columns=list(SERVICE_COLUMNS)).assign(service=svc.name)[
+                pd.DataFrame(rows, columns=list(SERVICE_COLUMNS)).assign(service=name)[
                     ["service", *SERVICE_COLUMNS]
                 ]
                 for svc in run.services
+                for name, rows in (svc.rows_named or [(svc.name, svc.rows)])
             ],
             ignore_index=True,
         )

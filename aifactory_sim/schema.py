@@ -240,6 +240,33 @@ class SpeculativeSummary(TypedDict):
 
 
 @_STRICT
+class PoolSummary(TypedDict):
+    """One side of a disaggregated service: its own fleet."""
+
+    gpus_per_replica: int  # tp x dp_attention of this side
+    capacity_rps: float  # requests/s a replica carries within the SLO (planner); 0 without one
+    replicas_mean: float  # as the service's
+    replicas_max: int
+    kv_capacity_tokens: float  # tokens of KV cache per replica of this side
+    gpu_h: ServiceGpuHours
+    speculative: NotRequired[SpeculativeSummary]
+
+
+@_STRICT
+class KVTransferSummary(TypedDict):
+    """A disaggregated service's KV-cache transfers from prefill to decode replicas."""
+
+    link: str  # fabric or nvlink
+    transfers: int  # transfers ended by the end of the run
+    bytes_gb: float  # GB (1e9 bytes) they moved
+    mean_gb: float  # GB per transfer
+    time_s: LatencyStats  # s, start to end of each (bytes / bandwidth + latency)
+    wait_s: LatencyStats  # s, from the first token to the transfer's start (decode seat, link)
+    link_gb_s: float  # GB/s, one prefill replica's link
+    link_utilization: float  # fraction 0..1 of the prefill links' time spent moving bytes
+
+
+@_STRICT
 class ServiceCore(TypedDict):
     """An inference service as the engine reports it (`Fleet.summary`: the fleet's keys and
     its serving model's; the fluid tier's requests are modelled rather than counted)."""
@@ -266,6 +293,8 @@ class ServiceCore(TypedDict):
     prefix_cache: NotRequired[PrefixCacheSummary]  # with system_prompts or conversations
     conversations: NotRequired[ConversationSummary]  # with conversations only
     speculative: NotRequired[SpeculativeSummary]  # with speculative decoding only
+    pools: NotRequired[dict[str, PoolSummary]]  # disaggregated: prefill and decode
+    kv_transfer: NotRequired[KVTransferSummary]  # disaggregated only
 
 
 @_STRICT

@@ -27,6 +27,7 @@ from ..spec.inference import InferenceService
 from ..spec.scenario import Scenario
 from .broker import NodeBroker
 from .cluster import ClusterState
+from .disagg import DecodeSide, DisaggregatedModel
 from .fabric import Fabric
 from .failures import FailureInjector, FailureRecord
 from .fleet import Fleet, replica_sizing, sample_interval_s
@@ -64,6 +65,9 @@ class ServiceResult:
     summary: dict[str, Any]
     rows: list[Any]
     requests: dict[str, np.ndarray]
+    #: the timeseries rows under their own names (a disaggregated service's two fleets);
+    #: None: every row is `name`'s
+    rows_named: list[tuple[str, list[Any]]] | None = None
 
 
 @dataclass
@@ -127,7 +131,13 @@ class Factory:
             )
             for i, job in enumerate(scenario.training)
         ]
-        self.services = [self._service(k, svc, horizon) for k, svc in enumerate(scenario.inference)]
+        #: every replica fleet (a disaggregated service has two), and each service's fleets
+        self.services: list[Fleet] = []
+        self._fleets_of: list[list[Fleet]] = []
+        for svc in scenario.inference:
+            fleets = self._service(len(self.services), svc, horizon)
+            self.services += fleets
+            self._fleets_of.append(fleets)
         self.failures = None
         if scenario.failures is not None:
             self.failures = FailureInjector(
@@ -147,9 +157,11 @@ class Factory:
         self.recorder.connect(self._gauges, observers=(lambda: self.fabric.update(self.jobs),))
         sample()
 
-    def _service(self, k: int, svc: InferenceService, horizon: float) -> Fleet:
-        """Service k: its serving model (a router over replica cores for `step` and `fast`,
-        flows for `fluid`) on top of its replica fleet."""
+    def _service(self, k: int, svc: InferenceService, horizon: float) -> list[Fleet]:
+        """A service's serving model (a router over replica cores for `step` and `fast`,
+        flows for `fluid`) on top of its replica fleet, the k-th fleet; a disaggregated
+        service's model (engine/disagg.py) on its prefill and decode fleets, the k-th and
+        the next."""
         sc = self.scenario
         pool = sc.pool(svc.pool)
         tier = sc.service_tier(svc)
@@ -165,26 +177,88 @@ class Factory:
                 "conversations",
             )
         }
-        sizing = replica_sizing(svc, pool, self.compute_slowdown(svc.pool))
         span_s = max(horizon - svc.start_at, 0.0)
+        slowdown = self.compute_slowdown(svc.pool)
+
+        def fleet(i: int, spec: InferenceService, model: Any, sizing: Any, role: str) -> Fleet:
+            return Fleet(
+                self.env,
+                i,
+                len(self.jobs) + i,
+                spec,
+                pool,
+                model,
+                sizing=sizing,
+                regrow_after_s=sc.scheduler.regrow_after_s,
+                broker=self.broker,
+                ledger=self.ledger,
+                sample=self.recorder.sample,
+                storage=self.storage,
+                role=role,
+            )
+
+        if svc.disaggregation is not None:
+            pre, dec = svc.side("prefill"), svc.side("decode")
+            p_sizing = replica_sizing(pre, pool, slowdown)
+            d_sizing = replica_sizing(dec, pool, slowdown)
+            dmodel = DisaggregatedModel(
+                svc,
+                p_sizing,
+                d_sizing,
+                rngs,
+                tier=tier,
+                span_s=span_s,
+                fabric_latency_us=sc.cluster.fabric.latency_us,
+            )
+            return [
+                fleet(k, pre, dmodel, p_sizing, "prefill"),
+                fleet(k + 1, dec, DecodeSide(dmodel), d_sizing, "decode"),
+            ]
+        sizing = replica_sizing(svc, pool, slowdown)
         model: RouterModel | FlowModel = (
             FlowModel(svc, sizing, rngs, interval_s=sample_interval_s(svc), span_s=span_s)
             if tier == "fluid"
             else RouterModel(svc, sizing, rngs, tier=tier, span_s=span_s)
         )
-        return Fleet(
-            self.env,
-            k,
-            len(self.jobs) + k,
-            svc,
-            pool,
-            model,
-            sizing=sizing,
-            regrow_after_s=sc.scheduler.regrow_after_s,
-            broker=self.broker,
-            ledger=self.ledger,
-            sample=self.recorder.sample,
-            storage=self.storage,
+        return [fleet(k, svc, model, sizing, "both")]
+
+    def _service_result(
+        self, svc: InferenceService, fleets: list[Fleet], horizon: float
+    ) -> ServiceResult:
+        """A service's result: its fleet's, or, disaggregated, its two fleets' as one service
+        (the requests' keys once; replicas and GPU-hours summed, and each side's under
+        `pools`; the timeseries rows of each side under `name/prefill`, `name/decode`)."""
+        if len(fleets) == 1:
+            f = fleets[0]
+            return ServiceResult(f.name, f.tier, f.summary(horizon), f.rows, f.requests_frame())
+        pre, dec = fleets
+        ps, ds = pre.summary(horizon), dec.summary(horizon)
+        own = ("replicas_mean", "replicas_max", "kv_capacity_tokens", "gpu_h", "speculative")
+        pools = {
+            side: {
+                "gpus_per_replica": f.spec.gpus_per_replica,
+                "capacity_rps": f.capacity_rps,
+                **{key: s[key] for key in own if key in s},
+            }
+            for side, f, s in (("prefill", pre, ps), ("decode", dec, ds))
+        }
+        summary = {key: v for key, v in ps.items() if key not in own}
+        summary.update(
+            replicas_mean=ps["replicas_mean"] + ds["replicas_mean"],
+            replicas_max=ps["replicas_max"] + ds["replicas_max"],
+            kv_capacity_tokens=ds["kv_capacity_tokens"],
+            gpu_h={k: ps["gpu_h"][k] + ds["gpu_h"][k] for k in ps["gpu_h"]},
+            pools=pools,
+        )
+        if "speculative" in ds:
+            summary["speculative"] = ds["speculative"]
+        return ServiceResult(
+            svc.name,
+            pre.tier,
+            summary,
+            pre.rows + dec.rows,
+            pre.requests_frame(),
+            rows_named=[(pre.name, pre.rows), (dec.name, dec.rows)],
         )
 
     def compute_slowdown(self, pool: str | None) -> float:
@@ -254,8 +328,8 @@ class Factory:
             total_gpus=self.cluster.total_gpus,
             jobs=[JobResult(j.name, j.summary(horizon), j.events) for j in self.jobs],
             services=[
-                ServiceResult(s.name, s.tier, s.summary(horizon), s.rows, s.requests_frame())
-                for s in self.services
+                self._service_result(svc, fleets, horizon)
+                for svc, fleets in zip(self.scenario.inference, self._fleets_of, strict=True)
             ],
             failures=[] if self.failures is None else self.failures.records,
             ledger=self.ledger,

@@ -1,0 +1,210 @@
+"""Disaggregated prefill and decode: a KV transfer alone against size / bandwidth + latency,
+transfers queued on one link, the decode replicas' KV bound, fast against step, the published
+96-H100 DeepSeek deployment (LMSYS) within 25 %, and the summary's accounting."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import numpy as np
+import pytest
+
+import aifactory_sim as af
+from aifactory_sim.engine.fleet import replica_sizing
+from aifactory_sim.kernels.inference import kv_bytes_per_sequence
+
+BASE: dict[str, Any] = {
+    "name": "pd", "seed": 4, "duration": "10m",
+    "cluster": {
+        "node_pools": [{"name": "h100", "nodes": 2, "gpu": "H100-SXM", "nic_gbit_s": 400}],
+        "fabric": {"kind": "fat-tree", "latency_us": 5},
+    },
+    "inference": [{
+        "name": "chat", "model": "llama3-70b", "precision": "fp8", "kv_cache_dtype": "fp8",
+        "cold_start": {"container_s": 0, "weights_s": 0},
+        "disaggregation": {"prefill": {"tp": 4, "replicas": 1},
+                           "decode": {"tp": 4, "replicas": 2}},
+        "traffic": {"kind": "poisson", "rate_rps": 4},
+        "prompt_tokens": {"kind": "lognormal", "median": 2000, "sigma": 0.7, "max": 8000},
+        "output_tokens": {"kind": "geometric", "mean": 200},
+    }],
+}
+
+
+def _with(duration: str = "10m", **fields: Any) -> dict[str, Any]:
+    d = copy.deepcopy(BASE)
+    d["duration"] = duration
+    d["inference"][0].update(fields)
+    return d
+
+
+def _run(d: dict[str, Any]):
+    res = af.run(af.load(d))
+    return res, res.summary["inference"]["chat"]
+
+
+def _link_bytes_per_s(d: dict[str, Any]) -> float:
+    """4 GPUs x 400 Gb/s / 8 x the Hopper family's achievable share of it."""
+    sc = af.load(d)
+    pre = sc.inference[0].side("prefill")
+    sz = replica_sizing(pre, sc.cluster.node_pools[0], 1.0)
+    return 4 * float(sz.parallel_args["nic_bytes_per_s"])
+
+
+def test_a_transfer_alone_takes_size_over_bandwidth_plus_latency():
+    """One request at a time (1 per minute): each transfer starts at its first token and ends
+    bytes / bandwidth + the fabric's 5 us later, bytes = the model's KV for its prompt
+    (kernels.inference.kv_bytes_per_sequence, one copy); its second token needs it."""
+    d = _with(traffic={"kind": "poisson", "rate_rps": 1 / 60})
+    res, s = _run(d)
+    req = res.requests[res.requests["output_tokens"] > 1].dropna(subset=["kv_transfer_end_s"])
+    assert len(req) >= 3
+    bw = _link_bytes_per_s(d)
+    m = af.load(d).inference[0].model.kernel_args()
+    size = kv_bytes_per_sequence(m, req["prompt_tokens"].to_numpy(), "fp8", 1)
+    np.testing.assert_allclose(req["kv_bytes"], size, rtol=1e-12)
+    np.testing.assert_allclose(req["kv_transfer_start_s"], req["first_token_s"], atol=1e-12)
+    np.testing.assert_allclose(req["kv_transfer_end_s"] - req["kv_transfer_start_s"],
+                               size / bw + 5e-6, rtol=1e-9)
+    assert (req["finish_s"] > req["kv_transfer_end_s"]).all()
+    assert s["kv_transfer"]["link_gb_s"] == pytest.approx(bw / 1e9)
+
+
+def test_transfers_on_one_link_queue_first_come_first_served():
+    """At load, a transfer starts when the one before it on its prefill replica's link has
+    moved its bytes (the latency overlaps): start = max(first token, previous end - latency)."""
+    res, s = _run(_with(traffic={"kind": "poisson", "rate_rps": 6}, duration="5m"))
+    req = res.requests.dropna(subset=["kv_transfer_start_s"]).sort_values("kv_transfer_start_s")
+    req = req[req["prefill_replica"] == 0]
+    free = (req["kv_transfer_end_s"] - 5e-6).shift(1).fillna(-np.inf).cummax()
+    expect = np.maximum(req["first_token_s"].to_numpy(), free.to_numpy())
+    wait = req["kv_transfer_start_s"].to_numpy() - req["first_token_s"].to_numpy()
+    assert (wait >= -1e-12).all()
+    # queued on the link, or waiting for a decode seat (none here: 256 seats each)
+    np.testing.assert_allclose(req["kv_transfer_start_s"], expect, rtol=0, atol=1e-9)
+    assert s["kv_transfer"]["transfers"] == int(np.isfinite(res.requests["kv_transfer_end_s"]).sum())
+    assert s["kv_transfer"]["bytes_gb"] == pytest.approx(
+        res.requests["kv_bytes"][np.isfinite(res.requests["kv_transfer_end_s"])].sum() / 1e9)
+
+
+def test_fast_equals_step_disaggregated():
+    """Prefix caching, conversations, speculative decoding and a tight decode KV cache that
+    makes requests wait for blocks: the same timestamps in both tiers."""
+    out = {}
+    for tier in ("fast", "step"):
+        d = _with(
+            duration="4m",
+            traffic={"kind": "poisson", "rate_rps": 5},
+            system_prompts={"count": 5, "tokens": 800},
+            conversations={"turns_mean": 3, "think_time_s": 10},
+            speculative={"method": "draft", "draft_model": "llama3-8b", "draft_tokens": 2,
+                         "acceptance": 0.7},
+            gpu_memory_utilization=0.6,
+        )
+        d["fidelity"] = tier
+        out[tier] = _run(d)
+    (fast, sf), (step, _) = out["fast"], out["step"]
+    cols = ["arrival_s", "admitted_s", "first_token_s", "finish_s", "kv_transfer_start_s",
+            "kv_transfer_end_s"]
+    np.testing.assert_allclose(fast.requests[cols].to_numpy(), step.requests[cols].to_numpy(),
+                               rtol=1e-9, atol=1e-9)
+    for col in ("request", "cached_tokens", "preemptions", "prefill_replica", "decode_replica"):
+        assert fast.requests[col].equals(step.requests[col]), col
+    assert sf["prefix_cache"]["hit_rate_tokens"] > 0.1
+    assert sf["completed"] > 500
+
+
+def test_a_decode_replica_takes_what_its_kv_cache_holds():
+    """One decode replica with room for about 26 sequences of this length against a load that
+    would keep more there: its KV cache fills (the share sampled every 15 s passes 0.9) and
+    never overflows (<= 1); requests beyond it wait, and the service falls behind."""
+    d = _with(traffic={"kind": "poisson", "rate_rps": 6}, duration="5m",
+              output_tokens={"kind": "fixed", "value": 600},
+              prompt_tokens={"kind": "fixed", "value": 6000})
+    d["inference"][0]["disaggregation"]["decode"]["replicas"] = 1
+    d["inference"][0]["gpu_memory_utilization"] = 0.32
+    res, s = _run(d)
+    kv = s["pools"]["decode"]["kv_capacity_tokens"]
+    assert 8 * 6600 < kv < 30 * 6600
+    rows = res.services[res.services["service"] == "chat/decode"]
+    assert rows["kv_used"].max() <= 1.0 + 1e-12
+    assert rows["kv_used"].max() > 0.9
+    assert s["in_flight"] > 50
+
+
+def _lmsys(prefill_nodes: int, decode_nodes: int) -> tuple[Any, Any]:
+    """LMSYS's layout on H100 (tp 1, DP attention and EP over every GPU of a side)."""
+    gp, gd = 8 * prefill_nodes, 8 * decode_nodes
+    d = {
+        "name": "lmsys", "seed": 1, "duration": "1m",
+        "cluster": {"node_pools": [{"name": "h100", "nodes": prefill_nodes + decode_nodes,
+                                    "gpu": "H100-SXM", "nic_gbit_s": 400}]},
+        "inference": [{
+            "name": "v3", "model": "deepseek-v3", "precision": "fp8", "kv_cache_dtype": "fp8",
+            "cold_start": {"container_s": 0, "weights_s": 0},
+            "disaggregation": {
+                "prefill": {"ep": gp, "dp_attention": gp, "replicas": 1,
+                            "batching": {"max_num_seqs": 4 * gp, "max_batched_tokens": 4096 * gp}},
+                "decode": {"ep": gd, "dp_attention": gd, "replicas": 1,
+                           "batching": {"max_num_seqs": 256 * gd,
+                                        "max_batched_tokens": 256 * gd}},
+            },
+            "traffic": {"kind": "poisson", "rate_rps": 1},
+            "prompt_tokens": {"kind": "fixed", "value": 2000},
+            "output_tokens": {"kind": "fixed", "value": 100},
+        }],
+    }
+    sc = af.load(d)
+    svc, pool = sc.inference[0], sc.cluster.node_pools[0]
+    return (replica_sizing(svc.side("prefill"), pool, 1.0),
+            replica_sizing(svc.side("decode"), pool, 1.0))
+
+
+def test_the_lmsys_96_h100_deployment():
+    """LMSYS, "Deploying DeepSeek with PD Disaggregation and Large-scale Expert Parallelism on
+    96 H100 GPUs" (SGLang, 2025-05-05): prefill on 4 nodes (EP32, DP attention 32), decode on
+    9 nodes (EP72, DP attention 72), 52.3k input tokens/s per prefill node and 22.3k output
+    tokens/s per decode node at 2,000-token inputs, measured side by side as each side's
+    throughput. Ours, same layouts on H100 in FP8: a prefill iteration of 4,096 tokens per rank
+    (chunks of 2,000-token prompts) and a decode iteration of 256 sequences per rank at 2,050
+    tokens of context, both within 25 %; and the decode iteration's time near the ~100 ms ITL
+    the post reports as a limitation (within 25 %)."""
+    pre, dec = _lmsys(4, 9)
+    b, p = 4096 * 32, 2000
+    k = b / p
+    t = pre.table.time_s(b, 0, 0.0, k * p * (p + 1) / 2, int(k))
+    assert b / t / 4 == pytest.approx(52_300, rel=0.25)
+    n, ctx = 256 * 72, 2050.0
+    itl = dec.table.decode_run(n, n * ctx)[0]
+    assert n / itl / 9 == pytest.approx(22_300, rel=0.25)
+    assert itl == pytest.approx(0.100, rel=0.25)
+    assert dec.kv_tokens >= n * ctx  # the batch fits the decode side's cache
+
+
+def test_the_summary_adds_up_the_two_pools():
+    res, s = _run(_with(duration="5m"))
+    pools = s["pools"]
+    assert set(pools) == {"prefill", "decode"}
+    for key in ("held", "busy", "cold_start"):
+        assert s["gpu_h"][key] == pytest.approx(pools["prefill"]["gpu_h"][key]
+                                               + pools["decode"]["gpu_h"][key])
+    assert s["replicas_mean"] == pytest.approx(3.0)
+    assert set(res.services["service"]) == {"chat/prefill", "chat/decode"}
+    ledger = res.summary["ledger_gpu_h"]
+    assert ledger["inference_busy"] == pytest.approx(s["gpu_h"]["busy"])
+    assert s["usd_per_mtok"]["private"] > 0
+
+
+@pytest.mark.parametrize(("fields", "where"), [
+    (dict(disaggregation={"prefill": {"tp": 3}, "decode": {"tp": 4}}),
+     "inference.0: disaggregation.prefill: tp=3"),
+    (dict(disaggregation={"prefill": {"tp": 4}, "decode": {"tp": 4},
+                          "kv_transfer": {"link": "ethernet"}}),
+     "inference.0.disaggregation.kv_transfer.link"),
+    (dict(fidelity="fluid"), "inference.0.fidelity"),
+])
+def test_bad_fields_are_named(fields, where):
+    with pytest.raises(af.ScenarioError) as err:
+        af.load(_with(**fields))
+    assert where in str(err.value)
