@@ -196,13 +196,35 @@ def test_the_summary_adds_up_the_two_pools():
     assert s["usd_per_mtok"]["private"] > 0
 
 
+@pytest.mark.parametrize("rate", [4, 8])
+def test_fluid_tier_models_both_pools(rate):
+    """An hour at half and at 96 % of the prefill replica's throughput: the fluid tier's
+    prefill side (an M/G/1 queue of prompts per replica) and decode side (requests arriving
+    with their KV) against the fast tier: TTFT and TPOT medians within 15 % (the fluid tier's
+    tolerance), the KV moved and the transfers' mean time within 2 %."""
+    out = {}
+    for tier in ("fast", "fluid"):
+        d = _with(duration="1h", traffic={"kind": "poisson", "rate_rps": rate})
+        d["fidelity"] = tier
+        out[tier] = _run(d)[1]
+    fast, fluid = out["fast"], out["fluid"]
+    for key in ("ttft_s", "tpot_s"):
+        assert fluid[key]["p50"] == pytest.approx(fast[key]["p50"], rel=0.15), key
+    for key in ("bytes_gb", "link_utilization"):
+        assert fluid["kv_transfer"][key] == pytest.approx(fast["kv_transfer"][key], rel=0.02)
+    assert fluid["kv_transfer"]["time_s"]["mean"] == pytest.approx(
+        fast["kv_transfer"]["time_s"]["mean"], rel=0.02)
+    assert fluid["completed"] == pytest.approx(fast["completed"], rel=0.02)
+
+
 @pytest.mark.parametrize(("fields", "where"), [
     (dict(disaggregation={"prefill": {"tp": 3}, "decode": {"tp": 4}}),
      "inference.0: disaggregation.prefill: tp=3"),
     (dict(disaggregation={"prefill": {"tp": 4}, "decode": {"tp": 4},
                           "kv_transfer": {"link": "ethernet"}}),
      "inference.0.disaggregation.kv_transfer.link"),
-    (dict(fidelity="fluid"), "inference.0.fidelity"),
+    (dict(disaggregation={"prefill": {"tp": 4}, "decode": {"tp": 4, "replicas": -1}}),
+     "inference.0.disaggregation.decode.replicas"),
 ])
 def test_bad_fields_are_named(fields, where):
     with pytest.raises(af.ScenarioError) as err:

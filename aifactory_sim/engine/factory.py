@@ -27,7 +27,7 @@ from ..spec.inference import InferenceService
 from ..spec.scenario import Scenario
 from .broker import NodeBroker
 from .cluster import ClusterState
-from .disagg import DecodeSide, DisaggregatedModel
+from .disagg import DecodeSide, DisaggregatedModel, kv_link
 from .fabric import Fabric
 from .failures import FailureInjector, FailureRecord
 from .fleet import Fleet, replica_sizing, sample_interval_s
@@ -165,18 +165,22 @@ class Factory:
         sc = self.scenario
         pool = sc.pool(svc.pool)
         tier = sc.service_tier(svc)
-        rngs = {
-            name: rng_for(sc.seed, f"inference.{svc.name}.{name}")
-            for name in (
-                "arrivals",
-                "prompts",
-                "outputs",
-                "router",
-                "metric",
-                "prefixes",
-                "conversations",
-            )
-        }
+
+        def streams() -> dict[str, np.random.Generator]:
+            return {
+                name: rng_for(sc.seed, f"inference.{svc.name}.{name}")
+                for name in (
+                    "arrivals",
+                    "prompts",
+                    "outputs",
+                    "router",
+                    "metric",
+                    "prefixes",
+                    "conversations",
+                )
+            }
+
+        rngs = streams()
         span_s = max(horizon - svc.start_at, 0.0)
         slowdown = self.compute_slowdown(svc.pool)
 
@@ -201,6 +205,32 @@ class Factory:
             pre, dec = svc.side("prefill"), svc.side("decode")
             p_sizing = replica_sizing(pre, pool, slowdown)
             d_sizing = replica_sizing(dec, pool, slowdown)
+            kvt = svc.disaggregation.kv_transfer
+            if tier == "fluid":  # two flows, the same draws (each its own copy of the streams)
+                a = FlowModel(
+                    pre,
+                    p_sizing,
+                    rngs,
+                    interval_s=sample_interval_s(pre),
+                    span_s=span_s,
+                    role="prefill",
+                )
+                b = FlowModel(
+                    dec,
+                    d_sizing,
+                    streams(),
+                    interval_s=sample_interval_s(dec),
+                    span_s=span_s,
+                    role="decode",
+                )
+                a.partner, a.spec_link = b, kvt.link
+                a.link = kv_link(
+                    pre, p_sizing, kvt.link, kvt.latency_us, sc.cluster.fabric.latency_us
+                )
+                return [
+                    fleet(k, pre, a, p_sizing, "prefill"),
+                    fleet(k + 1, dec, b, d_sizing, "decode"),
+                ]
             dmodel = DisaggregatedModel(
                 svc,
                 p_sizing,

@@ -102,12 +102,14 @@ from ..kernels.fluid import (
     rate_at,
     seat_wait,
 )
-from ..kernels.inference import BLOCK_TOKENS, offline_steady_state
+from ..kernels.inference import BLOCK_TOKENS, kv_bytes_per_sequence, offline_steady_state
 from ..kernels.stats import latency_stats, slo_attainment
 from ..spec.traces import Requests
 from .fleet import ReplicaSizing
 from .traffic import Turns, counts_per_tick, draw_conversations, draw_requests, lengths, tick_edges
 
+#: Time constant (s) of a prefill side's utilisation for its M/G/1 queue (FlowModel._piece).
+PREFILL_QUEUE_S = 300.0
 #: Rounds of the fixed point between the prefix cache's hit ratio and the KV it leaves.
 PREFIX_ROUNDS = 8
 
@@ -155,8 +157,17 @@ class FlowModel:
         *,
         interval_s: float,
         span_s: float,
+        role: str = "both",
     ):
         self.spec = spec
+        #: both; or one side of a disaggregated service: prefill (every request one output
+        #: token) or decode (every prompt's KV arrived: one token to admit, the rest cached)
+        self.role = role
+        #: a prefill side's decode side, and its KV link (bytes/s, s): set by the factory
+        self.partner: FlowModel | None = None
+        self.link = (math.inf, 0.0)
+        self._pf_u: float | None = None  # a prefill side's smoothed utilisation
+        self.spec_link = "fabric"
         self.table = sizing.table
         self.kv_tokens = sizing.kv_tokens
         self.model_args, self.gpu_args = sizing.model_args, sizing.gpu_args
@@ -225,8 +236,11 @@ class FlowModel:
         sp = spec.system_prompts
         if sp is not None:  # a system prompt before each request's own tokens
             prompt = prompt + sp.tokens
+        role = self.role
+        if role == "prefill":
+            output = np.ones_like(output)
         too_long = prompt + output > self.kv_tokens
-        if not b.chunked_prefill:
+        if not b.chunked_prefill and role != "decode":
             too_long |= prompt > b.max_batched_tokens
         self.drop_share = float(too_long.mean())
         keep = ~too_long if not too_long.all() else np.ones_like(too_long)
@@ -254,10 +268,14 @@ class FlowModel:
         self._noise_t = start
         self._count_at, self._drawn = math.nan, 0.0
         self.pool_cached = np.zeros_like(self.pool_prompt)
+        if role == "decode":
+            self.pool_cached = np.maximum(self.pool_prompt - 1.0, 0.0)
         self._replica()
         skip = (sp.tokens // BLOCK_TOKENS) * BLOCK_TOKENS if sp is not None else 0
         self.conv_hit = 0.0
-        if self.turns is not None and spec.prefix_cache.enabled:
+        if role == "decode":
+            pass  # the decode side caches no prefixes; its prompts arrive with their KV
+        elif self.turns is not None and spec.prefix_cache.enabled:
             self._conversation_hits(rngs["prefixes"], skip, span_s)
         elif sp is not None and skip and spec.prefix_cache.enabled:
             # The hit ratio and the load it leaves on the KV cache depend on each other: from
@@ -404,6 +422,19 @@ class FlowModel:
                 break
         self.conv_hit = float(hits[later].mean()) if later.any() else 0.0
 
+    @property
+    def _prefill_service(self) -> tuple[float, float]:
+        """A prompt's prefill time at a full token budget (mean, squared coefficient of
+        variation) over the pool: prefilled tokens / (budget / the budget's iteration time)."""
+        b = self.spec.batching.max_batched_tokens
+        p = self.pool_prefill
+        mean = float(p.mean())
+        k = b / max(mean, 1.0)
+        pairs = k * (mean * float(self.pool_cached.mean()) + mean * (mean + 1.0) / 2.0)
+        seqs = min(max(1, round(k)), len(self.table.sampled) - 1)
+        rate = b / self.table.time_s(b, 0, 0.0, pairs, seqs)
+        return mean / rate, float(p.var() / max(mean, 1.0) ** 2)
+
     def _operating_points(self) -> None:
         """The replica's steady states (kernels.fluid.operating_points) up to the saturation
         rate of the closed form at mean lengths, kept as the model's look-ups."""
@@ -514,6 +545,17 @@ class FlowModel:
             # KV cache holds at mean lengths): c seats, busy a share u of the time.
             servers = max(r * self.seats, 1.0)
             p_wait, mean_wait = seat_wait(area, dt, servers, service_s, self.output_cv2, q1 > 0)
+            if self.role == "prefill":
+                # A prefill replica is one server of prompts, first come first served at its
+                # prefill rate (a full token budget's tokens per second): M/G/1 at the load
+                # each replica admits (Allen-Cunneen with c = 1, P(wait) = rho)
+                # each replica admits, smoothed over PREFILL_QUEUE_S (a queue near saturation
+                # takes that long to build; one tick's Poisson count does not make it)
+                s_mean, s_cv2 = self._prefill_service
+                u = admitted / (r * dt) * s_mean
+                w = -math.expm1(-dt / PREFILL_QUEUE_S)
+                self._pf_u = u if self._pf_u is None else self._pf_u + w * (u - self._pf_u)
+                p_wait, mean_wait = seat_wait(self._pf_u * dt, dt, 1.0, s_mean, s_cv2, q1 > 0)
             # A fill takes its requests at one moment (a replica becoming ready): a record of
             # its own at that moment, first (they were the backlog's oldest), so that their
             # admissions are not spread over the interval; the rest over the interval.
@@ -838,7 +880,13 @@ class FlowModel:
         )
 
     def summary(self, horizon: float, active_s: float) -> dict[str, Any]:
-        """The flows' part of the service's summary (docs/reference/metrics.md)."""
+        """The flows' part of the service's summary (docs/reference/metrics.md); a
+        disaggregated service's prefill side reports both sides' (`_disaggregated_summary`),
+        its decode side nothing of its own."""
+        if self.role == "decode":
+            return {}
+        if self.partner is not None:
+            return self._disaggregated_summary(active_s)
         lat = self._latency
         w = lat["weight"]
         completed = max(self._admitted - self._in_service - self._draining, 0.0)
@@ -881,6 +929,99 @@ class FlowModel:
             "in_system_mean": self._fluid_area / active_s if active_s else 0.0,
             **self._prefix_summary(),
             **self._conversation_summary(),
+        }
+
+    def _disaggregated_summary(self, active_s: float) -> dict[str, Any]:
+        """A disaggregated service in the fluid tier: TTFT from the prefill side's flows, the
+        later tokens from the decode side's (whose requests arrive with their KV and take one
+        token to admit), the two taken as independent. A request's KV moves over its prefill
+        replica's link, an M/G/1 queue of transfers: service S = bytes / bandwidth (the pool's
+        prompts), mean wait W = lambda E[S^2] / (2 (1 - rho)) at the mean rate per prefill
+        replica (Pollaczek-Khinchine), its distribution taken as P(wait > 0) = rho and
+        exponential beyond; a transfer's time S + latency, added to the second token (and so
+        to TPOT over the output's later tokens and to E2E). E2E's percentiles by Monte Carlo
+        over the two sides' samples."""
+        d = self.partner
+        assert d is not None
+        a, b = self._latency, d._latency
+        wa, wb = a["weight"], b["weight"]
+        bw, lat_s = self.link
+        m = self.model_args
+        size = kv_bytes_per_sequence(m, self.pool_prompt, self.spec.kv_precision, 1)
+        s = size / bw
+        replicas = max(self.spec.initial_replicas, 1)
+        lam = float(self.cum_arrivals[-1]) * (1.0 - self.drop_share) / max(active_s, 1e-9)
+        lam /= replicas
+        rho = min(lam * float(s.mean()), 0.999)
+        wait = lam * float((s * s).mean()) / (2.0 * (1.0 - rho))
+        xfer = s + lat_s
+        rng = np.random.default_rng(self._mc_rng.integers(1 << 62))
+        k = 20_000
+        wait_draw = np.where(rng.random(k) < rho, rng.exponential(wait / max(rho, 1e-12), k), 0.0)
+        move = xfer[rng.integers(0, xfer.size, k)] + wait_draw
+        # the decode side's time from its request's arrival there to its last token, over the
+        # output's later tokens (its one admission token stands for the first decode step)
+        out_b = np.maximum(b["output"] - 1.0, 1.0)
+        if wa.size and wb.size:
+            ia = rng.choice(wa.size, size=k, p=wa / wa.sum())
+            ib = rng.choice(wb.size, size=k, p=wb / wb.sum())
+            ttft_draw = a["ttft"][ia]
+            e2e = ttft_draw + move + b["e2e"][ib]
+            tpot_draw = np.where(b["output"][ib] > 1, (b["e2e"][ib] + move) / out_b[ib], 0.0)
+        else:
+            ttft_draw = e2e = tpot_draw = np.zeros(0)
+        multi = b["output"] > 1
+        tpot = (b["e2e"] + float(move.mean())) / out_b
+        completed = min(max(d._admitted - d._in_service - d._draining, 0.0), self._arrived)
+        slo = self.spec.slo
+        attained: float | None = None
+        met: dict[str, bool] = {}
+        dropped = max(self._dropped, d._dropped)
+        if slo is not None and ttft_draw.size:
+            attained, met = slo_attainment(
+                slo, ttft_draw, tpot_draw, tpot_draw[tpot_draw > 0], dropped=0.0
+            )
+            if attained is not None and self._arrived > 0:
+                attained *= 1.0 - dropped / max(self._arrived, 1.0)
+        output_tokens = completed * d.mean_output
+        requests = round(self._arrived)
+        done = min(round(completed), requests)
+        drop = min(round(dropped), requests - done)
+        moved = completed * float(size.mean())
+        qs = np.array([0.5, 0.9, 0.99])
+        tail = np.maximum(0.0, -(wait / max(rho, 1e-12)) * np.log((1.0 - qs) / max(rho, 1e-12)))
+        return {
+            "requests": requests,
+            "completed": done,
+            "dropped": drop,
+            "in_flight": requests - done - drop,
+            "output_tokens": round(output_tokens),
+            "output_tokens_per_s": output_tokens / active_s if active_s else 0.0,
+            "ttft_s": latency_stats(a["ttft"], wa),
+            "tpot_s": latency_stats(tpot[multi], wb[multi]),
+            "e2e_s": latency_stats(e2e),
+            "queue_wait_s": latency_stats(a["wait"], wa),
+            "preemptions": round(self._preempted + d._preempted),
+            "slo_attainment": attained,
+            "slo_met": met,
+            "in_system_mean": (self._fluid_area + d._fluid_area) / active_s if active_s else 0.0,
+            **self._prefix_summary(),
+            **self._conversation_summary(),
+            "kv_transfer": {
+                "link": self.spec_link,
+                "transfers": done,
+                "bytes_gb": moved / 1e9,
+                "mean_gb": float(size.mean()) / 1e9,
+                "time_s": latency_stats(xfer),
+                "wait_s": {
+                    "mean": wait,
+                    "p50": float(tail[0]),
+                    "p90": float(tail[1]),
+                    "p99": float(tail[2]),
+                },
+                "link_gb_s": bw / 1e9,
+                "link_utilization": rho,
+            },
         }
 
     def _conversation_summary(self) -> dict[str, Any]:

@@ -558,12 +558,6 @@ class Scenario(Spec):
             if svc.pool is not None and svc.pool not in pools:
                 raise located(f"{where}.pool", f"unknown pool {svc.pool!r}; allowed: {pools}")
             pool = self.pool(svc.pool)
-            if svc.disaggregation is not None and self.service_tier(svc) == "fluid":
-                raise located(
-                    f"{where}.fidelity" if svc.fidelity else "fidelity",
-                    "a disaggregated service runs in the step and fast tiers (the fluid tier "
-                    "does not model its two pools yet); allowed: fidelity step or fast for it",
-                )
             if svc.disaggregation is None:
                 needed = _check_layout(svc, pool, where)
             else:  # each side on its own, their nodes together
