@@ -153,7 +153,41 @@ class Results:
                     f"{ms(v['tpot_s']['p99']):>8}{slo:>7}"
                     f"{v['replicas_mean']:>6.1f}/{v['replicas_max']:<3}"
                 )
+            lines += self._serving_costs(s)
         return "\n".join(lines)
+
+    @staticmethod
+    def _serving_costs(s: dict[str, Any]) -> list[str]:
+        """The services side by side: cost per million output tokens, owned and rented, the
+        GPUs they hold on average (by pool when disaggregated), the KV moved between pools and
+        the prefix caches' share of prompt tokens."""
+        hours = float(s["duration_s"]) / 3600.0
+        lines = [
+            "",
+            "serving costs and caches",
+            f"  {'service':<16}{'$/Mtok own':>11}{'cloud':>8}{'GPUs held':>22}"
+            f"{'KV moved':>12}{'cache hits':>12}",
+        ]
+        for name, v in s["inference"].items():
+            usd = v.get("usd_per_mtok") or {}
+
+            def money(x: float | None) -> str:
+                return "-" if x is None else f"{x:.2f}"
+
+            if "pools" in v:
+                p, d = v["pools"]["prefill"], v["pools"]["decode"]
+                gpus = f"{p['gpu_h']['held'] / hours:.0f} P + {d['gpu_h']['held'] / hours:.0f} D"
+            else:
+                gpus = f"{v['gpu_h']['held'] / hours:.0f}"
+            kv = v.get("kv_transfer")
+            moved = "-" if kv is None else f"{kv['bytes_gb'] / (hours * 3600.0):.1f} GB/s"
+            pc = v.get("prefix_cache")
+            hits = "-" if pc is None else f"{pc['hit_rate_tokens']:.1%}"
+            lines.append(
+                f"  {name:<16}{money(usd.get('private')):>11}{money(usd.get('cloud')):>8}"
+                f"{gpus:>22}{moved:>12}{hits:>12}"
+            )
+        return lines
 
     # --- files ---------------------------------------------------------------------------
     def save(self, out: str | Path, *, plots: bool = True, force: bool = False) -> Path:

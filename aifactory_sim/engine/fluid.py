@@ -972,7 +972,12 @@ class FlowModel:
             ttft_draw = e2e = tpot_draw = np.zeros(0)
         multi = b["output"] > 1
         tpot = (b["e2e"] + float(move.mean())) / out_b
-        completed = min(max(d._admitted - d._in_service - d._draining, 0.0), self._arrived)
+        # done once both sides are (the decode side's flows take the traffic as their arrivals:
+        # while the prefill side falls behind they carry more than reaches them, a bound)
+        completed = min(
+            max(d._admitted - d._in_service - d._draining, 0.0),
+            max(self._admitted - self._in_service - self._draining, 0.0),
+        )
         slo = self.spec.slo
         attained: float | None = None
         met: dict[str, bool] = {}
