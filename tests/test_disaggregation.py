@@ -5,12 +5,16 @@ transfers queued on one link, the decode replicas' KV bound, fast against step, 
 from __future__ import annotations
 
 import copy
+import json
 from typing import Any
 
 import numpy as np
 import pytest
 
+from shared_paths import SHARED
+
 import aifactory_sim as af
+from aifactory_sim.cli import main
 from aifactory_sim.engine.fleet import replica_sizing
 from aifactory_sim.kernels.inference import kv_bytes_per_sequence
 
@@ -230,3 +234,30 @@ def test_bad_fields_are_named(fields, where):
     with pytest.raises(af.ScenarioError) as err:
         af.load(_with(**fields))
     assert where in str(err.value)
+
+
+def test_serving_frontier_runs_unchanged(tmp_path, capsys):
+    """shared/examples/serving-frontier.yaml from the CLI as written but for the tier: a day in
+    the fluid tier (a day of fast simulates some 20 million requests one by one), both services
+    side by side in the printed summary, each with what the issue asks of its report."""
+    path = SHARED / "examples" / "serving-frontier.yaml"
+    assert main(["validate", str(path)]) == 0
+    out = tmp_path / "run"
+    assert main(["run", str(path), "--set", "fidelity=fluid", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "serving costs and caches" in text
+    for name in ("assistant", "dense-70b"):
+        assert name in text.split("serving costs and caches")[1]
+    s = json.loads((out / "summary.json").read_text())["inference"]
+    a, d = s["assistant"], s["dense-70b"]
+    assert set(a["pools"]) == {"prefill", "decode"}
+    assert a["pools"]["prefill"]["gpus_per_replica"] == 32
+    assert a["pools"]["decode"]["gpus_per_replica"] == 144
+    assert a["kv_transfer"]["bytes_gb"] > 0 and a["speculative"]["tokens_per_step"] == 1.85
+    assert 0 < a["prefix_cache"]["hit_rate_tokens"] < 1
+    assert a["conversations"]["later_turn_hit_rate"] > 0
+    for svc in (a, d):
+        assert svc["usd_per_mtok"]["private"] > 0 and svc["slo_attainment"] is not None
+    # the same file's first ten minutes in the fast tier, unchanged but for the duration
+    fast = af.run(af.load(path, overrides={"duration": "10m"}))
+    assert fast.summary["inference"]["assistant"]["kv_transfer"]["transfers"] > 1000

@@ -189,3 +189,28 @@ def test_fluid_tier_models_the_prefix_cache(fields, hit_tol):
     assert 0.2 < fast["prefix_cache"]["hit_rate_tokens"] < 0.9
     for key in ("ttft_s", "tpot_s"):
         assert fluid[key]["p50"] == pytest.approx(fast[key]["p50"], rel=0.15), key
+
+
+def test_the_cache_free_limit_is_an_mm1_queue():
+    """One replica of one seat, one-token prompts behind a system prompt of 32 tokens drawn
+    from a million alike (a run's requests almost never share one: under 2 % hit, the birthday
+    bound), geometric outputs: an M/M/1 queue. The mean wait over 5 seeded runs of 25,000
+    requests (the first 2,000 dropped as warm-up) is Kleinrock's rho E[S] / (1 - rho) (Queueing
+    Systems I, eq. 3.24), E[S] and rho = lambda E[S] measured in the same runs, within 5 %."""
+    from test_serving import mean_service_s, mmc_scenario
+
+    rate = 0.7 / mean_service_s(mmc_scenario(1.0, 1, 0, 10))
+    waits, services = [], []
+    for seed in range(5):
+        sc = mmc_scenario(rate, 1, seed, 25_000)
+        sc["inference"][0]["system_prompts"] = {"count": 1_000_000, "tokens": 32}
+        res = af.run(af.load(sc))
+        req = res.requests.iloc[2000:]
+        services.append(float((req["finish_s"] - req["admitted_s"]).dropna().mean()))
+        waits.append(float(req["queue_wait_s"].dropna().mean()))
+        pc = res.summary["inference"]["chat"]["prefix_cache"]
+        assert pc["enabled"] and pc["requests_hit"] < 0.02 * pc["requests_admitted"]
+    es = float(np.mean(services))
+    rho = rate * es
+    assert 0.6 < rho < 0.8
+    assert np.mean(waits) == pytest.approx(rho * es / (1 - rho), rel=0.05)

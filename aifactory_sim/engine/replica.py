@@ -225,12 +225,17 @@ class PrefixCacheState:
         `need` blocks are free or none is left to evict: the blocks freed."""
         freed = 0
         if need > 0:
-            for key in [k for k, refs in self.entries.items() if refs == 0 and k not in keep]:
+            sizes, victims = self.sizes, []
+            for key, refs in self.entries.items():  # least recently used first; stop when done
+                if refs == 0 and key not in keep:
+                    victims.append(key)
+                    freed += sizes[key]
+                    if freed >= need:
+                        break
+            for key in victims:
                 del self.entries[key]
-                freed += self.sizes.pop(key)
-                self.evictions += 1
-                if freed >= need:
-                    break
+                del sizes[key]
+            self.evictions += len(victims)
         self.blocks -= freed
         return freed
 
