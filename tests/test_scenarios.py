@@ -18,9 +18,9 @@ from aifactory_sim.kernels import power as kp
 
 SCENARIOS = Path(af.__file__).parent / "scenarios"
 ALL = sorted(p.name for p in SCENARIOS.glob("*.yaml"))
-#: factory.yaml is a byte-for-byte copy of shared/examples/factory.yaml; its provenance lives in
-#: the shared docs, so it carries no block of its own.
-COPY = "factory.yaml"
+#: factory.yaml and serving-frontier.yaml are byte-for-byte copies of shared/examples/; their
+#: provenance lives in the shared docs, so they carry no block of their own.
+COPIES = ("factory.yaml", "serving-frontier.yaml")
 #: Words that show a provenance block names sources, not just prose.
 SOURCE = re.compile(r"arXiv|datasheet|Table \d|Sec\. \d|shared/reference|catalog|et al\.")
 
@@ -47,7 +47,7 @@ def test_every_bundled_scenario_validates(name, capsys):
     assert capsys.readouterr().out.startswith("ok: ")
 
 
-@pytest.mark.parametrize("name", [n for n in ALL if n != COPY])
+@pytest.mark.parametrize("name", [n for n in ALL if n not in COPIES])
 def test_every_bundled_scenario_opens_with_its_provenance(name):
     """A new scenario without a provenance block fails here: say what it answers and where each
     number comes from (paper, datasheet, table), and which are assumptions."""
@@ -58,11 +58,12 @@ def test_every_bundled_scenario_opens_with_its_provenance(name):
     assert SOURCE.search(text), f"{name}: its provenance names no source"
 
 
-def test_factory_yaml_is_the_shared_example_unchanged():
-    shared = SHARED / "examples" / COPY
+@pytest.mark.parametrize("name", COPIES)
+def test_copied_examples_are_the_shared_ones_unchanged(name):
+    shared = SHARED / "examples" / name
     if not shared.is_file():
-        pytest.skip("shared/examples/factory.yaml is not reachable")
-    assert (SCENARIOS / COPY).read_bytes() == shared.read_bytes()
+        pytest.skip(f"shared/examples/{name} is not reachable")
+    assert (SCENARIOS / name).read_bytes() == shared.read_bytes()
 
 
 # --- GB200 NVL72 against H100 ----------------------------------------------------------------
