@@ -117,6 +117,7 @@ class DisaggregatedModel(RouterModel):
         # no prefix cache, and their own replica column. Both write the log's timestamps.
         self.plog = copy.copy(log)
         self.plog.output_list = [1] * n
+        self._core_log, self._track_finished = self.plog, True
         self.dlog = copy.copy(log)
         self.dlog.prefix_list = None
         self.dlog.conversation_list = None
@@ -155,24 +156,7 @@ class DisaggregatedModel(RouterModel):
         self.dreplicas: Sequence[ReplicaView] = fleet.replicas
 
     def new_core(self, index: int) -> ReplicaCore:
-        b = self.prefill_spec.batching
-        core = ReplicaCore(
-            self.table,
-            self.plog,
-            kv_capacity_tokens=self.kv_tokens,
-            max_num_seqs=b.max_num_seqs,
-            max_batched_tokens=b.max_batched_tokens,
-            chunked_prefill=b.chunked_prefill,
-            fast=self.fast,
-            index=index,
-            prefix_tokens=self.prefix_tokens,
-            cache_conversations=self.cache_conversations,
-            track_finished=True,
-        )
-        self.outs.append(0)
-        self._seqs.append(-1)
-        self._in_order = None
-        self._cores.append(core)
+        core = super().new_core(index)  # a prefill replica: the prefill view of the log
         self._link_free.append(-INF)
         return core
 

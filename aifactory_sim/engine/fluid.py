@@ -908,17 +908,8 @@ class FlowModel:
                 weights=w,
                 tpot_weights=lat["tpot_weight"],
             )
-        output_tokens = completed * self.mean_output
-        requests = round(self._arrived)
-        done = min(round(completed), requests)
-        dropped = min(round(self._dropped), requests - done)
         return {
-            "requests": requests,
-            "completed": done,
-            "dropped": dropped,
-            "in_flight": requests - done - dropped,
-            "output_tokens": round(output_tokens),
-            "output_tokens_per_s": output_tokens / active_s if active_s else 0.0,
+            **self._counts(completed, self._dropped, self.mean_output, active_s),
             "ttft_s": latency_stats(lat["ttft"], w),
             "tpot_s": latency_stats(lat["tpot"], lat["tpot_weight"]),
             "e2e_s": latency_stats(lat["e2e"], w),
@@ -929,6 +920,23 @@ class FlowModel:
             "in_system_mean": self._fluid_area / active_s if active_s else 0.0,
             **self._prefix_summary(),
             **self._conversation_summary(),
+        }
+
+    def _counts(
+        self, completed: float, dropped: float, mean_output: float, active_s: float
+    ) -> dict[str, Any]:
+        """The summary's request counts and tokens from the flows' totals, rounded."""
+        output_tokens = completed * mean_output
+        requests = round(self._arrived)
+        done = min(round(completed), requests)
+        drop = min(round(dropped), requests - done)
+        return {
+            "requests": requests,
+            "completed": done,
+            "dropped": drop,
+            "in_flight": requests - done - drop,
+            "output_tokens": round(output_tokens),
+            "output_tokens_per_s": output_tokens / active_s if active_s else 0.0,
         }
 
     def _disaggregated_summary(self, active_s: float) -> dict[str, Any]:
@@ -988,20 +996,12 @@ class FlowModel:
             )
             if attained is not None and self._arrived > 0:
                 attained *= 1.0 - dropped / max(self._arrived, 1.0)
-        output_tokens = completed * d.mean_output
-        requests = round(self._arrived)
-        done = min(round(completed), requests)
-        drop = min(round(dropped), requests - done)
+        counts = self._counts(completed, dropped, d.mean_output, active_s)
         moved = completed * float(size.mean())
         qs = np.array([0.5, 0.9, 0.99])
         tail = np.maximum(0.0, -(wait / max(rho, 1e-12)) * np.log((1.0 - qs) / max(rho, 1e-12)))
         return {
-            "requests": requests,
-            "completed": done,
-            "dropped": drop,
-            "in_flight": requests - done - drop,
-            "output_tokens": round(output_tokens),
-            "output_tokens_per_s": output_tokens / active_s if active_s else 0.0,
+            **counts,
             "ttft_s": latency_stats(a["ttft"], wa),
             "tpot_s": latency_stats(tpot[multi], wb[multi]),
             "e2e_s": latency_stats(e2e),
@@ -1014,7 +1014,7 @@ class FlowModel:
             **self._conversation_summary(),
             "kv_transfer": {
                 "link": self.spec_link,
-                "transfers": done,
+                "transfers": counts["completed"],
                 "bytes_gb": moved / 1e9,
                 "mean_gb": float(size.mean()) / 1e9,
                 "time_s": latency_stats(xfer),

@@ -175,11 +175,16 @@ class RouterModel:
     def tier(self) -> str:
         return "fast" if self.fast else "step"
 
+    #: the log the replicas' cores write (a disaggregated model's prefill view) and whether
+    #: they list the requests they finish (RouterModel reads them only for conversations)
+    _core_log: RequestLog | None = None
+    _track_finished = False
+
     def new_core(self, index: int) -> ReplicaCore:
         b = self.spec.batching
         core = ReplicaCore(
             self.table,
-            self.log,
+            self.log if self._core_log is None else self._core_log,
             kv_capacity_tokens=self.kv_tokens,
             max_num_seqs=b.max_num_seqs,
             max_batched_tokens=b.max_batched_tokens,
@@ -188,6 +193,7 @@ class RouterModel:
             index=index,
             prefix_tokens=self.prefix_tokens,
             cache_conversations=self.cache_conversations,
+            track_finished=self._track_finished,
         )
         self.outs.append(0)
         self._seqs.append(-1)
