@@ -214,12 +214,16 @@ class FlowModel:
                 output_rng=rngs["outputs"],
             )
             prompt, output = reqs.prompt_tokens, reqs.output_tokens
+            chains = reqs.hash_ids
             if prompt is None or output is None or prompt.size == 0:
                 prompt = output = np.ones(1, dtype=np.int64)
+                chains = None
         else:
             assert spec.prompt_tokens is not None and spec.output_tokens is not None
             prompt = lengths(spec.prompt_tokens, POOL, rngs["prompts"])
             output = lengths(spec.output_tokens, POOL, rngs["outputs"])
+        if spec.traffic.kind != "trace":
+            chains = None
         self.turns: Turns | None = None
         if spec.conversations is not None:  # the pool as turns of conversations
             assert spec.prompt_tokens is not None and spec.output_tokens is not None
@@ -245,6 +249,16 @@ class FlowModel:
         self.drop_share = float(too_long.mean())
         keep = ~too_long if not too_long.all() else np.ones_like(too_long)
         self.pool_prompt = prompt[keep].astype(np.float64)
+        #: a trace's block hashes of the rows kept (whole hash blocks within the prompt)
+        self._chains: list[list[int]] | None = None
+        if chains is not None and spec.prefix_cache.enabled and role != "decode":
+            hb = spec.traffic.hash_block_tokens  # type: ignore[union-attr]
+            raw = prompt - (sp.tokens if sp is not None else 0)
+            self._chains = [
+                c[: int(n) // hb]
+                for c, n, k in zip(chains, raw.tolist(), keep.tolist(), strict=True)
+                if k
+            ]
         self.pool_output = output[keep].astype(np.float64)
         #: with conversations: each pooled turn's conversation context its replica may hold
         #: (tokens in whole blocks, the system prompt's included; 0 for a first turn), whether
@@ -275,6 +289,8 @@ class FlowModel:
         self.conv_hit = 0.0
         if role == "decode":
             pass  # the decode side caches no prefixes; its prompts arrive with their KV
+        elif self._chains is not None:
+            self._chain_hits(rngs["prefixes"], span_s)
         elif self.turns is not None and spec.prefix_cache.enabled:
             self._conversation_hits(rngs["prefixes"], skip, span_s)
         elif sp is not None and skip and spec.prefix_cache.enabled:
@@ -341,6 +357,56 @@ class FlowModel:
         hit = lru_hit_ratio(weights, capacity)
         cold = replicas * min(count, capacity) / max(arrived, 1.0)
         return max(hit - cold, 0.0)
+
+    def _chain_hits(self, rng: np.random.Generator, span_s: float) -> None:
+        """A trace's block hashes: each pooled row's cached tokens from Che's approximation of
+        one replica's LRU over the hash blocks (kernels/caching.py; time counted in the
+        replica's requests): block i is used by a share q_i of the rows, the rows a replica
+        sees are 1 / replicas of them, and T fills the KV the load leaves (in hash blocks);
+        a row finds the leading run of its blocks each cached with chance 1 - exp(-q_i T),
+        less the cold misses (each replica's first use of a block: replicas / c_i of its c_i
+        uses), drawn block by block up to the first miss. A fixed point with the KV the cache leaves,
+        as for system prompts."""
+        chains = self._chains
+        assert chains is not None
+        hb = self.spec.traffic.hash_block_tokens  # type: ignore[union-attr]
+        ids, inverse = np.unique(
+            np.fromiter((h for c in chains for h in c), dtype=np.int64), return_inverse=True
+        )
+        counts = np.bincount(inverse, minlength=ids.size).astype(np.float64)
+        q = counts / max(len(chains), 1)
+        at = np.concatenate(([0], np.cumsum([len(c) for c in chains]))).astype(np.int64)
+        u = rng.random(inverse.size)
+        replicas = max(self.spec.initial_replicas, 1)
+        arrived = float(self.cum_arrivals[-1]) * (1.0 - self.drop_share)
+        cap_rows = np.floor((self.pool_prompt - 1.0) / hb)
+        for _ in range(PREFIX_ROUNDS):
+            x = min(arrived / max(span_s, 1e-9) / replicas, self.x_max)
+            kv_share = float(np.interp(x, self.ops.op_x, self.ops.op_kv))
+            items = math.floor(max(self.kv_tokens * (1.0 - kv_share), 0.0) / hb)
+            if items <= 0 or not ids.size:
+                hit_p = np.zeros(ids.size)
+            elif items >= ids.size:
+                hit_p = np.ones(ids.size)
+            else:
+                hi = 1.0
+                while float(np.sum(-np.expm1(-q * hi))) < items:
+                    hi *= 2.0
+                t = brentq(lambda y, c=items: float(np.sum(-np.expm1(-q * y))) - c, 0.0, hi)
+                hit_p = -np.expm1(-q * t)
+            # less the cold misses: each replica's first use of a block (of c_i uses)
+            hit_p = hit_p * np.maximum(1.0 - replicas / np.maximum(counts, 1.0), 0.0)
+            ok = u < hit_p[inverse]
+            # the leading run of hits of each row: its first miss (or its length)
+            miss = np.flatnonzero(~ok)
+            first = np.searchsorted(miss, at[:-1])
+            run = np.where(first < miss.size, miss[np.minimum(first, miss.size - 1)], at[1:])
+            run = np.minimum(run, at[1:]) - at[:-1]
+            before = float(self.pool_cached.mean())
+            self.pool_cached = np.minimum(run, cap_rows).astype(np.float64) * hb
+            self._replica()
+            if abs(float(self.pool_cached.mean()) - before) < 1e-3 * max(before, 1.0):
+                break
 
     def _conversation_hits(self, rng: np.random.Generator, skip: int, span_s: float) -> None:
         """The prefix cache with conversations: each pooled turn's cached tokens, from the share
@@ -1054,7 +1120,7 @@ class FlowModel:
         """With system prompts: the prefix cache as modelled (the share of requests that hit,
         kernels/caching.py, times the requests admitted)."""
         sp = self.spec.system_prompts
-        if sp is None and self.turns is None:
+        if sp is None and self.turns is None and self._chains is None:
             return {}
         admitted = self._admitted
         mean_prompt = float(self.pool_prompt.mean())
@@ -1063,7 +1129,11 @@ class FlowModel:
             "prefix_cache": {
                 "enabled": bool(
                     self.spec.prefix_cache.enabled
-                    and (self.turns is not None or (sp is not None and sp.tokens >= BLOCK_TOKENS))
+                    and (
+                        self.turns is not None
+                        or self._chains is not None
+                        or (sp is not None and sp.tokens >= BLOCK_TOKENS)
+                    )
                 ),
                 "hit_rate_tokens": cached / mean_prompt if mean_prompt else 0.0,
                 "prefill_tokens_saved": round(admitted * cached),

@@ -39,8 +39,9 @@ import numpy as np
 
 from ..kernels.inference import BLOCK_TOKENS
 from ..kernels.stats import latency_stats, slo_attainment
+from ..spec.serving import TraceTraffic
 from .fleet import SERVICE_COLUMNS, Fleet, ReplicaSizing, ServiceRow
-from .replica import ReplicaCore, RequestLog
+from .replica import ReplicaCore, RequestLog, chain_key
 from .traffic import Turns, draw_conversations, draw_prefixes, draw_requests
 
 if TYPE_CHECKING:
@@ -151,6 +152,15 @@ class RouterModel:
             prompt = prompt + sp.tokens
         self.log = RequestLog(arrival + spec.start_at, prompt, output, prefix, conv)
         on = spec.prefix_cache.enabled
+        #: KV blocks per trace hash block, when the trace has hashes and caching is on (else 0)
+        self.chain_blocks = 0
+        if reqs.hash_ids is not None and on and isinstance(spec.traffic, TraceTraffic):
+            hb = spec.traffic.hash_block_tokens
+            self.chain_blocks = hb // BLOCK_TOKENS
+            self.log.chains = [
+                [chain_key(h) for h in ids[: int(p) // hb]]
+                for ids, p in zip(reqs.hash_ids, reqs.prompt_tokens.tolist(), strict=True)
+            ]
         #: the tokens of a shared prefix the replicas may cache (0: no prefix caching)
         self.prefix_tokens = sp.tokens if sp is not None and on else 0
         self.cache_conversations = conv is not None and on
@@ -194,6 +204,7 @@ class RouterModel:
             prefix_tokens=self.prefix_tokens,
             cache_conversations=self.cache_conversations,
             track_finished=self._track_finished,
+            chain_blocks=self.chain_blocks,
         )
         self.outs.append(0)
         self._seqs.append(-1)
@@ -532,7 +543,7 @@ class RouterModel:
         if self.turns is not None:
             cols["conversation"] = self.turns.conversation[n]
             cols["turn"] = self.turns.turn[n]
-        if log.prefix is not None or self.turns is not None:
+        if log.prefix is not None or self.turns is not None or log.chains is not None:
             cols["cached_tokens"] = log.cached_tokens[n]
         return cols
 
@@ -613,7 +624,9 @@ class RouterModel:
         evictions = sum(c.prefixes.evictions for c in self._cores if c.prefixes is not None)
         return {
             "prefix_cache": {
-                "enabled": self.prefix_tokens > 0 or self.cache_conversations,
+                "enabled": self.prefix_tokens > 0
+                or self.cache_conversations
+                or self.chain_blocks > 0,
                 "hit_rate_tokens": float(cached.sum() / prompt) if prompt else 0.0,
                 "prefill_tokens_saved": int(cached.sum()),
                 "requests_hit": int((cached > 0).sum()),

@@ -68,6 +68,9 @@ class RequestLog:
             self.prefix = np.asarray(prefix, dtype=np.int64)
             self.prefix_list = self.prefix.tolist()
         self.cached_tokens = np.zeros(n, dtype=np.int64)
+        #: with a trace's block hashes: each request's chain of cache keys (chain_key), its
+        #: whole hash blocks within the prompt; else None
+        self.chains: list[list[int]] | None = None
         #: with conversations: each request's (the id of its first turn), else None
         self.conversation: np.ndarray | None = None
         self.conversation_list: list[int] | None = None
@@ -91,6 +94,8 @@ class Seq:
     __slots__ = (
         "alive",
         "cached",
+        "chain",
+        "chain_held",
         "conv",
         "conv_held",
         "finish_at",
@@ -113,6 +118,8 @@ class Seq:
         self.conv = conv  # its conversation's key in the prefix cache (-1: none)
         self.shared = 0  # blocks it uses from the prefix cache (not its own)
         self.conv_held = 0  # of them, the blocks of its conversation's entry
+        self.chain: list[int] | None = None  # its trace block hashes' cache keys
+        self.chain_held: list[int] = []  # of them, those whose entries it uses
         self.target = prompt  # tokens to prefill: the prompt, plus tokens generated before
         self.output = output  # a preemption
         self.order = -1
@@ -249,6 +256,11 @@ class PrefixCacheState:
         self.blocks = 0
 
 
+def chain_key(block_hash: int) -> int:
+    """A trace block hash's key in a PrefixCacheState (below every conversation's key)."""
+    return -(1 << 40) - block_hash
+
+
 def conversation_key(conversation: int) -> int:
     """A conversation's key in a PrefixCacheState (system prompts' keys are 0, 1, ...)."""
     return -2 - conversation
@@ -269,6 +281,7 @@ class ReplicaCore:
         prefix_tokens: int = 0,
         cache_conversations: bool = False,
         track_finished: bool = False,
+        chain_blocks: int = 0,
     ):
         if max_batched_tokens < max_num_seqs:
             raise ValueError(
@@ -306,7 +319,10 @@ class ReplicaCore:
         # and `prefix_tokens` (each prefix's length) fills at least one block, or when
         # `cache_conversations` (the log's requests are turns of conversations).
         conv = cache_conversations and log.conversation_list is not None
+        #: KV blocks one trace hash block holds (0: no chains)
+        self.chain_blocks = chain_blocks if log.chains is not None else 0
         on = conv or (log.prefix_list is not None and prefix_tokens >= BLOCK_TOKENS)
+        on = on or self.chain_blocks > 0
         self.prefixes = PrefixCacheState(prefix_tokens // BLOCK_TOKENS) if on else None
         self._conversations = log.conversation_list if conv else None
         #: with conversations, the requests finished since the driver last took them (their
@@ -326,7 +342,10 @@ class ReplicaCore:
         log = self.log
         prefix = -1 if log.prefix_list is None else log.prefix_list[rid]
         conv = -1 if self._conversations is None else -2 - self._conversations[rid]
-        self.waiting.append(Seq(rid, log.prompt_list[rid], log.output_list[rid], prefix, conv))
+        s = Seq(rid, log.prompt_list[rid], log.output_list[rid], prefix, conv)
+        if self.chain_blocks:
+            s.chain = log.chains[rid]  # type: ignore[index]
+        self.waiting.append(s)
         log.replica[rid] = self.index
         plan = self.plan
         if (
@@ -426,6 +445,8 @@ class ReplicaCore:
             cache = self.prefixes
             if cache is not None and s.prefix >= 0 and not s.shared and cache.blocks_each:
                 s.shared = cache.register(s.prefix)  # its prefix blocks, now cached
+            if s.chain:  # its hash blocks not yet cached, now cached
+                s.shared += self._register_chain(s)
             s.generated += 1  # the last chunk samples a token
             if math.isnan(log.first_token_s[s.rid]):
                 log.first_token_s[s.rid] = t
@@ -504,15 +525,36 @@ class ReplicaCore:
         extra = sum(self._blk_r[BLOCK_TOKENS - phase :]) if phase else 0
         return self._blk_q + self._n_dec * (i // BLOCK_TOKENS) + extra
 
+    def _register_chain(self, s: Seq) -> int:
+        """A prefill done: each of its hash blocks after those it used becomes a cache entry
+        unless one is there (another request's copy: it keeps its own). The blocks it now
+        shares."""
+        cache = self.prefixes
+        assert cache is not None and s.chain is not None
+        size, held, added = self.chain_blocks, s.chain_held, 0
+        for key in s.chain[len(held) :]:
+            if key in cache.entries:
+                continue
+            cache.entries[key] = 1
+            cache.sizes[key] = size
+            cache.blocks += size
+            held.append(key)
+            added += size
+        return added
+
     def _release(self, s: Seq) -> None:
         """A sequence leaves (done or preempted): it stops using its cached entries."""
         cache = self.prefixes
         assert cache is not None
+        own = s.shared - s.conv_held - self.chain_blocks * len(s.chain_held)
         if s.conv_held:
             cache.release(s.conv)
-        if s.shared != s.conv_held:
+        for key in s.chain_held:
+            cache.release(key)
+        if own:
             cache.release(s.prefix)
         s.shared = s.conv_held = 0
+        s.chain_held = []
 
     def _done(self, s: Seq, end: float) -> None:
         del self.running[s.order]
@@ -648,6 +690,14 @@ class ReplicaCore:
                 )
                 if chit:
                     skip += cache.sizes[head.conv] * BLOCK_TOKENS
+                chain = head.chain
+                if chain:  # the leading hash blocks cached (an id names its whole prefix)
+                    k, size = 0, self.chain_blocks
+                    most = (head.target - 1) // (size * BLOCK_TOKENS)  # one token to prefill
+                    while k < len(chain) and k < most and chain[k] in entries:
+                        k += 1
+                    used = chain[:k]
+                    skip += k * size * BLOCK_TOKENS
             c = min(head.target - skip, budget)
             if not self.chunked_prefill and c < head.target - skip:
                 break
@@ -657,20 +707,26 @@ class ReplicaCore:
                     base, exact = self._decode_blocks(i) + self._pre_blocks, True
                 if base + added + blocks > cap and cache is not None:
                     # the entries it is about to use stay
-                    keep = (head.prefix if hit else -1, head.conv if chit else -1)
+                    keep: tuple[int, ...] = (head.prefix if hit else -1, head.conv if chit else -1)
+                    if head.chain:
+                        keep = (*keep, *used)
                     cap += cache.evict(base + added + blocks - cap, keep)
                 if base + added + blocks > cap:
                     break
             waiting.popleft()
             head.order = self._order
             self._order += 1
-            if hit or chit:  # its prefix's blocks are the cache's: prefill starts after them
+            if skip:  # its prefix's blocks are the cache's: prefill starts after them
                 assert cache is not None
                 if hit:
                     head.shared = cache.use(head.prefix)
                 if chit:
                     head.conv_held = cache.use(head.conv)
                     head.shared += head.conv_held
+                if head.chain and used:  # the tail first, so that LRU evicts it first
+                    for key in reversed(used):
+                        head.shared += cache.use(key)
+                    head.chain_held = list(used)
                 head.prefilled = head.cached = skip
             if math.isnan(self.log.admitted_s[head.rid]):
                 self.log.admitted_s[head.rid] = now

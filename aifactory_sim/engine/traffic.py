@@ -340,6 +340,7 @@ def _trace_within(traffic: TraceTraffic, horizon_s: float) -> Requests:
     trace = traffic.requests()  # read when the scenario was loaded (spec.traces)
     times = trace.arrival_s
     columns = [trace.prompt_tokens, trace.output_tokens]
+    chains = trace.hash_ids
     if traffic.loop and times.size:
         if times.size < 2 or times[-1] <= times[0]:
             raise ScenarioError(
@@ -349,10 +350,12 @@ def _trace_within(traffic: TraceTraffic, horizon_s: float) -> Requests:
         copies = max(1, math.ceil(horizon_s / period))
         times = (times[None, :] + period * np.arange(copies)[:, None]).ravel()
         columns = [None if c is None else np.tile(c, copies) for c in columns]
+        chains = None if chains is None else chains * copies
     lo = int(np.searchsorted(times, 0.0, side="left"))
     hi = int(np.searchsorted(times, horizon_s, side="left"))
     cut = slice(lo, hi)
-    return Requests(times[cut], *(None if c is None else c[cut] for c in columns))
+    prompt, output = (None if c is None else c[cut] for c in columns)
+    return Requests(times[cut], prompt, output, None if chains is None else chains[lo:hi])
 
 
 def draw_requests(
@@ -368,9 +371,11 @@ def draw_requests(
     """A service's requests on [0, horizon_s). Three streams, so that changing one distribution
     shifts no other draw. A trace's token columns are used where it has them; a distribution
     given fills a missing column."""
+    chains = None
     if isinstance(traffic, TraceTraffic):
         trace = _trace_within(traffic, horizon_s)
         times, from_trace = trace.arrival_s, (trace.prompt_tokens, trace.output_tokens)
+        chains = trace.hash_ids
     else:
         times, from_trace = arrivals(traffic, horizon_s, arrivals_rng), (None, None)
     drawn = []
@@ -387,7 +392,7 @@ def draw_requests(
             drawn.append(lengths(dist, times.size, rng))
         else:
             raise ScenarioError(f"{traffic.kind} traffic needs a {name} distribution", path=name)
-    return Requests(times, drawn[0], drawn[1])
+    return Requests(times, drawn[0], drawn[1], chains)
 
 
 class Turns(NamedTuple):

@@ -127,15 +127,26 @@ class TraceTraffic(_Serving):
       ContextTokens, GeneratedTokens; TIMESTAMP as datetime strings ("2023-11-16
       18:15:46.6805900", optionally with a UTC offset) or as seconds.
     - `plain`: arrival_s, prompt_tokens, output_tokens.
-    Rows need not be sorted. By default times are shifted so that the first request arrives
-    at t = 0; with `shift_to_zero: false` numeric times are kept as written and datetime
-    TIMESTAMPs count from midnight (UTC) of the first request's day, which keeps the trace's
-    time of day. Token counts below 1 are raised to 1.
+    - `mooncake`, JSON lines as Mooncake's public traces (Qin et al., FAST'25): timestamp (ms),
+      input_length, output_length, hash_ids; `auto` takes a .jsonl file as this layout.
+    Any layout may carry `hash_ids`, each row's prompt as a chain of `hash_block_tokens`-token
+    blocks named by hashes (equal ids, equal prefix): the replicas' prefix caches then reuse
+    the blocks requests share. Rows need not be sorted. By default times are shifted so that
+    the first request arrives at t = 0; with `shift_to_zero: false` numeric times are kept as
+    written and datetime TIMESTAMPs count from midnight (UTC) of the first request's day, which
+    keeps the trace's time of day. Token counts below 1 are raised to 1.
     """
 
     kind: Literal["trace"] = "trace"
     path: str = Field(min_length=1, description="CSV file; relative paths from the run's cwd")
-    layout: Literal["auto", "azure", "plain"] = "auto"
+    layout: Literal["auto", "azure", "plain", "mooncake"] = "auto"
+    hash_block_tokens: int = Field(
+        512,
+        ge=16,
+        multiple_of=16,
+        description="tokens each of a row's hash_ids stands for (Mooncake's traces: 512); a "
+        "multiple of the KV cache's 16-token blocks",
+    )
     speedup: float = Field(
         1.0, gt=0, description="replay this many times faster: arrival times are divided by it"
     )

@@ -20,7 +20,12 @@ from ..errors import ScenarioError
 TRACE_LAYOUTS = {
     "azure": ("TIMESTAMP", "ContextTokens", "GeneratedTokens"),
     "plain": ("arrival_s", "prompt_tokens", "output_tokens"),
+    # JSON lines (Mooncake's public traces, FAST'25): times in ms, each row's block hashes
+    "mooncake": ("timestamp", "input_length", "output_length"),
 }
+#: The column of block hashes a trace may carry: a row's prompt as a chain of fixed-size
+#: blocks, each named by a hash of itself and every block before it (equal ids, equal prefix).
+HASH_COLUMN = "hash_ids"
 
 
 class TraceFields(Protocol):
@@ -48,6 +53,8 @@ class Requests:
     arrival_s: np.ndarray
     prompt_tokens: np.ndarray | None
     output_tokens: np.ndarray | None
+    #: each request's prompt block hashes (HASH_COLUMN), where the trace has them
+    hash_ids: list[list[int]] | None = None
 
     def __len__(self) -> int:
         return int(self.arrival_s.size)
@@ -63,14 +70,24 @@ def read_trace(traffic: TraceFields) -> Requests:
     where = "traffic.path"
     if not path.is_file():
         raise ScenarioError(f"no such trace file: {path}", path=where)
+    jsonl = traffic.layout == "mooncake" or (
+        traffic.layout == "auto" and path.suffix.lower() in (".jsonl", ".json")
+    )
     try:
-        frame = pd.read_csv(path, skipinitialspace=True)
+        frame = (
+            pd.read_json(path, lines=True, dtype=False)
+            if jsonl
+            else pd.read_csv(path, skipinitialspace=True)
+        )
     except (ValueError, OSError, UnicodeDecodeError) as exc:
-        raise ScenarioError(f"cannot read {path} as CSV: {exc}", path=where) from None
+        kind = "JSON lines" if jsonl else "CSV"
+        raise ScenarioError(f"cannot read {path} as {kind}: {exc}", path=where) from None
     if frame.empty:
         raise ScenarioError(f"{path} holds no requests (a header row and no data)", path=where)
     by_lower = {str(c).strip().lower(): c for c in frame.columns}
     layout: str = traffic.layout
+    if layout == "auto" and jsonl:  # JSON lines: Mooncake's layout (its TIMESTAMP is in ms)
+        layout = "mooncake"
     if layout == "auto":
         found = [name for name, cols in TRACE_LAYOUTS.items() if cols[0].lower() in by_lower]
         if not found:
@@ -89,6 +106,8 @@ def read_trace(traffic: TraceFields) -> Requests:
             path=where,
         )
     times = _trace_seconds(frame[time_col], traffic.shift_to_zero, path)
+    if layout == "mooncake":
+        times = times / 1000.0  # Mooncake's timestamps are milliseconds
     order = np.argsort(times, kind="stable")
     times = times[order]
     if traffic.shift_to_zero and times.size:
@@ -97,7 +116,36 @@ def read_trace(traffic: TraceFields) -> Requests:
         None if col is None else _trace_tokens(frame[col], str(col), path)[order]
         for col in (prompt_col, output_col)
     ]
-    return Requests(times / traffic.speedup, tokens[0], tokens[1])
+    hashes = by_lower.get(HASH_COLUMN)
+    chains = None if hashes is None else _trace_hashes(frame[hashes], path)
+    if chains is not None:
+        chains = [chains[i] for i in order.tolist()]
+    return Requests(times / traffic.speedup, tokens[0], tokens[1], chains)
+
+
+def _trace_hashes(column: object, path: Path) -> list[list[int]]:
+    """Each row's block hashes: a JSON list (JSON lines) or the ids in a CSV cell, separated by
+    spaces, commas or semicolons (brackets allowed)."""
+    import pandas as pd
+
+    out: list[list[int]] = []
+    for row, cell in enumerate(pd.Series(column).tolist()):
+        try:
+            if isinstance(cell, list):
+                ids = [int(x) for x in cell]
+            elif cell is None or (isinstance(cell, float) and cell != cell):
+                ids = []
+            else:
+                text = str(cell).strip().strip("[]")
+                ids = [int(x) for x in text.replace(",", " ").replace(";", " ").split()]
+        except (TypeError, ValueError):
+            raise ScenarioError(
+                f"{path}: column {HASH_COLUMN} must hold block ids (integers); data row "
+                f"{row + 1} has {cell!r}",
+                path="traffic.path",
+            ) from None
+        out.append(ids)
+    return out
 
 
 def _trace_seconds(column: object, shift_to_zero: bool, path: Path) -> np.ndarray:
