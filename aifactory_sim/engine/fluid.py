@@ -365,8 +365,8 @@ class FlowModel:
         sees are 1 / replicas of them, and T fills the KV the load leaves (in hash blocks);
         a row finds the leading run of its blocks each cached with chance 1 - exp(-q_i T),
         less the cold misses (each replica's first use of a block: replicas / c_i of its c_i
-        uses), drawn block by block up to the first miss. A fixed point with the KV the cache leaves,
-        as for system prompts."""
+        uses), drawn block by block up to the first miss. A fixed point with the KV the cache
+        leaves, as for system prompts."""
         chains = self._chains
         assert chains is not None
         hb = self.spec.traffic.hash_block_tokens  # type: ignore[union-attr]
