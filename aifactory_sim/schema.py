@@ -253,6 +253,16 @@ class PoolSummary(TypedDict):
 
 
 @_STRICT
+class KVFabricSummary(TypedDict):
+    """KV transfers on an oversubscribed fabric (engine/fabric.py): their share of the leaves'
+    up-links beside the training jobs' rings."""
+
+    cross_leaf: float  # fraction 0..1 of the transfers between replicas on different leaves
+    slowdown_mean: float  # x, a transfer's time over its link's bandwidth alone (1 = unslowed)
+    slowdown_max: float  # x
+
+
+@_STRICT
 class KVTransferSummary(TypedDict):
     """A disaggregated service's KV-cache transfers from prefill to decode replicas."""
 
@@ -264,6 +274,7 @@ class KVTransferSummary(TypedDict):
     wait_s: LatencyStats  # s, from the first token to the transfer's start (decode seat, link)
     link_gb_s: float  # GB/s, one prefill replica's link
     link_utilization: float  # fraction 0..1 of the prefill links' time spent moving bytes
+    fabric: NotRequired[KVFabricSummary]  # over a fabric with oversubscription > 1 (step/fast)
 
 
 @_STRICT

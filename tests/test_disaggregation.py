@@ -9,6 +9,7 @@ import json
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from shared_paths import SHARED
@@ -261,3 +262,134 @@ def test_serving_frontier_runs_unchanged(tmp_path, capsys):
     # the same file's first ten minutes in the fast tier, unchanged but for the duration
     fast = af.run(af.load(path, overrides={"duration": "10m"}))
     assert fast.summary["inference"]["assistant"]["kv_transfer"]["transfers"] > 1000
+
+
+def test_the_fluid_decode_side_takes_what_the_prefill_side_completes():
+    """Half an hour at 12 requests/s, 1.4x what the one prefill replica prefills (8.5/s in
+    `fast`): the prefill side falls behind, and the decode side sees only what it completes.
+    The fluid tier's completions, backlog and TTFT against `fast`'s: within 2 %, 5 % and the
+    tier's 15 %; what the decode side took in is what the prefill side finished."""
+    out = {}
+    for tier in ("fast", "fluid"):
+        d = _with(duration="30m", traffic={"kind": "poisson", "rate_rps": 12})
+        d["fidelity"] = tier
+        out[tier] = _run(d)[1]
+    fast, fluid = out["fast"], out["fluid"]
+    assert fast["in_flight"] > 0.2 * fast["requests"]  # overloaded, as meant
+    assert fluid["completed"] == pytest.approx(fast["completed"], rel=0.02)
+    assert fluid["in_flight"] == pytest.approx(fast["in_flight"], rel=0.05)
+    assert fluid["ttft_s"]["p50"] == pytest.approx(fast["ttft_s"]["p50"], rel=0.15)
+
+
+def _decode_blocks_at(req, rid_time: float, replica: int) -> int:
+    """Blocks of the prompts (and their first token) on `replica` just before `rid_time`:
+    requests picked for it earlier (at their first token) and not finished."""
+    on = req[(req["decode_replica"] == replica) & (req["first_token_s"] < rid_time)
+             & ~(req["finish_s"] < rid_time)]
+    return int((-(-(on["prompt_tokens"] + 1) // 16)).sum())
+
+
+def test_kv_aware_decode_routing_picks_the_replica_with_the_fewest_blocks():
+    """kv-aware: each request goes to the decode replica holding the fewest blocks of prompts
+    at its first token (recounted from the requests table); least-loaded counts requests
+    instead, and with prompts of very different lengths leaves the replicas' KV further apart.
+    fast == step with it, per request."""
+    fields = dict(duration="3m", traffic={"kind": "poisson", "rate_rps": 3},
+                  prompt_tokens={"kind": "lognormal", "median": 1500, "sigma": 1.2,
+                                 "max": 16000})
+    runs = {}
+    for router in ("kv-aware", "least-loaded"):
+        d = _with(**fields)
+        d["inference"][0]["disaggregation"]["decode_router"] = router
+        d["inference"][0]["disaggregation"]["decode"]["replicas"] = 3
+        d["cluster"]["node_pools"][0]["nodes"] = 3
+        runs[router] = _run(d)
+    req = runs["kv-aware"][0].requests
+    req = req[req["output_tokens"] > 1].sort_values("first_token_s")
+    times = req["first_token_s"].to_numpy()
+    checked = 0
+    for i, row in enumerate(req.itertuples()):
+        t = row.first_token_s
+        if (i and times[i - 1] == t) or (i + 1 < len(times) and times[i + 1] == t):
+            continue  # picked at one instant with another: their order is the log's
+        mine = _decode_blocks_at(req, t, row.decode_replica)
+        assert all(mine <= _decode_blocks_at(req, t, k) for k in range(3)), row.request
+        checked += 1
+    assert checked > 300
+    spread = {}
+    for router, (res, _) in runs.items():
+        r = res.requests[res.requests["output_tokens"] > 1]
+        samples = np.linspace(30, 170, 30)
+        gaps = [np.ptp([_decode_blocks_at(r, t, k) for k in range(3)]) for t in samples]
+        spread[router] = float(np.mean(gaps))
+    assert spread["kv-aware"] < 0.8 * spread["least-loaded"]
+    d = _with(**fields)
+    d["inference"][0]["disaggregation"]["decode_router"] = "kv-aware"
+    d["inference"][0]["disaggregation"]["decode"]["replicas"] = 3
+    d["cluster"]["node_pools"][0]["nodes"] = 3
+    d["fidelity"] = "step"
+    step = _run(d)[0].requests
+    d["fidelity"] = "fast"
+    fast_kv = _run(d)[0].requests
+    np.testing.assert_allclose(fast_kv[["first_token_s", "finish_s"]].to_numpy(),
+                               step[["first_token_s", "finish_s"]].to_numpy(), rtol=1e-9, atol=1e-9)
+    assert fast_kv["decode_replica"].equals(step["decode_replica"])
+
+
+def _shared_fabric(with_job: bool = True, with_service: bool = True) -> dict[str, Any]:
+    """8 nodes, 2 a leaf, up-links oversubscribed 4:1 (half a node's bandwidth a leaf), nodes
+    dealt round-robin over the leaves: an 8B job on 4 nodes (one a leaf, its ring crossing every
+    leaf), a 70B service's prefill and decode replicas (one node each) on two other leaves."""
+    d = _with(duration="10m", traffic={"kind": "poisson", "rate_rps": 4})
+    d["cluster"]["node_pools"][0]["nodes"] = 8
+    d["cluster"]["fabric"] = {"kind": "fat-tree", "latency_us": 5, "nodes_per_leaf": 2,
+                              "oversubscription": 4.0}
+    d["scheduler"] = {"placement": "spread"}
+    d["inference"][0]["disaggregation"] = {"prefill": {"tp": 8, "replicas": 1},
+                                           "decode": {"tp": 8, "replicas": 1}}
+    if with_job:
+        d["training"] = [{"name": "pre", "model": "llama3-8b", "tokens": 1e12, "seq_len": 4096,
+                          "global_batch_seqs": 128, "parallel": {"tp": 1, "pp": 1, "dp": 32}}]
+    if not with_service:
+        d.pop("inference")
+    return d
+
+
+def test_kv_transfers_share_the_fabric_with_training():
+    """The transfers cross leaves: each is one more flow of a node's bandwidth beside the ring
+    and the transfers' mean load of the 15 s window before (bytes / (node bandwidth x 15 s),
+    recounted from the requests table): slowdown = (1 + load + 1) x 4 / 2 exactly, and its time
+    bytes x slowdown / bandwidth + latency. The job's ring, slowed 2x by its own leaf share,
+    is slowed (1 + load) x 2 at most by the transfers; without the service, exactly 2."""
+    res, s = _run(_shared_fabric())
+    req = res.requests.dropna(subset=["kv_transfer_end_s"]).sort_values("first_token_s")
+    assert len(req) > 1000
+    assert (req["prefill_replica"] == 0).all() and (req["decode_replica"] == 0).all()
+    bw = 8 * _link_bytes_per_s(_with()) / 4  # a node's 8 GPUs' NICs: the tp=8 link
+    window = np.floor(req["first_token_s"].to_numpy() / 15.0 - 1e-12)
+    sent = pd.Series(req["kv_bytes"].to_numpy()).groupby(window).sum()
+    load_before = np.array([sent.get(w - 1, 0.0) for w in window]) / (bw * 15.0)
+    expect = (1.0 + load_before + 1.0) * 4.0 / 2.0
+    np.testing.assert_allclose(req["kv_fabric_slowdown"], expect, rtol=1e-9)
+    np.testing.assert_allclose(req["kv_transfer_end_s"] - req["kv_transfer_start_s"],
+                               req["kv_bytes"] * expect / bw + 5e-6, rtol=1e-9)
+    fab = s["kv_transfer"]["fabric"]
+    assert fab["cross_leaf"] == 1.0
+    assert fab["slowdown_mean"] == pytest.approx(float(expect.mean()), rel=1e-9)
+    job = res.summary["training"]["pre"]
+    peak = float(sent.max()) / (bw * 15.0)
+    assert job["fabric_slowdown_max"] == pytest.approx((1.0 + peak) * 2.0, rel=1e-9)
+    assert job["fabric_slowdown_max"] > 2.0
+    alone = af.run(af.load(_shared_fabric(with_service=False))).summary["training"]["pre"]
+    assert alone["fabric_slowdown_max"] == 2.0
+
+
+def test_kv_transfers_within_a_leaf_or_on_a_full_fabric_are_not_slowed():
+    """Oversubscription 1 (every leaf's up-links carry its nodes at line rate): no fabric block
+    and transfers at their link's bandwidth, as without a training job."""
+    d = _shared_fabric()
+    d["cluster"]["fabric"]["oversubscription"] = 1.0
+    res, s = _run(d)
+    assert "fabric" not in s["kv_transfer"]
+    req = res.requests.dropna(subset=["kv_transfer_end_s"])
+    assert (req["kv_fabric_slowdown"] == 1.0).all()

@@ -266,7 +266,7 @@ def test_replicas_must_fit_the_pool() -> None:
     assert service(with_("inference.0.replicas", 4, data)).initial_replicas == 4
     msg = error_of(with_("inference.0.replicas", 5, data))
     assert msg == ("inference.0.replicas: 5 replicas of tp=8 need 5 nodes of 8 GPUs, more than "
-                   "pool 'h100''s 4 nodes = 4")
+                   "pool 'h100''s 4 nodes")
     spare = with_("cluster.spare_nodes", 1, with_("inference.0.replicas", 4, data))
     assert "4 nodes less 1 spare nodes = 3" in error_of(spare)
     # The autoscaler's floor is where it starts, so it must fit too: four tp=2 replicas share

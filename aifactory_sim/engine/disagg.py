@@ -44,7 +44,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..kernels.inference import kv_bytes_per_sequence
+from ..kernels.collectives import leaf_share_slowdown
+from ..kernels.inference import BLOCK_TOKENS, kv_bytes_per_sequence
 from ..kernels.stats import latency_stats
 from .inference import INF, RouterModel
 from .replica import ReplicaCore
@@ -99,19 +100,9 @@ class DisaggregatedModel(RouterModel):
         self.service = service
         self.prefill_spec = service.side("prefill")
         self.decode_spec = service.side("decode")
-        super().__init__(self.prefill_spec, prefill, rngs, tier=tier, span_s=span_s)
         self.decode_sizing = decode
+        super().__init__(self.prefill_spec, prefill, rngs, tier=tier, span_s=span_s)
         log = self.log
-        b = self.prefill_spec.batching
-        # what can never run: a prompt beyond a prefill replica's cache (or budget, without
-        # chunked prefill), or a prompt and its output beyond a decode replica's
-        too_long = (log.prompt_tokens + 1 > prefill.kv_tokens) | (
-            log.prompt_tokens + log.output_tokens > decode.kv_tokens
-        )
-        if not b.chunked_prefill:
-            too_long |= log.prompt_tokens > b.max_batched_tokens
-        self.dropped = too_long
-        self._drop = too_long.tolist()
         n = len(log)
         # The prefill replicas see one output token; the decode replicas the whole output,
         # no prefix cache, and their own replica column. Both write the log's timestamps.
@@ -148,6 +139,26 @@ class DisaggregatedModel(RouterModel):
         self._dheap: list[tuple[float, int, int]] = []
         self.dqueue: deque[int] = deque()
         self._dseats = self.decode_spec.batching.max_num_seqs
+        # kv-aware routing: the blocks of the prompts on each decode replica or on their way
+        self._kv_aware = d.decode_router == "kv-aware"
+        self._blocks = (-(-(log.prompt_tokens + 1) // BLOCK_TOKENS)).tolist()
+        self._dcommit: list[int] = []
+        self._on: dict[int, int] = {}  # request -> the decode replica its blocks count on
+        # the fabric's leaves (attach_fabric): None while transfers cannot be slowed
+        self._leaf: np.ndarray | None = None
+        self.kv_slowdown = np.full(n, math.nan)
+        self.kv_cross = np.zeros(n, dtype=bool)  # a transfer that crossed leaves
+
+    def _never_runs(self) -> np.ndarray:
+        """What can never run: a prompt beyond a prefill replica's cache (or budget, without
+        chunked prefill), or a prompt and its output beyond a decode replica's."""
+        log, b = self.log, self.prefill_spec.batching
+        too_long = (log.prompt_tokens + 1 > self.kv_tokens) | (
+            log.prompt_tokens + log.output_tokens > self.decode_sizing.kv_tokens
+        )
+        if not b.chunked_prefill:
+            too_long |= log.prompt_tokens > b.max_batched_tokens
+        return too_long
 
     # --- the two fleets ------------------------------------------------------------------------
     def connect_decode(self, fleet: FleetView) -> None:
@@ -176,7 +187,43 @@ class DisaggregatedModel(RouterModel):
         self.douts.append(0)
         self._dseqs.append(-1)
         self._dcores.append(core)
+        self._dcommit.append(0)
         return core
+
+    # --- the fabric --------------------------------------------------------------------------
+    def attach_fabric(
+        self, leaf: np.ndarray, nodes_per_leaf: int, oversubscription: float, node_bytes_s: float
+    ) -> None:
+        """Rate the transfers that cross leaf switches by their share of the up-links (the
+        fabric calls `leaf_load` and `rated`, engine/fabric.py): `leaf` is the leaf of each node
+        of the pool, `node_bytes_s` a node's scale-out bandwidth (one flow of the fabric)."""
+        self._leaf = leaf
+        self._npl, self._over = nodes_per_leaf, oversubscription
+        self._node_bw = node_bytes_s
+        self._own = self.link_bw / node_bytes_s  # a transfer's flows at its link's full rate
+        n_leaves = int(leaf.max()) + 1 if leaf.size else 1
+        self._flows = np.zeros(n_leaves)  # the leaves' flows as last rated
+        self._sent = np.zeros(n_leaves)  # bytes across each leaf's up-links since the last load
+        self._sent_since = self.prefill_spec.start_at
+
+    def leaf_load(self, now: float) -> np.ndarray:
+        """The mean flows the transfers put on each leaf's up-links since the last call (bytes
+        over a node's bandwidth x the time), the service's events to `now` processed first."""
+        self.advance_to(now)
+        span = now - self._sent_since
+        load = self._sent / (self._node_bw * span) if span > 0 else np.zeros_like(self._sent)
+        self._sent = np.zeros_like(self._sent)
+        self._sent_since = now
+        return load
+
+    def rated(self, flows: np.ndarray) -> None:
+        """The flows on each leaf's up-links as the fabric last counted them (rings and
+        transfers): what a transfer that crosses them shares."""
+        self._flows = flows
+
+    def _leaves(self, nodes: Sequence[int]) -> set[int]:
+        assert self._leaf is not None
+        return {int(self._leaf[k]) for k in nodes}
 
     # --- the clock -------------------------------------------------------------------------------
     def advance_to(self, t: float) -> None:
@@ -237,10 +284,9 @@ class DisaggregatedModel(RouterModel):
         self._next = i
 
     # --- prefill ends: hand over ---------------------------------------------------------------
-    def _next_turns(self, finished: list[int], now: float) -> None:
-        """Prefills done at `now` (RouterModel._plan_end calls this with a prefill core's
-        finished requests): each goes on to a decode replica, or is done if it wanted one
-        token."""
+    def _finished(self, finished: list[int], now: float) -> None:
+        """Prefills done at `now` (a prefill core's finished requests): each goes on to a decode
+        replica, or is done if it wanted one token."""
         log = self.log
         for rid in finished:
             if log.output_list[rid] <= 1:
@@ -258,35 +304,88 @@ class DisaggregatedModel(RouterModel):
     def _answered(self, finished: list[int], now: float) -> None:
         """Requests answered at `now`: their conversations' next turns (RouterModel's)."""
         if self.turns is not None:
-            RouterModel._next_turns(self, finished, now)
+            self._next_turns(finished, now)
         finished.clear()
 
     def _pick_decode(self) -> int:
-        """The ready decode replica with the fewest requests and a free seat (ties: the one
-        ready longest), or -1."""
+        """Among the ready decode replicas with a free seat, least-loaded: the one with the
+        fewest requests; kv-aware: the one with the fewest blocks of prompts on it or on their
+        way (its prompts' KV and first token, as Dynamo's router counts a decode worker's
+        active blocks when it adds a request; the blocks a request grows while it decodes are
+        left out), then the fewest requests. Ties: the one ready longest. -1 if none."""
         outs = self.douts
         best = -1
+        if self._kv_aware:
+            blocks = self._dcommit
+            for k in self.dready:
+                if outs[k] < self._dseats and (
+                    best < 0
+                    or blocks[k] < blocks[best]
+                    or (blocks[k] == blocks[best] and outs[k] < outs[best])
+                ):
+                    best = k
+            return best
         for k in self.dready:
             if outs[k] < self._dseats and (best < 0 or outs[k] < outs[best]):
                 best = k
         return best
 
+    def _commit(self, rid: int, d: int) -> None:
+        """Request `rid` is decode replica `d`'s now (kv-aware routing counts its blocks)."""
+        if self._kv_aware:
+            self._dcommit[d] += self._blocks[rid]
+            self._on[rid] = d
+
+    def _released(self, finished: Sequence[int]) -> None:
+        """Requests done on their decode replicas: their blocks no longer count there."""
+        on, commit, blocks = self._on, self._dcommit, self._blocks
+        for rid in finished:
+            d = on.pop(rid, -1)
+            if d >= 0:
+                commit[d] -= blocks[rid]
+
     def _transfer(self, rid: int, d: int, now: float) -> None:
+        """Move request `rid`'s KV from its prefill replica to decode replica `d`: after the
+        transfers before it on its link, at the link's bandwidth, over a fabric shared with
+        what else crosses the leaves' up-links (see `_slowdown`)."""
         p = int(self.log.replica[rid])  # its prefill replica (the prefill log's column)
         start = max(now, self._link_free[p])
         busy = self._kv_bytes[rid] / self.link_bw
+        if self._leaf is not None:
+            slow = self._slowdown(rid, p, d)
+            busy *= slow
+            self.kv_slowdown[rid] = slow
         self._link_free[p] = start + busy
         end = start + busy + self.link_s
         self.kv_start[rid], self.kv_end[rid] = start, end
         self.douts[d] += 1
+        self._commit(rid, d)
         self._dest[rid] = d
         heapq.heappush(self._xfers, (end, rid))
+
+    def _slowdown(self, rid: int, p: int, d: int) -> float:
+        """How much slower than its link's bandwidth a transfer from prefill replica `p` to
+        decode replica `d` runs. Within one leaf it does not touch the up-links: 1. Across
+        leaves it is one more flow, at its link's rate (`_own` flows of a node's bandwidth), on
+        the up-links of every leaf either replica sits in, beside the flows the fabric last
+        counted there (the training jobs' rings, whole, and the transfers' mean over the last
+        window, engine/fabric.py): kernels.collectives.leaf_share_slowdown at the most loaded
+        of them. Its bytes count toward the next window's load on those leaves."""
+        leaves = self._leaves(self.replicas[p].nodes) | self._leaves(self.dreplicas[d].nodes)
+        if len(leaves) < 2:
+            return 1.0
+        self.kv_cross[rid] = True
+        idx = list(leaves)
+        self._sent[idx] += self._kv_bytes[rid]
+        crossed = self._flows[idx] + self._own
+        return float(leaf_share_slowdown(crossed, self._npl, self._over).max())
 
     def _delivered(self, rid: int, now: float) -> None:
         d = self._dest.pop(rid)
         self._handed += 1
         if self.dreplicas[d].state != "ready":  # gone while the KV moved: prefill again
             self.douts[d] = max(self.douts[d] - 1, 0)
+            self._released([rid])
             self._decode_reroute([rid], now)
             return
         core = self._dcores[d]
@@ -314,6 +413,8 @@ class DisaggregatedModel(RouterModel):
             self.douts[d] -= done
             self._in_system -= done
             assert core.finished is not None
+            if self._kv_aware:
+                self._released(core.finished)
             self._answered(core.finished, now)
             if self.dqueue and self.dreplicas[d].state == "ready":
                 self._fill_decode(d, now)
@@ -336,6 +437,7 @@ class DisaggregatedModel(RouterModel):
             core = self._dcores[d]
             core.add(rid, now)
             self.douts[d] += 1
+            self._commit(rid, d)
             if core.plan is None:
                 core.schedule(now)
             self._dpush(d)
@@ -349,6 +451,9 @@ class DisaggregatedModel(RouterModel):
         cols["kv_transfer_start_s"] = self.kv_start[ids]
         cols["kv_transfer_end_s"] = self.kv_end[ids]
         cols["kv_bytes"] = self.kv_bytes[ids]
+        slow = self.kv_slowdown[ids]
+        moved = np.isfinite(cols["kv_transfer_start_s"])
+        cols["kv_fabric_slowdown"] = np.where(moved & ~np.isfinite(slow), 1.0, slow)
         return cols
 
     def summary(self, horizon: float, active_s: float) -> dict[str, Any]:
@@ -368,6 +473,13 @@ class DisaggregatedModel(RouterModel):
             "link_gb_s": self.link_bw / 1e9,
             "link_utilization": (moved / self.link_bw / (links * active_s) if active_s else 0.0),
         }
+        if self._leaf is not None:  # the transfers' share of an oversubscribed fabric
+            slow = self.kv_slowdown[done]
+            out["kv_transfer"]["fabric"] = {
+                "cross_leaf": float(self.kv_cross[done].mean()) if slow.size else 0.0,
+                "slowdown_mean": float(slow.mean()) if slow.size else 1.0,
+                "slowdown_max": float(slow.max()) if slow.size else 1.0,
+            }
         return out
 
     # --- the decode fleet's calls (DecodeSide) ---------------------------------------------------
@@ -398,6 +510,7 @@ class DisaggregatedModel(RouterModel):
     def decode_evicted(self, replica: ReplicaView, now: float) -> list[int]:
         orphans = self._dcores[replica.index].evict(now)
         self.douts[replica.index] = 0
+        self._released(orphans)
         self._dseqs[replica.index] = -1
         # requests still in transfer to it come back when their transfer ends (_delivered)
         return [rid for rid in orphans if rid not in self._dest]

@@ -30,7 +30,7 @@ from .cluster import ClusterState
 from .disagg import DecodeSide, DisaggregatedModel, kv_link
 from .fabric import Fabric
 from .failures import FailureInjector, FailureRecord
-from .fleet import Fleet, replica_sizing, sample_interval_s
+from .fleet import SAMPLE_S, Fleet, replica_sizing, sample_interval_s
 from .fluid import FlowModel
 from .inference import RouterModel
 from .scheduler import Scheduler
@@ -223,7 +223,8 @@ class Factory:
                     span_s=span_s,
                     role="decode",
                 )
-                a.partner, a.spec_link = b, kvt.link
+                a.feed(b)
+                a.spec_link = kvt.link
                 a.link = kv_link(
                     pre, p_sizing, kvt.link, kvt.latency_us, sc.cluster.fabric.latency_us
                 )
@@ -240,6 +241,19 @@ class Factory:
                 span_s=span_s,
                 fabric_latency_us=sc.cluster.fabric.latency_us,
             )
+            fab = sc.cluster.fabric
+            if kvt.link == "fabric" and fab.oversubscription > 1.0:
+                # transfers across leaves share their up-links with the rings (engine/fabric.py)
+                state = self.cluster.pools[pool.name]
+                dmodel.attach_fabric(
+                    state.leaf,
+                    fab.nodes_per_leaf,
+                    fab.oversubscription,
+                    state.gpus_per_node * float(p_sizing.parallel_args["nic_bytes_per_s"]),
+                )
+                if not self.fabric.sources:
+                    self.env.process(self.fabric.watch(self.env, SAMPLE_S))
+                self.fabric.add_source(pool.name, dmodel)
             return [
                 fleet(k, pre, dmodel, p_sizing, "prefill"),
                 fleet(k + 1, dec, DecodeSide(dmodel), d_sizing, "decode"),

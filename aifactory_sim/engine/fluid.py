@@ -74,6 +74,12 @@ backlog Q, and computes:
    A fill's requests are a record of their own at the moment it took them.
    The run's percentiles are those of all samples weighted by the requests they stand for.
 
+The arrivals are the traffic grid's, except in two cases. With conversations the later turns
+are a closed loop (TurnLoop): they arrive after the answers to the turns before, and a service
+that falls behind gets fewer of them. A disaggregated service is two FlowModels, a prefill
+side and a decode side (`feed`): the decode side's arrivals are the prefill side's
+completions, so a prefill side that falls behind holds its backlog.
+
 What this tier leaves out, by design: per-request preemptions (reported as 0), the nodes of a
 draining replica (its requests finish, but its nodes go back at once), the router's policy
 (every policy is the ideal central queue), dropped requests counted by the share of the run's
@@ -145,6 +151,45 @@ class FluidCore:
         return math.inf
 
 
+class TurnLoop:
+    """Conversations' later turns as a closed loop in the fluid tier: a turn answered goes on
+    with chance `goes_on` (the pool's share of turns that have a next one), its conversation
+    thinks for an exponential time of mean `think_s`, and its next turn arrives, as in `fast`
+    (engine/traffic.draw_conversations). The thinking conversations Z are a fluid with
+    dZ/dt = goes_on x answers/s - Z / think_s; a piece of length dt takes its later turns from
+    the Z of its start and from the answers at the last piece's rate (exact for a constant
+    rate), and the answers it actually gave correct Z afterwards (nothing is lost: what was
+    over- or under-estimated is still thinking). New conversations are the traffic's arrivals
+    thinned 1 in turns_mean. Below saturation the arrivals are the traffic's; a service that
+    falls behind answers later, and its later turns come later, as they do in `fast`."""
+
+    def __init__(self, start_share: float, goes_on: float, think_s: float):
+        self.start_share, self.goes_on, self.think_s = start_share, goes_on, think_s
+        self.thinking = 0.0
+        self.started = 0.0  # conversations begun
+        self._rate = 0.0  # answers going on per second over the last piece
+        self._planned = 0.0  # of them, assumed to join within the piece
+        self._answered = 0.0  # the service's completions counted so far
+
+    def arrivals(self, traffic: float, dt: float) -> float:
+        """Requests arriving over the next `dt` s when the traffic brings `traffic`."""
+        th = self.think_s
+        left = -math.expm1(-dt / th) if th > 0 else 1.0  # share of a thinker done by dt
+        z0, r = self.thinking, self._rate
+        later = z0 * left + r * (dt - th * left)
+        self.thinking = z0 * (1.0 - left) + r * th * left
+        self._planned = r * dt
+        self.started += traffic * self.start_share
+        return traffic * self.start_share + later
+
+    def answered(self, completed: float, dt: float) -> None:
+        """The service's completions so far, at the end of the piece just flowed."""
+        inflow = self.goes_on * max(completed - self._answered, 0.0)
+        self._answered = max(completed, self._answered)
+        self.thinking = max(self.thinking + inflow - self._planned, 0.0)
+        self._rate = inflow / dt if dt > 0 else 0.0
+
+
 class FlowModel:
     """The serving model of an `inference` service in the `fluid` tier, on top of its replica
     fleet (see the module docstring)."""
@@ -165,6 +210,12 @@ class FlowModel:
         self.role = role
         #: a prefill side's decode side, and its KV link (bytes/s, s): set by the factory
         self.partner: FlowModel | None = None
+        #: a decode side's prefill side, whose completions are its arrivals (set by `feed`)
+        self.source: FlowModel | None = None
+        #: a prefill side's completions so far at the end of each piece of its flows:
+        #: times and running totals (the decode side's cumulative arrivals)
+        self._done_t: list[float] = []
+        self._done_n: list[float] = []
         self.link = (math.inf, 0.0)
         self._pf_u: float | None = None  # a prefill side's smoothed utilisation
         self.spec_link = "fabric"
@@ -305,6 +356,17 @@ class FlowModel:
                 before, hit = hit, self._prefix_hit_ratio(weights, sp.count, skip, span_s)
                 if abs(hit - before) < 1e-3:
                     break
+        #: with conversations, the later turns' closed loop (not on a decode side, whose
+        #: arrivals are its prefill side's completions); the arrivals kept over time
+        self._loop: TurnLoop | None = None
+        if self.turns is not None and role != "decode":
+            conv = spec.conversations
+            assert conv is not None
+            self._loop = TurnLoop(
+                1.0 / conv.turns_mean, float(self.pool_goes_on.mean()), conv.think_time_s
+            )
+        self._arr_t: list[float] = [start]
+        self._arr_n: list[float] = [0.0]
         # The flows.
         self._t = start
         self._backlog = 0.0
@@ -533,8 +595,25 @@ class FlowModel:
         return FluidCore()
 
     # --- the flows --------------------------------------------------------------------------
+    def feed(self, decode: FlowModel) -> None:
+        """Make `decode` this prefill side's decode side: the requests this side completes (their
+        first token sampled) arrive there, their KV moved (a transfer's milliseconds are left
+        out of when they arrive; the summary adds them to the latencies). A request too long
+        for a decode replica is dropped there, as a share of what arrives (the decode pool's
+        drops beyond this side's: the two pools are the same draws)."""
+        self.partner, decode.source = decode, self
+        self._done_t, self._done_n = [self._t], [0.0]
+        over = max(decode.drop_share - self.drop_share, 0.0)
+        decode.drop_share = over / max(1.0 - self.drop_share, 1e-12)
+
+    def _completed(self) -> float:
+        return max(self._admitted - self._in_service - self._draining, 0.0)
+
     def _arrivals_until(self, t: float) -> float:
-        """Cumulative arrivals at t: the tick's count spread evenly over the tick."""
+        """Cumulative arrivals at t: the tick's count spread evenly over the tick; a decode
+        side's, its prefill side's completions (linear between the ends of its pieces)."""
+        if self.source is not None:
+            return self.source._completed_until(t)
         edges, cum = self._edges_list, self._cum_list
         k = bisect.bisect_right(edges, t) - 1
         if k < 0:
@@ -543,24 +622,47 @@ class FlowModel:
             return cum[-1]
         return cum[k] + (cum[k + 1] - cum[k]) * (t - edges[k]) / (edges[k + 1] - edges[k])
 
+    def _completed_until(self, t: float) -> float:
+        """A prefill side's completions by `t` (it has run at least to `t`)."""
+        times, done = self._done_t, self._done_n
+        k = bisect.bisect_right(times, t) - 1
+        if k < 0:
+            return 0.0
+        if k >= len(times) - 1:
+            return done[-1]
+        return done[k] + (done[k + 1] - done[k]) * (t - times[k]) / (times[k + 1] - times[k])
+
     def advance_to(self, t: float) -> None:
-        """Integrate the flows to `t`, in pieces that never cross a tick of the traffic grid."""
+        """Integrate the flows to `t`, in pieces that never cross a tick of the traffic grid (a
+        decode side's prefill side first, whose completions are its arrivals)."""
+        if self.source is not None:
+            self.source.advance_to(t)
         edges = self.edges
         while self._t < t:
             k = int(np.searchsorted(edges, self._t, side="right"))
             t1 = min(t, float(edges[k])) if k < edges.size else t
             self._flow(self._t, t1)
             self._t = t1
+            if self.partner is not None:  # a running total: a failure's requests go back
+                self._done_t.append(t1)
+                self._done_n.append(max(self._completed(), self._done_n[-1]))
 
     def _flow(self, t0: float, t1: float) -> None:
         dt = t1 - t0
         if dt <= 0:
             return
         arrived = self._arrivals_until(t1) - self._arrivals_until(t0)
+        loop = self._loop
+        if loop is not None:
+            arrived = loop.arrivals(arrived, dt)
         self._arrived += arrived
         dropped = arrived * self.drop_share
         self._dropped += dropped
         self._piece(t0, t1, (arrived - dropped) / dt)
+        if loop is not None:
+            loop.answered(self._completed(), dt)
+            self._arr_t.append(t1)
+            self._arr_n.append(self._arr_n[-1] + arrived - dropped)
 
     def _piece(self, t0: float, t1: float, lam: float) -> None:
         """Serve [t0, t1] while lam requests/s arrive (step 2 of the module docstring)."""
@@ -777,7 +879,7 @@ class FlowModel:
                     held_s = (l0 + l_top) / 2.0 * (h - full)
                     l0 = l_top
             if full > 0:  # full: admits what completes, the rest waits
-                x_top = x_top_steady
+                x_top = min(x_top_steady, x_pf)  # no faster than it prefills
                 if w > 0:  # the prompts admitted but not prefilled go first, little completes
                     slow = self._full_prefilling
                     clear = min(w / max(x_pf - slow, 1e-9), full)
@@ -941,9 +1043,18 @@ class FlowModel:
             self.ops,
             self.pool_prefill,
             self.pool_output,
-            self.cum_arrivals * (1.0 - self.drop_share),
-            self.edges,
+            *self._kept_arrivals(),
         )
+
+    def _kept_arrivals(self) -> tuple[np.ndarray, np.ndarray]:
+        """The cumulative arrivals not dropped and the times they are counted at: the traffic
+        grid's, or a decode side's, its prefill side's completions."""
+        if self.source is not None:
+            done = np.asarray(self.source._done_n) * (1.0 - self.drop_share)
+            return done, np.asarray(self.source._done_t)
+        if self._loop is not None:
+            return np.asarray(self._arr_n), np.asarray(self._arr_t)
+        return self.cum_arrivals * (1.0 - self.drop_share), self.edges
 
     def summary(self, horizon: float, active_s: float) -> dict[str, Any]:
         """The flows' part of the service's summary (docs/reference/metrics.md); a
@@ -1046,16 +1157,13 @@ class FlowModel:
             ttft_draw = e2e = tpot_draw = np.zeros(0)
         multi = b["output"] > 1
         tpot = (b["e2e"] + float(move.mean())) / out_b
-        # done once both sides are (the decode side's flows take the traffic as their arrivals:
-        # while the prefill side falls behind they carry more than reaches them, a bound)
-        completed = min(
-            max(d._admitted - d._in_service - d._draining, 0.0),
-            max(self._admitted - self._in_service - self._draining, 0.0),
-        )
+        # done on the decode side, whose arrivals are this side's completions; dropped on
+        # either side
+        completed = d._completed()
         slo = self.spec.slo
         attained: float | None = None
         met: dict[str, bool] = {}
-        dropped = max(self._dropped, d._dropped)
+        dropped = self._dropped + d._dropped
         if slo is not None and ttft_draw.size:
             attained, met = slo_attainment(
                 slo, ttft_draw, tpot_draw, tpot_draw[tpot_draw > 0], dropped=0.0
@@ -1100,8 +1208,8 @@ class FlowModel:
         turns, the modelled share of later turns that hit)."""
         if self.turns is None:
             return {}
-        turns = round(float(self.cum_arrivals[-1]))
-        started = round(turns * self.first_share)
+        turns = round(self._arrived)
+        started = round(self._loop.started) if self._loop is not None else 0
         later = self.pool_context > 0
         return {
             "conversations": {

@@ -114,7 +114,7 @@ class RouterModel:
 
     def _init_requests(self, rngs: dict[str, np.random.Generator], span_s: float) -> None:
         """Every request of the run, drawn at once (vectorised)."""
-        spec, b = self.spec, self.spec.batching
+        spec = self.spec
         reqs = draw_requests(
             spec.traffic,
             spec.prompt_tokens,
@@ -168,9 +168,7 @@ class RouterModel:
         self._later: list[tuple[float, int]] = []
         self._later_arrived = 0
         self._firsts = len(reqs.arrival_s) if conv is None else int(conv.max(initial=-1)) + 1
-        too_long = self.log.prompt_tokens + self.log.output_tokens > self.kv_tokens
-        if not b.chunked_prefill:
-            too_long |= self.log.prompt_tokens > b.max_batched_tokens
+        too_long = self._never_runs()
         self.dropped = too_long
         self._arrivals = self.log.arrival_s[: self._firsts].tolist()
         self._drop = too_long.tolist()
@@ -189,6 +187,15 @@ class RouterModel:
     #: they list the requests they finish (RouterModel reads them only for conversations)
     _core_log: RequestLog | None = None
     _track_finished = False
+
+    def _never_runs(self) -> np.ndarray:
+        """The requests no replica can ever hold: a prompt and its output beyond the KV cache,
+        or, without chunked prefill, a prompt beyond the token budget."""
+        log, b = self.log, self.spec.batching
+        too_long = log.prompt_tokens + log.output_tokens > self.kv_tokens
+        if not b.chunked_prefill:
+            too_long |= log.prompt_tokens > b.max_batched_tokens
+        return too_long
 
     def new_core(self, index: int) -> ReplicaCore:
         b = self.spec.batching
@@ -291,7 +298,7 @@ class RouterModel:
         if done:
             self.outs[k] -= done
             if core.finished:
-                self._next_turns(core.finished, now)
+                self._finished(core.finished, now)
             if self.queue and r.state == "ready":
                 self._fill_from_queue(r, now)
         # core.schedule(now) and self._push(r), written out: this runs at every plan end, the
@@ -304,6 +311,12 @@ class RouterModel:
         if plan is not None:
             heapq.heappush(self._heap, (plan.end, self._seq, k))
         return done
+
+    def _finished(self, finished: list[int], now: float) -> None:
+        """Requests a replica finished at `now` (the list its core keeps, emptied here): their
+        conversations go on (a disaggregated service's prefill side hands them over instead,
+        disagg.DisaggregatedModel)."""
+        self._next_turns(finished, now)
 
     def _next_turns(self, finished: list[int], now: float) -> None:
         """Turns of conversations answered at `now`: each one's next turn arrives after its

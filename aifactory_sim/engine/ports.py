@@ -150,6 +150,7 @@ class ReplicaView(Protocol):
     index: int
     state: str
     core: ServingCore
+    nodes: list[int]  # the pool's node indices it runs on (its leaves in the fabric)
 
 
 class FleetView(Protocol):
@@ -165,6 +166,20 @@ class FleetView(Protocol):
     @property
     def replicas(self) -> Sequence[ReplicaView]: ...
     def book_busy(self, gpu_s: float) -> None: ...
+
+
+class FabricFlows(Protocol):
+    """Flows other than the jobs' rings on a pool's leaf up-links, as the fabric sees them (a
+    disaggregated service's KV transfers, disagg.DisaggregatedModel)."""
+
+    def leaf_load(self, now: float) -> np.ndarray:
+        """The mean flows (of a node's bandwidth) put on each leaf's up-links since the last
+        call."""
+        ...
+
+    def rated(self, flows: np.ndarray) -> None:
+        """Every leaf's flows as the fabric counts them now (rings and mean loads)."""
+        ...
 
 
 class ServingModel(Protocol):

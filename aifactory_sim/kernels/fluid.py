@@ -145,11 +145,19 @@ def iteration_s(
     )
 
 
+#: Bisection steps for the carry of chunked prefill (kernels.fluid.mixture): 2^-32 of the room.
+CARRY_BISECTIONS = 32
+
+
 def mixture(rep: FluidReplica, n: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, ...]:
     """The mean iteration time when K ~ Poisson(n) prompts join D decodes, and the
-    decode-only one (K = 0). Prompts of mean length, their prefill
-    cut to the token budget left by the decodes (chunked prefill). K runs over the
-    Poisson's bulk (n +- 7 sqrt(n) + 8), whatever n."""
+    decode-only one (K = 0). Prompts of mean length, their prefill cut to the token budget
+    left by the decodes (chunked prefill), the tokens cut carried into the next iterations:
+    each iteration prefills min(K E[I] + c, room), with the carry c that makes the mean what
+    arrives, n E[I] (room at most), as a replica's chunked prefill conserves tokens (without
+    the carry a replica whose prompts fill the budget, a disaggregated prefill side, would
+    prefill 27 % more prompts per second than `fast` does, llama3-70b TP4 at 2,480-token
+    prompts). K runs over the Poisson's bulk (n +- 7 sqrt(n) + 8), whatever n."""
     width = int(min(np.ceil(14.0 * np.sqrt(float(n.max())) + 17.0), KMAX))
     lo = np.floor(np.maximum(n - 7.0 * np.sqrt(n) - 8.0, 0.0))
     k = lo + np.arange(width, dtype=np.float64)[None, :]
@@ -159,9 +167,23 @@ def mixture(rep: FluidReplica, n: np.ndarray, d: np.ndarray) -> tuple[np.ndarray
     pmf[:, :1] = 0.0  # K = 0 is evaluated apart, for the decode-only time
     pmf[:, 1:] = np.where(n > 0, pmf[:, 1:], (k[:, 1:] == 0).astype(np.float64))
     room = np.maximum(rep.max_batched_tokens - d, 0.0)
-    prefill = np.minimum(k * rep.mean_prompt, room)
-    share = np.where(k > 0, prefill / np.maximum(k * rep.mean_prompt, 1.0), 0.0)
-    f = iteration_s(rep, prefill, d, d * rep.mean_context, k * rep.mean_pairs * share, k)
+    arrive = k * rep.mean_prompt
+    prefill = np.minimum(arrive, room)
+    weight = pmf / np.maximum(pmf.sum(axis=1, keepdims=True), 1e-300)
+    target = np.minimum(n * rep.mean_prompt, room)
+    short = target - (weight * prefill).sum(axis=1, keepdims=True)
+    rows = np.flatnonzero(short[:, 0] > 1e-9 * np.maximum(target[:, 0], 1.0))
+    if rows.size:  # the carry, by bisection on the mean served (monotone in c)
+        a, r, w, goal = arrive[rows], room[rows], weight[rows], target[rows]
+        lo, hi = np.zeros_like(goal), r.copy()
+        for _ in range(CARRY_BISECTIONS):
+            c = (lo + hi) / 2.0
+            over = (w * np.minimum(a + c, r)).sum(axis=1, keepdims=True) > goal
+            hi, lo = np.where(over, c, hi), np.where(over, lo, c)
+        prefill[rows] = np.minimum(a + (lo + hi) / 2.0, r)
+    prompts = np.where(prefill > 0, np.maximum(k, 1.0), k)
+    pairs = prefill * rep.mean_pairs / max(rep.mean_prompt, 1.0)
+    f = iteration_s(rep, prefill, d, d * rep.mean_context, pairs, prompts)
     mean = (pmf * f).sum(axis=1, keepdims=True) / pmf.sum(axis=1, keepdims=True)
     return mean, f[:, :1]
 

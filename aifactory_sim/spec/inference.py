@@ -210,6 +210,13 @@ class Disaggregation(Spec):
     prefill: PoolLayout = Field(description="the prefill replicas")
     decode: PoolLayout = Field(description="the decode replicas")
     kv_transfer: KVTransfer = Field(KVTransfer(), description="the KV cache's move")
+    decode_router: Literal["least-loaded", "kv-aware"] = Field(
+        "least-loaded",
+        description="how a prefilled request's decode replica is picked among the ready ones "
+        "with a free seat: least-loaded (fewest requests on it or on their way to it); kv-aware "
+        "(the most KV blocks left after the prompts of the requests on it or on their way, "
+        "as NVIDIA Dynamo's KV router and llm-d's KV-utilisation scorer weigh decode workers)",
+    )
 
 
 class InferenceService(Workload):

@@ -581,8 +581,7 @@ class Scenario(Spec):
                     field,
                     f"{what} need {needed} nodes of {pool.gpus_per_node} GPUs, more than pool "
                     f"{pool.name!r}'s {pool.nodes} nodes"
-                    + (f" less {spares} spare nodes" if spares else "")
-                    + f" = {usable}",
+                    + (f" less {spares} spare nodes = {usable}" if spares else ""),
                 )
             cs = svc.cold_start
             if cs.weights_from == "storage" and self.cluster.storage is None:
