@@ -151,6 +151,17 @@ class FluidCore:
         return math.inf
 
 
+def running_total(times: list[float], totals: list[float], t: float) -> float:
+    """A running total recorded at `times`, at `t`: linear in between, 0 before the first,
+    the last after it."""
+    k = bisect.bisect_right(times, t) - 1
+    if k < 0:
+        return 0.0
+    if k >= len(times) - 1:
+        return totals[-1]
+    return totals[k] + (totals[k + 1] - totals[k]) * (t - times[k]) / (times[k + 1] - times[k])
+
+
 class TurnLoop:
     """Conversations' later turns as a closed loop in the fluid tier: a turn answered goes on
     with chance `goes_on` (the pool's share of turns that have a next one), its conversation
@@ -612,25 +623,9 @@ class FlowModel:
     def _arrivals_until(self, t: float) -> float:
         """Cumulative arrivals at t: the tick's count spread evenly over the tick; a decode
         side's, its prefill side's completions (linear between the ends of its pieces)."""
-        if self.source is not None:
-            return self.source._completed_until(t)
-        edges, cum = self._edges_list, self._cum_list
-        k = bisect.bisect_right(edges, t) - 1
-        if k < 0:
-            return 0.0
-        if k >= len(edges) - 1:
-            return cum[-1]
-        return cum[k] + (cum[k + 1] - cum[k]) * (t - edges[k]) / (edges[k + 1] - edges[k])
-
-    def _completed_until(self, t: float) -> float:
-        """A prefill side's completions by `t` (it has run at least to `t`)."""
-        times, done = self._done_t, self._done_n
-        k = bisect.bisect_right(times, t) - 1
-        if k < 0:
-            return 0.0
-        if k >= len(times) - 1:
-            return done[-1]
-        return done[k] + (done[k + 1] - done[k]) * (t - times[k]) / (times[k + 1] - times[k])
+        if self.source is not None:  # it has run at least to t
+            return running_total(self.source._done_t, self.source._done_n, t)
+        return running_total(self._edges_list, self._cum_list, t)
 
     def advance_to(self, t: float) -> None:
         """Integrate the flows to `t`, in pieces that never cross a tick of the traffic grid (a
