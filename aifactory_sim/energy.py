@@ -20,12 +20,13 @@ kernels/power.py and docs/background/power-cost.md.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
+from . import weather
 from .kernels import power as kp
 
 if TYPE_CHECKING:
@@ -145,13 +146,20 @@ def _busy_at(services: pd.DataFrame | None, t: np.ndarray) -> np.ndarray:
 
 
 def gpu_states(
-    timeseries: pd.DataFrame, services: pd.DataFrame | None, gpus: int, duration: float
+    timeseries: pd.DataFrame,
+    services: pd.DataFrame | None,
+    gpus: int,
+    duration: float,
+    extra_cuts: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """GPUs by state as a step function from each `time_s` on: held by training jobs; held by
     services and iterating (their ticks' mean busy GPUs) or not; held by no one's work
-    (allocated, neither); down; free. The states add up to the cluster's `gpus`."""
+    (allocated, neither); down; free. The states add up to the cluster's `gpus`. `extra_cuts`
+    are more times to cut the steps at (the facility's hours)."""
     ts = timeseries.sort_values("time_s", kind="stable")
     cuts = [ts["time_s"].to_numpy(dtype=float)]
+    if extra_cuts is not None and extra_cuts.size:
+        cuts.append(extra_cuts)
     if services is not None and len(services):
         cuts.append(services["time_s"].to_numpy(dtype=float))
     t = np.unique(np.concatenate([[0.0], *cuts]))
@@ -180,21 +188,63 @@ def gpu_states(
     )
 
 
+def _traced_w(
+    sc: Scenario,
+    summary: dict[str, Any],
+    traces: dict[str, list[list[Any]]],
+    t: np.ndarray,
+    c: Constants,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Board power and GPUs of the jobs with `power_trace` over the segments starting at t:
+    computing at the job's power (job_compute_w), any other booked state at idle."""
+    watts, gpus = np.zeros(t.size), np.zeros(t.size)
+    for name, segs in traces.items():
+        if not segs:
+            continue
+        a = np.asarray([s[0] for s in segs], dtype=float)
+        b = np.asarray([s[1] for s in segs], dtype=float)
+        n = np.asarray([s[3] for s in segs], dtype=float)
+        busy = np.asarray([s[2] == "compute" for s in segs])
+        i = np.searchsorted(a, t, side="right") - 1
+        inside = (i >= 0) & (t < b[np.maximum(i, 0)])
+        k = np.maximum(i, 0)
+        held = np.where(inside, n[k], 0.0)
+        p_job = job_compute_w(sc, {**summary["training"][name], "name": name})
+        watts += held * np.where(inside & busy[k], p_job, c.idle_w)
+        gpus += held
+    return watts, gpus
+
+
 def power_timeline(
-    sc: Scenario, summary: dict[str, Any], timeseries: pd.DataFrame, services: pd.DataFrame | None
+    sc: Scenario,
+    summary: dict[str, Any],
+    timeseries: pd.DataFrame,
+    services: pd.DataFrame | None,
+    traces: dict[str, list[list[Any]]] | None = None,
 ) -> pd.DataFrame:
     """The facility power step function (POWER_COLUMNS); the last row, at the run's end,
-    repeats the one before it and closes the timeline."""
+    repeats the one before it and closes the timeline. `traces`: the booked segments of the
+    jobs with `power_trace` (engine TrainingRun.trace), whose GPUs draw their job's power
+    while computing and idle power otherwise, at the times they did; the other training GPUs
+    draw the training mean."""
     c = constants(sc)
     duration = float(summary["duration_s"])
-    g = gpu_states(timeseries, services, c.gpus, duration)
+    extra = [weather.cuts(sc.facility, duration)]
+    for segs in (traces or {}).values():
+        extra.append(np.asarray([s[0] for s in segs] + [s[1] for s in segs], dtype=float))
+    g = gpu_states(timeseries, services, c.gpus, duration, np.concatenate(extra))
     t = g["time_s"].to_numpy()
+    pue = weather.pue_at(sc.facility, c.pue, t)
     down, train = g["down"].to_numpy(), g["training"].to_numpy()
     busy = g["serving_busy"].to_numpy()
     serve = busy + g["serving_idle"].to_numpy()
     other, unalloc = g["held_idle"].to_numpy(), g["free"].to_numpy()
     p_train = training_gpu_w(sc, summary, c)
-    train_gpu = train * p_train
+    if traces:
+        traced_w, traced_gpus = _traced_w(sc, summary, traces, t, c)
+        train_gpu = traced_w + np.maximum(train - traced_gpus, 0.0) * p_train
+    else:
+        train_gpu = train * p_train
     serve_gpu = busy * c.serving_w + (serve - busy) * c.idle_w
     idle_gpu = (unalloc + other) * c.idle_w
     gpu_w = train_gpu + serve_gpu + idle_gpu
@@ -207,10 +257,10 @@ def power_timeline(
             "gpu_w": gpu_w,
             "node_w": node_w,
             "it_w": it_w,
-            "facility_w": kp.facility_power_w(it_w, c.pue),
-            "training_w": c.pue * (train_gpu + train * o),
-            "serving_w": c.pue * (serve_gpu + serve * o),
-            "idle_w": c.pue * (idle_gpu + (unalloc + other) * o),
+            "facility_w": it_w * pue,  # kernels.power.facility_power_w, hour by hour
+            "training_w": pue * (train_gpu + train * o),
+            "serving_w": pue * (serve_gpu + serve * o),
+            "idle_w": pue * (idle_gpu + (unalloc + other) * o),
         }
     )
     last = frame.iloc[[-1]].assign(time_s=duration)
@@ -232,6 +282,10 @@ def energy_and_cost(sc: Scenario, summary: dict[str, Any], power: pd.DataFrame) 
     """Summary additions: top-level keys, and per-job and per-service keys under
     "training" / "inference" (merged into the summary by runner.assemble)."""
     c = constants(sc)
+    if sc.facility is not None and sc.facility.pue_model is not None:
+        # the PUE varies by the hour: per-job and per-service energy take the run's mean
+        it_j = integral_j(power, "it_w")
+        c = replace(c, pue=integral_j(power) / it_j if it_j > 0 else c.pue)
     cost = sc.cost
     price = sc.power.usd_per_kwh
     duration = float(summary["duration_s"])

@@ -631,6 +631,93 @@ class Plotter:
         ax.set_ylim(bottom=0)
         return fig
 
+    def facility(self) -> Figure:
+        """The site (scenario `facility`): its power and the grid's draw over the run, the PUE
+        against the outdoor temperature, the battery's state of charge, and the grid's carbon
+        intensity with the tonnes it adds up to."""
+        import numpy as np
+
+        f = getattr(self.results, "facility", None)
+        end = float(self.results.summary["duration_s"])
+        scale, unit = _time_scale(end)
+        fig = _figure(figsize=(11, 7))
+        axes = fig.subplots(2, 2)
+        if f is None or len(f) < 2:
+            return fig
+        t = f["time_s"].to_numpy(dtype=float) / scale
+        fs = self.results.summary.get("facility", {})
+        ax = axes[0][0]
+        ax.step(t, f["site_w"] / 1e6, where="post", lw=0.8, label="site (IT x PUE)")
+        ax.step(t, f["grid_w"] / 1e6, where="post", lw=0.8, label="grid draw")
+        if "grid_limit_mw" in fs:
+            ax.axhline(fs["grid_limit_mw"], color="k", ls="--", lw=0.8, label="grid limit")
+        ax.set_title("Site power and grid draw")
+        ax.set_xlabel(unit)
+        ax.set_ylabel("MW")
+        ax.set_xlim(0, end / scale)
+        ax.legend(fontsize=8)
+        ax = axes[0][1]
+        temp, pue = f["temp_c"].to_numpy(dtype=float), f["pue"].to_numpy(dtype=float)
+        ok = np.isfinite(temp) & np.isfinite(pue)
+        if ok.any():
+            ax.plot(temp[ok], pue[ok], ".", ms=3)
+            ax.set_xlabel("outdoor dry-bulb temperature, C")
+        else:
+            ax.step(t, pue, where="post")
+            ax.set_xlabel(unit)
+        ax.set_ylabel("PUE")
+        ax.set_title(f"PUE: {fs.get('pue_mean') or float('nan'):.3f} mean")
+        ax = axes[1][0]
+        soc = f["soc"].to_numpy(dtype=float)
+        if np.isfinite(soc).any():
+            ax.plot(t, soc * 100.0, lw=0.8)
+            ax.set_ylim(0, 100)
+        ax.set_title("Battery state of charge")
+        ax.set_xlabel(unit)
+        ax.set_ylabel("% of capacity")
+        ax.set_xlim(0, end / scale)
+        ax = axes[1][1]
+        c = f["carbon_g_per_kwh"].to_numpy(dtype=float)
+        if np.isfinite(c).any():
+            ax.step(t, c, where="post", lw=0.8)
+            tonnes = fs.get("carbon", {}).get("tonnes_co2e", 0.0)
+            ax.set_title(f"Grid carbon intensity: {tonnes:,.0f} t CO2e in all")
+        else:
+            ax.set_title("Grid carbon intensity: none given")
+        ax.set_xlabel(unit)
+        ax.set_ylabel("g CO2e / kWh")
+        ax.set_xlim(0, end / scale)
+        return fig
+
+    def swings(self) -> Figure:
+        """An hour of the site's power at step resolution (facility.zoom): the `power_trace`
+        jobs' compute and wait phases, their swing and ramp against the grid's limit."""
+        from .facility import zoom
+
+        res = self.results
+        z = zoom(getattr(res, "scenario", None), res.summary, res.power)
+        fig = _figure(figsize=(10, 6))
+        ax, near = fig.subplots(2, 1)
+        if len(z):
+            t0 = float(z["time_s"].iloc[0])
+            ax.plot((z["time_s"] - t0) / 60.0, z["site_w"] / 1e6, lw=0.5)
+            ax.set_xlim(0, 60)
+            first = z[z["time_s"] < t0 + 60.0]
+            near.step(first["time_s"] - t0, first["site_w"] / 1e6, where="post", lw=0.8)
+            near.set_xlim(0, 60)
+        near.set_xlabel("seconds into the hour (its first minute)")
+        near.set_ylabel("MW")
+        sw = res.summary.get("facility", {}).get("swings", {})
+        parts = [
+            f"{n}: {v['swing_mw']:.1f} MW every {v['step_s']:.2f} s, {v['ramp_mw_per_s']:.1f} MW/s"
+            for n, v in sw.items()
+        ]
+        title = "Site power in its busiest hour, step by step"
+        ax.set_title(title + ("\n" + "; ".join(parts) if parts else ""), fontsize=10)
+        ax.set_xlabel("minutes into the hour")
+        ax.set_ylabel("MW (IT x PUE)")
+        return fig
+
     def utilisation(self) -> Figure:
         """What the cluster's GPUs did over time, stacked as shares of the cluster: training
         (held by jobs), serving (iterating, and held but idle), held by no one's work, down;
@@ -720,6 +807,12 @@ class Plotter:
         names = ["ledger", "allocation", "utilisation", "timeline", "ettr"]
         if getattr(self.results, "power", None) is not None:
             names += ["power", "cost"]
+        facility = getattr(self.results, "facility", None)
+        if facility is not None and len(facility):
+            names.append("facility")
+            scenario = getattr(self.results, "scenario", None)
+            if scenario is not None and any(j.power_trace for j in scenario.training):
+                names.append("swings")
         if len(self._frame("requests")):
             names.append("latency")
         if len(self._frame("services")):

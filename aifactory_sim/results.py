@@ -62,6 +62,7 @@ class Results:
         requests: pd.DataFrame | None = None,
         services: pd.DataFrame | None = None,
         power: pd.DataFrame | None = None,
+        facility: pd.DataFrame | None = None,
     ):
         self.scenario = scenario
         self.summary = summary
@@ -82,6 +83,8 @@ class Results:
             else pd.DataFrame(columns=["service", *SERVICE_COLUMNS])
         )
         self.power = power if power is not None else pd.DataFrame(columns=list(POWER_COLUMNS))
+        #: with a scenario `facility`: the site and the grid over time (facility.py)
+        self.facility = facility if facility is not None else pd.DataFrame()
 
     # --- views ---------------------------------------------------------------------------
     @property
@@ -154,7 +157,47 @@ class Results:
                     f"{v['replicas_mean']:>6.1f}/{v['replicas_max']:<3}"
                 )
             lines += self._serving_costs(s)
+        if "facility" in s:
+            lines += self._facility(s["facility"])
         return "\n".join(lines)
+
+    @staticmethod
+    def _facility(f: dict[str, Any]) -> list[str]:
+        """The site: PUE and temperature, peak power against the grid limit, the battery, carbon."""
+
+        def num(x: float | None, fmt: str) -> str:
+            return "-" if x is None else format(x, fmt)
+
+        lines = [
+            "",
+            "facility",
+            f"  PUE {num(f['pue_mean'], '.3f')} mean, {num(f['pue_max'], '.3f')} at most"
+            f"  (outdoor {num(f['temp_c_mean'], '.1f')} C mean, {num(f['temp_c_max'], '.1f')} C"
+            " at most)",
+            f"  site peak {f['site_peak_mw']:.2f} MW, grid peak {f['grid_peak_mw']:.2f} MW"
+            + (
+                f" of {f['grid_limit_mw']:.0f} MW contracted ({f['grid_over_limit_h']:.1f} h over)"
+                if "grid_limit_mw" in f
+                else ""
+            )
+            + f"; largest step {f['largest_step_mw']['site']:.2f} MW at the site,"
+            f" {f['largest_step_mw']['grid']:.2f} MW at the grid",
+        ]
+        b = f.get("battery")
+        if b is not None:
+            lines.append(
+                f"  battery: {b['discharged_mwh']:.1f} MWh delivered, {b['charged_mwh']:.1f} MWh"
+                f" charged, {b['losses_mwh']:.2f} MWh lost; charge {b['soc_min']:.0%} to"
+                f" {b['soc_max']:.0%}"
+            )
+        c = f.get("carbon")
+        if c is not None:
+            lines.append(
+                f"  carbon: {c['tonnes_co2e']:,.0f} t CO2e at {num(c['mean_g_per_kwh'], '.0f')}"
+                f" g/kWh; {num(c['g_per_btok_trained'], ',.0f')} g per billion tokens trained,"
+                f" {num(c['g_per_mtok_served'], ',.1f')} g per million served"
+            )
+        return lines
 
     @staticmethod
     def _serving_costs(s: dict[str, Any]) -> list[str]:
@@ -234,6 +277,8 @@ class Results:
         if len(self.services):
             self.services.to_csv(tmp / "services.csv", index=False)
         self.power.to_csv(tmp / "power.csv", index=False)
+        if len(self.facility):
+            self.facility.to_csv(tmp / "facility.csv", index=False)
         if plots:
             self.plot.save_all(tmp)
         out.mkdir(parents=True, exist_ok=True)

@@ -15,6 +15,7 @@ from .energy import energy_and_cost, power_timeline
 from .engine.factory import Factory, FactoryRun
 from .engine.inference import SERVICE_COLUMNS
 from .engine.telemetry import BUCKETS, COLUMNS
+from .facility import facility_summary, facility_timeline, swings
 from .results import Results
 from .schema import build_checker, check_summary
 from .spec.loader import content_hash
@@ -107,13 +108,21 @@ def assemble(run: FactoryRun) -> Results:
         if run.services
         else None
     )
-    power = power_timeline(sc, summary, ts, services)
+    traces = {j.name: j.trace for j in run.jobs if j.trace is not None}
+    power = power_timeline(sc, summary, ts, services, traces)
     extra = energy_and_cost(sc, summary, power)
     for name, vals in extra.pop("jobs").items():
         jobs[name].update(vals)
     for name, vals in extra.pop("services").items():
         summary["inference"][name].update(vals)
     summary.update(extra)
+    site = None
+    if sc.facility is not None:
+        site = facility_timeline(sc.facility, power, duration)
+        summary["facility"] = facility_summary(sc.facility, site, summary)
+        traced = swings(sc, summary, site)
+        if traced:
+            summary["facility"]["swings"] = traced
     check_summary(summary)  # the schema report.py reads by name (aifactory_sim.schema)
     jobs_df = pd.DataFrame([{"job": name, **vals} for name, vals in jobs.items()])
     total_h = total_gpus * duration / 3600.0
@@ -129,5 +138,5 @@ def assemble(run: FactoryRun) -> Results:
         else None
     )
     return Results(
-        sc, summary, meta, jobs_df, ts, ledger, failures, events, requests, services, power
+        sc, summary, meta, jobs_df, ts, ledger, failures, events, requests, services, power, site
     )

@@ -402,6 +402,69 @@ class EnergyAndCost(EnergySummary):
     services: dict[str, ServiceEnergy]  # by service name
 
 
+@_STRICT
+class Steps(TypedDict):
+    site: float  # MW, the largest change of the site's power between consecutive pieces
+    grid: float  # MW, the same of the grid draw (after the battery)
+
+
+@_STRICT
+class BatterySummary(TypedDict):
+    charged_mwh: float  # MWh taken from the grid into the battery
+    discharged_mwh: float  # MWh it delivered to the site
+    losses_mwh: float  # MWh, charged - discharged - the energy it holds beyond its start
+    soc_min: float  # fraction 0..1 of its capacity
+    soc_max: float
+    soc_end: float
+    peak_shaved_mw: float  # MW, the site's peak - the grid's peak
+
+
+@_STRICT
+class CarbonSummary(TypedDict):
+    tonnes_co2e: float  # t CO2e of the grid energy at the hour's intensity
+    mean_g_per_kwh: float | None  # g/kWh, energy-weighted
+    g_per_mtok_served: float | None  # g per 1e6 output tokens, serving's share of the energy
+    g_per_btok_trained: float | None  # g per 1e9 tokens trained, training's share
+
+
+@_STRICT
+class SwingSummary(TypedDict):
+    """A `power_trace` job's step phases and the swing they put on the site (facility.swings)."""
+
+    step_s: float  # s, the step-time kernel's step
+    compute_share: float  # fraction 0..1 of the step its GPUs compute
+    gpu_w_compute: float  # W per GPU while computing
+    gpu_w_wait: float  # W per GPU while waiting (communication, bubble)
+    swing_mw: float  # MW at the site, GPUs x (compute - wait) x mean PUE
+    ramp_mw_per_s: float  # MW/s, the largest change within 1 s
+    fundamental_hz: float  # Hz, 1 / step_s
+    fundamental_mw: float  # MW, the first harmonic's amplitude, 2 A sin(pi d) / pi
+    over_ramp_limit: bool | None  # against facility.ramp_limit_mw_per_s; None without one
+    floor_gpu_w: float  # W per GPU while waiting, with the power floor
+    swing_with_floor_mw: float  # MW at the site with the floor
+    floor_energy_mwh: float  # MWh the floor burns over the job's computing time
+
+
+@_STRICT
+class FacilitySummary(TypedDict):
+    """With a scenario `facility` (facility.py): the site, its PUE and the grid."""
+
+    pue_mean: float | None  # site energy / IT energy
+    pue_max: float | None
+    temp_c_max: float | None  # C, outdoor dry bulb; None without weather
+    temp_c_mean: float | None
+    site_peak_mw: float  # MW, the site's largest power (IT x PUE)
+    grid_peak_mw: float  # MW, the largest draw from the grid
+    grid_energy_mwh: float  # MWh drawn from the grid (the site's energy and battery losses)
+    largest_step_mw: Steps
+    grid_limit_mw: NotRequired[float]  # MW, contracted
+    grid_over_limit_h: NotRequired[float]  # h the draw spent above it
+    grid_headroom_mw: NotRequired[float]  # MW, limit - grid peak (negative: over)
+    battery: NotRequired[BatterySummary]
+    carbon: NotRequired[CarbonSummary]
+    swings: NotRequired[dict[str, SwingSummary]]  # by job with power_trace
+
+
 # --- the whole summary -------------------------------------------------------------------------
 
 
@@ -424,6 +487,8 @@ class CoreSummary(TypedDict):
 @_STRICT
 class Summary(CoreSummary, EnergySummary):
     """A run's summary, `Results.summary` and `summary.json`."""
+
+    facility: NotRequired[FacilitySummary]  # with a scenario `facility`
 
 
 def _keys(td: Any) -> frozenset[str]:

@@ -20,13 +20,27 @@ _FILES = {
     "model": "models.yaml",
     "calibration": "calibration.yaml",
     "reliability": "reliability.yaml",
+    "climate": "climate.yaml",
+    "carbon": "carbon.yaml",
 }
+
+
+#: Tables whose entries sit under a top-level `profiles` key (beside the file's method notes).
+_PROFILES = ("climate", "carbon")
 
 
 @cache
 def _table(kind: str) -> dict[str, dict[str, Any]]:
     text = resources.files(__package__).joinpath(_FILES[kind]).read_text(encoding="utf-8")
-    return yaml.safe_load(text)
+    data = yaml.safe_load(text)
+    return data["profiles"] if kind in _PROFILES else data
+
+
+@cache
+def table_notes(kind: str) -> dict[str, Any]:
+    """A profile table's keys beside its profiles (its method, shared shapes)."""
+    text = resources.files(__package__).joinpath(_FILES[kind]).read_text(encoding="utf-8")
+    return {k: v for k, v in yaml.safe_load(text).items() if k != "profiles"}
 
 
 def names(kind: str) -> list[str]:

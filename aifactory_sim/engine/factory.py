@@ -53,6 +53,8 @@ class JobResult:
     name: str
     summary: dict[str, Any]
     events: list[JobEvent]
+    #: with `power_trace`: (start, end, ledger bucket, GPUs) of what its GPUs did
+    trace: list[list[Any]] | None = None
 
 
 @dataclass(frozen=True)
@@ -370,7 +372,7 @@ class Factory:
         return FactoryRun(
             scenario=self.scenario,
             total_gpus=self.cluster.total_gpus,
-            jobs=[JobResult(j.name, j.summary(horizon), j.events) for j in self.jobs],
+            jobs=[JobResult(j.name, j.summary(horizon), j.events, j.trace) for j in self.jobs],
             services=[
                 self._service_result(svc, fleets, horizon)
                 for svc, fleets in zip(self.scenario.inference, self._fleets_of, strict=True)

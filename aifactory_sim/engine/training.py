@@ -156,6 +156,9 @@ class TrainingRun:
         self.lost_gpu_s = 0.0
         self.recovery_gpu_s = 0.0
         self.events: list[JobEvent] = []
+        #: with `power_trace`: what its GPUs did, as the ledger booked it: (start, end, bucket,
+        #: GPUs held), consecutive equal segments merged (the power timeline's input)
+        self.trace: list[list[Any]] | None = [] if spec.power_trace else None
 
     # --- sizes and rates ------------------------------------------------------------------
     def nodes_for(self, dp: int) -> int:
@@ -273,10 +276,16 @@ class TrainingRun:
         """Book [meter_t, now] for the GPUs held to the current bucket."""
         now = self.env.now
         dt = now - self.meter_t
-        self.meter_t = now
+        t0, self.meter_t = self.meter_t, now
         if dt <= 0 or self.bucket is None or self.held_nodes == 0:
             return
         gpus = self.held_nodes * self.pool.gpus_per_node
+        if self.trace is not None:
+            last = self.trace[-1] if self.trace else None
+            if last is not None and last[1] == t0 and last[2] == self.bucket and last[3] == gpus:
+                last[1] = now
+            else:
+                self.trace.append([t0, now, self.bucket, gpus])
         tel = self.ledger
         if self.bucket != "compute":
             tel.add(self.bucket, gpus * dt)

@@ -23,6 +23,7 @@ from .base import (
     Spec,
     located,
 )
+from .facility import Facility
 from .hardware import GPUSpec, ModelSpec, from_catalog
 from .inference import Fidelity, InferenceService
 from .serving import TraceTraffic
@@ -364,6 +365,13 @@ class TrainingJob(Spec):
     checkpoint: CheckpointSpec = CheckpointSpec(interval="none")
     elastic: ElasticSpec | None = None
     max_restarts: int | None = Field(None, ge=0, description="default: unlimited")
+    power_trace: bool = Field(
+        False,
+        description="place the job's stalls (checkpoints, failures, restarts, waits) in the "
+        "power timeline at idle power, and resolve its steps into compute and communication "
+        "phases for the facility's swings (docs/background/facility.md); without it its GPUs "
+        "draw its mean power while it holds them",
+    )
 
     @field_validator("model", mode="before")
     @classmethod
@@ -432,6 +440,9 @@ class Scenario(Spec):
         "autoscaler",
     )
     failures: Failures | None = None
+    facility: Facility | None = Field(
+        None, description="the site: weather-driven PUE, grid limits, a battery, carbon"
+    )
 
     @property
     def training_tier(self) -> Literal["step", "fast"]:

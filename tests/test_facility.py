@@ -1,0 +1,238 @@
+"""The facility: facility power = IT power x PUE(T) hour by hour from a bundled climate profile,
+the battery's energy balance with its efficiency, its power, energy and grid limits, carbon as
+energy x intensity, and clear errors for bad facility fields."""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+
+import aifactory_sim as af
+from aifactory_sim.catalog import entry, table_notes
+from aifactory_sim.facility import battery_dispatch
+
+BASE: dict[str, Any] = {
+    "name": "site", "seed": 2, "duration": "3d",
+    "cluster": {"node_pools": [{"name": "p", "nodes": 16, "gpu": "H100-SXM"}]},
+    "power": {"node_overhead_w": 1500, "usd_per_kwh": 0.1},
+    "facility": {
+        "weather": {"kind": "profile", "location": "phoenix-summer"},
+        "pue_model": {"kind": "economizer", "base_pue": 1.1, "per_degree_above_c": 0.01,
+                      "threshold_c": 20},
+        "carbon": {"kind": "constant", "g_per_kwh": 400},
+    },
+}
+
+
+def _with(**facility: Any) -> dict[str, Any]:
+    d = copy.deepcopy(BASE)
+    d["facility"].update(facility)
+    return d
+
+
+def test_an_idle_sites_power_is_it_power_times_the_hours_pue():
+    """No work: the IT power is constant (idle GPUs and node overhead); the facility power of
+    each hour is it x (1.1 + 0.01 max(0, T_h - 20)), T_h = Tmax - f(h) (Tmax - Tmin) from the
+    June normals and ASHRAE's fraction for the hour, recomputed here from the catalog."""
+    res = af.run(af.load(BASE))
+    power = res.power
+    t = power["time_s"].to_numpy()[:-1]
+    assert np.allclose(np.diff(t), 3600.0)  # cut at every hour, nothing else changes
+    it = power["it_w"].to_numpy()[:-1]
+    assert np.ptp(it) == 0.0
+    tmax, tmin = entry("climate", "phoenix-summer")["months"][6]
+    frac = np.asarray(table_notes("climate")["diurnal_fraction"])
+    temp = tmax - frac[(t // 3600).astype(int) % 24] * (tmax - tmin)
+    pue = 1.1 + 0.01 * np.maximum(temp - 20.0, 0.0)
+    np.testing.assert_allclose(power["facility_w"].to_numpy()[:-1], it * pue, rtol=1e-12)
+    f = res.summary["facility"]
+    assert f["temp_c_max"] == pytest.approx(tmax)
+    assert f["pue_max"] == pytest.approx(1.1 + 0.01 * (tmax - 20.0))
+    # the summary's energy follows the hourly PUE
+    assert res.summary["energy_mwh"] == pytest.approx(float(np.sum(it * pue) * 3600) / 3.6e9)
+    # carbon: the grid's energy x 400 g/kWh (no battery: grid = site)
+    assert f["carbon"]["tonnes_co2e"] == pytest.approx(
+        f["grid_energy_mwh"] * 1000 * 400 / 1e6, rel=1e-12)
+
+
+def _square(period_s: float, hours: float, lo: float, hi: float) -> tuple[np.ndarray, np.ndarray]:
+    t = np.arange(0.0, hours * 3600.0 + 1e-9, period_s / 2)
+    x = np.where(np.arange(t.size) % 2 == 0, hi, lo).astype(float)
+    return t, x
+
+
+@pytest.mark.parametrize("eff", [1.0, 0.9, 0.7])
+def test_the_batterys_energy_balance_holds_with_its_efficiency(eff):
+    """A site swinging 20 <-> 40 MW every 10 minutes: every piece, grid + battery = site; the
+    store changes by sqrt(eta) x charged - discharged / sqrt(eta) (exactly); neither its power
+    (15 MW) nor its capacity (5 MWh) is exceeded; it smooths: the grid's swings are smaller."""
+    t, x = _square(1200.0, 12, 20e6, 40e6)
+    cap = 5.0 * 3.6e9
+    fr = battery_dispatch(t, x, capacity_j=cap, power_w=15e6, efficiency=eff, soc0=0.5,
+                          tau_s=1800.0, limit_w=None)
+    tt = fr["time_s"].to_numpy()
+    dt = np.diff(tt)
+    b = fr["battery_w"].to_numpy()[:-1]
+    np.testing.assert_allclose(fr["grid_w"] + fr["battery_w"], fr["site_w"], rtol=1e-12)
+    charged = float(np.sum(np.maximum(-b, 0) * dt))
+    discharged = float(np.sum(np.maximum(b, 0) * dt))
+    stored = (fr["soc"].iloc[-1] - 0.5) * cap
+    eta = math.sqrt(eff)
+    assert stored == pytest.approx(eta * charged - discharged / eta, rel=1e-9, abs=1.0)
+    assert discharged > 0.5e9
+    assert np.abs(b).max() <= 15e6 * (1 + 1e-12)
+    assert fr["soc"].min() >= -1e-12 and fr["soc"].max() <= 1 + 1e-12
+    grid = fr["grid_w"].to_numpy()[:-1]
+    assert np.ptp(grid[100:]) < 0.5 * np.ptp(x)
+
+
+def test_the_battery_holds_the_draw_under_the_grid_limit_while_it_has_energy():
+    """A 2-hour peak of 60 MW over a 45 MW limit: the battery serves the 15 MW above it (its
+    power allows 20) until it is empty; the draw passes the limit only after. 40 MWh at 0.9."""
+    t = np.array([0.0, 3600.0, 3 * 3600.0, 6 * 3600.0])
+    x = np.array([30e6, 60e6, 30e6, 30e6])
+    fr = battery_dispatch(t, x, capacity_j=40 * 3.6e9, power_w=20e6, efficiency=0.9,
+                          soc0=1.0, tau_s=900.0, limit_w=45e6)
+    peak = fr[(fr["time_s"] >= 3600.0) & (fr["time_s"] < 3 * 3600.0)]
+    assert (peak["grid_w"] <= 45e6 * (1 + 1e-9)).all()
+    # at least 15 MW for 2 h = 30 MWh out, 30 / sqrt(0.9) MWh from the store by the peak's end
+    end = fr[fr["time_s"] <= 3 * 3600.0]["soc"].iloc[-1]
+    assert (1.0 - end) * 40 * 3.6e9 >= 30 * 3.6e9 / math.sqrt(0.9) * (1 - 1e-6)
+    assert fr["soc"].iloc[-1] > end  # and it charges again after
+    small = battery_dispatch(t, x, capacity_j=10 * 3.6e9, power_w=20e6, efficiency=0.9,
+                             soc0=1.0, tau_s=900.0, limit_w=45e6)
+    over = small[(small["time_s"] >= 3600.0) & (small["time_s"] < 3 * 3600.0)]
+    assert over["grid_w"].max() > 45e6  # empty before the peak ends
+    assert small["soc"].min() == pytest.approx(0.0, abs=1e-12)
+
+
+def test_the_summary_reports_the_battery_and_the_grid():
+    res = af.run(af.load(_with(grid_limit_mw=1.0,
+                               battery={"capacity_mwh": 0.5, "power_mw": 0.2})))
+    f = res.summary["facility"]
+    b = f["battery"]
+    assert b["losses_mwh"] >= -1e-9
+    assert f["grid_headroom_mw"] == pytest.approx(1.0 - f["grid_peak_mw"])
+    assert f["grid_over_limit_h"] == 0.0
+    assert "facility" in res.text()
+    assert len(res.facility) > len(res.power)
+
+
+def test_a_csv_weather_file_sets_each_hour(tmp_path):
+    path = tmp_path / "weather.csv"
+    temps = [10.0 + i for i in range(72)]
+    path.write_text("temp_c\n" + "\n".join(str(v) for v in temps) + "\n")
+    res = af.run(af.load(_with(weather={"kind": "csv", "path": str(path)})))
+    pue = res.power["facility_w"].to_numpy()[:-1] / res.power["it_w"].to_numpy()[:-1]
+    np.testing.assert_allclose(pue, 1.1 + 0.01 * np.maximum(np.asarray(temps) - 20, 0),
+                               rtol=1e-12)
+
+
+@pytest.mark.parametrize(("facility", "where", "what"), [
+    ({"weather": {"kind": "profile", "location": "atlantis"}}, "facility.weather", "allowed:"),
+    ({"weather": None}, "facility", "needs a weather timeline"),
+    ({"battery": {"capacity_mwh": 1, "power_mw": 1, "round_trip_efficiency": 1.2}},
+     "facility.battery.round_trip_efficiency", "1"),
+    ({"carbon": {"kind": "profile", "region": "mars"}}, "facility.carbon", "us-southwest"),
+    ({"weather": {"kind": "csv", "path": "/no/such.csv"}}, "facility.weather", "no such file"),
+])
+def test_bad_facility_fields_are_named(facility, where, what):
+    with pytest.raises(af.ScenarioError) as err:
+        af.load(_with(**facility))
+    assert where in str(err.value) and what in str(err.value)
+
+
+def test_bundled_profiles_name_their_sources():
+    for kind in ("climate", "carbon"):
+        text = yaml.safe_load(open(af.__path__[0] + f"/catalog/{kind}.yaml"))
+        for name, prof in text["profiles"].items():
+            assert prof.get("source"), (kind, name)
+    for name, prof in yaml.safe_load(open(af.__path__[0] + "/catalog/carbon.yaml"))[
+            "profiles"].items():
+        assert len(prof["hourly_g_per_kwh"]) == 24
+        assert np.mean(prof["hourly_g_per_kwh"]) == pytest.approx(
+            prof["annual_mean_g_per_kwh"], rel=0.01), name
+
+
+def test_the_ramp_and_spectrum_of_a_square_wave():
+    """A 30 MW swing every 4 s, computing 30 % of it, sampled every 50 ms: its ramp over a 1 s
+    window is 30 MW/s (a window spans an edge), its first line at 0.25 Hz with amplitude
+    2 x 30 sin(0.3 pi) / pi (a rectangular wave's first harmonic), within 1 %."""
+    from aifactory_sim.facility import fundamental, ramp_per_s, square_wave
+
+    t = np.arange(0.0, 400.0, 0.05)
+    p = square_wave(t, 4.0, 0.3, 10e6, 40e6)
+    assert ramp_per_s(t, p) == pytest.approx(30e6)
+    hz, amp = fundamental(t, p)
+    assert hz == pytest.approx(0.25)
+    assert amp == pytest.approx(2 * 30e6 * math.sin(0.3 * math.pi) / math.pi, rel=0.01)
+
+
+@pytest.mark.parametrize(("mean", "share"), [(600.0, 0.3), (1100.0, 0.5), (400.0, 1.0)])
+def test_step_phases_keep_the_steps_energy(mean, share):
+    from aifactory_sim.facility import step_phases
+
+    hi, lo = step_phases(mean, 140.0, 1200.0, share)
+    assert hi * share + lo * (1 - share) == pytest.approx(mean)
+    assert 140.0 - 1e-9 <= lo <= hi <= 1200.0 + 1e-9
+
+
+def _traced(trace: bool) -> dict[str, Any]:
+    d = copy.deepcopy(BASE)
+    d["duration"] = "1d"
+    d["cluster"]["node_pools"][0]["nodes"] = 34
+    d["cluster"]["spare_nodes"] = 2
+    d["facility"] = {"smoothing": {"gpu_power_floor_fraction": 0.8}, "ramp_limit_mw_per_s": 0.05}
+    d["failures"] = {"node_failures_per_1000_node_days": 60, "detect_s": 300, "restart_s": 600}
+    d["training"] = [{"name": "big", "model": "llama3-70b", "tokens": 1e12, "seq_len": 4096,
+                      "global_batch_seqs": 64, "parallel": {"tp": 8, "pp": 4, "dp": 8},
+                      "checkpoint": {"interval": "30min", "mode": "sync", "write_s": 120,
+                                     "reload_s": 60},
+                      "power_trace": trace}]
+    return d
+
+
+def test_power_trace_puts_the_jobs_stalls_at_idle_and_its_steps_into_phases():
+    """With power_trace a job's GPUs draw its compute power while computing and idle power while
+    it checkpoints or recovers, at the times it does (the timeline's training power takes just
+    those two levels x its GPUs, plus their nodes' overhead, x PUE 1.2), where without it they
+    draw the mean all along, and the energy is the same. Its step's phases: compute share from the step-time kernel, the
+    swing GPUs x (hi - lo) x PUE, the floor's smaller swing and its energy."""
+    from aifactory_sim.energy import constants, job_compute_w
+    from aifactory_sim.facility import COMPUTE_PARTS, step_phases
+    from aifactory_sim.spec.scenario import job_estimate
+
+    res = af.run(af.load(_traced(True)))
+    plain = af.run(af.load(_traced(False)))
+    sc = res.scenario
+    c = constants(sc)
+    job = res.summary["training"]["big"]
+    p_job = job_compute_w(sc, {**job, "name": "big"})
+    ts = res.power
+    gpus = res.timeseries.set_index("time_s")["training_gpus"]
+    train = ts["training_w"].to_numpy()[:-1]
+    held = np.interp(ts["time_s"].to_numpy()[:-1], gpus.index.to_numpy(), gpus.to_numpy())
+    levels = {round(v, 3) for v in (train / np.maximum(held, 1) / 1.2 - c.overhead_w)[held > 0]}
+    assert levels <= {round(p_job, 3), round(c.idle_w, 3)}
+    assert len(levels) == 2  # both, and nothing between
+    assert len(plain.power) < len(res.power)
+    assert res.summary["facility"]["largest_step_mw"]["site"] > 0.1  # its checkpoints
+    assert plain.summary["facility"]["largest_step_mw"]["site"] < 0.01
+    sw = res.summary["facility"]["swings"]["big"]
+    est = job_estimate(sc.training[0], sc.pool(None))
+    d = sum(float(est.breakdown[k]) for k in COMPUTE_PARTS) / float(est.step_time_s)
+    hi, lo = step_phases(p_job, c.idle_w, 700.0, d)
+    assert sw["compute_share"] == pytest.approx(d)
+    assert 0.2 < d < 0.95
+    assert sw["swing_mw"] == pytest.approx(256 * (hi - lo) * 1.2 / 1e6)
+    assert lo < 560.0  # the floor, 0.8 x 700 W, bites
+    assert sw["swing_with_floor_mw"] == pytest.approx(256 * (hi - 560.0) * 1.2 / 1e6)
+    assert sw["floor_energy_mwh"] == pytest.approx(
+        256 * (560.0 - lo) * (1 - d) * job["running_s"] * 1.2 / 3.6e9)
+    assert res.summary["energy_mwh"] == pytest.approx(plain.summary["energy_mwh"], rel=1e-9)
+    assert sw["over_ramp_limit"] == (sw["ramp_mw_per_s"] > 0.05)
