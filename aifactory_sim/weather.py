@@ -5,11 +5,12 @@ timeline at their hours and takes the PUE from here; facility.py builds the site
 from __future__ import annotations
 
 from datetime import date, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .catalog import entry, table_notes
+from .spec.facility import ProfileCarbon, ProfileWeather
 
 if TYPE_CHECKING:
     from .spec.facility import Facility
@@ -57,16 +58,22 @@ def _series_at(times: list[float], values: list[float], t: np.ndarray) -> np.nda
     return np.asarray(values)[np.clip(idx, 0, len(values) - 1)]
 
 
+def _timeline(spec: Any, constant: str, t: np.ndarray) -> np.ndarray:
+    """A constant's or a CSV's series at times t."""
+    if spec.kind == "constant":
+        return np.full(t.size, float(getattr(spec, constant)))
+    times, values = spec.series()
+    return _series_at(times, values, t)
+
+
 def temperature_c(f: Facility, t: np.ndarray) -> np.ndarray | None:
     """Outdoor dry-bulb temperature (C) at times t (s), hourly; None without weather."""
     w = f.weather
     if w is None:
         return None
-    if w.kind == "constant":
-        return np.full(t.size, float(w.temp_c))
-    if w.kind == "csv":
-        return _series_at(*w.series(), t)
-    return _profile_temperature(w.location, t)
+    if isinstance(w, ProfileWeather):
+        return _profile_temperature(w.location, t)
+    return _timeline(w, "temp_c", t)
 
 
 def pue_at(f: Facility | None, default_pue: float, t: np.ndarray) -> np.ndarray:
@@ -93,10 +100,8 @@ def carbon_at(f: Facility | None, t: np.ndarray) -> np.ndarray | None:
     c = None if f is None else f.carbon
     if c is None:
         return None
-    if c.kind == "constant":
-        return np.full(t.size, float(c.g_per_kwh))
-    if c.kind == "csv":
-        return _series_at(*c.series(), t)
+    if not isinstance(c, ProfileCarbon):
+        return _timeline(c, "g_per_kwh", t)
     hourly = np.asarray(entry("carbon", c.region)["hourly_g_per_kwh"], dtype=float)
     return hourly[np.floor((t % 86400.0) / HOUR_S).astype(np.int64) % 24]
 

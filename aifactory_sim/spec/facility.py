@@ -7,7 +7,7 @@ from __future__ import annotations
 import csv
 import math
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, PrivateAttr, model_validator
 
@@ -41,6 +41,14 @@ def read_series(path: str, column: str) -> tuple[list[float], list[float]]:
     return times, values
 
 
+def _bundled(table: str, what: str, name: str) -> None:
+    """ValueError unless `name` is a profile of catalog/`table`.yaml."""
+    from ..catalog import names
+
+    if name not in names(table):
+        raise ValueError(f"unknown {what} {name!r}; allowed: {', '.join(names(table))}")
+
+
 class ProfileWeather(Spec):
     """A bundled typical-day-per-month profile (catalog/climate.yaml)."""
 
@@ -49,12 +57,7 @@ class ProfileWeather(Spec):
 
     @model_validator(mode="after")
     def _known(self) -> ProfileWeather:
-        from ..catalog import names
-
-        if self.location not in names("climate"):
-            raise ValueError(
-                f"unknown location {self.location!r}; allowed: {', '.join(names('climate'))}"
-            )
+        _bundled("climate", "location", self.location)
         return self
 
 
@@ -63,21 +66,29 @@ class ConstantWeather(Spec):
     temp_c: float = Field(description="dry-bulb temperature, C, all run long")
 
 
-class CsvWeather(Spec):
-    """Hourly temperatures from a CSV: a column `temp_c`, one row per hour from the run's start
-    (or a `time_s` column: each value holds from its time on)."""
+class _HourlyCsv(Spec):
+    """An hourly series from a CSV: a column of values (`column`), one row per hour from the
+    run's start, or each from its `time_s` when the file has that column. Read at load time,
+    so that a bad file is a load-time error."""
 
-    kind: Literal["csv"] = "csv"
+    column: ClassVar[str]
     path: str = Field(min_length=1, description="CSV file; relative paths from the run's cwd")
     _series: tuple[list[float], list[float]] = PrivateAttr()
 
     @model_validator(mode="after")
-    def _read(self) -> CsvWeather:
-        self._series = read_series(self.path, "temp_c")
+    def _read(self) -> _HourlyCsv:
+        self._series = read_series(self.path, self.column)
         return self
 
     def series(self) -> tuple[list[float], list[float]]:
         return self._series
+
+
+class CsvWeather(_HourlyCsv):
+    """Hourly temperatures from a CSV: a column `temp_c`."""
+
+    column: ClassVar[str] = "temp_c"
+    kind: Literal["csv"] = "csv"
 
 
 Weather = Annotated[ProfileWeather | ConstantWeather | CsvWeather, Field(discriminator="kind")]
@@ -138,12 +149,7 @@ class ProfileCarbon(Spec):
 
     @model_validator(mode="after")
     def _known(self) -> ProfileCarbon:
-        from ..catalog import names
-
-        if self.region not in names("carbon"):
-            raise ValueError(
-                f"unknown region {self.region!r}; allowed: {', '.join(names('carbon'))}"
-            )
+        _bundled("carbon", "region", self.region)
         return self
 
 
@@ -152,21 +158,11 @@ class ConstantCarbon(Spec):
     g_per_kwh: float = Field(ge=0, description="grams CO2e per kWh drawn from the grid")
 
 
-class CsvCarbon(Spec):
-    """Hourly intensities from a CSV: a column `g_per_kwh`, one row per hour from the run's
-    start (or a `time_s` column)."""
+class CsvCarbon(_HourlyCsv):
+    """Hourly intensities from a CSV: a column `g_per_kwh`."""
 
+    column: ClassVar[str] = "g_per_kwh"
     kind: Literal["csv"] = "csv"
-    path: str = Field(min_length=1, description="CSV file; relative paths from the run's cwd")
-    _series: tuple[list[float], list[float]] = PrivateAttr()
-
-    @model_validator(mode="after")
-    def _read(self) -> CsvCarbon:
-        self._series = read_series(self.path, "g_per_kwh")
-        return self
-
-    def series(self) -> tuple[list[float], list[float]]:
-        return self._series
 
 
 Carbon = Annotated[ProfileCarbon | ConstantCarbon | CsvCarbon, Field(discriminator="kind")]
