@@ -20,6 +20,7 @@ kernels/power.py and docs/background/power-cost.md.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -195,8 +196,9 @@ def _traced_w(
     t: np.ndarray,
     c: Constants,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Board power and GPUs of the jobs with `power_trace` over the segments starting at t:
-    computing at the job's power (job_compute_w), any other booked state at idle."""
+    """Board power and GPUs of the traced jobs over the segments starting at t: computing at
+    the job's power (job_compute_w, or a demand-response cap below it), any other booked state
+    at idle."""
     watts, gpus = np.zeros(t.size), np.zeros(t.size)
     for name, segs in traces.items():
         if not segs:
@@ -205,12 +207,22 @@ def _traced_w(
         b = np.asarray([s[1] for s in segs], dtype=float)
         n = np.asarray([s[3] for s in segs], dtype=float)
         busy = np.asarray([s[2] == "compute" for s in segs])
+        # a demand-response cap holds a computing GPU at it (none: inf)
+        cap = np.asarray([math.inf if s[4] is None else s[4] for s in segs], dtype=float)
         i = np.searchsorted(a, t, side="right") - 1
         inside = (i >= 0) & (t < b[np.maximum(i, 0)])
         k = np.maximum(i, 0)
         held = np.where(inside, n[k], 0.0)
-        p_job = job_compute_w(sc, {**summary["training"][name], "name": name})
-        watts += held * np.where(inside & busy[k], p_job, c.idle_w)
+        # each segment's compute power from the MFU its steps had uncapped (the trace's), else
+        # from the job's summary
+        p_mean = job_compute_w(sc, {**summary["training"][name], "name": name})
+        p_seg = np.asarray(
+            [
+                p_mean if s[5] is None else job_compute_w(sc, {"name": name, "mfu": s[5]})
+                for s in segs
+            ]
+        )
+        watts += held * np.where(inside & busy[k], np.minimum(p_seg[k], cap[k]), c.idle_w)
         gpus += held
     return watts, gpus
 

@@ -375,3 +375,36 @@ def zoom(
         wave = square_wave(t, steps[spec.name], d, lo, hi)
         out += np.where(busy, gpus * (wave - mean) * pue, 0.0)
     return pd.DataFrame({"time_s": t, "site_w": out})
+
+
+def demand_response(records: list[dict[str, Any]], timeline: pd.DataFrame) -> list[dict[str, Any]]:
+    """Each event as planned (engine/power.py) and as the site's power did it: `met_mw` is
+    the site's mean power over the event's length before it less its mean during it, `met`
+    whether that is within the event's tolerance of the ask."""
+    t = timeline["time_s"].to_numpy(dtype=float)
+    site = timeline["site_w"].to_numpy(dtype=float)
+    cum = np.concatenate(([0.0], np.cumsum(site[:-1] * np.diff(t))))
+
+    def mean(a: float, b: float) -> float:
+        a, b = max(a, float(t[0])), min(b, float(t[-1]))
+        if b <= a:
+            return math.nan
+        return float(np.interp(b, t, cum) - np.interp(a, t, cum)) / (b - a)
+
+    out = []
+    for r in records:
+        at, dur = r["at_s"], r["duration_s"]
+        before, during = mean(at - dur, at), mean(at, at + dur)
+        met = (before - during) / 1e6 if math.isfinite(before + during) else None
+        tokens = sum(a["tokens_not_trained"] for a in r["actions"])
+        out.append(
+            {
+                **{k: v for k, v in r.items() if k != "pue"},
+                "site_before_mw": None if math.isnan(before) else before / 1e6,
+                "site_during_mw": None if math.isnan(during) else during / 1e6,
+                "met_mw": met,
+                "met": None if met is None else bool(met >= r["asked_mw"] - r["tolerance_mw"]),
+                "tokens_not_trained": tokens,
+            }
+        )
+    return out

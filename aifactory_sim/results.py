@@ -190,6 +190,16 @@ class Results:
                 f" charged, {b['losses_mwh']:.2f} MWh lost; charge {b['soc_min']:.0%} to"
                 f" {b['soc_max']:.0%}"
             )
+        for e in f.get("demand_response", []):
+            met = "-" if e["met_mw"] is None else f"{e['met_mw']:.2f}"
+            capped = ", ".join(f"{a['job']} to {a['cap_w']:.0f} W" for a in e["actions"])
+            lines.append(
+                f"  demand response at {e['at_s'] / 3600:.1f} h for {e['duration_s'] / 3600:.1f} h:"
+                f" asked {e['asked_mw']:.2f} MW, met {met} MW"
+                f" ({'met' if e['met'] else 'not met'}; capped {capped or 'nothing'}"
+                + (f", {e['shortfall_mw']:.2f} MW short" if e["shortfall_mw"] > 0 else "")
+                + f"), {e['tokens_not_trained']:.3g} tokens not trained"
+            )
         c = f.get("carbon")
         if c is not None:
             lines.append(

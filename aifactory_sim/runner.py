@@ -15,7 +15,7 @@ from .energy import energy_and_cost, power_timeline
 from .engine.factory import Factory, FactoryRun
 from .engine.inference import SERVICE_COLUMNS
 from .engine.telemetry import BUCKETS, COLUMNS
-from .facility import facility_summary, facility_timeline, swings
+from .facility import demand_response, facility_summary, facility_timeline, swings
 from .results import Results
 from .schema import build_checker, check_summary
 from .spec.loader import content_hash
@@ -123,6 +123,8 @@ def assemble(run: FactoryRun) -> Results:
         traced = swings(sc, summary, site)
         if traced:
             summary["facility"]["swings"] = traced
+        if run.demand_response:
+            summary["facility"]["demand_response"] = demand_response(run.demand_response, site)
     check_summary(summary)  # the schema report.py reads by name (aifactory_sim.schema)
     jobs_df = pd.DataFrame([{"job": name, **vals} for name, vals in jobs.items()])
     total_h = total_gpus * duration / 3600.0

@@ -446,6 +446,38 @@ class SwingSummary(TypedDict):
 
 
 @_STRICT
+class DemandAction(TypedDict):
+    job: str  # the training job capped
+    gpus: int
+    cap_w: float  # W per GPU while it computes
+    slowdown: float  # x, its compute-bound work's clock factor
+    step_slowdown: float  # x, its step time at the cap over before
+    step_s: float  # s, its step time before the cap
+    shed_mw: float  # MW at the site, by plan (GPUs x (power - cap) x PUE)
+    tokens_not_trained: float  # tokens its capped steps did not train over its computing
+    # time in the event (planned for the whole event if the run ends first)
+
+
+@_STRICT
+class DemandEvent(TypedDict):
+    """A demand-response event: planned (engine/power.py) and measured on the site's power."""
+
+    at_s: float
+    duration_s: float
+    asked_mw: float
+    tolerance_mw: float
+    planned_mw: float  # MW the caps shed by plan
+    shortfall_mw: float  # MW of the ask no action covered
+    not_acted_on: list[str]  # priority_order entries not acted on (inference, for now)
+    actions: list[DemandAction]
+    site_before_mw: float | None  # MW, the site's mean over the event's length before it
+    site_during_mw: float | None  # MW, its mean during it
+    met_mw: float | None  # MW, before - during
+    met: bool | None  # met_mw within tolerance_mw of asked_mw
+    tokens_not_trained: float  # tokens, over the actions
+
+
+@_STRICT
 class FacilitySummary(TypedDict):
     """With a scenario `facility` (facility.py): the site, its PUE and the grid."""
 
@@ -463,6 +495,7 @@ class FacilitySummary(TypedDict):
     battery: NotRequired[BatterySummary]
     carbon: NotRequired[CarbonSummary]
     swings: NotRequired[dict[str, SwingSummary]]  # by job with power_trace
+    demand_response: NotRequired[list[DemandEvent]]  # in time order
 
 
 # --- the whole summary -------------------------------------------------------------------------

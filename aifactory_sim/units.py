@@ -36,6 +36,8 @@ _BINARY_SCALE = {
 }
 _NUMBER = r"([+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)"
 _DURATION_RE = re.compile(rf"^\s*{_NUMBER}\s*([a-zA-Z]*)\s*$")
+#: One part of a compound duration such as '6d14h' or '1h30min': a number and its unit.
+_PART_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]+)")
 _COUNT_RE = re.compile(rf"^\s*{_NUMBER}\s*([kKMBGT]?)\s*$")
 _RATE_RE = re.compile(rf"^\s*{_NUMBER}\s*([kMGT]?)([bB])(?:/s|ps)\s*$")
 
@@ -59,9 +61,17 @@ def parse_duration_s(value: object) -> float:
             scale = _DURATION_S.get(unit or "s")
             if scale is not None:
                 return _finite(float(number) * scale, "duration")
+        parts = _PART_RE.findall(value)
+        whole = "".join(f"{n}{u}" for n, u in parts) == "".join(value.split())
+        scales = [_DURATION_S.get(u, 0.0) for _, u in parts]
+        if len(parts) > 1 and whole and all(scales) and scales == sorted(scales, reverse=True):
+            # a compound, '6d14h', its units from the largest down
+            total = sum(float(n) * sc for (n, _), sc in zip(parts, scales, strict=True))
+            return _finite(total, "duration")
     raise ValueError(
         f"cannot read {value!r} as a duration; write seconds (3600) or a number with one of "
-        "the units ms, s, min, h, d, w ('90s', '30min', '6h', '54d')"
+        "the units ms, s, min, h, d, w ('90s', '30min', '6h', '54d'), or such parts from the "
+        "largest ('6d14h', '1h30min')"
     )
 
 

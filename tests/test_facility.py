@@ -236,3 +236,62 @@ def test_power_trace_puts_the_jobs_stalls_at_idle_and_its_steps_into_phases():
         256 * (560.0 - lo) * (1 - d) * job["running_s"] * 1.2 / 3.6e9)
     assert res.summary["energy_mwh"] == pytest.approx(plain.summary["energy_mwh"], rel=1e-9)
     assert sw["over_ramp_limit"] == (sw["ramp_mw_per_s"] > 0.05)
+
+
+def _uncapped_w(sc: Any) -> float:
+    """A GPU's compute power at the job's estimated MFU (its step uncapped): P(min(1, MFU/0.4))."""
+    from aifactory_sim.energy import job_compute_w
+    from aifactory_sim.spec.scenario import job_estimate
+
+    mfu = float(job_estimate(sc.training[0], sc.pool(None)).mfu)
+    return job_compute_w(sc, {"name": sc.training[0].name, "mfu": mfu})
+
+
+def _dr(reduce_mw: float, with_event: bool = True) -> dict[str, Any]:
+    """The 70B job of _traced on a steady site (no failures, PUE 1.2), asked at 10 h for 2 h."""
+    d = _traced(False)
+    d.pop("failures")
+    d["duration"] = "16h"
+    d["facility"] = {}
+    if with_event:
+        d["facility"]["demand_response"] = [
+            {"at": "10h", "duration": "2h", "reduce_mw": reduce_mw, "tolerance_mw": 0.01}]
+    return d
+
+
+def test_a_demand_response_event_is_met_by_capping_training():
+    """Asked for 0.05 MW less for 2 hours: the job's 256 GPUs are capped at P - 0.05 MW / 1.2 /
+    256 each (P its compute power); the site's mean power over the event is 0.05 MW below the
+    two hours before it, within the event's 0.01 MW (checkpoints fall in both windows); the
+    timeline holds the computing GPUs at the cap; the job trains what its slower steps leave:
+    the tokens not trained, tokens/s x 2 h x (1 - step / capped step), within 2 % of the run
+    without the event (its checkpoints fall a little later)."""
+    res = af.run(af.load(_dr(0.05)))
+    base = af.run(af.load(_dr(0.05, with_event=False)))
+    ev = res.summary["facility"]["demand_response"][0]
+    p_job = _uncapped_w(res.scenario)
+    assert ev["met"] is True
+    assert ev["met_mw"] == pytest.approx(0.05, abs=0.01)
+    assert ev["shortfall_mw"] == 0.0 and ev["planned_mw"] == pytest.approx(0.05)
+    (a,) = ev["actions"]
+    assert a["cap_w"] == pytest.approx(p_job - 0.05e6 / 1.2 / 256, rel=1e-6)
+    lost = base.summary["training"]["big"]["tokens_trained"] - res.summary["training"]["big"][
+        "tokens_trained"]
+    assert lost == pytest.approx(ev["tokens_not_trained"], rel=0.02)
+    assert "demand response" in res.text()
+
+
+def test_an_ask_beyond_what_training_can_shed_is_reported_short():
+    """2 MW asked of a site whose job can shed at most its GPUs' compute power above idle:
+    the job capped to idle power, the rest of the ask reported as the shortfall, not met."""
+    from aifactory_sim.energy import constants
+
+    res = af.run(af.load(_dr(2.0)))
+    ev = res.summary["facility"]["demand_response"][0]
+    c = constants(res.scenario)
+    p_job = _uncapped_w(res.scenario)
+    room = 256 * (p_job - c.idle_w) * 1.2 / 1e6
+    assert ev["planned_mw"] == pytest.approx(room, rel=1e-9)
+    assert ev["shortfall_mw"] == pytest.approx(2.0 - room, rel=1e-9)
+    assert ev["met"] is False
+    assert ev["actions"][0]["cap_w"] == pytest.approx(c.idle_w)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -25,6 +25,7 @@ import simpy
 from ..kernels.power import cap_slowdown
 from ..spec.inference import InferenceService
 from ..spec.scenario import Scenario
+from ..weather import pue_at
 from .broker import NodeBroker
 from .cluster import ClusterState
 from .disagg import DecodeSide, DisaggregatedModel, kv_link
@@ -33,6 +34,7 @@ from .failures import FailureInjector, FailureRecord
 from .fleet import SAMPLE_S, Fleet, replica_sizing, sample_interval_s
 from .fluid import FlowModel
 from .inference import RouterModel
+from .power import DemandResponseRun
 from .scheduler import Scheduler
 from .storage import SharedStorage
 from .telemetry import Gauges, Ledger, Recorder
@@ -86,6 +88,8 @@ class FactoryRun:
     allocated_gpu_s: float  # the integral of allocated GPUs over the run
     events: int  # SimPy events processed
     wall_s: float
+    #: demand-response events as met (engine/power.py), in time order
+    demand_response: list[dict[str, Any]] = field(default_factory=list)
 
 
 class Factory:
@@ -133,6 +137,16 @@ class Factory:
             )
             for i, job in enumerate(scenario.training)
         ]
+        # the grid operator's calls to draw less (engine/power.py)
+        self.demand: DemandResponseRun | None = None
+        fac = scenario.facility
+        if fac is not None and fac.demand_response:
+            self.demand = DemandResponseRun(
+                env,
+                fac.demand_response,
+                self.jobs,
+                lambda t: float(pue_at(fac, scenario.power.pue, np.array([t]))[0]),
+            )
         #: every replica fleet (a disaggregated service has two), and each service's fleets
         self.services: list[Fleet] = []
         self._fleets_of: list[list[Fleet]] = []
@@ -332,6 +346,8 @@ class Factory:
             step_tier=sc.training_tier == "step",
             compute_slowdown=slow,
             peak_scale=nominal.bf16_tflops / slow / nominal.bf16_tflops,
+            # demand response caps jobs for a while: the power timeline needs their traces
+            trace=sc.facility is not None and bool(sc.facility.demand_response),
         )
 
     def _gauges(self, now: float) -> Gauges:
@@ -378,6 +394,7 @@ class Factory:
                 for svc, fleets in zip(self.scenario.inference, self._fleets_of, strict=True)
             ],
             failures=[] if self.failures is None else self.failures.records,
+            demand_response=[] if self.demand is None else self.demand.records,
             ledger=self.ledger,
             timeseries=rec.rows,
             allocated_gpu_s=rec.allocated_gpu_s(horizon),

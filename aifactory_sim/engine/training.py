@@ -62,6 +62,7 @@ class JobSettings:
     step_tier: bool  # the `step` fidelity: one timeout per training step
     compute_slowdown: float = 1.0  # a power cap's clock factor on the compute peaks
     peak_scale: float = 1.0  # the pool's compute peak over the nominal one (MFU's reference)
+    trace: bool = False  # record what the GPUs did for the power timeline (power_trace, DR)
 
 
 @dataclass
@@ -158,7 +159,10 @@ class TrainingRun:
         self.events: list[JobEvent] = []
         #: with `power_trace`: what its GPUs did, as the ledger booked it: (start, end, bucket,
         #: GPUs held), consecutive equal segments merged (the power timeline's input)
-        self.trace: list[list[Any]] | None = [] if spec.power_trace else None
+        self.trace: list[list[Any]] | None = [] if spec.power_trace or settings.trace else None
+        #: a demand-response power cap on its GPUs (W) and the clock factor it costs
+        self.power_cap_w: float | None = None
+        self.cap_slowdown = 1.0
 
     # --- sizes and rates ------------------------------------------------------------------
     def nodes_for(self, dp: int) -> int:
@@ -199,7 +203,7 @@ class TrainingRun:
             dp=self.dp,
             cross_leaf_slowdown=self.fabric_slowdown,
             net_latency_us=self.settings.net_latency_us,
-            compute_slowdown=self.settings.compute_slowdown,
+            compute_slowdown=self.settings.compute_slowdown * self.cap_slowdown,
             data_gb_s=self.data_gb_s if data_gb_s is None else data_gb_s,
         )
 
@@ -282,10 +286,17 @@ class TrainingRun:
         gpus = self.held_nodes * self.pool.gpus_per_node
         if self.trace is not None:
             last = self.trace[-1] if self.trace else None
-            if last is not None and last[1] == t0 and last[2] == self.bucket and last[3] == gpus:
+            cap = self.power_cap_w
+            if (
+                last is not None
+                and last[1] == t0
+                and last[2] == self.bucket
+                and last[3] == gpus
+                and last[4] == cap
+            ):
                 last[1] = now
             else:
-                self.trace.append([t0, now, self.bucket, gpus])
+                self.trace.append([t0, now, self.bucket, gpus, cap, self._uncapped_mfu()])
         tel = self.ledger
         if self.bucket != "compute":
             tel.add(self.bucket, gpus * dt)
@@ -344,6 +355,26 @@ class TrainingRun:
         self.book()
         self.fabric_slowdown = slowdown
         self.fabric_slowdown_max = max(self.fabric_slowdown_max, slowdown)
+        if self.alloc is not None and self.held_nodes:
+            self.estimate = self._estimate()
+        if self.bucket == "compute" and self.in_run:
+            self.process.interrupt(RERATE)
+
+    def _uncapped_mfu(self) -> float | None:
+        """MFU against the nominal peak as its step would run without a demand-response cap
+        (what its GPUs' compute power follows; a cap holds them at it instead)."""
+        est = self.estimate
+        if est is None:
+            return None
+        return float(est.mfu) * self.peak_scale * self.cap_slowdown
+
+    def set_power_cap(self, cap_w: float | None, slowdown: float) -> None:
+        """A demand-response cap on the job's GPUs (None: lifted): book the past, continue at
+        the step time its clock factor `slowdown` gives the compute-bound parts."""
+        if cap_w == self.power_cap_w:
+            return
+        self.book()
+        self.power_cap_w, self.cap_slowdown = cap_w, slowdown
         if self.alloc is not None and self.held_nodes:
             self.estimate = self._estimate()
         if self.bucket == "compute" and self.in_run:

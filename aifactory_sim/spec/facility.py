@@ -11,7 +11,7 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, PrivateAttr, model_validator
 
-from .base import Spec
+from .base import NonNegativeDurationS, PositiveDurationS, Spec
 
 
 def read_series(path: str, column: str) -> tuple[list[float], list[float]]:
@@ -168,6 +168,27 @@ class CsvCarbon(_HourlyCsv):
 Carbon = Annotated[ProfileCarbon | ConstantCarbon | CsvCarbon, Field(discriminator="kind")]
 
 
+Workload = Literal["training", "inference"]
+WORKLOADS: tuple[Workload, ...] = ("training", "inference")
+
+
+class DemandResponse(Spec):
+    """A grid operator's call: from `at`, for `duration`, draw `reduce_mw` less."""
+
+    at: NonNegativeDurationS = Field(description="when the event starts, from the run's start")
+    duration: PositiveDurationS
+    reduce_mw: float = Field(gt=0, description="MW less than the site draws when it starts")
+    priority_order: list[Workload] = Field(
+        default_factory=lambda: list(WORKLOADS),
+        min_length=1,
+        description="what gives power first: training (its GPUs power-capped, lowest job "
+        "priority first, down to idle power), then inference (not acted on yet)",
+    )
+    tolerance_mw: float | None = Field(
+        None, ge=0, description="how far short still counts as met; default 5 % of reduce_mw"
+    )
+
+
 class Facility(Spec):
     """The site: its weather-driven PUE, its grid connection, a battery, the grid's carbon."""
 
@@ -184,6 +205,9 @@ class Facility(Spec):
     battery: Battery | None = None
     smoothing: Smoothing | None = None
     carbon: Carbon | None = Field(None, description="the grid's hourly carbon intensity")
+    demand_response: list[DemandResponse] = Field(
+        default_factory=list, description="the grid operator's calls to draw less"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> Facility:

@@ -1,0 +1,138 @@
+"""Demand response: the grid operator's calls to draw less, met by the factory's work
+(scenario `facility.demand_response`; docs/background/facility.md).
+
+At an event's start the site must draw `reduce_mw` less for its duration. The factory sheds
+IT watts (the ask over the hour's PUE) in the event's `priority_order`:
+
+- training: the running jobs, lowest `priority` first (the larger first at a tie), each
+  power-capped: its GPUs, drawing P = P_idle + (TDP - P_idle) min(1, MFU / 0.40) while they
+  compute (kernels.power), are held at cap = P - shed / GPUs, no lower than idle power, so
+  that the job sheds up to GPUs x (P - P_idle). Its compute-bound work slows by the cap's
+  clock factor (kernels.power.cap_slowdown, all of it compute-bound, as `power.
+  gpu_power_cap_w` takes it) until the event ends; the power timeline draws its GPUs at the cap
+  (energy.power_timeline, from the job's trace).
+- inference: not acted on yet; what is left of the ask is reported as the shortfall.
+
+Each event's record (what was asked, what the caps shed by plan, on which jobs, the tokens the
+slower steps did not train) goes to the summary; the facility module measures what the site's
+power actually did against it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import simpy
+
+from ..kernels.power import cap_slowdown, gpu_power_w, idle_power_w, training_activity
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+    from ..spec.facility import DemandResponse
+    from .training import TrainingRun
+
+__all__ = ["DemandResponseRun", "job_gpu_w"]
+
+
+def job_gpu_w(job: TrainingRun) -> float:
+    """Board power of one of a job's GPUs while it computes, uncapped: energy.job_compute_w's
+    rule on its current estimate's MFU against the nominal peak."""
+    gpu = job.pool.gpu
+    idle = float(idle_power_w(gpu.tdp_w, gpu.idle_w))
+    mfu = job._uncapped_mfu()
+    if mfu is None:
+        return idle
+    return float(gpu_power_w(training_activity(mfu), gpu.tdp_w, idle))
+
+
+class DemandResponseRun:
+    """The events of a scenario, each a process that caps and later frees training jobs."""
+
+    def __init__(
+        self,
+        env: simpy.Environment,
+        events: Sequence[DemandResponse],
+        jobs: Sequence[TrainingRun],
+        pue_at: Callable[[float], float],
+    ):
+        self.env = env
+        self.jobs = jobs
+        self.pue_at = pue_at
+        self.records: list[dict[str, Any]] = []
+        for ev in events:
+            env.process(self._event(ev))
+
+    def _event(self, ev: DemandResponse) -> Any:
+        env = self.env
+        yield env.timeout(ev.at)
+        now = env.now
+        pue = self.pue_at(now)
+        left = ev.reduce_mw * 1e6 / pue  # IT watts to shed
+        actions: list[dict[str, Any]] = []
+        capped: list[TrainingRun] = []
+        skipped: list[str] = []
+        for kind in ev.priority_order:
+            if kind == "inference":
+                if left > 0:
+                    skipped.append("inference")
+                continue
+            running = [j for j in self.jobs if j.state == "running" and j.held_nodes > 0]
+            gpus_of = {j.index: j.held_nodes * j.pool.gpus_per_node for j in running}
+            for job in sorted(running, key=lambda j: (j.spec.priority, -gpus_of[j.index])):
+                if left <= 0:
+                    break
+                gpus = gpus_of[job.index]
+                p = job_gpu_w(job)
+                gpu = job.pool.gpu
+                idle = float(idle_power_w(gpu.tdp_w, gpu.idle_w))
+                shed = min(left, gpus * max(p - idle, 0.0))
+                if shed <= 0:
+                    continue
+                cap = p - shed / gpus
+                slow = float(cap_slowdown(cap, gpu.tdp_w, 1.0))
+                step = float(job.estimate.step_time_s) if job.estimate is not None else 0.0
+                job.set_power_cap(cap, slow)
+                capped.append(job)
+                left -= shed
+                after = float(job.estimate.step_time_s) if job.estimate is not None else step
+                tokens_per_s = job.spec.batch_seqs * job.spec.seq_len / step if step else 0.0
+                actions.append(
+                    {
+                        "job": job.name,
+                        "gpus": gpus,
+                        "cap_w": cap,
+                        "slowdown": slow,
+                        "step_slowdown": after / step if step else 1.0,
+                        "step_s": step,
+                        "shed_mw": shed * pue / 1e6,
+                        # planned: computing through the event (measured when it ends); only
+                        # its compute-bound parts slow
+                        "tokens_not_trained": (
+                            tokens_per_s * ev.duration * (1.0 - step / after) if after else 0.0
+                        ),
+                    }
+                )
+        tol = ev.tolerance_mw if ev.tolerance_mw is not None else 0.05 * ev.reduce_mw
+        self.records.append(
+            {
+                "at_s": now,
+                "duration_s": ev.duration,
+                "asked_mw": ev.reduce_mw,
+                "tolerance_mw": tol,
+                "pue": pue,
+                "planned_mw": sum(a["shed_mw"] for a in actions),
+                "shortfall_mw": max(left, 0.0) * pue / 1e6,
+                "not_acted_on": skipped,
+                "actions": actions,
+            }
+        )
+        computing = [job.run_s for job in capped]  # its computing seconds so far (booked)
+        yield env.timeout(ev.duration)
+        for job, before, action in zip(capped, computing, actions, strict=True):
+            job.set_power_cap(None, 1.0)
+            # what its capped steps did not train over the time it computed in the event (a
+            # checkpoint or a failure in it is time it would not have trained either)
+            step, after = action["step_s"], action["step_s"] * action["step_slowdown"]
+            tokens = job.spec.batch_seqs * job.spec.seq_len
+            action["tokens_not_trained"] = (job.run_s - before) * tokens * (1 / step - 1 / after)
