@@ -70,7 +70,8 @@ class Constants:
 def constants(sc: Scenario) -> Constants:
     pools = sc.cluster.node_pools
     gpus = sum(p.gpus for p in pools)
-    cap = sc.power.gpu_power_cap_w
+    caps = [sc.gpu_cap_w(p) for p in pools]  # power.gpu_power_cap_w or the racks', per pool
+    given = [c for c in caps if c is not None]
 
     def mean(values: list[float]) -> float:
         return float(sum(v * p.gpus for v, p in zip(values, pools, strict=True)) / gpus)
@@ -82,16 +83,16 @@ def constants(sc: Scenario) -> Constants:
         nodes=sum(p.nodes for p in pools),
         tdp_w=mean(tdps),
         idle_w=mean(
-            [float(kp.gpu_power_w(0.0, t, i, cap)) for t, i in zip(tdps, idles, strict=True)]
+            [float(kp.gpu_power_w(0.0, t, i, c)) for t, i, c in zip(tdps, idles, caps, strict=True)]
         ),
         serving_w=mean(
             [
-                float(kp.gpu_power_w(kp.SERVING_ACTIVITY, t, i, cap))
-                for t, i in zip(tdps, idles, strict=True)
+                float(kp.gpu_power_w(kp.SERVING_ACTIVITY, t, i, c))
+                for t, i, c in zip(tdps, idles, caps, strict=True)
             ]
         ),
         overhead_w=float(sum(p.nodes * sc.power.node_overhead_w for p in pools) / gpus),
-        cap_w=cap,
+        cap_w=min(given) if given else None,
         pue=sc.power.pue,
     )
 
@@ -105,7 +106,7 @@ def job_compute_w(sc: Scenario, job: dict[str, Any]) -> float:
     idle = kp.idle_power_w(pool.gpu.tdp_w, pool.gpu.idle_w)
     mfu = job.get("mfu")
     activity = 1.0 if mfu is None else kp.training_activity(mfu)
-    return float(kp.gpu_power_w(activity, pool.gpu.tdp_w, idle, sc.power.gpu_power_cap_w))
+    return float(kp.gpu_power_w(activity, pool.gpu.tdp_w, idle, sc.gpu_cap_w(pool)))
 
 
 def training_gpu_w(sc: Scenario, summary: dict[str, Any], c: Constants) -> float:

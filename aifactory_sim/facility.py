@@ -408,3 +408,35 @@ def demand_response(records: list[dict[str, Any]], timeline: pd.DataFrame) -> li
             }
         )
     return out
+
+
+def racks_summary(sc: Any, summary: dict[str, Any]) -> dict[str, Any]:
+    """The racks (cluster.racks) at full load against their budget and cooling, per pool: the
+    cap that holds a rack within them (spec Scenario.rack_cap_w), its clock factor on
+    compute-bound work (kernels.power.cap_slowdown), and the GPU-hours that ran under it."""
+    from .kernels.power import cap_slowdown
+
+    r = sc.cluster.racks
+    ledger = summary["ledger_gpu_h"]
+    worked = sum(ledger.get(b, 0.0) for b in ("training", "data_stall", "lost_work"))
+    worked += ledger.get("inference_busy", 0.0)
+    total_gpus = sum(p.gpus for p in sc.cluster.node_pools)
+    pools = {}
+    for pool in sc.cluster.node_pools:
+        full = r.nodes_per_rack * (pool.gpus_per_node * pool.gpu.tdp_w + sc.power.node_overhead_w)
+        cap = sc.rack_cap_w(pool)
+        pools[pool.name] = {
+            "racks": math.ceil(pool.nodes / r.nodes_per_rack),
+            "full_load_kw": full / 1e3,
+            "limit_kw": r.limit_w() / 1e3,
+            "gpu_cap_w": cap,
+            "clock_slowdown": 1.0 if cap is None else float(cap_slowdown(cap, pool.gpu.tdp_w, 1.0)),
+            # the pool's share of the GPU-hours that computed (training or serving)
+            "throttled_gpu_h": 0.0 if cap is None else worked * pool.gpus / total_gpus,
+        }
+    return {
+        "nodes_per_rack": r.nodes_per_rack,
+        "power_budget_kw": r.power_budget_kw,
+        "cooling_kw": None if r.cooling is None else r.cooling.capacity_kw,
+        "pools": pools,
+    }

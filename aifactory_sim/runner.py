@@ -15,7 +15,13 @@ from .energy import energy_and_cost, power_timeline
 from .engine.factory import Factory, FactoryRun
 from .engine.inference import SERVICE_COLUMNS
 from .engine.telemetry import BUCKETS, COLUMNS
-from .facility import demand_response, facility_summary, facility_timeline, swings
+from .facility import (
+    demand_response,
+    facility_summary,
+    facility_timeline,
+    racks_summary,
+    swings,
+)
 from .results import Results
 from .schema import build_checker, check_summary
 from .spec.loader import content_hash
@@ -116,6 +122,8 @@ def assemble(run: FactoryRun) -> Results:
     for name, vals in extra.pop("services").items():
         summary["inference"][name].update(vals)
     summary.update(extra)
+    if sc.cluster.racks is not None:
+        summary["racks"] = racks_summary(sc, summary)
     site = None
     if sc.facility is not None:
         site = facility_timeline(sc.facility, power, duration)

@@ -498,6 +498,26 @@ class FacilitySummary(TypedDict):
     demand_response: NotRequired[list[DemandEvent]]  # in time order
 
 
+@_STRICT
+class RackPool(TypedDict):
+    racks: int  # racks the pool's nodes fill
+    full_load_kw: float  # kW a rack of its nodes draws at TDP with their overhead
+    limit_kw: float  # kW a rack may draw: its budget, or its cooling if smaller
+    gpu_cap_w: float | None  # W per GPU that holds a rack within it; None: it fits at TDP
+    clock_slowdown: float  # x, the cap's clock factor on compute-bound work
+    throttled_gpu_h: float  # GPU-hours that computed under the cap
+
+
+@_STRICT
+class RacksSummary(TypedDict):
+    """With cluster.racks: each pool's racks at full load against their budget and cooling."""
+
+    nodes_per_rack: int
+    power_budget_kw: float
+    cooling_kw: float | None
+    pools: dict[str, RackPool]
+
+
 # --- the whole summary -------------------------------------------------------------------------
 
 
@@ -522,6 +542,7 @@ class Summary(CoreSummary, EnergySummary):
     """A run's summary, `Results.summary` and `summary.json`."""
 
     facility: NotRequired[FacilitySummary]  # with a scenario `facility`
+    racks: NotRequired[RacksSummary]  # with cluster.racks
 
 
 def _keys(td: Any) -> frozenset[str]:

@@ -7,6 +7,7 @@ Durations accept seconds as numbers or strings such as ``"90s"``, ``"30min"``, `
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 
@@ -64,7 +65,8 @@ def parse_duration_s(value: object) -> float:
         parts = _PART_RE.findall(value)
         whole = "".join(f"{n}{u}" for n, u in parts) == "".join(value.split())
         scales = [_DURATION_S.get(u, 0.0) for _, u in parts]
-        if len(parts) > 1 and whole and all(scales) and scales == sorted(scales, reverse=True):
+        falling = all(a > b for a, b in itertools.pairwise(scales))
+        if len(parts) > 1 and whole and all(scales) and falling:
             # a compound, '6d14h', its units from the largest down
             total = sum(float(n) * sc for (n, _), sc in zip(parts, scales, strict=True))
             return _finite(total, "duration")

@@ -295,3 +295,44 @@ def test_an_ask_beyond_what_training_can_shed_is_reported_short():
     assert ev["shortfall_mw"] == pytest.approx(2.0 - room, rel=1e-9)
     assert ev["met"] is False
     assert ev["actions"][0]["cap_w"] == pytest.approx(c.idle_w)
+
+
+def _racked(budget_kw: float) -> dict[str, Any]:
+    d = _dr(0.0, with_event=False)
+    d["cluster"]["racks"] = {"nodes_per_rack": 4, "power_budget_kw": budget_kw,
+                             "cooling": {"kind": "liquid", "capacity_kw": 40}}
+    return d
+
+
+def test_racks_over_their_budget_hold_their_gpus_at_the_power_that_fits():
+    """4 H100 nodes a rack at 8 x 700 W + 1.5 kW = 28.4 kW against a 24 kW budget: each GPU held
+    at (24 kW / 4 - 1.5 kW) / 8 = 562.5 W; compute-bound work slows by (700 / 562.5)^(1/1.4)
+    (kernels.power.cap_slowdown), the job's step exactly as the kernel's at that clock factor;
+    within budget (30 kW) nothing changes."""
+    from aifactory_sim.kernels.power import cap_slowdown
+    from aifactory_sim.spec.scenario import job_estimate
+
+    res = af.run(af.load(_racked(24.0)))
+    pool = res.summary["racks"]["pools"]["p"]
+    assert pool["full_load_kw"] == pytest.approx(28.4)
+    assert pool["gpu_cap_w"] == pytest.approx(562.5)
+    slow = float(cap_slowdown(562.5, 700.0, 1.0))
+    assert pool["clock_slowdown"] == pytest.approx(slow)
+    sc = res.scenario
+    expect = job_estimate(sc.training[0], sc.pool(None), compute_slowdown=slow).step_time_s
+    assert res.summary["training"]["big"]["step_time_s"] == pytest.approx(float(expect), rel=1e-9)
+    assert pool["throttled_gpu_h"] > 0
+    free = af.run(af.load(_racked(30.0)))
+    assert free.summary["racks"]["pools"]["p"]["gpu_cap_w"] is None
+    assert free.summary["training"]["big"]["step_time_s"] < res.summary["training"]["big"][
+        "step_time_s"]
+    # the cooling binds where it is below the budget
+    d = _racked(30.0)
+    d["cluster"]["racks"]["cooling"]["capacity_kw"] = 24.0
+    assert af.load(d).rack_cap_w(af.load(d).pool(None)) == pytest.approx(562.5)
+
+
+def test_a_rack_budget_below_its_idle_nodes_is_refused():
+    with pytest.raises(af.ScenarioError) as err:
+        af.load(_racked(4.0))
+    assert "cluster.racks.power_budget_kw" in str(err.value) and "idle" in str(err.value)

@@ -134,3 +134,14 @@ def test_count_round_trip(x: float, suffix: str) -> None:
 def test_bytes_are_eight_bits(x: float) -> None:
     assert math.isclose(parse_gbit_s(f"{x}GB/s"), 8.0 * parse_gbit_s(f"{x}Gb/s"), rel_tol=1e-15)
     assert parse_gbit_s(f"{x}Gb/s") == x
+
+
+def test_compound_durations_read_from_the_largest_unit_down():
+    from aifactory_sim.units import parse_duration_s
+
+    assert parse_duration_s("6d14h") == 6 * 86400 + 14 * 3600
+    assert parse_duration_s("1h30min") == 5400
+    assert parse_duration_s("1d 12h") == 129600
+    for bad in ("14h6d", "6d14", "1h1h", "3x"):
+        with pytest.raises(ValueError, match="largest"):
+            parse_duration_s(bad)

@@ -328,10 +328,11 @@ class Factory:
         or a serving iteration slows and every memory- or network-bound one does not (decode,
         bound by HBM, slows least). Reported MFU stays against the nominal peak
         (TrainingRun.peak_scale). 1 without a cap."""
-        cap = self.scenario.power.gpu_power_cap_w
+        p = self.scenario.pool(pool)
+        cap = self.scenario.gpu_cap_w(p)  # power.gpu_power_cap_w or the racks' (spec)
         if cap is None:
             return 1.0
-        return float(cap_slowdown(cap, self.scenario.pool(pool).gpu.tdp_w, 1.0))
+        return float(cap_slowdown(cap, p.gpu.tdp_w, 1.0))
 
     def _job_settings(self, pool_name: str | None) -> JobSettings:
         sc = self.scenario

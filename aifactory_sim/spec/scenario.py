@@ -189,8 +189,36 @@ class Storage(Spec):
     write_gb_s: float = Field(gt=0)
 
 
+class RackCooling(Spec):
+    """A rack's cooling: how much heat it removes."""
+
+    kind: Literal["air", "liquid"] = "liquid"
+    capacity_kw: float = Field(gt=0, description="heat one rack's cooling removes, kW")
+    supply_temp_c: float | None = Field(
+        None, description="coolant (liquid) or inlet air (air) temperature, C: recorded"
+    )
+
+
+class Racks(Spec):
+    """Nodes in racks, each with a provisioned power budget and a cooling capacity. A rack whose
+    nodes at full load would draw more than either holds its GPUs at the power that fits: a cap
+    as power.gpu_power_cap_w's, with its clock factor on compute-bound work."""
+
+    nodes_per_rack: int = Field(gt=0, description="nodes (trays) per rack")
+    power_budget_kw: float = Field(gt=0, description="power provisioned per rack, kW")
+    cooling: RackCooling | None = None
+
+    def limit_w(self) -> float:
+        """What a rack may draw: its budget, or its cooling's capacity if smaller."""
+        kw = self.power_budget_kw
+        if self.cooling is not None:
+            kw = min(kw, self.cooling.capacity_kw)
+        return kw * 1e3
+
+
 class Cluster(Spec):
     node_pools: list[NodePool] = Field(min_length=1)
+    racks: Racks | None = Field(None, description="racks: a power budget and cooling per rack")
     fabric: Fabric = Fabric()
     storage: Storage | None = None
     spare_nodes: int = Field(
@@ -528,6 +556,41 @@ class Scenario(Spec):
                     "describe; add a storage section, or give measured write_s and reload_s",
                 )
             check_job_feasible(job, pool, where)
+        return self
+
+    def rack_cap_w(self, pool: NodePool) -> float | None:
+        """The per-GPU power that keeps a rack of `pool`'s nodes within its budget and cooling at
+        full load (None: it fits at TDP, or no racks): (limit / nodes per rack - node
+        overhead) / GPUs per node."""
+        r = self.cluster.racks
+        if r is None:
+            return None
+        per_gpu = (r.limit_w() / r.nodes_per_rack - self.power.node_overhead_w) / pool.gpus_per_node
+        return None if per_gpu >= pool.gpu.tdp_w else per_gpu
+
+    def gpu_cap_w(self, pool: NodePool) -> float | None:
+        """The power cap on `pool`'s GPUs: power.gpu_power_cap_w or the racks', the lower."""
+        caps = [c for c in (self.power.gpu_power_cap_w, self.rack_cap_w(pool)) if c is not None]
+        return min(caps) if caps else None
+
+    @model_validator(mode="after")
+    def _racks_hold_their_nodes(self) -> Scenario:
+        from ..kernels.power import idle_power_w  # kernels are pure; imported lazily
+
+        if self.cluster.racks is None:
+            return self
+        for pool in self.cluster.node_pools:
+            cap = self.rack_cap_w(pool)
+            idle = float(idle_power_w(pool.gpu.tdp_w, pool.gpu.idle_w))
+            if cap is not None and cap < idle:
+                r = self.cluster.racks
+                raise located(
+                    "cluster.racks.power_budget_kw",
+                    f"a rack of {r.nodes_per_rack} {pool.name!r} nodes may draw "
+                    f"{r.limit_w() / 1e3:g} kW (budget and cooling), less than its nodes draw "
+                    f"idle ({r.nodes_per_rack} x ({pool.gpus_per_node} x {idle:.0f} W + "
+                    f"{self.power.node_overhead_w:g} W)); give more kW or fewer nodes per rack",
+                )
         return self
 
     @model_validator(mode="after")
