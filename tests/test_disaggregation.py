@@ -360,7 +360,8 @@ def test_kv_transfers_share_the_fabric_with_training():
     and the transfers' mean load of the 15 s window before (bytes / (node bandwidth x 15 s),
     recounted from the requests table): slowdown = (1 + load + 1) x 4 / 2 exactly, and its time
     bytes x slowdown / bandwidth + latency. The job's ring, slowed 2x by its own leaf share,
-    is slowed (1 + load) x 2 at most by the transfers; without the service, exactly 2."""
+    is slowed (1 + load) x 2 at most by the transfers; without the service, exactly 2. The step
+    tier moves every transfer at the same times."""
     res, s = _run(_shared_fabric())
     req = res.requests.dropna(subset=["kv_transfer_end_s"]).sort_values("first_token_s")
     assert len(req) > 1000
@@ -382,6 +383,10 @@ def test_kv_transfers_share_the_fabric_with_training():
     assert job["fabric_slowdown_max"] > 2.0
     alone = af.run(af.load(_shared_fabric(with_service=False))).summary["training"]["pre"]
     assert alone["fabric_slowdown_max"] == 2.0
+    d = _shared_fabric()
+    d["fidelity"] = "step"
+    step = _run(d)[0].requests.dropna(subset=["kv_transfer_end_s"]).sort_values("first_token_s")
+    np.testing.assert_allclose(step["kv_transfer_end_s"], req["kv_transfer_end_s"], rtol=1e-12)
 
 
 def test_kv_transfers_within_a_leaf_or_on_a_full_fabric_are_not_slowed():
