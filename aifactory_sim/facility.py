@@ -283,6 +283,18 @@ def fundamental(t: np.ndarray, p: np.ndarray) -> tuple[float, float]:
     return float(freqs[k]), float(2.0 * np.abs(spec[k]) / p.size)
 
 
+def job_phases(sc: Any, spec: Any, job: dict[str, Any]) -> dict[str, float]:
+    """A `power_trace` job's step: its time, compute share d (COMPUTE_PARTS over the step-time
+    kernel's step), mean compute power and the two levels step_phases gives its GPUs."""
+    pool = sc.pool(spec.pool)
+    est = job_estimate(spec, pool)
+    step = float(est.step_time_s)
+    d = sum(float(est.breakdown[k]) for k in COMPUTE_PARTS) / step
+    mean = job_compute_w(sc, {**job, "name": spec.name})
+    hi, lo = step_phases(mean, constants(sc).idle_w, float(pool.gpu.tdp_w), d)
+    return {"step_s": step, "share": d, "mean_w": mean, "hi_w": hi, "lo_w": lo}
+
+
 def swings(sc: Any, summary: dict[str, Any], timeline: pd.DataFrame) -> dict[str, Any]:
     """Per job with `power_trace`: its step's phases and the swing they put on the site.
 
@@ -295,19 +307,14 @@ def swings(sc: Any, summary: dict[str, Any], timeline: pd.DataFrame) -> dict[str
     f = sc.facility
     floor_frac = f.smoothing.gpu_power_floor_fraction if f is not None and f.smoothing else 0.0
     pue = summary.get("facility", {}).get("pue_mean") or sc.power.pue
-    c = constants(sc)
     out: dict[str, Any] = {}
     for spec in sc.training:
         if not spec.power_trace:
             continue
         job = summary["training"][spec.name]
-        pool = sc.pool(spec.pool)
-        est = job_estimate(spec, pool)
-        step = float(est.step_time_s)
-        d = sum(float(est.breakdown[k]) for k in COMPUTE_PARTS) / step
-        tdp = float(pool.gpu.tdp_w)
-        mean = job_compute_w(sc, {**job, "name": spec.name})
-        hi, lo = step_phases(mean, c.idle_w, tdp, d)
+        ph = job_phases(sc, spec, job)
+        step, d, hi, lo = ph["step_s"], ph["share"], ph["hi_w"], ph["lo_w"]
+        tdp = float(sc.pool(spec.pool).gpu.tdp_w)
         floored = max(lo, floor_frac * tdp)
         gpus = float(job.get("gpus") or 0)
         swing = gpus * (hi - lo) * pue / 1e6
@@ -353,27 +360,19 @@ def zoom(
     per_hour = np.diff(np.interp(edges, t_pw, cum))
     h0 = float(edges[int(np.argmax(per_hour))])
     h1 = min(h0 + HOUR_S, duration)
-    steps = {}
-    for spec in traced:
-        est = job_estimate(spec, sc.pool(spec.pool))
-        steps[spec.name] = float(est.step_time_s)
-    dt = min(steps.values()) / samples_per_step
+    phases = {spec.name: job_phases(sc, spec, summary["training"][spec.name]) for spec in traced}
+    dt = min(ph["step_s"] for ph in phases.values()) / samples_per_step
     t = np.arange(h0, h1, dt)
     k = np.clip(np.searchsorted(t_pw, t, side="right") - 1, 0, t_pw.size - 1)
     out = site[k].copy()
     pue = np.where(it[k] > 0, site[k] / np.maximum(it[k], 1e-300), 1.0)
     for spec in traced:
-        job = summary["training"][spec.name]
-        pool = sc.pool(spec.pool)
-        est = job_estimate(spec, pool)
-        d = sum(float(est.breakdown[p]) for p in COMPUTE_PARTS) / float(est.step_time_s)
-        mean = job_compute_w(sc, {**job, "name": spec.name})
-        hi, lo = step_phases(mean, c.idle_w, float(pool.gpu.tdp_w), d)
-        gpus = float(job.get("gpus") or 0)
+        ph = phases[spec.name]
+        gpus = float(summary["training"][spec.name].get("gpus") or 0)
         # computing where the job's training power is above its idle level in the timeline
         busy = train_w[k] > pue * gpus * (c.idle_w + c.overhead_w) * 1.001
-        wave = square_wave(t, steps[spec.name], d, lo, hi)
-        out += np.where(busy, gpus * (wave - mean) * pue, 0.0)
+        wave = square_wave(t, ph["step_s"], ph["share"], ph["lo_w"], ph["hi_w"])
+        out += np.where(busy, gpus * (wave - ph["mean_w"]) * pue, 0.0)
     return pd.DataFrame({"time_s": t, "site_w": out})
 
 
