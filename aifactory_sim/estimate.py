@@ -297,7 +297,7 @@ def plan_training(
 
     Layouts obey Megatron-LM's rules: tp divides the NVLink domain and the heads, pp x interleave
     layers per stage at most, dp x microbatch divides the global batch, and an interleaved
-    schedule needs a number of microbatches that is a multiple of pp.
+    schedule needs pp > 1 (Megatron-Core takes any number of microbatches with it).
     """
     import pandas as pd
 
@@ -318,8 +318,7 @@ def plan_training(
             for mb, v in itertools.product(microbatch_options, interleave_options):
                 if global_batch_seqs % (dp * mb):
                     continue
-                micro = global_batch_seqs // (dp * mb)
-                if v > 1 and (pp == 1 or pp * v > m.layers or micro % pp):
+                if v > 1 and (pp == 1 or pp * v > m.layers):
                     continue
                 for rc in RECOMPUTE_CODES.values():
                     rows.append((tp, pp, dp, cp, mb, v, rc))

@@ -311,6 +311,33 @@ def test_pipeline_bubble_fraction(p: int, v: int, m: int) -> None:
     assert r["bubble_s"] / ideal == pytest.approx((p - 1) / (v * m), rel=1e-12)
 
 
+@pytest.mark.parametrize(("p", "v", "m"), [(16, 4, 7), (8, 2, 3), (16, 1, 7), (4, 4, 4)])
+def test_pipeline_bubble_with_fewer_microbatches_than_stages(p: int, v: int, m: int) -> None:
+    # With m < p microbatches each of a rank's v chunks waits for its microbatches to come round
+    # the p ranks: a 1F1B step spans p v + m - 1 chunk-microbatches of t_mb / v each, so the
+    # bubble is (p v + m - 1)/v - m microbatches (m + p - 1 in all at v = 1, Narayanan Sec. 2.2;
+    # at m = p both forms give (p-1)/v). Checked against a schedule drawn slot by slot below.
+    d, b = 4, 1
+    r = step(
+        gpt(64, 8192, 64),
+        gpu_args("A100-SXM-80GB"),
+        pp=p,
+        dp=d,
+        seq_len=2048,
+        global_batch_seqs=m * d * b,
+        microbatch_seqs=b,
+        interleave=v,
+        nic_bytes_per_s=25e9,
+    )
+    ideal = r["compute_s"] + r["tp_comm_s"] + r["cp_comm_s"] + r["pp_comm_s"]
+    # forward slots: chunk c of microbatch j runs on rank r at slot c p + r + j when nothing
+    # collides (m <= p), the last at (v-1) p + (p-1) + (m-1); backward mirrors it
+    slots = {(c * p + rank + j, rank) for c in range(v) for rank in range(p) for j in range(m)}
+    assert len(slots) == v * p * m  # no rank runs two chunks at once
+    span = max(t for t, _ in slots) + 1
+    assert r["bubble_s"] / ideal == pytest.approx((span / v - m) / m, rel=1e-12)
+
+
 @pytest.mark.parametrize("recompute", [0, 1, 2])
 @pytest.mark.parametrize("name", ["gpt3-175b", "llama3-70b", "mixtral-8x7b"])
 def test_gemm_time_is_hardware_flops_at_calibrated_rate(recompute: int, name: str) -> None:

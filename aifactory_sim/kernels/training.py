@@ -12,10 +12,11 @@ context-parallel width; f the FFN width, g the KV heads (GQA), E experts of whic
 Model of one step, per GPU on the slowest pipeline stage:
     t_step = (m + (p - 1)/v) t_mb + t_dp_exposed + t_optimizer + t_data_stall
 with m = B/(d b) microbatches, v virtual stages per rank (interleaved 1F1B; the bubble term is
-Megatron's (p-1)/(v m), Sec. 2.2), and t_mb the forward + backward (+ recompute) time of one
-microbatch on a stage: matrix FLOPs at an achievable fraction of peak, element-wise kernels at an
-achievable fraction of HBM bandwidth, tensor-parallel all-reduces on NVLink, context-parallel
-KV exchange, and pipeline point-to-point sends.
+Megatron's (p-1)/(v m), Sec. 2.2, when m >= p, and (p v + m - 1)/v - m microbatches below), and
+t_mb the forward + backward (+ recompute) time of one microbatch on a stage: matrix FLOPs at an
+achievable fraction of peak, element-wise kernels at an achievable fraction of HBM bandwidth,
+tensor-parallel all-reduces on NVLink, context-parallel KV exchange, and pipeline point-to-point
+sends.
 """
 
 from __future__ import annotations
@@ -325,7 +326,14 @@ def step_time(
 
     mb_s = gemm_s + mem_s + tp_s + cp_s + p2p_s
     pipeline_s = microbatches * mb_s
-    bubble_s = (p - 1.0) / v * mb_s
+    # 1F1B over m microbatches and v chunks of p stages: a microbatch's chunk takes mb_s / v on a
+    # rank, and the step spans v max(m, p) + min(m, p) - 1 of them. For m >= p that is Megatron's
+    # m v + p - 1 (bubble (p-1)/v microbatches); with fewer microbatches than stages each chunk
+    # waits for its microbatch to come round the p ranks, p v + m - 1 (both m + p - 1 at v = 1).
+    bubble_s = (
+        np.where(microbatches >= p, (p - 1.0) / v, (p * v + microbatches - 1.0) / v - microbatches)
+        * mb_s
+    )
 
     # --- data parallel gradient reduction (and ZeRO's parameter all-gather) ---
     mem = memory_per_gpu(

@@ -853,12 +853,10 @@ def check_job_feasible(job: TrainingJob, pool: NodePool, where: str) -> None:
             f"[{where}.global_batch_seqs] {job.batch_seqs} sequences must be a multiple of "
             f"dp x microbatch_seqs = {par.dp * par.microbatch_seqs}"
         )
-    micro = job.batch_seqs // (par.dp * par.microbatch_seqs)
-    if par.interleave > 1 and micro % par.pp:
-        raise ValueError(
-            f"[{where}.parallel.interleave] an interleaved schedule needs the {micro} "
-            f"microbatches per rank to be a multiple of pp={par.pp}"
-        )
+    # An interleaved schedule takes any number of microbatches: Megatron-Core's schedule table
+    # runs them in groups of pp per virtual stage and lays a last, partial group out chunk by
+    # chunk (microbatch_group_size_per_vp_stage, model_parallel_config.py; older Megatron-LM
+    # asked for a multiple of pp). Fewer than pp cost a larger bubble (kernels.training).
     est = job_estimate(job, pool)
     if not est.fits:
         raise ValueError(
