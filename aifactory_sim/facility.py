@@ -439,3 +439,57 @@ def racks_summary(sc: Any, summary: dict[str, Any]) -> dict[str, Any]:
         "cooling_kw": None if r.cooling is None else r.cooling.capacity_kw,
         "pools": pools,
     }
+
+
+def grid_limit_summary(sc: Any, summary: dict[str, Any]) -> dict[str, Any]:
+    """What holding the site under facility.grid_limit_mw cost (spec Scenario.grid_caps): the
+    site's full load at the hottest hour's PUE with and without the caps, each pool's cap and
+    its clock factor, and per training job the tokens it did not train because its
+    compute-bound work ran slower (its computing time at the step it would have had without the
+    grid's cap, estimated as spec.job_estimate does: the same layout, the local caps only)."""
+    from .kernels.power import cap_slowdown
+
+    pools = sc.cluster.node_pools
+    caps = sc.grid_caps()
+    pue = sc.grid_pue_max()
+    out: dict[str, Any] = {
+        "limit_mw": sc.facility.grid_limit_mw,
+        "pue_max": pue,
+        "full_load_mw": sc.site_full_load_w() * pue / 1e6,
+        "capped": caps is not None,
+        "held_mw": (
+            sc.site_full_load_w([sc.gpu_cap_w(p) for p in pools]) * pue / 1e6
+            if caps is not None
+            else sc.site_full_load_w() * pue / 1e6
+        ),
+        "pools": {},
+        "tokens_not_trained": {},
+    }
+
+    def slowdown(cap: float | None, pool: Any) -> float:
+        return 1.0 if cap is None else float(cap_slowdown(cap, pool.gpu.tdp_w, 1.0))
+
+    for pool in pools:
+        out["pools"][pool.name] = {
+            "gpu_cap_w": sc.grid_cap_w(pool),
+            "clock_slowdown": slowdown(sc.gpu_cap_w(pool), pool)
+            / slowdown(sc.local_cap_w(pool), pool),
+        }
+    for spec in sc.training:
+        job = summary["training"].get(spec.name, {})
+        pool = sc.pool(spec.pool)
+        lost = 0.0
+        if sc.grid_cap_w(pool) is not None and job.get("tokens_trained"):
+            capped = float(
+                job_estimate(
+                    spec, pool, compute_slowdown=slowdown(sc.gpu_cap_w(pool), pool)
+                ).step_time_s
+            )
+            free = float(
+                job_estimate(
+                    spec, pool, compute_slowdown=slowdown(sc.local_cap_w(pool), pool)
+                ).step_time_s
+            )
+            lost = float(job["tokens_trained"]) * (capped / free - 1.0)
+        out["tokens_not_trained"][spec.name] = lost
+    return out

@@ -183,6 +183,18 @@ class Results:
             + f"; largest step {f['largest_step_mw']['site']:.2f} MW at the site,"
             f" {f['largest_step_mw']['grid']:.2f} MW at the grid",
         ]
+        g = f.get("grid_limit")
+        if g is not None and g["capped"]:
+            caps = ", ".join(
+                f"{name} at {p['gpu_cap_w']:.0f} W ({p['clock_slowdown']:.3f}x)"
+                for name, p in g["pools"].items()
+                if p["gpu_cap_w"] is not None
+            )
+            lost = sum(g["tokens_not_trained"].values())
+            lines.append(
+                f"  grid limit: full load {g['full_load_mw']:.2f} MW at PUE {g['pue_max']:.3f} held"
+                f" to {g['held_mw']:.2f} MW by GPU caps ({caps}); {lost:.3g} tokens not trained"
+            )
         b = f.get("battery")
         if b is not None:
             lines.append(

@@ -19,6 +19,7 @@ from .facility import (
     demand_response,
     facility_summary,
     facility_timeline,
+    grid_limit_summary,
     racks_summary,
     swings,
 )
@@ -128,6 +129,8 @@ def assemble(run: FactoryRun) -> Results:
     if sc.facility is not None:
         site = facility_timeline(sc.facility, power, duration)
         summary["facility"] = facility_summary(sc.facility, site, summary)
+        if sc.facility.grid_limit_mw is not None:
+            summary["facility"]["grid_limit"] = grid_limit_summary(sc, summary)
         traced = swings(sc, summary, site)
         if traced:
             summary["facility"]["swings"] = traced

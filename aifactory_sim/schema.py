@@ -478,6 +478,25 @@ class DemandEvent(TypedDict):
 
 
 @_STRICT
+class GridPool(TypedDict):
+    gpu_cap_w: float | None  # W per GPU that holds the site under the limit; None: not needed
+    clock_slowdown: float  # x, on compute-bound work, beyond the local caps'
+
+
+@_STRICT
+class GridLimitSummary(TypedDict):
+    """facility.grid_limit_mw held at full load in the hottest hour (spec Scenario.grid_caps)."""
+
+    limit_mw: float
+    pue_max: float  # the hottest hour's
+    full_load_mw: float  # MW the site would draw at full load then, uncapped by the grid
+    capped: bool  # whether the grid's cap binds
+    held_mw: float  # MW at full load then under every cap (<= limit_mw)
+    pools: dict[str, GridPool]
+    tokens_not_trained: dict[str, float]  # by job, what the grid's cap slowed away
+
+
+@_STRICT
 class FacilitySummary(TypedDict):
     """With a scenario `facility` (facility.py): the site, its PUE and the grid."""
 
@@ -496,6 +515,7 @@ class FacilitySummary(TypedDict):
     carbon: NotRequired[CarbonSummary]
     swings: NotRequired[dict[str, SwingSummary]]  # by job with power_trace
     demand_response: NotRequired[list[DemandEvent]]  # in time order
+    grid_limit: NotRequired[GridLimitSummary]  # with grid_limit_mw
 
 
 @_STRICT

@@ -336,3 +336,67 @@ def test_a_rack_budget_below_its_idle_nodes_is_refused():
     with pytest.raises(af.ScenarioError) as err:
         af.load(_racked(4.0))
     assert "cluster.racks.power_budget_kw" in str(err.value) and "idle" in str(err.value)
+
+
+def _limited(limit_mw: float | None) -> dict[str, Any]:
+    d = _dr(0.0, with_event=False)
+    if limit_mw is not None:
+        d["facility"]["grid_limit_mw"] = limit_mw
+    return d
+
+
+def test_the_grid_limit_holds_the_site_by_capping_its_gpus():
+    """34 H100 nodes at full load draw 34 x (8 x 700 W + 1.5 kW) x PUE 1.2 = 289.68 kW; under a
+    0.25 MW limit every GPU is held at c with 34 x (8 c + 1.5 kW) x 1.2 = 0.25 MW, c = 578.4 W.
+    The grid never sees more than the limit; the job's step is the kernel's at that cap's clock
+    factor; the tokens it did not train are what the uncapped run trained more in the same
+    computing time (within 2 %: its checkpoints fall a little differently). A limit above full
+    load caps nothing."""
+    from aifactory_sim.kernels.power import cap_slowdown
+    from aifactory_sim.spec.scenario import job_estimate
+
+    res = af.run(af.load(_limited(0.25)))
+    free = af.run(af.load(_limited(None)))
+    g = res.summary["facility"]["grid_limit"]
+    cap = (0.25e6 / 1.2 / 34 - 1500.0) / 8
+    assert g["capped"] is True
+    assert g["full_load_mw"] == pytest.approx(0.28968, rel=1e-12)
+    assert g["held_mw"] == pytest.approx(0.25, rel=1e-9)
+    assert g["pools"]["p"]["gpu_cap_w"] == pytest.approx(cap, rel=1e-9)
+    slow = float(cap_slowdown(cap, 700.0, 1.0))
+    assert g["pools"]["p"]["clock_slowdown"] == pytest.approx(slow, rel=1e-9)
+    sc = res.scenario
+    step = job_estimate(sc.training[0], sc.pool(None), compute_slowdown=slow).step_time_s
+    assert res.summary["training"]["big"]["step_time_s"] == pytest.approx(float(step), rel=1e-9)
+    grid = res.facility["grid_w"].to_numpy()
+    assert grid.max() <= 0.25e6 * (1 + 1e-12)
+    # the free job's compute phases draw TDP, above the cap (its step mean, 229.5 kW at the
+    # grid, is under the limit: the guarantee is for every instant of a synchronous step)
+    assert free.summary["training"]["big"]["step_time_s"] < float(step)
+    lost = free.summary["training"]["big"]["tokens_trained"] - res.summary["training"]["big"][
+        "tokens_trained"]
+    assert lost > 0
+    assert g["tokens_not_trained"]["big"] == pytest.approx(lost, rel=0.02)
+    assert "grid limit" in res.text()
+    roomy = af.run(af.load(_limited(0.3))).summary["facility"]["grid_limit"]
+    assert roomy["capped"] is False and roomy["pools"]["p"]["gpu_cap_w"] is None
+    assert roomy["tokens_not_trained"]["big"] == 0.0
+
+
+def test_the_grid_cap_is_set_for_the_hottest_hour():
+    """With Phoenix's weather the cap holds full load at the run's largest PUE, the summary's."""
+    d = _with(grid_limit_mw=0.13)
+    sc = af.load(d)
+    pue = sc.grid_pue_max()
+    cap = (0.13e6 / pue / 16 - 1500.0) / 8
+    assert sc.gpu_cap_w(sc.pool(None)) == pytest.approx(cap, rel=1e-9)
+    res = af.run(sc)
+    assert res.summary["facility"]["pue_max"] == pytest.approx(pue)
+    assert res.facility["grid_w"].max() <= 0.13e6 * (1 + 1e-12)
+
+
+def test_a_grid_limit_below_the_idle_site_is_refused():
+    with pytest.raises(af.ScenarioError) as err:
+        af.load(_limited(0.05))
+    msg = str(err.value)
+    assert "facility.grid_limit_mw" in msg and "idle" in msg

@@ -197,7 +197,10 @@ class Facility(Spec):
         None, description="PUE from the temperature; default: power.pue at every hour"
     )
     grid_limit_mw: float | None = Field(
-        None, gt=0, description="contracted grid power, MW: the draw is reported against it"
+        None,
+        gt=0,
+        description="contracted grid power, MW: GPUs are capped so that the site at full "
+        "load in the hottest hour stays under it",
     )
     ramp_limit_mw_per_s: float | None = Field(
         None, gt=0, description="the utility's limit on how fast the draw may change, MW/s"

@@ -10,7 +10,7 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from .. import catalog
 from ..errors import ScenarioError
@@ -471,6 +471,8 @@ class Scenario(Spec):
     facility: Facility | None = Field(
         None, description="the site: weather-driven PUE, grid limits, a battery, carbon"
     )
+    #: grid_caps(), once worked out (False: not yet)
+    _grid_caps: list[float | None] | bool | None = PrivateAttr(default=False)
 
     @property
     def training_tier(self) -> Literal["step", "fast"]:
@@ -568,10 +570,104 @@ class Scenario(Spec):
         per_gpu = (r.limit_w() / r.nodes_per_rack - self.power.node_overhead_w) / pool.gpus_per_node
         return None if per_gpu >= pool.gpu.tdp_w else per_gpu
 
-    def gpu_cap_w(self, pool: NodePool) -> float | None:
-        """The power cap on `pool`'s GPUs: power.gpu_power_cap_w or the racks', the lower."""
+    def local_cap_w(self, pool: NodePool) -> float | None:
+        """The cap on `pool`'s GPUs before the grid's: power.gpu_power_cap_w or the racks'."""
         caps = [c for c in (self.power.gpu_power_cap_w, self.rack_cap_w(pool)) if c is not None]
         return min(caps) if caps else None
+
+    def gpu_cap_w(self, pool: NodePool) -> float | None:
+        """The power cap on `pool`'s GPUs: power.gpu_power_cap_w, the racks' or the grid's, the
+        lowest."""
+        caps = [c for c in (self.local_cap_w(pool), self.grid_cap_w(pool)) if c is not None]
+        return min(caps) if caps else None
+
+    def grid_cap_w(self, pool: NodePool) -> float | None:
+        """The cap that holds the site under facility.grid_limit_mw (None: it fits uncapped)."""
+        caps = self.grid_caps()
+        return None if caps is None else caps[self.cluster.node_pools.index(pool)]
+
+    def site_full_load_w(self, caps: list[float | None] | None = None) -> float:
+        """IT watts with every node drawing its overhead and every GPU its cap (TDP uncapped)."""
+        caps = caps or [self.local_cap_w(p) for p in self.cluster.node_pools]
+        return sum(
+            p.nodes * (p.gpus_per_node * (p.gpu.tdp_w if c is None else c))
+            + p.nodes * self.power.node_overhead_w
+            for p, c in zip(self.cluster.node_pools, caps, strict=True)
+        )
+
+    def grid_pue_max(self) -> float:
+        """The PUE of the run's hottest hour (weather.pue_at over its hours)."""
+        import numpy as np
+
+        from ..weather import hour_edges, pue_at  # the weather module reads the catalog
+
+        t = hour_edges(self.duration) if self.duration > 0 else np.zeros(1)
+        return float(np.max(pue_at(self.facility, self.power.pue, t)))
+
+    def grid_caps(self) -> list[float | None] | None:
+        """Per pool, the GPU cap that keeps the site within facility.grid_limit_mw at full load
+        in the run's hottest hour, or None where nothing needs capping.
+
+        The grid sees the facility: PUE x (GPUs at their caps + node overheads). When that is
+        over the limit at full load, every GPU is held at a share x of its TDP (no lower than
+        idle power, nor above a lower local cap), with x solved so that the site draws the limit:
+        the static guarantee `the facility never draws above it` (a battery's help is not
+        counted on). The caps act as power.gpu_power_cap_w does (the clock factor of
+        kernels.power.cap_slowdown on compute-bound work); the facility summary reports what
+        they cost (facility.grid_limit_summary)."""
+        if self._grid_caps is not False:
+            return self._grid_caps  # type: ignore[return-value]
+        result: list[float | None] | None = None
+        f = self.facility
+        if f is not None and f.grid_limit_mw is not None:
+            from ..kernels.power import idle_power_w  # kernels are pure; imported lazily
+
+            pools = self.cluster.node_pools
+            limit_it = f.grid_limit_mw * 1e6 / self.grid_pue_max()
+            local = [self.local_cap_w(p) for p in pools]
+            tops = [p.gpu.tdp_w if c is None else c for p, c in zip(pools, local, strict=True)]
+            idles = [float(idle_power_w(p.gpu.tdp_w, p.gpu.idle_w)) for p in pools]
+
+            def caps_at(x: float) -> list[float | None]:
+                return [
+                    min(top, max(idle, x * p.gpu.tdp_w))
+                    for p, top, idle in zip(pools, tops, idles, strict=True)
+                ]
+
+            if self.site_full_load_w() > limit_it:
+                lo, hi = 0.0, 1.0  # the site's full-load draw rises with x: bisect for the limit
+                for _ in range(60):
+                    mid = 0.5 * (lo + hi)
+                    lo, hi = (
+                        (mid, hi) if self.site_full_load_w(caps_at(mid)) <= limit_it else (lo, mid)
+                    )
+                result = [
+                    None if c is not None and c >= top else c
+                    for c, top in zip(caps_at(lo), tops, strict=True)
+                ]
+        self._grid_caps = result
+        return result
+
+    @model_validator(mode="after")
+    def _grid_holds_idle_site(self) -> Scenario:
+        from ..kernels.power import idle_power_w  # kernels are pure; imported lazily
+
+        f = self.facility
+        if f is None or f.grid_limit_mw is None:
+            return self
+        pools = self.cluster.node_pools
+        idle = self.site_full_load_w(
+            [float(idle_power_w(p.gpu.tdp_w, p.gpu.idle_w)) for p in pools]
+        )
+        pue = self.grid_pue_max()
+        if idle * pue > f.grid_limit_mw * 1e6:
+            raise located(
+                "facility.grid_limit_mw",
+                f"{f.grid_limit_mw:g} MW cannot hold the site even idle: its nodes draw "
+                f"{idle / 1e6:.2f} MW with every GPU at idle power, {idle * pue / 1e6:.2f} MW at "
+                f"the hottest hour's PUE {pue:.3f}; allowed: a limit above that, or fewer nodes",
+            )
+        return self
 
     @model_validator(mode="after")
     def _racks_hold_their_nodes(self) -> Scenario:
