@@ -376,10 +376,62 @@ def zoom(
     return pd.DataFrame({"time_s": t, "site_w": out})
 
 
-def demand_response(records: list[dict[str, Any]], timeline: pd.DataFrame) -> list[dict[str, Any]]:
+def _window_service(
+    sc: Any, name: str, requests: pd.DataFrame | None, a: float, b: float
+) -> dict[str, Any] | None:
+    """What a service's requests arriving in [a, b) got: how many, the share that met its SLO
+    (dropped and unfinished ones miss it), and the output tokens of those that missed."""
+    from .kernels.stats import slo_attainment
+
+    if requests is None or not len(requests) or "service" not in requests:
+        return None
+    rows = requests[requests["service"] == name]
+    arr = rows["arrival_s"].to_numpy(dtype=float)
+    inside = (arr >= a) & (arr < b)
+    if not inside.any():
+        return {"requests": 0, "slo_attainment": None, "missed_tokens": 0}
+    first = rows["first_token_s"].to_numpy(dtype=float)[inside]
+    finish = rows["finish_s"].to_numpy(dtype=float)[inside]
+    out = rows["output_tokens"].to_numpy(dtype=float)[inside]
+    done = np.isfinite(finish)
+    ttft = first[done] - arr[inside][done]
+    o = out[done]
+    tpot_all = np.where(o > 1, (finish[done] - first[done]) / np.maximum(o - 1, 1), 0.0)
+    svc = next(s for s in sc.inference if s.name == name)
+    ok = np.zeros(inside.sum(), dtype=bool)
+    attained = None
+    if svc.slo is not None:
+        attained, _ = slo_attainment(
+            svc.slo, ttft, tpot_all, tpot_all[o > 1], dropped=float((~done).sum())
+        )
+        good = np.ones(done.sum(), dtype=bool)
+        if svc.slo.ttft_s is not None:
+            good &= ttft <= svc.slo.ttft_s
+        if svc.slo.tpot_s is not None:
+            good &= tpot_all <= svc.slo.tpot_s
+        ok[np.flatnonzero(done)[good]] = True
+    else:
+        ok = done
+    return {
+        "requests": int(inside.sum()),
+        "slo_attainment": attained,
+        "missed_tokens": int(out[~ok].sum()),
+    }
+
+
+def demand_response(
+    records: list[dict[str, Any]],
+    timeline: pd.DataFrame,
+    sc: Any = None,
+    requests: pd.DataFrame | None = None,
+) -> list[dict[str, Any]]:
     """Each event as planned (engine/power.py) and as the site's power did it: `met_mw` is
     the site's mean power over the event's length before it less its mean during it, `met`
-    whether that is within the event's tolerance of the ask."""
+    whether that is within the event's tolerance of the ask. Each service shed: its requests
+    arriving during the event and over the same length before it, the share of each that met
+    its SLO, and the output tokens of those that missed (dropped and unfinished requests
+    included); the revenue lost is cost.serving_usd_per_mtok x the tokens missed beyond those
+    missed before (None without a price)."""
     t = timeline["time_s"].to_numpy(dtype=float)
     site = timeline["site_w"].to_numpy(dtype=float)
     cum = np.concatenate(([0.0], np.cumsum(site[:-1] * np.diff(t))))
@@ -396,9 +448,19 @@ def demand_response(records: list[dict[str, Any]], timeline: pd.DataFrame) -> li
         before, during = mean(at - dur, at), mean(at, at + dur)
         met = (before - during) / 1e6 if math.isfinite(before + during) else None
         tokens = sum(a["tokens_not_trained"] for a in r["actions"])
+        price = None if sc is None else sc.cost.serving_usd_per_mtok
+        services = []
+        for action in r["services"]:
+            was = _window_service(sc, action["service"], requests, at - dur, at)
+            now = _window_service(sc, action["service"], requests, at, at + dur)
+            lost = None
+            if price is not None and was is not None and now is not None:
+                lost = price * max(now["missed_tokens"] - was["missed_tokens"], 0) / 1e6
+            services.append({**action, "before": was, "during": now, "revenue_lost_usd": lost})
         out.append(
             {
-                **{k: v for k, v in r.items() if k != "pue"},
+                **{k: v for k, v in r.items() if k not in ("pue", "services")},
+                "services": services,
                 "site_before_mw": None if math.isnan(before) else before / 1e6,
                 "site_during_mw": None if math.isnan(during) else during / 1e6,
                 "met_mw": met,

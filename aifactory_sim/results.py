@@ -204,14 +204,29 @@ class Results:
             )
         for e in f.get("demand_response", []):
             met = "-" if e["met_mw"] is None else f"{e['met_mw']:.2f}"
-            capped = ", ".join(f"{a['job']} to {a['cap_w']:.0f} W" for a in e["actions"])
+            capped = ", ".join(
+                [f"capped {a['job']} to {a['cap_w']:.0f} W" for a in e["actions"]]
+                + [
+                    f"{a['service']} shed {a['replicas_shed']} of {a['replicas_before']} replicas"
+                    for a in e["services"]
+                ]
+            )
             lines.append(
                 f"  demand response at {e['at_s'] / 3600:.1f} h for {e['duration_s'] / 3600:.1f} h:"
                 f" asked {e['asked_mw']:.2f} MW, met {met} MW"
-                f" ({'met' if e['met'] else 'not met'}; capped {capped or 'nothing'}"
+                f" ({'met' if e['met'] else 'not met'}; {capped or 'nothing acted on'}"
                 + (f", {e['shortfall_mw']:.2f} MW short" if e["shortfall_mw"] > 0 else "")
                 + f"), {e['tokens_not_trained']:.3g} tokens not trained"
             )
+            for a in e["services"]:
+                was, now = a["before"], a["during"]
+                if was is None or now is None:
+                    continue
+                lines.append(
+                    f"    {a['service']}: SLO met by {num(now['slo_attainment'], '.1%')} of"
+                    f" {now['requests']:,} requests during, {num(was['slo_attainment'], '.1%')}"
+                    f" before; revenue lost {num(a['revenue_lost_usd'], ',.0f')} USD"
+                )
         c = f.get("carbon")
         if c is not None:
             lines.append(

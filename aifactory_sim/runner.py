@@ -125,6 +125,15 @@ def assemble(run: FactoryRun) -> Results:
     summary.update(extra)
     if sc.cluster.racks is not None:
         summary["racks"] = racks_summary(sc, summary)
+    frames = [(svc.name, svc.requests) for svc in run.services if svc.requests]
+    requests = (
+        pd.concat(
+            [pd.DataFrame({"service": name, **cols}) for name, cols in frames],
+            ignore_index=True,
+        )
+        if frames
+        else None
+    )
     site = None
     if sc.facility is not None:
         site = facility_timeline(sc.facility, power, duration)
@@ -135,21 +144,14 @@ def assemble(run: FactoryRun) -> Results:
         if traced:
             summary["facility"]["swings"] = traced
         if run.demand_response:
-            summary["facility"]["demand_response"] = demand_response(run.demand_response, site)
+            summary["facility"]["demand_response"] = demand_response(
+                run.demand_response, site, sc, requests
+            )
     check_summary(summary)  # the schema report.py reads by name (aifactory_sim.schema)
     jobs_df = pd.DataFrame([{"job": name, **vals} for name, vals in jobs.items()])
     total_h = total_gpus * duration / 3600.0
     ledger = pd.DataFrame({"bucket": list(ledger_h), "gpu_h": list(ledger_h.values())})
     ledger["share"] = ledger["gpu_h"] / total_h
-    frames = [(svc.name, svc.requests) for svc in run.services if svc.requests]
-    requests = (
-        pd.concat(
-            [pd.DataFrame({"service": name, **cols}) for name, cols in frames],
-            ignore_index=True,
-        )
-        if frames
-        else None
-    )
     return Results(
         sc, summary, meta, jobs_df, ts, ledger, failures, events, requests, services, power, site
     )

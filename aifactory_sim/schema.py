@@ -459,6 +459,26 @@ class DemandAction(TypedDict):
 
 
 @_STRICT
+class DemandWindow(TypedDict):
+    requests: int  # arriving in the window
+    slo_attainment: float | None  # share meeting the SLO (dropped, unfinished: missed)
+    missed_tokens: int  # output tokens of the requests that missed it
+
+
+@_STRICT
+class DemandService(TypedDict):
+    service: str  # the service whose replicas were shed
+    replicas_before: int  # ready at the event's start
+    replicas_shed: int
+    gpus: int
+    busy_share: float  # share of its GPUs iterating when shed
+    shed_mw: float  # MW at the site, by plan
+    before: DemandWindow | None  # its requests over the event's length before it
+    during: DemandWindow | None  # and during it (None: no request table, fluid tier)
+    revenue_lost_usd: float | None  # price x tokens missed beyond before; None: no price
+
+
+@_STRICT
 class DemandEvent(TypedDict):
     """A demand-response event: planned (engine/power.py) and measured on the site's power."""
 
@@ -468,8 +488,8 @@ class DemandEvent(TypedDict):
     tolerance_mw: float
     planned_mw: float  # MW the caps shed by plan
     shortfall_mw: float  # MW of the ask no action covered
-    not_acted_on: list[str]  # priority_order entries not acted on (inference, for now)
     actions: list[DemandAction]
+    services: list[DemandService]
     site_before_mw: float | None  # MW, the site's mean over the event's length before it
     site_during_mw: float | None  # MW, its mean during it
     met_mw: float | None  # MW, before - during

@@ -400,3 +400,68 @@ def test_a_grid_limit_below_the_idle_site_is_refused():
         af.load(_limited(0.05))
     msg = str(err.value)
     assert "facility.grid_limit_mw" in msg and "idle" in msg
+
+
+def _serving_dr(reduce_mw: float) -> dict[str, Any]:
+    """16 one-GPU llama3-8b replicas under 30 rps, asked at 1 h for 1 h to shed serving."""
+    return {
+        "name": "drs", "seed": 3, "duration": "3h",
+        "cluster": {"node_pools": [{"name": "h", "nodes": 2, "gpu": "H100-SXM"}]},
+        "power": {"node_overhead_w": 1500},
+        "cost": {"serving_usd_per_mtok": 2.0},
+        "inference": [{"name": "chat", "model": "llama3-8b", "precision": "fp8", "replicas": 16,
+                       "cold_start": {"container_s": 0, "weights_s": 0},
+                       "traffic": {"kind": "poisson", "rate_rps": 30},
+                       "slo": {"ttft_s": 0.5, "tpot_s": 0.03},
+                       "prompt_tokens": {"kind": "lognormal", "median": 1000, "sigma": 0.8},
+                       "output_tokens": {"kind": "geometric", "mean": 300}}],
+        "facility": {"demand_response": [{"at": "1h", "duration": "1h", "reduce_mw": reduce_mw,
+                                          "priority_order": ["inference"]}]},
+    }
+
+
+def _missed_tokens(req: Any, a: float, b: float) -> int:
+    r = req[(req["arrival_s"] >= a) & (req["arrival_s"] < b)]
+    out = r["output_tokens"].to_numpy(dtype=float)
+    ttft = (r["first_token_s"] - r["arrival_s"]).to_numpy(dtype=float)
+    tpot = np.where(out > 1, (r["finish_s"] - r["first_token_s"]).to_numpy(dtype=float)
+                    / np.maximum(out - 1, 1), 0.0)
+    ok = np.isfinite(r["finish_s"].to_numpy(dtype=float)) & (ttft <= 0.5) & (tpot <= 0.03)
+    return int(out[~ok].sum())
+
+
+def test_demand_response_sheds_serving_replicas_and_prices_what_they_miss():
+    """Asked for 2 kW from serving: each replica stops drawing 1 GPU x (P_serving - P_idle) x
+    its busy share, so ceil(2 kW / 1.2 / that) replicas drain; the service holds at what is left
+    for the hour and gets them back after it. The site's power falls by close to the plan (at
+    most it: the replicas left absorb the traffic and iterate a little more). Asked for more,
+    the replicas left miss their SLO: the revenue lost is 2 USD/Mtok x the output tokens of the
+    requests that missed during the event beyond those that missed in the hour before,
+    recounted here from the request table."""
+    from aifactory_sim.energy import constants
+
+    res = af.run(af.load(_serving_dr(0.002)))
+    ev = res.summary["facility"]["demand_response"][0]
+    (a,) = ev["services"]
+    c = constants(res.scenario)
+    per = (c.serving_w - c.idle_w) * a["busy_share"]
+    assert a["replicas_shed"] == math.ceil(0.002e6 / 1.2 / per)
+    assert ev["planned_mw"] == pytest.approx(a["replicas_shed"] * per * 1.2 / 1e6)
+    svc = res.services[res.services["service"] == "chat"].set_index("time_s")
+    inside = svc.loc[3700:7100, "ready"]
+    assert (inside == 16 - a["replicas_shed"]).all()
+    assert (svc.loc[7300:, "ready"] == 16).all()
+    assert 0.8 * ev["planned_mw"] < ev["met_mw"] <= ev["planned_mw"] * 1.01
+    assert ev["met"] is True
+    assert a["during"]["slo_attainment"] > 0.99  # 11 replicas still carry 30 rps
+
+    hard = af.run(af.load(_serving_dr(0.0068)))
+    (h,) = hard.summary["facility"]["demand_response"][0]["services"]
+    req = hard.requests
+    missed = _missed_tokens(req, 3600, 7200), _missed_tokens(req, 0, 3600)
+    assert h["during"]["missed_tokens"] == missed[0]
+    assert h["before"]["missed_tokens"] == missed[1]
+    assert h["during"]["slo_attainment"] < 0.5
+    assert h["revenue_lost_usd"] == pytest.approx(2.0 * (missed[0] - missed[1]) / 1e6)
+    assert h["revenue_lost_usd"] > 1.0
+    assert "revenue lost" in hard.text()

@@ -154,6 +154,9 @@ class Factory:
             fleets = self._service(len(self.services), svc, horizon)
             self.services += fleets
             self._fleets_of.append(fleets)
+        if self.demand is not None:
+            self.demand.fleets = self.services
+            self.demand.cap_w = scenario.gpu_cap_w
         self.failures = None
         if scenario.failures is not None:
             self.failures = FailureInjector(

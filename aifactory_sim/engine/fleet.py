@@ -315,6 +315,8 @@ class Fleet:
         self.ready: list[int] = []  # indices of ready replicas, in order of readiness
         self.node_slots: dict[int, list[int]] = {}  # held node -> replica per slot (-1 free)
         self.desired = 0
+        #: a demand-response event's ceiling on the replicas asked for (engine/power.py)
+        self.ceiling: int | None = None
         self.rows: list[ServiceRow] = []
         self._arrivals_at_tick: float = 0
         self._tick_s = 0.0  # time of the last tick
@@ -388,6 +390,8 @@ class Fleet:
             current = c["pending"] + c["starting"] + c["ready"]
             metric = self._metric(arrived)
             self.desired = self.policy.update(now, current, metric, ready=len(self.ready))
+            if self.ceiling is not None:
+                self.desired = min(self.desired, self.ceiling)
             if self.desired > current:
                 self._add_replicas(self.desired - current)
             elif self.desired < current:
@@ -443,6 +447,40 @@ class Fleet:
         last_t, last_busy = self._busy_mark
         self._busy_mark = (now, busy)
         return (busy - last_busy) / (now - last_t) if now > last_t else 0.0
+
+    # --- demand response ----------------------------------------------------------------------
+    def busy_share(self) -> float:
+        """The share of its ready replicas' GPUs that iterated since the last sample (the last
+        sample's when none has passed): what a replica taken out would stop drawing."""
+        gpus = len(self.ready) * self.spec.gpus_per_replica
+        if not gpus:
+            return 0.0
+        last_t, last_busy = self._busy_mark
+        now = self.env.now
+        self.model.advance_to(now)  # the model catches up to the clock (it may lag a tick)
+        if now > last_t:
+            return min(1.0, (self._busy_so_far() - last_busy) / (now - last_t) / gpus)
+        return min(1.0, self.rows[-1].busy_gpus / gpus) if self.rows else 0.0
+
+    def shed(self, count: int) -> None:
+        """Take `count` ready replicas out (they drain) and hold the service at what is left
+        until release(): a demand-response event's ceiling over the autoscaler."""
+        c = self.counts
+        current = c["pending"] + c["starting"] + c["ready"]
+        self.ceiling = current - count
+        self.desired = min(self.desired, self.ceiling)
+        self._remove_replicas(count)
+
+    def release(self) -> None:
+        """The event is over: without an autoscaler the service asks for its replicas back
+        (they cold-start); with one, its next tick decides."""
+        self.ceiling = None
+        if self.policy is None:
+            c = self.counts
+            current = c["pending"] + c["starting"] + c["ready"]
+            self.desired = self.spec.initial_replicas
+            if self.desired > current:
+                self._add_replicas(self.desired - current)
 
     # --- replicas ------------------------------------------------------------------------------
     def _add_replicas(self, count: int) -> None:

@@ -11,7 +11,14 @@ IT watts (the ask over the hour's PUE) in the event's `priority_order`:
   clock factor (kernels.power.cap_slowdown, all of it compute-bound, as `power.
   gpu_power_cap_w` takes it) until the event ends; the power timeline draws its GPUs at the cap
   (energy.power_timeline, from the job's trace).
-- inference: not acted on yet; what is left of the ask is reported as the shortfall.
+- inference: the services, lowest `priority` first (the larger first at a tie), each shed
+  whole replicas: a ready replica stops drawing its iterating GPUs' power above idle, GPUs x
+  (P_serving - P_idle) x the share of the time its service's GPUs iterate (kernels.power's
+  SERVING_ACTIVITY power; the share measured since the service's last sample), so as many as
+  the ask needs are drained and the service is held at what is left, its autoscaler included,
+  until the event ends (Fleet.shed / release); each keeps one replica. Their traffic goes to
+  the replicas left, whose batches grow: what that does to its latency and SLO is measured
+  over the event (facility.demand_response). Shed replicas' nodes go back to the cluster.
 
 Each event's record (what was asked, what the caps shed by plan, on which jobs, the tokens the
 slower steps did not train) goes to the summary; the facility module measures what the site's
@@ -20,16 +27,24 @@ power actually did against it.
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any
 
 import simpy
 
-from ..kernels.power import cap_slowdown, gpu_power_w, idle_power_w, training_activity
+from ..kernels.power import (
+    SERVING_ACTIVITY,
+    cap_slowdown,
+    gpu_power_w,
+    idle_power_w,
+    training_activity,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
     from ..spec.facility import DemandResponse
+    from .fleet import Fleet
     from .training import TrainingRun
 
 __all__ = ["DemandResponseRun", "job_gpu_w"]
@@ -58,10 +73,47 @@ class DemandResponseRun:
     ):
         self.env = env
         self.jobs = jobs
+        #: the services' replica fleets and the power cap of a pool's GPUs (Scenario.gpu_cap_w),
+        #: connected once the factory has built them
+        self.fleets: Sequence[Fleet] = ()
+        self.cap_w: Callable[[Any], float | None] = lambda pool: None
         self.pue_at = pue_at
         self.records: list[dict[str, Any]] = []
         for ev in events:
             env.process(self._event(ev))
+
+    def _shed_replicas(
+        self, left: float, pue: float, actions: list[dict[str, Any]], shed: list[Fleet]
+    ) -> float:
+        """Drain services' replicas, lowest priority first, for `left` IT watts; what is left."""
+        ready = [f for f in self.fleets if len(f.ready) > 1]
+        for fleet in sorted(ready, key=lambda f: (f.spec.priority, -len(f.ready), f.index)):
+            if left <= 0:
+                break
+            gpu = fleet.pool.gpu
+            idle = float(idle_power_w(gpu.tdp_w, gpu.idle_w))
+            cap = self.cap_w(fleet.pool)
+            busy = float(gpu_power_w(SERVING_ACTIVITY, gpu.tdp_w, idle, cap))
+            share = fleet.busy_share()
+            per_replica = fleet.spec.gpus_per_replica * (busy - idle) * share
+            if per_replica <= 0:
+                continue
+            count = min(math.ceil(left / per_replica - 1e-9), len(fleet.ready) - 1)
+            before = len(fleet.ready)
+            fleet.shed(count)
+            shed.append(fleet)
+            left -= count * per_replica
+            actions.append(
+                {
+                    "service": fleet.name,
+                    "replicas_before": before,
+                    "replicas_shed": count,
+                    "gpus": count * fleet.spec.gpus_per_replica,
+                    "busy_share": share,
+                    "shed_mw": count * per_replica * pue / 1e6,
+                }
+            )
+        return left
 
     def _event(self, ev: DemandResponse) -> Any:
         env = self.env
@@ -71,11 +123,11 @@ class DemandResponseRun:
         left = ev.reduce_mw * 1e6 / pue  # IT watts to shed
         actions: list[dict[str, Any]] = []
         capped: list[TrainingRun] = []
-        skipped: list[str] = []
+        services: list[dict[str, Any]] = []
+        shed_fleets: list[Fleet] = []
         for kind in ev.priority_order:
             if kind == "inference":
-                if left > 0:
-                    skipped.append("inference")
+                left = self._shed_replicas(left, pue, services, shed_fleets)
                 continue
             running = [j for j in self.jobs if j.state == "running" and j.held_nodes > 0]
             gpus_of = {j.index: j.held_nodes * j.pool.gpus_per_node for j in running}
@@ -121,14 +173,16 @@ class DemandResponseRun:
                 "asked_mw": ev.reduce_mw,
                 "tolerance_mw": tol,
                 "pue": pue,
-                "planned_mw": sum(a["shed_mw"] for a in actions),
+                "planned_mw": sum(a["shed_mw"] for a in actions + services),
                 "shortfall_mw": max(left, 0.0) * pue / 1e6,
-                "not_acted_on": skipped,
                 "actions": actions,
+                "services": services,
             }
         )
         computing = [job.run_s for job in capped]  # its computing seconds so far (booked)
         yield env.timeout(ev.duration)
+        for fleet in shed_fleets:
+            fleet.release()
         for job, before, action in zip(capped, computing, actions, strict=True):
             job.set_power_cap(None, 1.0)
             # what its capped steps did not train over the time it computed in the event (a

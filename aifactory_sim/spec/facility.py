@@ -182,7 +182,8 @@ class DemandResponse(Spec):
         default_factory=lambda: list(WORKLOADS),
         min_length=1,
         description="what gives power first: training (its GPUs power-capped, lowest job "
-        "priority first, down to idle power), then inference (not acted on yet)",
+        "priority first, down to idle power) and inference (replicas drained, lowest service "
+        "priority first, one kept per service)",
     )
     tolerance_mw: float | None = Field(
         None, ge=0, description="how far short still counts as met; default 5 % of reduce_mw"

@@ -286,6 +286,12 @@ class Cost(Spec):
     cloud_spot_usd_per_gpu_hour: float | None = Field(
         None, ge=0, description="spot rental price, USD per GPU-hour"
     )
+    serving_usd_per_mtok: float | None = Field(
+        None,
+        ge=0,
+        description="what the services charge per million output tokens, USD: the revenue a "
+        "demand-response event's missed requests lose",
+    )
 
 
 class Scheduler(Spec):
