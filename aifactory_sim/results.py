@@ -205,7 +205,12 @@ class Results:
         for e in f.get("demand_response", []):
             met = "-" if e["met_mw"] is None else f"{e['met_mw']:.2f}"
             capped = ", ".join(
-                [f"capped {a['job']} to {a['cap_w']:.0f} W" for a in e["actions"]]
+                [
+                    f"paused {a['job']}"
+                    if a.get("action") == "pause"
+                    else f"capped {a['job']} to {a['cap_w']:.0f} W"
+                    for a in e["actions"]
+                ]
                 + [
                     f"{a['service']} shed {a['replicas_shed']} of {a['replicas_before']} replicas"
                     for a in e["services"]

@@ -139,6 +139,7 @@ class JobCore(TypedDict):
     interruptions: int  # failures that struck its nodes
     restarts: int  # restarts from its checkpoint
     preemptions: int  # times the scheduler preempted it
+    pauses: NotRequired[int]  # demand-response pauses (facility.demand_response)
     lends: int  # times it lent nodes to a service
     checkpoints: int  # checkpoints completed
     checkpoint_interval_s: float | None  # s of compute between checkpoints; None: none
@@ -447,11 +448,12 @@ class SwingSummary(TypedDict):
 
 @_STRICT
 class DemandAction(TypedDict):
-    job: str  # the training job capped
+    job: str  # the training job capped or paused
+    action: NotRequired[str]  # pause (absent: capped)
     gpus: int
-    cap_w: float  # W per GPU while it computes
-    slowdown: float  # x, its compute-bound work's clock factor
-    step_slowdown: float  # x, its step time at the cap over before
+    cap_w: float  # W per GPU while it computes (paused: idle power)
+    slowdown: float  # x, its compute-bound work's clock factor (paused: 1)
+    step_slowdown: float  # x, its step time at the cap over before (paused: 1)
     step_s: float  # s, its step time before the cap
     shed_mw: float  # MW at the site, by plan (GPUs x (power - cap) x PUE)
     tokens_not_trained: float  # tokens its capped steps did not train over its computing

@@ -465,3 +465,35 @@ def test_demand_response_sheds_serving_replicas_and_prices_what_they_miss():
     assert h["revenue_lost_usd"] == pytest.approx(2.0 * (missed[0] - missed[1]) / 1e6)
     assert h["revenue_lost_usd"] > 1.0
     assert "revenue lost" in hard.text()
+
+
+def test_a_pause_checkpoints_the_job_and_keeps_its_nodes_dark():
+    """training_action pause: at 10 h the job checkpoints, gives its 32 nodes back and waits;
+    nothing runs on them until 12 h (a job submitted at 11 h does not start on them), when it
+    reloads and trains on. The site sheds the whole
+    job's compute power above idle (more than the 0.05 MW asked: met); the tokens not trained
+    are about 2 h at its rate (within 10 %: the checkpoint written first and the reload)."""
+    d = _dr(0.05)
+    d["facility"]["demand_response"][0]["training_action"] = "pause"
+    base = af.run(af.load(copy.deepcopy(d) | {"facility": {}}))
+    # a job submitted during the event waits for its end (no training starts meanwhile)
+    d["training"].append({"name": "late", "model": "llama3-8b", "tokens": 1e9, "seq_len": 4096,
+                          "submit_at": "11h", "global_batch_seqs": 32,
+                          "parallel": {"tp": 8, "pp": 1, "dp": 4}})
+    res = af.run(af.load(d))
+    ev = res.summary["facility"]["demand_response"][0]
+    (a,) = ev["actions"]
+    assert a["action"] == "pause"
+    job = res.summary["training"]["big"]
+    assert job["pauses"] == 1 and job["preemptions"] == 0
+    events = res.events[res.events["job"] == "big"] if "job" in res.events else None
+    assert events is not None and (events["event"] == "pause").sum() == 1
+    gpus = res.timeseries.set_index("time_s")["allocated_gpus"]
+    at = np.arange(10 * 3600 + 600, 12 * 3600, 300.0)
+    assert (gpus.reindex(at, method="ffill") == 0).all()  # nothing took the nodes
+    late = res.summary["training"]["late"]
+    assert late["started_at_s"] is None or late["started_at_s"] >= 12 * 3600
+    assert gpus.asof(12 * 3600 + 60) == 256
+    assert ev["met"] is True and ev["met_mw"] > 0.05
+    lost = base.summary["training"]["big"]["tokens_trained"] - job["tokens_trained"]
+    assert lost == pytest.approx(a["tokens_not_trained"], rel=0.1)

@@ -157,6 +157,7 @@ class Factory:
         if self.demand is not None:
             self.demand.fleets = self.services
             self.demand.cap_w = scenario.gpu_cap_w
+            self.demand.scheduler = self.scheduler
         self.failures = None
         if scenario.failures is not None:
             self.failures = FailureInjector(

@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 
     from ..spec.facility import DemandResponse
     from .fleet import Fleet
+    from .scheduler import Scheduler
     from .training import TrainingRun
 
 __all__ = ["DemandResponseRun", "job_gpu_w"]
@@ -77,6 +78,7 @@ class DemandResponseRun:
         #: connected once the factory has built them
         self.fleets: Sequence[Fleet] = ()
         self.cap_w: Callable[[Any], float | None] = lambda pool: None
+        self.scheduler: Scheduler | None = None
         self.pue_at = pue_at
         self.records: list[dict[str, Any]] = []
         for ev in events:
@@ -123,6 +125,7 @@ class DemandResponseRun:
         left = ev.reduce_mw * 1e6 / pue  # IT watts to shed
         actions: list[dict[str, Any]] = []
         capped: list[TrainingRun] = []
+        paused: list[TrainingRun] = []
         services: list[dict[str, Any]] = []
         shed_fleets: list[Fleet] = []
         for kind in ev.priority_order:
@@ -138,6 +141,31 @@ class DemandResponseRun:
                 p = job_gpu_w(job)
                 gpu = job.pool.gpu
                 idle = float(idle_power_w(gpu.tdp_w, gpu.idle_w))
+                if ev.training_action == "pause":
+                    shed = gpus * max(p - idle, 0.0)
+                    if shed <= 0:
+                        continue
+                    step = float(job.estimate.step_time_s) if job.estimate is not None else 0.0
+                    paused.append(job)
+                    left -= shed
+                    actions.append(
+                        {
+                            "job": job.name,
+                            "action": "pause",
+                            "gpus": gpus,
+                            "cap_w": idle,
+                            "slowdown": 1.0,
+                            "step_slowdown": 1.0,
+                            "step_s": step,
+                            "shed_mw": shed * pue / 1e6,
+                            "tokens_not_trained": (
+                                job.spec.batch_seqs * job.spec.seq_len / step * ev.duration
+                                if step
+                                else 0.0
+                            ),
+                        }
+                    )
+                    continue
                 shed = min(left, gpus * max(p - idle, 0.0))
                 if shed <= 0:
                     continue
@@ -180,10 +208,17 @@ class DemandResponseRun:
             }
         )
         computing = [job.run_s for job in capped]  # its computing seconds so far (booked)
+        for job in paused:
+            job.pause(now + ev.duration)
+        if paused and self.scheduler is not None:
+            self.scheduler.held = True  # the nodes they give back stay dark
         yield env.timeout(ev.duration)
         for fleet in shed_fleets:
             fleet.release()
-        for job, before, action in zip(capped, computing, actions, strict=True):
+        if paused and self.scheduler is not None:
+            self.scheduler.held = False  # the paused jobs resubmit now, and the queue runs
+        capped_actions = [a for a in actions if a.get("action") != "pause"]
+        for job, before, action in zip(capped, computing, capped_actions, strict=True):
             job.set_power_cap(None, 1.0)
             # what its capped steps did not train over the time it computed in the event (a
             # checkpoint or a failure in it is time it would not have trained either)

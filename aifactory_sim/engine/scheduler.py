@@ -59,6 +59,8 @@ class Scheduler:
         self.preemption = spec.preemption
         self.queue: list[Job] = []
         self.yielding: set[int] = set()  # jobs asked to give nodes back, not yet done
+        #: a demand-response pause holds the queue: nothing starts until it lifts
+        self.held = False
         self.jobs: Sequence[Job] = ()
 
     def connect(self, jobs: Sequence[Job]) -> None:
@@ -83,6 +85,9 @@ class Scheduler:
 
     def schedule(self) -> None:
         """Start what can start, in policy order; reserve, backfill and preempt as configured."""
+        if self.held:
+            self._sample()  # what gave nodes back is recorded all the same
+            return
         self.queue.sort(key=self._key)
         broker = self.broker
         blocked: dict[str, tuple[float, int]] = {}  # pool -> (reserved start, spare nodes then)

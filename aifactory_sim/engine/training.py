@@ -154,6 +154,9 @@ class TrainingRun:
         self.restarts = 0
         self.checkpoints = 0
         self.preemptions = 0
+        self.pauses = 0  # demand-response pauses (engine/power.py)
+        self.hold_until: float | None = None  # paused: back to the queue at this time
+        self._pausing = False
         self.lost_gpu_s = 0.0
         self.recovery_gpu_s = 0.0
         self.events: list[JobEvent] = []
@@ -391,6 +394,13 @@ class TrainingRun:
         self.events.append(JobEvent(self.env.now, "failure"))
         self._signal(FAILURE)
 
+    def pause(self, until: float) -> None:
+        """A demand-response event: checkpoint (whatever the preemption grace), give every node
+        back, and wait out of the queue until `until`."""
+        self.hold_until = until
+        self._pausing = True
+        self.preempt(None)
+
     def preempt(self, shrink_to: int | None) -> None:
         """The scheduler takes this job's nodes (all, or down to `shrink_to` replicas)."""
         self.preempt_to = shrink_to
@@ -445,6 +455,12 @@ class TrainingRun:
             outcome = yield from self._run()
             if outcome != "preempted":
                 break
+            while self.hold_until is not None and env.now < self.hold_until:
+                try:
+                    yield env.timeout(self.hold_until - env.now)
+                except simpy.Interrupt:
+                    pass  # a share change while paused: moot
+            self.hold_until = None
             self.started = env.event()
             self.queue.submit(self)
 
@@ -594,9 +610,13 @@ class TrainingRun:
     def _yield_nodes(self) -> Any:
         """Preempted: checkpoint first when the write fits the grace period, else lose the work
         since the last checkpoint; then give back all nodes (False) or shrink (True)."""
-        self.preemptions += 1
-        self.events.append(JobEvent(self.env.now, "preempt"))
-        grace = self.settings.preemption_grace_s
+        pausing, self._pausing = self._pausing, False
+        if pausing:
+            self.pauses += 1
+        else:
+            self.preemptions += 1
+        self.events.append(JobEvent(self.env.now, "pause" if pausing else "preempt"))
+        grace = math.inf if pausing else self.settings.preemption_grace_s
         can_write = self.spec.checkpoint.write_s is not None or self.storage is not None
         if self.done > self.ckpt.done and can_write and self.write_time_s() <= grace:
             try:
@@ -774,6 +794,7 @@ class TrainingRun:
             "interruptions": self.interruptions,
             "restarts": self.restarts,
             "preemptions": self.preemptions,
+            **({"pauses": self.pauses} if self.pauses else {}),
             "lends": len(self.lent),
             "checkpoints": self.checkpoints,
             "checkpoint_interval_s": None

@@ -185,6 +185,12 @@ class DemandResponse(Spec):
         "priority first, down to idle power) and inference (replicas drained, lowest service "
         "priority first, one kept per service)",
     )
+    training_action: Literal["cap", "pause"] = Field(
+        "cap",
+        description="how training gives power: cap (its GPUs held at a power cap, down to "
+        "idle) or pause (it checkpoints, gives its nodes back and waits out the event; no "
+        "training starts meanwhile)",
+    )
     tolerance_mw: float | None = Field(
         None, ge=0, description="how far short still counts as met; default 5 % of reduce_mw"
     )
