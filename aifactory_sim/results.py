@@ -134,6 +134,14 @@ class Results:
                     f"{mfu:>7}{start:>9}{fin:>10}{ettr:>7}{j['interruptions']:>7}"
                     f"{j['checkpoints']:>7}"
                 )
+            for name, j in s["training"].items():
+                if "gang_availability" in j:
+                    lines.append(
+                        f"  note: {name} can have all its nodes only"
+                        f" {j['gang_availability']:.2g} of the time (nodes down for repair"
+                        " leave too few in its pool; spare nodes or a smaller dp would let it"
+                        " run)"
+                    )
         if s.get("inference"):
             lines += ["", "inference services"]
             lines.append(

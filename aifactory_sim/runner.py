@@ -23,6 +23,7 @@ from .facility import (
     racks_summary,
     swings,
 )
+from .reliability_notes import gang_shortfalls
 from .results import Results
 from .schema import build_checker, check_summary
 from .spec.loader import content_hash
@@ -55,6 +56,8 @@ def assemble(run: FactoryRun) -> Results:
     duration = sc.duration
     ledger_h = {b: ledger_s[b] / 3600.0 for b in BUCKETS}
     jobs = {j.name: j.summary for j in run.jobs}
+    for name, share in gang_shortfalls(sc).items():
+        jobs[name]["gang_availability"] = share
     records = run.failures
     failures = pd.DataFrame(
         [(r.time_s, r.pool, r.node, r.component, r.repair_s, r.job) for r in records],

@@ -140,6 +140,10 @@ class JobCore(TypedDict):
     restarts: int  # restarts from its checkpoint
     preemptions: int  # times the scheduler preempted it
     pauses: NotRequired[int]  # demand-response pauses (facility.demand_response)
+    gang_availability: NotRequired[float]  # share of the time its gang can form, when below
+    # one half (reliability_notes)
+    power_capped_s: NotRequired[float]  # s of its computing time under a power cap (racks,
+    # the grid, power.gpu_power_cap_w or a demand-response event); absent when none
     lends: int  # times it lent nodes to a service
     checkpoints: int  # checkpoints completed
     checkpoint_interval_s: float | None  # s of compute between checkpoints; None: none

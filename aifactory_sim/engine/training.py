@@ -129,6 +129,7 @@ class TrainingRun:
         # progress and its bookkeeping
         self.done = 0.0  # steps completed, fractional between events
         self.run_s = 0.0  # time spent computing (training and data stall)
+        self.capped_s = 0.0  # of which under a power cap
         self.steps_computed = 0.0  # steps computed, those lost to failures included
         self.productive_s = 0.0  # computing time not lost to failures (stall excluded)
         self.train_gpu_s = 0.0
@@ -313,6 +314,8 @@ class TrainingRun:
         self.done = min(self.done + dt / t_step, float(self.steps_total))
         self.steps_computed += dt / t_step
         self.run_s += dt
+        if self.power_cap_w is not None or self.settings.compute_slowdown > 1.0:
+            self.capped_s += dt  # computing under a power cap (racks, grid, user, an event)
         self.productive_s += dt * (1.0 - stall)
         self.compute_since_ckpt += dt
         self.train_gpu_s += gpus * dt * (1.0 - stall)
@@ -795,6 +798,7 @@ class TrainingRun:
             "restarts": self.restarts,
             "preemptions": self.preemptions,
             **({"pauses": self.pauses} if self.pauses else {}),
+            **({"power_capped_s": self.capped_s} if self.capped_s else {}),
             "lends": len(self.lent),
             "checkpoints": self.checkpoints,
             "checkpoint_interval_s": None

@@ -77,3 +77,25 @@ def job_mtbf_s(node_mtbf: ArrayLike, nodes: ArrayLike) -> F64:
     """A job's MTBF when any of its `nodes` failing interrupts it: M_node / nodes (independent
     exponential failures; for Weibull this is the mean rate's reciprocal)."""
     return np.asarray(node_mtbf, dtype=np.float64) / np.asarray(nodes, dtype=np.float64)
+
+
+def node_down_share(mtbf_s: ArrayLike, repair_s: ArrayLike, repaired_share: ArrayLike) -> F64:
+    """Long-run share of the time a node is down for repair: an alternating renewal process,
+    up for the mean time to a failure that needs a repair, mtbf / s (a share s of failures
+    need one; software failures do not), then down for the mean repair r (Ross, "Introduction
+    to Probability Models", alternating renewal processes): q = r / (mtbf / s + r)."""
+    r = np.asarray(repair_s, dtype=np.float64)
+    s = np.asarray(repaired_share, dtype=np.float64)
+    up = np.asarray(mtbf_s, dtype=np.float64) / np.maximum(s, 1e-300)
+    return np.where(s > 0, r / (up + r), 0.0)
+
+
+def gang_availability(pool_nodes: ArrayLike, needed: ArrayLike, down_share: ArrayLike) -> F64:
+    """Share of the time a gang of `needed` nodes can be formed from a pool whose nodes are each
+    down with probability q independently: P(Binomial(N, q) <= N - needed)."""
+    from scipy.stats import binom
+
+    n = np.asarray(pool_nodes, dtype=np.float64)
+    return np.asarray(
+        binom.cdf(n - np.asarray(needed, dtype=np.float64), n, down_share), dtype=np.float64
+    )
