@@ -555,3 +555,47 @@ def grid_limit_summary(sc: Any, summary: dict[str, Any]) -> dict[str, Any]:
             lost = float(job["tokens_trained"]) * (capped / free - 1.0)
         out["tokens_not_trained"][spec.name] = lost
     return out
+
+
+def efficiency_by_gpu(sc: Any, summary: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Tokens per joule and per rated watt of the work on each GPU model (its generation): the
+    tokens its training jobs trained and its services served, over the energy the energy model
+    gives them (IT x PUE), and per second per kW of the GPUs' rated power (TDP) while they held
+    them (training: computing and recovering; serving: held)."""
+    out: dict[str, dict[str, Any]] = {}
+
+    def entry_for(pool: Any) -> dict[str, Any]:
+        e = out.setdefault(
+            pool.gpu.name,
+            {"family": pool.gpu.family, "training": [0.0, 0.0, 0.0], "serving": [0.0, 0.0, 0.0]},
+        )
+        return e
+
+    for spec in sc.training:
+        job = summary["training"].get(spec.name, {})
+        pool = sc.pool(spec.pool)
+        e = entry_for(pool)
+        held_s = float(job.get("running_s") or 0.0) + float(job.get("recovery_h") or 0.0) * 3600
+        e["training"][0] += float(job.get("tokens_trained") or 0.0)
+        e["training"][1] += float(job.get("energy_mwh") or 0.0) * 3.6e9
+        e["training"][2] += held_s * float(job.get("gpus") or 0) * pool.gpu.tdp_w / 1e3
+    for svc in sc.inference:
+        s = summary["inference"].get(svc.name, {})
+        pool = sc.pool(svc.pool)
+        e = entry_for(pool)
+        e["serving"][0] += float(s.get("output_tokens") or 0.0)
+        e["serving"][1] += float(s.get("energy_mwh") or 0.0) * 3.6e9
+        e["serving"][2] += float(s.get("gpu_h", {}).get("held", 0.0)) * 3600 * pool.gpu.tdp_w / 1e3
+    result = {}
+    for name, e in out.items():
+        row: dict[str, Any] = {"family": e["family"]}
+        for kind in ("training", "serving"):
+            tokens, joules, kw_s = e[kind]
+            row[kind] = {
+                "tokens": tokens,
+                "energy_mwh": joules / 3.6e9,
+                "tokens_per_joule": tokens / joules if joules > 0 else None,
+                "tokens_per_s_per_rated_kw": tokens / kw_s if kw_s > 0 else None,
+            }
+        result[name] = row
+    return result

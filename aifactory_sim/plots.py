@@ -651,6 +651,15 @@ class Plotter:
         ax.step(t, f["grid_w"] / 1e6, where="post", lw=0.8, label="grid draw")
         if "grid_limit_mw" in fs:
             ax.axhline(fs["grid_limit_mw"], color="k", ls="--", lw=0.8, label="grid limit")
+        for k, ev in enumerate(fs.get("demand_response", [])):
+            a = ev["at_s"] / scale
+            ax.axvspan(
+                a,
+                a + ev["duration_s"] / scale,
+                color="tab:red",
+                alpha=0.2,
+                label=f"demand response ({ev['asked_mw']:g} MW asked)" if k == 0 else None,
+            )
         ax.set_title("Site power and grid draw")
         ax.set_xlabel(unit)
         ax.set_ylabel("MW")

@@ -240,6 +240,15 @@ class Results:
                     f" {now['requests']:,} requests during, {num(was['slo_attainment'], '.1%')}"
                     f" before; revenue lost {num(a['revenue_lost_usd'], ',.0f')} USD"
                 )
+        for gpu, e in f.get("efficiency_by_gpu", {}).items():
+            parts = [
+                f"{kind} {w['tokens_per_joule']:.3g} tokens/J,"
+                f" {w['tokens_per_s_per_rated_kw']:.3g} tokens/s per rated kW"
+                for kind, w in (("training", e["training"]), ("serving", e["serving"]))
+                if w["tokens_per_joule"] is not None and w["tokens_per_s_per_rated_kw"] is not None
+            ]
+            if parts:
+                lines.append(f"  {gpu} ({e['family']}): " + "; ".join(parts))
         c = f.get("carbon")
         if c is not None:
             lines.append(

@@ -17,6 +17,7 @@ from .engine.inference import SERVICE_COLUMNS
 from .engine.telemetry import BUCKETS, COLUMNS
 from .facility import (
     demand_response,
+    efficiency_by_gpu,
     facility_summary,
     facility_timeline,
     grid_limit_summary,
@@ -143,6 +144,7 @@ def assemble(run: FactoryRun) -> Results:
         summary["facility"] = facility_summary(sc.facility, site, summary)
         if sc.facility.grid_limit_mw is not None:
             summary["facility"]["grid_limit"] = grid_limit_summary(sc, summary)
+        summary["facility"]["efficiency_by_gpu"] = efficiency_by_gpu(sc, summary)
         traced = swings(sc, summary, site)
         if traced:
             summary["facility"]["swings"] = traced

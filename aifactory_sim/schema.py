@@ -523,6 +523,21 @@ class GridLimitSummary(TypedDict):
 
 
 @_STRICT
+class WorkEfficiency(TypedDict):
+    tokens: float  # trained (training) or output tokens served (serving)
+    energy_mwh: float  # MWh the energy model gives that work (IT x PUE)
+    tokens_per_joule: float | None
+    tokens_per_s_per_rated_kw: float | None  # per kW of the GPUs' TDP, over the time held
+
+
+@_STRICT
+class GPUEfficiency(TypedDict):
+    family: str  # the GPU's calibration family (its generation)
+    training: WorkEfficiency
+    serving: WorkEfficiency
+
+
+@_STRICT
 class FacilitySummary(TypedDict):
     """With a scenario `facility` (facility.py): the site, its PUE and the grid."""
 
@@ -542,6 +557,7 @@ class FacilitySummary(TypedDict):
     swings: NotRequired[dict[str, SwingSummary]]  # by job with power_trace
     demand_response: NotRequired[list[DemandEvent]]  # in time order
     grid_limit: NotRequired[GridLimitSummary]  # with grid_limit_mw
+    efficiency_by_gpu: dict[str, GPUEfficiency]  # by GPU model
 
 
 @_STRICT

@@ -527,3 +527,18 @@ def test_a_gang_without_spares_runs_only_while_every_node_is_up():
     assert share == pytest.approx(0.95**20, abs=0.06)
     assert res.summary["training"]["all"]["ettr"] <= share + 0.01
     assert "can have all its nodes only" in res.text()
+
+
+def test_efficiency_by_gpu_is_the_work_over_its_energy_and_rated_power():
+    """One H100 job: its GPU's training tokens per joule are the job's, and per second per rated
+    kW its tokens over (computing + recovering seconds) x 256 GPUs x 0.7 kW."""
+    res = af.run(af.load(_dr(0.0, with_event=False)))
+    e = res.summary["facility"]["efficiency_by_gpu"]["H100-SXM"]
+    job = res.summary["training"]["big"]
+    assert e["family"] == "hopper"
+    assert e["training"]["tokens_per_joule"] == pytest.approx(job["tokens_per_joule"], rel=1e-12)
+    held = job["running_s"] + job["recovery_h"] * 3600
+    assert e["training"]["tokens_per_s_per_rated_kw"] == pytest.approx(
+        job["tokens_trained"] / (held * 256 * 0.7), rel=1e-12)
+    assert e["serving"]["tokens_per_joule"] is None
+    assert "tokens/J" in res.text()
