@@ -291,24 +291,22 @@ def step(m: dict[str, Any], g: dict[str, Any], **overrides: Any) -> dict[str, An
     return step_time(m, g, **{**STEP_BASE, **overrides})
 
 
+def _bubble(layers: int, p: int, v: int, m: int) -> tuple[dict[str, Any], float]:
+    """A GPT of `layers` layers on A100s at pp p, interleave v, m microbatches a rank: the step
+    and its bubble over the ideal (pipelined microbatches') time."""
+    d = 4
+    r = step(gpt(layers, 8192, 64), gpu_args("A100-SXM-80GB"), pp=p, dp=d, seq_len=2048,
+             global_batch_seqs=m * d, microbatch_seqs=1, interleave=v, nic_bytes_per_s=25e9)
+    ideal = r["compute_s"] + r["tp_comm_s"] + r["cp_comm_s"] + r["pp_comm_s"]
+    return r, float(r["bubble_s"] / ideal)
+
+
 @pytest.mark.parametrize(("p", "v", "m"), [(2, 1, 8), (4, 2, 8), (8, 1, 32), (8, 4, 16)])
 def test_pipeline_bubble_fraction(p: int, v: int, m: int) -> None:
     # Narayanan et al. Sec. 2.2: bubble / ideal time = (p-1)/m, interleaved (p-1)/(v m).
-    d, b = 4, 1
-    r = step(
-        gpt(48, 8192, 64),
-        gpu_args("A100-SXM-80GB"),
-        pp=p,
-        dp=d,
-        seq_len=2048,
-        global_batch_seqs=m * d * b,
-        microbatch_seqs=b,
-        interleave=v,
-        nic_bytes_per_s=25e9,
-    )
-    ideal = r["compute_s"] + r["tp_comm_s"] + r["cp_comm_s"] + r["pp_comm_s"]
+    r, bubble = _bubble(48, p, v, m)
     assert r["microbatches"] == m
-    assert r["bubble_s"] / ideal == pytest.approx((p - 1) / (v * m), rel=1e-12)
+    assert bubble == pytest.approx((p - 1) / (v * m), rel=1e-12)
 
 
 @pytest.mark.parametrize(("p", "v", "m"), [(16, 4, 7), (8, 2, 3), (16, 1, 7), (4, 4, 4)])
@@ -317,25 +315,13 @@ def test_pipeline_bubble_with_fewer_microbatches_than_stages(p: int, v: int, m: 
     # the p ranks: a 1F1B step spans p v + m - 1 chunk-microbatches of t_mb / v each, so the
     # bubble is (p v + m - 1)/v - m microbatches (m + p - 1 in all at v = 1, Narayanan Sec. 2.2;
     # at m = p both forms give (p-1)/v). Checked against a schedule drawn slot by slot below.
-    d, b = 4, 1
-    r = step(
-        gpt(64, 8192, 64),
-        gpu_args("A100-SXM-80GB"),
-        pp=p,
-        dp=d,
-        seq_len=2048,
-        global_batch_seqs=m * d * b,
-        microbatch_seqs=b,
-        interleave=v,
-        nic_bytes_per_s=25e9,
-    )
-    ideal = r["compute_s"] + r["tp_comm_s"] + r["cp_comm_s"] + r["pp_comm_s"]
+    _, bubble = _bubble(64, p, v, m)
     # forward slots: chunk c of microbatch j runs on rank r at slot c p + r + j when nothing
     # collides (m <= p), the last at (v-1) p + (p-1) + (m-1); backward mirrors it
     slots = {(c * p + rank + j, rank) for c in range(v) for rank in range(p) for j in range(m)}
     assert len(slots) == v * p * m  # no rank runs two chunks at once
     span = max(t for t, _ in slots) + 1
-    assert r["bubble_s"] / ideal == pytest.approx((span / v - m) / m, rel=1e-12)
+    assert bubble == pytest.approx((span / v - m) / m, rel=1e-12)
 
 
 @pytest.mark.parametrize("recompute", [0, 1, 2])
