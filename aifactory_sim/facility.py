@@ -474,16 +474,25 @@ def demand_response(
 def racks_summary(sc: Any, summary: dict[str, Any]) -> dict[str, Any]:
     """The racks (cluster.racks) at full load against their budget and cooling, per pool: the
     cap that holds a rack within them (spec Scenario.rack_cap_w), its clock factor on
-    compute-bound work (kernels.power.cap_slowdown), and the GPU-hours that ran under it."""
+    compute-bound work (kernels.power.cap_slowdown), and the GPU-hours that computed under it."""
     from .kernels.power import cap_slowdown
 
     r = sc.cluster.racks
-    ledger = summary["ledger_gpu_h"]
-    worked = sum(ledger.get(b, 0.0) for b in ("training", "data_stall", "lost_work"))
-    worked += ledger.get("inference_busy", 0.0)
-    total_gpus = sum(p.gpus for p in sc.cluster.node_pools)
     pools = {}
     for pool in sc.cluster.node_pools:
+        # GPU-hours that computed under the cap: the pool's jobs' capped computing time x their
+        # GPUs, and its services' busy GPU-hours (a static cap holds all of them)
+        worked = sum(
+            float(summary["training"].get(j.name, {}).get("power_capped_s", 0.0))
+            * float(summary["training"].get(j.name, {}).get("gpus") or 0)
+            / 3600.0
+            for j in sc.training
+            if sc.pool(j.pool) is pool
+        ) + sum(
+            float(summary["inference"].get(v.name, {}).get("gpu_h", {}).get("busy", 0.0))
+            for v in sc.inference
+            if sc.pool(v.pool) is pool
+        )
         full = r.nodes_per_rack * (pool.gpus_per_node * pool.gpu.tdp_w + sc.power.node_overhead_w)
         cap = sc.rack_cap_w(pool)
         pools[pool.name] = {
@@ -493,7 +502,7 @@ def racks_summary(sc: Any, summary: dict[str, Any]) -> dict[str, Any]:
             "gpu_cap_w": cap,
             "clock_slowdown": 1.0 if cap is None else float(cap_slowdown(cap, pool.gpu.tdp_w, 1.0)),
             # the pool's share of the GPU-hours that computed (training or serving)
-            "throttled_gpu_h": 0.0 if cap is None else worked * pool.gpus / total_gpus,
+            "throttled_gpu_h": 0.0 if cap is None else worked,
         }
     return {
         "nodes_per_rack": r.nodes_per_rack,

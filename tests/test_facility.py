@@ -321,6 +321,9 @@ def test_racks_over_their_budget_hold_their_gpus_at_the_power_that_fits():
     sc = res.scenario
     expect = job_estimate(sc.training[0], sc.pool(None), compute_slowdown=slow).step_time_s
     assert res.summary["training"]["big"]["step_time_s"] == pytest.approx(float(expect), rel=1e-9)
+    job = res.summary["training"]["big"]
+    assert job["power_capped_s"] == pytest.approx(job["running_s"])  # all of it, a static cap
+    assert pool["throttled_gpu_h"] == pytest.approx(job["power_capped_s"] * 256 / 3600)
     assert pool["throttled_gpu_h"] > 0
     free = af.run(af.load(_racked(30.0)))
     assert free.summary["racks"]["pools"]["p"]["gpu_cap_w"] is None
