@@ -454,6 +454,7 @@ class SwingSummary(TypedDict):
 class DemandAction(TypedDict):
     job: str  # the training job capped or paused
     action: NotRequired[str]  # pause (absent: capped)
+    computing: bool  # computing at the event's start (else it sheds nothing by plan)
     gpus: int
     cap_w: float  # W per GPU while it computes (paused: idle power)
     slowdown: float  # x, its compute-bound work's clock factor (paused: 1)

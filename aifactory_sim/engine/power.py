@@ -7,10 +7,11 @@ IT watts (the ask over the hour's PUE) in the event's `priority_order`:
 - training: the running jobs, lowest `priority` first (the larger first at a tie), each
   power-capped: its GPUs, drawing P = P_idle + (TDP - P_idle) min(1, MFU / 0.40) while they
   compute (kernels.power), are held at cap = P - shed / GPUs, no lower than idle power, so
-  that the job sheds up to GPUs x (P - P_idle). Its compute-bound work slows by the cap's
-  clock factor (kernels.power.cap_slowdown, all of it compute-bound, as `power.
-  gpu_power_cap_w` takes it) until the event ends; the power timeline draws its GPUs at the cap
-  (energy.power_timeline, from the job's trace).
+  that the job sheds up to GPUs x (P - P_idle) (nothing by plan if it is not computing at the
+  start, waiting for a repair say: capped all the same, it stays so if it resumes). Its
+  compute-bound work slows by the cap's clock factor (kernels.power.cap_slowdown, all of it
+  compute-bound, as `power.gpu_power_cap_w` takes it) until the event ends; the power
+  timeline draws its GPUs at the cap (energy.power_timeline, from the job's trace).
 - inference: the services, lowest `priority` first (the larger first at a tie), each shed
   whole replicas: a ready replica stops drawing its iterating GPUs' power above idle, GPUs x
   (P_serving - P_idle) x the share of the time its service's GPUs iterate (kernels.power's
@@ -141,9 +142,12 @@ class DemandResponseRun:
                 p = job_gpu_w(job)
                 gpu = job.pool.gpu
                 idle = float(idle_power_w(gpu.tdp_w, gpu.idle_w))
+                # a job waiting (for repairs, a restart, a checkpoint) draws idle power already:
+                # it sheds nothing now; capped all the same, it stays at the cap if it resumes
+                computing = job.bucket == "compute"
                 if ev.training_action == "pause":
                     shed = gpus * max(p - idle, 0.0)
-                    if shed <= 0:
+                    if shed <= 0 or not computing:
                         continue
                     step = float(job.estimate.step_time_s) if job.estimate is not None else 0.0
                     paused.append(job)
@@ -152,6 +156,7 @@ class DemandResponseRun:
                         {
                             "job": job.name,
                             "action": "pause",
+                            "computing": True,
                             "gpus": gpus,
                             "cap_w": idle,
                             "slowdown": 1.0,
@@ -174,12 +179,15 @@ class DemandResponseRun:
                 step = float(job.estimate.step_time_s) if job.estimate is not None else 0.0
                 job.set_power_cap(cap, slow)
                 capped.append(job)
+                if not computing:
+                    shed = 0.0
                 left -= shed
                 after = float(job.estimate.step_time_s) if job.estimate is not None else step
                 tokens_per_s = job.spec.batch_seqs * job.spec.seq_len / step if step else 0.0
                 actions.append(
                     {
                         "job": job.name,
+                        "computing": computing,
                         "gpus": gpus,
                         "cap_w": cap,
                         "slowdown": slow,
