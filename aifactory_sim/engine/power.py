@@ -144,10 +144,10 @@ class DemandResponseRun:
                 idle = float(idle_power_w(gpu.tdp_w, gpu.idle_w))
                 # a job waiting (for repairs, a restart, a checkpoint) draws idle power already:
                 # it sheds nothing now; capped all the same, it stays at the cap if it resumes
-                computing = job.bucket == "compute"
+                now_computing = job.bucket == "compute"
                 if ev.training_action == "pause":
                     shed = gpus * max(p - idle, 0.0)
-                    if shed <= 0 or not computing:
+                    if shed <= 0 or not now_computing:
                         continue
                     step = float(job.estimate.step_time_s) if job.estimate is not None else 0.0
                     paused.append(job)
@@ -179,7 +179,7 @@ class DemandResponseRun:
                 step = float(job.estimate.step_time_s) if job.estimate is not None else 0.0
                 job.set_power_cap(cap, slow)
                 capped.append(job)
-                if not computing:
+                if not now_computing:
                     shed = 0.0
                 left -= shed
                 after = float(job.estimate.step_time_s) if job.estimate is not None else step
@@ -187,7 +187,7 @@ class DemandResponseRun:
                 actions.append(
                     {
                         "job": job.name,
-                        "computing": computing,
+                        "computing": now_computing,
                         "gpus": gpus,
                         "cap_w": cap,
                         "slowdown": slow,
