@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -545,3 +546,31 @@ def test_efficiency_by_gpu_is_the_work_over_its_energy_and_rated_power():
         job["tokens_trained"] / (held * 256 * 0.7), rel=1e-12)
     assert e["serving"]["tokens_per_joule"] is None
     assert "tokens/J" in res.text()
+
+
+def test_power_grid_yaml_runs_unchanged_from_the_cli(tmp_path):
+    """../shared/examples/power-grid.yaml (bundled byte for byte) from the CLI as written: the
+    report has the facility figure (two weeks of site power with the demand-response window,
+    PUE against temperature, the battery's charge, carbon), the hour of steps, the facility
+    table with the battery's charge, the swings against the 5 MW/s ramp limit, the event and
+    the carbon; the job's gang note explains its ETTR."""
+    import json
+
+    from aifactory_sim.cli import main
+
+    path = Path(af.__file__).parent / "scenarios" / "power-grid.yaml"
+    out = tmp_path / "pg"
+    assert main(["run", str(path), "--out", str(out)]) == 0
+    for name in ("facility.png", "swings.png", "facility.csv", "summary.json"):
+        assert (out / name).is_file()
+    s = json.loads((out / "summary.json").read_text())
+    f = s["facility"]
+    assert f["swings"]["pretrain-405b"]["over_ramp_limit"] is True
+    assert f["swings"]["pretrain-405b"]["swing_mw"] > 5.0
+    (ev,) = f["demand_response"]
+    assert ev["at_s"] == (6 * 24 + 14) * 3600 and ev["asked_mw"] == 30
+    assert f["carbon"]["tonnes_co2e"] > 0 and 0 < f["battery"]["soc_min"] <= f["battery"]["soc_max"]
+    assert f["grid_peak_mw"] <= 150
+    assert s["training"]["pretrain-405b"]["gang_availability"] < 1e-3
+    table = (out / "facility.csv").read_text().splitlines()[0]
+    assert "soc" in table and "pue" in table and "temp_c" in table
