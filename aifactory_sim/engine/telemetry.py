@@ -71,7 +71,12 @@ class Ledger:
     def close(self, until: float, *, allocated_gpu_s: float, down_gpu_s: float) -> None:
         """Book the time nodes were down, and every GPU-second nobody held, as `unallocated`."""
         self.gpu_s["down"] = down_gpu_s
-        self.gpu_s["unallocated"] = self.total_gpus * until - allocated_gpu_s - down_gpu_s
+        free = self.total_gpus * until - allocated_gpu_s - down_gpu_s
+        # a remainder of sums over millions of GPU-seconds: rounding can leave it a hair below
+        # zero when every GPU was held or down all along (18,432 GPUs x 14 days: -9e-6 GPU-s)
+        if -1e-12 * self.total_gpus * until < free < 0.0:
+            free = 0.0
+        self.gpu_s["unallocated"] = free
 
 
 class Recorder:
