@@ -125,7 +125,7 @@ class DemandResponseRun:
         pue = self.pue_at(now)
         left = ev.reduce_mw * 1e6 / pue  # IT watts to shed
         actions: list[dict[str, Any]] = []
-        capped: list[TrainingRun] = []
+        capped: list[tuple[TrainingRun, dict[str, Any]]] = []  # each job and its action
         paused: list[TrainingRun] = []
         services: list[dict[str, Any]] = []
         shed_fleets: list[Fleet] = []
@@ -178,29 +178,28 @@ class DemandResponseRun:
                 slow = float(cap_slowdown(cap, gpu.tdp_w, 1.0))
                 step = float(job.estimate.step_time_s) if job.estimate is not None else 0.0
                 job.set_power_cap(cap, slow)
-                capped.append(job)
                 if not now_computing:
                     shed = 0.0
                 left -= shed
                 after = float(job.estimate.step_time_s) if job.estimate is not None else step
                 tokens_per_s = job.spec.batch_seqs * job.spec.seq_len / step if step else 0.0
-                actions.append(
-                    {
-                        "job": job.name,
-                        "computing": now_computing,
-                        "gpus": gpus,
-                        "cap_w": cap,
-                        "slowdown": slow,
-                        "step_slowdown": after / step if step else 1.0,
-                        "step_s": step,
-                        "shed_mw": shed * pue / 1e6,
-                        # planned: computing through the event (measured when it ends); only
-                        # its compute-bound parts slow
-                        "tokens_not_trained": (
-                            tokens_per_s * ev.duration * (1.0 - step / after) if after else 0.0
-                        ),
-                    }
-                )
+                action: dict[str, Any] = {
+                    "job": job.name,
+                    "computing": now_computing,
+                    "gpus": gpus,
+                    "cap_w": cap,
+                    "slowdown": slow,
+                    "step_slowdown": after / step if step else 1.0,
+                    "step_s": step,
+                    "shed_mw": shed * pue / 1e6,
+                    # planned: computing through the event (measured when it ends); only
+                    # its compute-bound parts slow
+                    "tokens_not_trained": (
+                        tokens_per_s * ev.duration * (1.0 - step / after) if after else 0.0
+                    ),
+                }
+                actions.append(action)
+                capped.append((job, action))
         tol = ev.tolerance_mw if ev.tolerance_mw is not None else 0.05 * ev.reduce_mw
         self.records.append(
             {
@@ -215,7 +214,7 @@ class DemandResponseRun:
                 "services": services,
             }
         )
-        computing = [job.run_s for job in capped]  # its computing seconds so far (booked)
+        computing = [job.run_s for job, _ in capped]  # its computing seconds so far (booked)
         for job in paused:
             job.pause(now + ev.duration)
         if paused and self.scheduler is not None:
@@ -225,8 +224,7 @@ class DemandResponseRun:
             fleet.release()
         if paused and self.scheduler is not None:
             self.scheduler.held = False  # the paused jobs resubmit now, and the queue runs
-        capped_actions = [a for a in actions if a.get("action") != "pause"]
-        for job, before, action in zip(capped, computing, capped_actions, strict=True):
+        for (job, action), before in zip(capped, computing, strict=True):
             job.set_power_cap(None, 1.0)
             # what its capped steps did not train over the time it computed in the event (a
             # checkpoint or a failure in it is time it would not have trained either)
