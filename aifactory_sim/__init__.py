@@ -14,6 +14,7 @@ from .errors import ScenarioError
 from .estimate import TrainingEstimate, estimate_training, plan_training
 from .plan_serving import pareto_front, plan_serving, plot_serving
 from .spec import Scenario, load
+from .spec.estate import Estate
 from .sweep import summarize, sweep
 from .version import __version__
 
@@ -22,12 +23,13 @@ def run(scenario, *, overrides=None):  # type: ignore[no-untyped-def]
     """Play a scenario (a Scenario, a path or a mapping) out in simulated time; a `Results`."""
     from .runner import run as _run
 
-    if not isinstance(scenario, Scenario) or overrides:
+    if not isinstance(scenario, Scenario | Estate) or overrides:
         scenario = load(scenario, overrides)
     return _run(scenario)
 
 
 __all__ = [
+    "Estate",
     "Scenario",
     "ScenarioError",
     "TrainingEstimate",

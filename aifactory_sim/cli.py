@@ -100,7 +100,18 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
+    from .spec.estate import Estate
+
     scenario = _load(args.scenario, args.set)
+    if isinstance(scenario, Estate):
+        place = scenario.placements()
+        where = ", ".join(f"{w} at {s}" for w, s in place.items())
+        print(
+            f"ok: {scenario.name}: {len(scenario.sites)} site(s), {len(scenario.links)} link(s), "
+            f"{len(scenario.training)} training job(s), {len(scenario.inference)} inference "
+            f"service(s), {scenario.duration / 86400:g} days; placed: {where}"
+        )
+        return 0
     gpus = sum(p.gpus for p in scenario.cluster.node_pools)
     print(
         f"ok: {scenario.name}: {len(scenario.cluster.node_pools)} pool(s), {gpus:,} GPUs, "

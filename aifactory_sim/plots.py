@@ -853,3 +853,37 @@ def _latencies(requests: Any) -> dict[str, Any]:
         "tpot": ((finish - first) / np.where(multi, out - 1, 1))[multi],
         "e2e": (finish - arrival)[done],
     }
+
+
+def estate_figure(res: Any) -> Figure:
+    """An estate at a glance: each site's GPUs in use over time (its share of its own GPUs),
+    and each site's cost by part."""
+    import numpy as np
+
+    fig = _figure(figsize=(10, 4.5))
+    ax, bx = fig.subplots(1, 2, width_ratios=(3, 2))
+    t_end = float(res.summary["duration_s"])
+    scale, unit = _time_scale(t_end)
+    sites = res.summary["estate"]["sites"]
+    for name, site in res.sites.items():
+        ts = site.timeseries
+        gpus = sites[name]["gpus"]
+        x, y = _held(ts["time_s"].to_numpy(), ts["allocated_gpus"].to_numpy() / gpus, t_end)
+        ax.step(x / scale, y, where="post", label=f"{name} ({sites[name]['kind']}, {gpus:,} GPUs)")
+    ax.set_xlabel(unit)
+    ax.set_ylabel("share of the site's GPUs in use")
+    ax.set_ylim(0, 1.05)
+    ax.legend(fontsize="small")
+    ax.set_title("utilisation by site")
+    parts = ["capex", "opex", "energy", "colocation", "rental", "egress"]
+    names = list(sites)
+    bottom = np.zeros(len(names))
+    for part in parts:
+        vals = np.array([sites[n]["cost_usd"][part] for n in names]) / 1e6
+        if vals.any():
+            bx.bar(names, vals, bottom=bottom, label=part)
+            bottom += vals
+    bx.set_ylabel("million USD over the run")
+    bx.set_title("cost by site")
+    bx.legend(fontsize="small")
+    return fig

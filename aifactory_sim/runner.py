@@ -27,6 +27,7 @@ from .facility import (
 from .reliability_notes import gang_shortfalls
 from .results import Results
 from .schema import build_checker, check_summary
+from .spec.estate import Estate
 from .spec.loader import content_hash
 from .spec.scenario import Scenario
 from .version import __version__
@@ -34,14 +35,19 @@ from .version import __version__
 build_checker()  # once per process, at import: not inside the first run's time
 
 
-def run(scenario: Scenario) -> Results:
-    """Play `scenario` to its horizon; a `Results`.
+def run(scenario: Scenario | Estate) -> Any:
+    """Play `scenario` to its horizon; a `Results` (an estate's: `EstateResults`, each of its
+    sites a `Results`: aifactory_sim/estate_results.py).
 
     The objects alive before the run (modules, the scenario, a notebook's own) are frozen out
     of the cyclic garbage collector's scans while it plays (`gc.freeze`, unfrozen after): a
     serving run allocates millions of small objects, and each collection of the oldest
     generation would otherwise walk everything else in the process too (about 10 % of a
     million-request fast-tier run). Garbage made during the run is still collected."""
+    if isinstance(scenario, Estate):
+        from .estate_results import run_estate
+
+        return run_estate(scenario)
     gc.freeze()
     try:
         return assemble(Factory(scenario).run())

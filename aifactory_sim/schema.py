@@ -69,7 +69,8 @@ _STRICT = with_config(ConfigDict(strict=True, extra="forbid", allow_inf_nan=Fals
 #: A fidelity tier (the scenario's, or the one a service ran at).
 Fidelity = Literal["step", "fast", "fluid"]
 #: A training job's state at the horizon.
-JobState = Literal["not_submitted", "queued", "running", "finished", "failed"]
+#: "burst": at its own site of an estate, a job that left its queue for a cloud site
+JobState = Literal["not_submitted", "queued", "running", "finished", "failed", "burst"]
 #: The activation recompute mode a job ran with (what `auto` resolved to).
 Recompute = Literal["none", "selective", "full"]
 

@@ -95,11 +95,27 @@ class FactoryRun:
 class Factory:
     """Builds and connects the components of a scenario, then runs them (see the module)."""
 
-    def __init__(self, scenario: Scenario):
+    def __init__(
+        self,
+        scenario: Scenario,
+        *,
+        env: simpy.Environment | None = None,
+        streams: str = "",
+        startup_s: float = 0.0,
+        iteration_extra_s: float = 0.0,
+    ):
+        """`env`: a clock shared with other sites' factories (engine/estate.py), else its own;
+        `streams`: a prefix for the site-wide random streams (failures), so that sites draw
+        apart; `startup_s`: added to every start and restart of a job (a cloud node's
+        provisioning); `iteration_extra_s`: added to every serving iteration (confidential
+        computing's encrypted transfers)."""
         self.scenario = scenario
+        self.streams = streams
+        self.startup_s = startup_s
+        self.iteration_extra_s = iteration_extra_s
         horizon = scenario.duration
         # --- build -----------------------------------------------------------------------
-        env = self.env = simpy.Environment()
+        env = self.env = simpy.Environment() if env is None else env
         self.cluster = ClusterState(scenario)
         fab = scenario.cluster.fabric
         self.fabric = Fabric(self.cluster, fab.nodes_per_leaf, fab.oversubscription)
@@ -164,7 +180,7 @@ class Factory:
                 env,
                 scenario.failures,
                 {
-                    name: rng_for(scenario.seed, f"failures.{name}")
+                    name: rng_for(scenario.seed, f"{streams}failures.{name}")
                     for name in ("times", "repairs", "components")
                 },
                 nodes=[(name, pool.owner.size) for name, pool in self.cluster.pools.items()],
@@ -223,8 +239,8 @@ class Factory:
 
         if svc.disaggregation is not None:
             pre, dec = svc.side("prefill"), svc.side("decode")
-            p_sizing = replica_sizing(pre, pool, slowdown)
-            d_sizing = replica_sizing(dec, pool, slowdown)
+            p_sizing = replica_sizing(pre, pool, slowdown, self.iteration_extra_s)
+            d_sizing = replica_sizing(dec, pool, slowdown, self.iteration_extra_s)
             kvt = svc.disaggregation.kv_transfer
             if tier == "fluid":  # two flows, the same draws (each its own copy of the streams)
                 a = FlowModel(
@@ -278,7 +294,7 @@ class Factory:
                 fleet(k, pre, dmodel, p_sizing, "prefill"),
                 fleet(k + 1, dec, DecodeSide(dmodel), d_sizing, "decode"),
             ]
-        sizing = replica_sizing(svc, pool, slowdown)
+        sizing = replica_sizing(svc, pool, slowdown, self.iteration_extra_s)
         model: RouterModel | FlowModel = (
             FlowModel(svc, sizing, rngs, interval_s=sample_interval_s(svc), span_s=span_s)
             if tier == "fluid"
@@ -353,6 +369,7 @@ class Factory:
             peak_scale=nominal.bf16_tflops / slow / nominal.bf16_tflops,
             # demand response caps jobs for a while: the power timeline needs their traces
             trace=sc.facility is not None and bool(sc.facility.demand_response),
+            startup_s=self.startup_s,
         )
 
     def _gauges(self, now: float) -> Gauges:
@@ -371,15 +388,13 @@ class Factory:
     # --- run -----------------------------------------------------------------------------
     def run(self) -> FactoryRun:
         wall0 = time.perf_counter()
+        events = play(self.env, self.scenario.duration)
+        return self.close(events, time.perf_counter() - wall0)
+
+    def close(self, events: int, wall_s: float) -> FactoryRun:
+        """At the horizon: each component books what is still running; the run's results."""
         horizon = self.scenario.duration
-        env = self.env
-        events = 0
-        while env.peek() < horizon:  # env.run(until=horizon), counting the events processed
-            env.step()
-            events += 1
-        env.run(until=horizon)  # nothing is left before it: this only moves the clock
         self.recorder.events = events
-        # --- close -----------------------------------------------------------------------
         for job in self.jobs:
             job.close(horizon)
         for service in self.services:
@@ -404,5 +419,15 @@ class Factory:
             timeseries=rec.rows,
             allocated_gpu_s=rec.allocated_gpu_s(horizon),
             events=events,
-            wall_s=time.perf_counter() - wall0,
+            wall_s=wall_s,
         )
+
+
+def play(env: simpy.Environment, horizon: float) -> int:
+    """env.run(until=horizon), counting the events processed."""
+    events = 0
+    while env.peek() < horizon:
+        env.step()
+        events += 1
+    env.run(until=horizon)  # nothing is left before it: this only moves the clock
+    return events

@@ -98,14 +98,17 @@ class ReplicaSizing(NamedTuple):
 
 
 def replica_sizing(
-    spec: InferenceService, pool: NodePool, compute_slowdown: float
+    spec: InferenceService, pool: NodePool, compute_slowdown: float, iteration_extra_s: float = 0.0
 ) -> ReplicaSizing:
     """A service's replica through the kernels (the GPU's fields under the power cap's
-    slowdown, the calibration of its family)."""
+    slowdown, the calibration of its family; `iteration_extra_s` more host time an iteration,
+    as confidential computing's encrypted transfers cost: engine/estate.py)."""
     from .. import catalog
 
     gpu = as_gpu(pool.gpu)
     cal = catalog.entry("calibration", gpu.family)
+    if iteration_extra_s:
+        cal = {**cal, "iteration_overhead_s": cal["iteration_overhead_s"] + iteration_extra_s}
     g = gpu_inference_args(gpu_fields(gpu, compute_slowdown), cal)
     m = spec.model.kernel_args()
     b = spec.batching

@@ -63,6 +63,7 @@ class JobSettings:
     compute_slowdown: float = 1.0  # a power cap's clock factor on the compute peaks
     peak_scale: float = 1.0  # the pool's compute peak over the nominal one (MFU's reference)
     trace: bool = False  # record what the GPUs did for the power timeline (power_trace, DR)
+    startup_s: float = 0.0  # added to every start and restart (a cloud node's provisioning)
 
 
 @dataclass
@@ -125,6 +126,9 @@ class TrainingRun:
         self.fabric_slowdown = 1.0
         self.fabric_slowdown_max = 1.0
         self.started = self.env.event()
+        #: set by an estate before the run: the job enters its queue when this fires, not at
+        #: its submit_at (engine/estate.py)
+        self.gate: simpy.Event | None = None
         self.process = self.env.process(self._life())
         # progress and its bookkeeping
         self.done = 0.0  # steps completed, fractional between events
@@ -160,6 +164,7 @@ class TrainingRun:
         self._pausing = False
         self.lost_gpu_s = 0.0
         self.recovery_gpu_s = 0.0
+        self.held_gpu_s = 0.0
         self.events: list[JobEvent] = []
         #: with `power_trace`: what its GPUs did, as the ledger booked it: (start, end, bucket,
         #: GPUs held), consecutive equal segments merged (the power timeline's input)
@@ -288,6 +293,7 @@ class TrainingRun:
         if dt <= 0 or self.bucket is None or self.held_nodes == 0:
             return
         gpus = self.held_nodes * self.pool.gpus_per_node
+        self.held_gpu_s += gpus * dt  # what a rented node bills, whatever it did
         if self.trace is not None:
             last = self.trace[-1] if self.trace else None
             cap = self.power_cap_w
@@ -444,7 +450,9 @@ class TrainingRun:
     # --- life -----------------------------------------------------------------------------
     def _life(self) -> Any:
         env = self.env
-        if self.spec.submit_at > 0:
+        if self.gate is not None:  # an estate's: data staged first, or a burst called
+            yield self.gate
+        elif self.spec.submit_at > 0:
             yield env.timeout(self.spec.submit_at)
         self.state = "queued"
         self.submitted_at = env.now
@@ -563,7 +571,7 @@ class TrainingRun:
             yield from self._wait(self.gang_ready)
         self._enter("recovery")
         self.estimate = self._estimate()
-        restart = failures.restart_s if failures is not None else 0.0
+        restart = (failures.restart_s if failures is not None else 0.0) + self.settings.startup_s
         if restart > 0:
             yield from self._wait(self.env.timeout(restart))
         if self.done > 0:  # reload the last checkpoint

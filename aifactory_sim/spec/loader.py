@@ -18,6 +18,7 @@ import yaml
 from pydantic import ValidationError
 
 from ..errors import ScenarioError
+from .estate import Estate
 from .scenario import Scenario
 
 
@@ -103,9 +104,16 @@ def _format_error(err: ValidationError) -> str:
     return "; ".join(dict.fromkeys(lines))
 
 
-def validate(data: dict[str, Any]) -> Scenario:
-    """A Scenario from a mapping, or a ScenarioError that names each bad field."""
+def validate(data: dict[str, Any]) -> Scenario | Estate:
+    """A Scenario from a mapping (an Estate where it has `sites`), or a ScenarioError that names
+    each bad field."""
     try:
+        if "sites" in data:
+            if "cluster" in data:
+                raise ScenarioError(
+                    "give either cluster (one site) or sites (an estate), not both", path="sites"
+                )
+            return Estate.model_validate(data)
         return Scenario.model_validate(data)
     except ValidationError as err:
         raise ScenarioError(_format_error(err)) from None
@@ -114,12 +122,12 @@ def validate(data: dict[str, Any]) -> Scenario:
 
 
 def scenario_data(
-    source: str | Path | Mapping[str, Any] | Scenario,
+    source: str | Path | Mapping[str, Any] | Scenario | Estate,
     overrides: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The scenario as a mapping, before validation: a YAML/JSON file's own content, a copy of
     a mapping, or a Scenario's fields; `overrides` ({"training.0.parallel.dp": 64}) applied."""
-    if isinstance(source, Scenario):
+    if isinstance(source, Scenario | Estate):
         data = source.model_dump(mode="python", exclude_none=True)
     elif isinstance(source, Mapping):
         data = copy.deepcopy(dict(source))
@@ -135,15 +143,15 @@ def scenario_data(
 
 
 def load(
-    source: str | Path | Mapping[str, Any] | Scenario,
+    source: str | Path | Mapping[str, Any] | Scenario | Estate,
     overrides: Mapping[str, Any] | None = None,
-) -> Scenario:
+) -> Scenario | Estate:
     """Load a scenario from a YAML/JSON file, a mapping or a Scenario, applying `overrides`
     ({"training.0.parallel.dp": 64}) first."""
     return validate(scenario_data(source, overrides))
 
 
-def content_hash(scenario: Scenario) -> str:
+def content_hash(scenario: Scenario | Estate) -> str:
     """A stable short hash of a scenario's content (names output folders, keys sweeps)."""
     text = json.dumps(scenario.model_dump(mode="json"), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
