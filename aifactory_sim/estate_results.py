@@ -28,26 +28,15 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from .engine.estate import EstateEngine, EstateRun
+from .engine.estate import EstateRun
 from .errors import ScenarioError
 from .results import MARKER, Results, summary_json
-from .runner import assemble
 from .spec.estate import AUDITED, Estate, _allowed, rule_text
 from .spec.loader import content_hash
 from .version import __version__
 
 #: Days in the mean month, for prices quoted per month.
 DAYS_PER_MONTH = 30.4375
-
-
-def run_estate(estate: Estate) -> EstateResults:
-    import gc
-
-    gc.freeze()
-    try:
-        return assemble_estate(EstateEngine(estate).run())
-    finally:
-        gc.unfreeze()
 
 
 def _strip(res: Results, names: set[str]) -> None:
@@ -174,13 +163,12 @@ def _audit(run: EstateRun, sites: dict[str, Results]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=cols).sort_values(["time_s", "work"], kind="stable")
 
 
-def assemble_estate(run: EstateRun) -> EstateResults:
+def assemble_estate(run: EstateRun, sites: dict[str, Results]) -> EstateResults:
+    """The estate's results from its run and each site's own `Results` (runner.assemble on
+    the site's factory run)."""
     es = run.estate
-    sites: dict[str, Results] = {}
-    for name, frun in run.sites.items():
-        res = assemble(frun)
+    for name, res in sites.items():
         _strip(res, {job for s, job in run.absent if s == name})
-        sites[name] = res
     egress_by_site: dict[str, float] = {s.name: 0.0 for s in es.sites}
     for tr in run.transfers:
         for site, usd in tr.egress_by_site:

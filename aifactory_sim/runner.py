@@ -12,9 +12,11 @@ import numpy as np
 import pandas as pd
 
 from .energy import energy_and_cost, power_timeline
+from .engine.estate_factory import EstateEngine
 from .engine.factory import Factory, FactoryRun
 from .engine.inference import SERVICE_COLUMNS
 from .engine.telemetry import BUCKETS, COLUMNS
+from .estate_results import assemble_estate
 from .facility import (
     demand_response,
     efficiency_by_gpu,
@@ -44,12 +46,12 @@ def run(scenario: Scenario | Estate) -> Any:
     serving run allocates millions of small objects, and each collection of the oldest
     generation would otherwise walk everything else in the process too (about 10 % of a
     million-request fast-tier run). Garbage made during the run is still collected."""
-    if isinstance(scenario, Estate):
-        from .estate_results import run_estate
-
-        return run_estate(scenario)
     gc.freeze()
     try:
+        if isinstance(scenario, Estate):
+            erun = EstateEngine(scenario).run()
+            sites = {name: assemble(frun) for name, frun in erun.sites.items()}
+            return assemble_estate(erun, sites)
         return assemble(Factory(scenario).run())
     finally:
         gc.unfreeze()
