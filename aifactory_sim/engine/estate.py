@@ -38,12 +38,13 @@ if TYPE_CHECKING:
 #: Confidential computing's host time per serving iteration, s: the encrypted bounce-buffer
 #: copies of each iteration's inputs and outputs over PCIe. Set once from Zhu et al., "Confiden-
 #: tial Computing on NVIDIA Hopper GPUs: A Performance Benchmark Study" (arXiv 2409.03992,
-#: Table 1): Llama 3.1 8B at batch 1 on H100 lost 6.85 % of its tokens per second in CC mode.
-#: Our batch-1 decode iteration of that model on that GPU (H100 NVL: 3.9 TB/s, vLLM, BF16) is
-#: 5.6 ms, so the overhead is 5.6 ms x 0.0685 / (1 - 0.0685) = 0.41 ms an iteration
-#: (tools/calibrate_cc.py). Held out, the same table's 70B (4-bit) rows, about 0 %, and the
-#: dynamic-batch 8B row, 3.2 %: docs/background/estate.md.
-CC_ITERATION_S = 4.1e-4
+#: Table 1): Llama 3.1 8B, BF16, batch 1 on an H100 NVL lost 6.85 % of its tokens per second in
+#: CC mode. Our batch-1 decode iteration of that model on that GPU is 4.73 ms, so CC adds
+#: 4.73 ms x 0.0685 / (1 - 0.0685) = 0.35 ms an iteration (tools/calibrate_cc.py). Held out,
+#: the same table's rows: 70B 4-bit at batch 1, published about 0 %, predicted 2.9 %; 8B at a
+#: dynamic batch, published 3.2 %, predicted 5.6 % (docs/background/estate.md). Training at a
+#: CC site pays nothing: see that page.
+CC_ITERATION_S = 3.5e-4
 
 
 @dataclass
