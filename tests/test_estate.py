@@ -416,3 +416,50 @@ def test_confidential_computing_adds_its_host_time_to_every_iteration() -> None:
     cc = replica_sizing(svc, pool, 1.0, CC_ITERATION_S)
     diff = np.asarray(cc.table.decode_base[1:]) - np.asarray(plain.table.decode_base[1:])
     assert np.allclose(diff, CC_ITERATION_S, rtol=1e-6)
+
+
+# --- services across sites ------------------------------------------------------------------
+def chat(**kw: Any) -> dict[str, Any]:
+    return {
+        "name": "chat",
+        "model": "llama3-8b",
+        "traffic": {"kind": "poisson", "rate_rps": 2},
+        **TOKENS,
+        "cold_start": {"weights_s": 30},
+        "autoscaler": {"kind": "hpa", "metric": "concurrency", "target": 32, "min_replicas": 1, "max_replicas": 8},
+        **kw,
+    }
+
+
+def test_a_service_goes_to_the_nearest_site_that_holds_its_largest_fleet() -> None:
+    sites = [owned("near", "eu", nodes=4), cloud("far", "eu")]
+    links = [{"between": ["near", "far"], "gbit_s": 100, "latency_ms": 12}]
+    # 8 replicas of one GPU = 1 node: beside a 4-node job `near` is full, so `far` serves
+    es = af.load(estate(sites=sites, links=links, training=[job("j")], inference=[chat(placement=["near", "far"])]))
+    assert es.placements()["chat"] == "far"
+    plain = es.scenarios()["far"].inference[0]
+    assert plain.network_rtt_s == pytest.approx(0.024)  # the users are at `near`
+    assert plain.cold_start.container_s == pytest.approx(30 + 600)  # a rented node boots first
+    # with room beside the job it stays near its users, with no round trip
+    sites[0] = owned("near", "eu", nodes=5)
+    es = af.load(estate(sites=sites, links=links, training=[job("j")], inference=[chat(placement=["near", "far"])]))
+    assert es.placements()["chat"] == "near"
+    assert es.scenarios()["near"].inference[0].network_rtt_s == 0.0
+
+
+@pytest.mark.parametrize("fidelity", ["fast", "fluid"])
+def test_the_users_round_trip_adds_to_every_ttft_and_e2e(fidelity: str) -> None:
+    base = {
+        "duration": "1h",
+        "seed": 4,
+        "fidelity": fidelity,
+        "cluster": {"node_pools": [{**POOL, "nodes": 2}]},
+        "inference": [chat()],
+    }
+    near = af.run(af.load(base)).summary["inference"]["chat"]
+    base["inference"] = [chat(network_rtt_s=0.05)]
+    far = af.run(af.load(base)).summary["inference"]["chat"]
+    for q in ("p50", "p99"):
+        assert far["ttft_s"][q] == pytest.approx(near["ttft_s"][q] + 0.05, rel=1e-9)
+        assert far["e2e_s"][q] == pytest.approx(near["e2e_s"][q] + 0.05, rel=1e-6)
+    assert far["tpot_s"] == near["tpot_s"]

@@ -1025,6 +1025,11 @@ class FlowModel:
     # --- results ------------------------------------------------------------------------------
     def close(self, horizon: float) -> None:
         self._latency = self._latency_samples()
+        rtt = self.spec.network_rtt_s  # the users' round trip: on the first token, once
+        if rtt > 0 and self.role != "decode":
+            lat = self._latency
+            lat["ttft"] = lat["ttft"] + rtt
+            lat["e2e"] = lat["e2e"] + rtt
 
     def requests_frame(self) -> dict[str, np.ndarray]:
         return {}  # no per-request table in this tier

@@ -568,10 +568,11 @@ class RouterModel:
         first = cols["first_token_s"][done]
         finish = cols["finish_s"][done]
         out = cols["output_tokens"][done]
-        ttft = first - arrival
+        rtt = self.spec.network_rtt_s  # the users' round trip to the replicas
+        ttft = first - arrival + rtt
         multi = out > 1
         tpot = (finish[multi] - first[multi]) / (out[multi] - 1)
-        e2e = finish - arrival
+        e2e = finish - arrival + rtt
         wait = cols["queue_wait_s"][done]
         dropped = int(cols["dropped"].sum())
         slo = self.spec.slo

@@ -398,9 +398,20 @@ class Estate(Spec):
         names = [s.name for s in self.sites]
         for i, job in enumerate(self.training):
             out[job.name] = self._place_job(i, job, names)
+        # nodes each site's work asks for at once (jobs' whole gangs, services' largest fleets)
+        load = {n: 0 for n in names}
+        for j in self.training:
+            gpn = self._pool_of(self.site(out[j.name]), j.pool).gpus_per_node
+            load[out[j.name]] += -(-j.parallel.gpus // gpn)
         for i, svc in enumerate(self.inference):
-            out[svc.name] = self._place_service(i, svc, names)
+            out[svc.name] = self._place_service(i, svc, names, load)
+            pool = self._pool_of(self.site(out[svc.name]), svc.pool)
+            load[out[svc.name]] += svc.nodes_for(svc.most_replicas, pool.gpus_per_node)
         return out
+
+    def _pool_of(self, site: Site, name: str | None) -> NodePool:
+        pools = site.site_cluster().node_pools
+        return next((p for p in pools if p.name == name), pools[0])
 
     def job_dataset(self, i: int, job: EstateJob) -> Dataset | None:
         if job.data.dataset is None:
@@ -508,7 +519,12 @@ class Estate(Spec):
                 )
         return chosen
 
-    def _place_service(self, i: int, svc: EstateService, names: list[str]) -> str:
+    def _place_service(
+        self, i: int, svc: EstateService, names: list[str], load: dict[str, int]
+    ) -> str:
+        """The first site of its placement list (nearest its users first) that can hold its
+        largest fleet beside the work already placed there; if none can, the first that has
+        its pool (its autoscaler is then held by the nodes it finds)."""
         where = f"inference.{i}"
         order = svc.placement if svc.placement is not None else names
         for s in order:
@@ -528,11 +544,18 @@ class Estate(Spec):
                 raise located(
                     f"{where}.users.site", f"unknown site {svc.users.site!r}; sites: {names}"
                 )
+        usable = []
         for s in order:
-            cl = self.site(s).site_cluster()
-            if svc.pool is None or any(p.name == svc.pool for p in cl.node_pools):
+            pools = self.site(s).site_cluster().node_pools
+            if svc.pool is None or any(p.name == svc.pool for p in pools):
+                usable.append(s)
+        if not usable:
+            raise located(f"{where}.pool", f"no site of its placement has pool {svc.pool!r}")
+        for s in usable:
+            pool = self._pool_of(self.site(s), svc.pool)
+            if load[s] + svc.nodes_for(svc.most_replicas, pool.gpus_per_node) <= pool.nodes:
                 return s
-        raise located(f"{where}.pool", f"no site of its placement has pool {svc.pool!r}")
+        return usable[0]
 
     def service_tier(self, svc: EstateService) -> Fidelity | None:
         """A service's tier: its own, the estate's, or under `auto` fluid for a service whose
@@ -573,6 +596,10 @@ class Estate(Spec):
                     update["cold_start"] = cs.model_copy(
                         update={"container_s": cs.container_s + site.provisioning_s}
                     )
+                near = self.users_site(svc, site.name)
+                route = self.path(near, site.name)
+                if route is not None and route.latency_s > 0:  # served away from its users
+                    update["network_rtt_s"] = svc.network_rtt_s + 2.0 * route.latency_s
                 tier = self.service_tier(svc)
                 if tier != svc.fidelity:
                     update["fidelity"] = tier

@@ -305,6 +305,11 @@ class InferenceService(Workload):
         None, description="latency objectives to report attainment against; none: no SLO"
     )
     cold_start: ColdStart = Field(ColdStart(), description="what a new replica takes to start")
+    network_rtt_s: NonNegativeDurationS = Field(
+        0.0,
+        description="round trip between the users and the replicas (a remote site's link, "
+        "say): added to every request's TTFT and end-to-end latency as the users see them",
+    )
     prefix_cache: PrefixCache = Field(
         PrefixCache(),
         description="automatic prefix caching of shared prefixes (system_prompts); on by default",
@@ -463,6 +468,15 @@ class InferenceService(Workload):
             dp_attention=self.dp_attention,
         )
         return float(w), float(kv)
+
+    @property
+    def most_replicas(self) -> int:
+        """The largest fleet it may run: `replicas`, the autoscaler's max_replicas, else 1."""
+        if self.replicas is not None:
+            return self.replicas
+        if self.autoscaler is not None:
+            return self.autoscaler.max_replicas
+        return 1
 
     @property
     def initial_replicas(self) -> int:
