@@ -25,6 +25,7 @@ from pydantic.fields import FieldInfo
 
 from aifactory_sim import catalog
 from aifactory_sim.spec import Scenario
+from aifactory_sim.spec.estate import Estate
 from aifactory_sim.units import parse_batch_tokens, parse_count, parse_duration_s, parse_gbit_s
 
 OUT = Path(__file__).parent / "reference" / "scenario.md"
@@ -132,6 +133,15 @@ DESCRIPTIONS = {
     "ModelSpec.tie_embeddings": "input embedding shared with the output layer",
     "ModelSpec.source": "where the shape comes from",
 }
+
+ESTATE = """\
+# Estate schema
+
+A file with `sites` in place of `cluster` is an estate (shared/examples/hybrid-sovereign.yaml):
+sites joined by links, datasets with a jurisdiction and a residency rule, and the work placed
+on them; `docs/background/estate.md` explains the model. Its jobs and services take every field
+of a one-site scenario's, and the few below.
+"""
 
 HEADER = """\
 # Scenario schema
@@ -383,25 +393,37 @@ def _kind(model: type[BaseModel]) -> str | None:
     return f.default if f is not None and isinstance(f.default, str) else None
 
 
-def build() -> str:
-    found: dict[type[BaseModel], list[str]] = {}
-    _walk(Scenario, "", found)
+def _links(found: dict[type[BaseModel], list[str]]) -> dict[type[BaseModel], str]:
     firsts = [paths[0] for paths in found.values()]
     shared = {p for p in firsts if firsts.count(p) > 1}  # one path, several variants
-    links = {model: _anchor(paths[0]) + (f"-{_kind(model) or model.__name__.lower()}"
-                                         if paths[0] in shared else "")
-             for model, paths in found.items()}
-    used: set[str] = set()
-    parts = [HEADER]
+    return {model: _anchor(paths[0]) + (f"-{_kind(model) or model.__name__.lower()}"
+                                        if paths[0] in shared else "")
+            for model, paths in found.items()}
+
+
+def _tables(found: dict[type[BaseModel], list[str]], links: dict[type[BaseModel], str],
+            used: set[str], skip: dict[type[BaseModel], str] | None = None) -> list[str]:
+    """One table per model found, but those in `skip` (documented above); a model extending
+    one documented above lists only the fields it adds."""
+    skip = skip or {}
+    parts = []
     for model, paths in found.items():
+        if model in skip:
+            continue
         title = ", ".join(f"`{p or '(top level)'}`" for p in dict.fromkeys(paths))
         doc = _summary(model)
         parts.append(f'<a id="{links[model]}"></a>\n\n## {title} ({model.__name__})\n')
         if doc and not doc.startswith("!!!"):
             parts.append(doc + "\n")
+        base = next((b for b in model.__mro__[1:] if b in skip), None)
+        fields = model.model_fields
+        if base is not None:
+            parts.append(f"Every field of [{base.__name__}](#{skip[base]}), and:\n")
+            fields = {k: v for k, v in fields.items()
+                      if k not in base.model_fields or v.annotation != base.model_fields[k].annotation}
         parts.append("| field | type | default | constraints | description |")
         parts.append("|---|---|---|---|---|")
-        for name, f in model.model_fields.items():
+        for name, f in fields.items():
             tname, inner = _type_name(f.annotation, f.metadata, links)
             cons = _constraints(f.metadata) + inner
             key = f"{model.__name__}.{name}"
@@ -421,6 +443,20 @@ def build() -> str:
             ]
             parts.append("| " + " | ".join(row) + " |")
         parts.append("")
+    return parts
+
+
+def build() -> str:
+    found: dict[type[BaseModel], list[str]] = {}
+    _walk(Scenario, "", found)
+    links = _links(found)
+    used: set[str] = set()
+    parts = [HEADER, *_tables(found, links, used)]
+    estate: dict[type[BaseModel], list[str]] = {}
+    _walk(Estate, "", estate)
+    elinks = {**{m: "estate-" + a for m, a in _links(estate).items()}, **links}
+    parts.append(ESTATE)
+    parts += _tables(estate, elinks, used, skip=links)
     stale = sorted(set(DESCRIPTIONS) - used)
     if stale:
         print(

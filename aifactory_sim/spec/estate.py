@@ -99,12 +99,15 @@ class Site(Spec):
     """One site of the estate: its own cluster (a cloud site's: up to `max_nodes` rented nodes),
     power, prices and scheduler queue."""
 
-    name: str = Field(min_length=1)
+    name: str = Field(min_length=1, description="unique among the sites")
     jurisdiction: str = Field(min_length=1, description="where the site is, e.g. eu, us, uk")
-    kind: Literal["private", "colocation", "cloud"]
+    kind: Literal["private", "colocation", "cloud"] = Field(
+        description="private: owned nodes; colocation: owned nodes in rented space and power; "
+        "cloud: nodes rented by the GPU-hour"
+    )
     cluster: Cluster | None = Field(None, description="private and colocation sites: the nodes")
-    power: Power = Power()
-    cost: SiteCost = SiteCost()
+    power: Power = Field(Power(), description="as a one-site scenario's `power`")
+    cost: SiteCost = Field(SiteCost(), description="the site's prices")
     scheduler: Scheduler | None = Field(None, description="default: the estate's `scheduler`")
     failures: Failures | None = Field(None, description="default: the estate's `failures`")
     # a cloud site: what can be rented
@@ -177,7 +180,7 @@ class Link(Spec):
 class Dataset(Spec):
     """A dataset: where it is held and where it may be."""
 
-    name: str = Field(min_length=1)
+    name: str = Field(min_length=1, description="what jobs' data.dataset name")
     size_tb: float = Field(gt=0, description="stored size, TB (1e12 bytes)")
     jurisdiction: str = Field(min_length=1, description="the jurisdiction it is held in")
     residency: Residency = Field(
@@ -188,12 +191,20 @@ class Dataset(Spec):
     )
 
 
-class Isolation(Spec):
-    """Per classification, whether its work may share a node with other work."""
+_DEDICATED = (
+    "dedicated-nodes: its work runs on nodes that run nothing else meanwhile. The engine gives "
+    "every job and service whole nodes (as Slurm's exclusive allocation or Kubernetes' whole-"
+    "node GPU requests do), so this always holds; the GPUs a partly filled node strands are "
+    "in the ledger as the owner's idle time"
+)
 
-    regulated: Literal["dedicated-nodes", "shared"] = "shared"
-    confidential: Literal["dedicated-nodes", "shared"] = "shared"
-    internal: Literal["dedicated-nodes", "shared"] = "shared"
+
+class Isolation(Spec):
+    """Per classification, how its work is kept apart from other work on a node."""
+
+    regulated: Literal["dedicated-nodes"] = Field("dedicated-nodes", description=_DEDICATED)
+    confidential: Literal["dedicated-nodes"] = Field("dedicated-nodes", description=_DEDICATED)
+    internal: Literal["dedicated-nodes"] = Field("dedicated-nodes", description=_DEDICATED)
 
 
 class ConfidentialComputing(Spec):
@@ -201,8 +212,13 @@ class ConfidentialComputing(Spec):
 
 
 class Security(Spec):
-    isolation: Isolation = Isolation()
-    confidential_computing: ConfidentialComputing = ConfidentialComputing()
+    """Isolation of classified work, and the sites whose GPUs run in confidential-computing
+    mode (each serving iteration pays CC_ITERATION_S of encrypted host transfers)."""
+
+    isolation: Isolation = Field(Isolation(), description="per classification")
+    confidential_computing: ConfidentialComputing = Field(
+        ConfidentialComputing(), description="the sites in CC mode, with its throughput cost"
+    )
 
 
 class EstateData(DataSpec):
@@ -216,16 +232,20 @@ class Burst(Spec):
     when_queued_s: NonNegativeDurationS = Field(
         description="queued at its own site this long (never started): it moves to the cloud"
     )
-    price: Literal["on-demand", "spot"] = "on-demand"
+    price: Literal["on-demand", "spot"] = Field(
+        "on-demand", description="spot: cheaper, and its nodes are reclaimed now and then"
+    )
 
 
 class EstateJob(TrainingJob):
     """A training job of an estate: a one-site job, where it may run and what it reads."""
 
-    data: EstateData = EstateData()
+    data: EstateData = Field(EstateData(), description="what it reads, and from which dataset")
     site: str | None = Field(None, description="the site to run at; default: placement decides")
-    classification: Classification = "public"
-    burst: Burst | None = None
+    classification: Classification = Field(
+        "public", description="above public, each placement is listed in the audit table"
+    )
+    burst: Burst | None = Field(None, description="moving to a cloud site when queued too long")
 
     def plain(self) -> TrainingJob:
         """The job as its site's factory runs it."""
@@ -249,8 +269,12 @@ class Users(Spec):
 class EstateService(InferenceService):
     """An inference service of an estate: a one-site service, its users and where it may run."""
 
-    classification: Classification = "public"
-    users: Users | None = None
+    classification: Classification = Field(
+        "public",
+        description="above public, its placement is listed in the audit table; regulated and "
+        "confidential services are served within their users' jurisdiction",
+    )
+    users: Users | None = Field(None, description="where its requests come from")
     placement: list[str] | None = Field(
         None, description="sites it may run at, nearest its users first"
     )
@@ -283,23 +307,25 @@ class Path:
 class Estate(Spec):
     """A whole estate file (shared/examples/hybrid-sovereign.yaml)."""
 
-    name: str = Field("estate", min_length=1)
-    seed: int = Field(0, ge=0)
-    duration: PositiveDurationS
+    name: str = Field("estate", min_length=1, description="names the run and its results folder")
+    seed: int = Field(0, ge=0, description="seed of every random stream of every site")
+    duration: PositiveDurationS = Field(description="simulated horizon, on one clock for all")
     fidelity: Fidelity | Literal["auto"] = Field(
         "auto",
         description="as a one-site scenario's; auto (the default for an estate, whose runs are "
         "long): fast, with each service expecting over AUTO_FLUID_REQUESTS requests in the run "
         "as fluid flows (a service's own `fidelity` wins)",
     )
-    sites: list[Site] = Field(min_length=1)
-    links: list[Link] = Field(default_factory=list)
-    data: list[Dataset] = Field(default_factory=list)
-    security: Security = Security()
-    scheduler: Scheduler = Scheduler()
-    failures: Failures | None = None
-    training: list[EstateJob] = Field(default_factory=list)
-    inference: list[EstateService] = Field(default_factory=list)
+    sites: list[Site] = Field(min_length=1, description="private, colocation and cloud sites")
+    links: list[Link] = Field(default_factory=list, description="wide-area links between sites")
+    data: list[Dataset] = Field(default_factory=list, description="datasets and their rules")
+    security: Security = Field(Security(), description="isolation and confidential computing")
+    scheduler: Scheduler = Field(Scheduler(), description="every site's, unless it has its own")
+    failures: Failures | None = Field(
+        None, description="node failures at every owned site, unless it has its own"
+    )
+    training: list[EstateJob] = Field(default_factory=list, description="training jobs")
+    inference: list[EstateService] = Field(default_factory=list, description="services")
 
     # --- lookups --------------------------------------------------------------------------
     def site(self, name: str) -> Site:
