@@ -417,16 +417,19 @@ class EstateResults:
             f"transfers: {t['count']}, {t['bytes'] / 1e12:,.2f} TB,"
             f" egress {t['egress_usd']:,.0f} USD",
         ]
-        for row in self.transfers.itertuples():
-            took = (
-                "-"
-                if row.end_s is None or row.end_s != row.end_s
-                else f"{(row.end_s - row.start_s) / 3600:.2f} h"
+        for row in self.transfers.head(10).itertuples():
+            took = row.end_s - row.start_s if row.end_s == row.end_s else None  # NaN: in flight
+            span = (
+                "in flight"
+                if took is None
+                else (f"in {took / 3600:.2f} h" if took >= 3600 else f"in {took:,.1f} s")
             )
             lines.append(
                 f"  {row.kind} {row.data} for {row.job}: {row.route}, {row.bytes / 1e12:,.2f} TB"
-                f" in {took}, {row.egress_usd:,.0f} USD"
+                f" {span}, {row.egress_usd:,.0f} USD"
             )
+        if len(self.transfers) > 10:
+            lines.append(f"  ... {len(self.transfers) - 10} more in transfers.csv")
         lines.append("")
         if e["bursts"]:
             lines.append(f"bursts: {len(e['bursts'])}")

@@ -20,7 +20,7 @@ SCENARIOS = Path(af.__file__).parent / "scenarios"
 ALL = sorted(p.name for p in SCENARIOS.glob("*.yaml"))
 #: factory.yaml, serving-frontier.yaml and power-grid.yaml are byte-for-byte copies of
 #: shared/examples/; their provenance lives in the shared docs, so they carry no block of their own.
-COPIES = ("factory.yaml", "serving-frontier.yaml", "power-grid.yaml")
+COPIES = ("factory.yaml", "serving-frontier.yaml", "power-grid.yaml", "hybrid-sovereign.yaml")
 #: Words that show a provenance block names sources, not just prose.
 SOURCE = re.compile(r"arXiv|datasheet|Table \d|Sec\. \d|shared/reference|catalog|et al\.")
 

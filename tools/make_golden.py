@@ -31,7 +31,8 @@ import aifactory_sim as af  # noqa: E402
 from aifactory_sim.results import summary_json  # noqa: E402
 
 OUT = ROOT / "tests" / "golden"
-TABLES = ("jobs", "requests", "events", "timeseries", "services", "failures", "ledger", "power")
+TABLES = ("jobs", "requests", "events", "timeseries", "services", "failures", "ledger", "power",
+          "audit", "transfers")
 
 
 #: Bundled scenarios whose golden case runs shortened: a day of serving-frontier.yaml in the
@@ -40,6 +41,8 @@ TABLES = ("jobs", "requests", "events", "timeseries", "services", "failures", "l
 BUNDLED_OVERRIDES: dict[str, dict[str, Any]] = {
     "serving-frontier.yaml": {"fidelity": "fluid"},
     "chat-prefix-cache.yaml": {"duration": "1h"},
+    # an estate's month of diurnal chat: four days hold its fine-tune's start and a pretraining
+    "hybrid-sovereign.yaml": {"duration": "4d"},
 }
 
 
