@@ -515,7 +515,9 @@ class EstateResults:
         self.jobs.to_csv(tmp / "jobs.csv", index=False)
         self.timeseries.to_csv(tmp / "timeseries.csv", index=False)
         for name, res in self.sites.items():
-            res.save(tmp / f"site-{name}", plots=plots, force=True)
+            busy = bool(res.summary["training"] or res.summary["inference"])
+            # a site with no work has nothing to draw: its tables say so
+            res.save(tmp / f"site-{name}", plots=plots and busy, force=True)
         if plots:
             from .plots import estate_figure
 

@@ -74,7 +74,33 @@ def _held(times: Any, values: Any, t_end: float) -> tuple[Any, Any]:
     v = np.asarray(values, dtype=float)
     if t.size and t_end > t[-1]:
         t, v = np.r_[t, t_end], np.r_[v, v[-1]]
+    if v.size > 2:  # a post-step line is the same without the samples that repeat a value
+        keep = np.r_[True, v[1:] != v[:-1]]
+        keep[-1] = True
+        t, v = t[keep], v[keep]
     return t, v
+
+
+#: A rate drawn as stairs over more ticks than this is drawn as the mean over groups of ticks.
+MAX_STAIRS = 4000
+
+
+def _coarse_stairs(values: Any, edges: Any) -> tuple[Any, Any]:
+    """(values, edges) of a stairs plot, in at most MAX_STAIRS steps: each step the time-
+    weighted mean of the ticks it groups (a month of 15 s ticks is 172,800 steps, seconds to
+    draw, and finer than a figure shows)."""
+    import numpy as np
+
+    v = np.asarray(values, dtype=float)
+    e = np.asarray(edges, dtype=float)
+    if v.size <= MAX_STAIRS:
+        return v, e
+    k = -(-v.size // MAX_STAIRS)
+    starts = np.arange(0, v.size, k)
+    w = np.diff(e)
+    sums = np.add.reduceat(v * w, starts)
+    widths = np.add.reduceat(w, starts)
+    return sums / np.where(widths > 0, widths, 1.0), np.r_[e[starts], e[-1]]
 
 
 class Plotted(Protocol):
@@ -192,7 +218,12 @@ class Plotter:
             return np.where(k >= 0, gauges[column][np.maximum(k, 0)], 0.0)
 
         jobs = [(name, j) for name, j in s["training"].items() if j["started_at_s"] is not None]
-        changes = ts_t[(ts_t > 0) & (ts_t < t_end)].tolist() if gauges else []
+        changes: list[float] = []
+        if gauges:  # the rows where a drawn gauge moves (a row may record another column)
+            moved = np.zeros(ts_t.size, dtype=bool)
+            for v in gauges.values():
+                moved[1:] |= v[1:] != v[:-1]
+            changes = ts_t[moved & (ts_t > 0) & (ts_t < t_end)].tolist()
         edges = sorted(
             {
                 0.0,
@@ -512,9 +543,10 @@ class Plotter:
             if rt.size and rt[-1] >= t_end:
                 rt, rps = rt[:-1], rps[:-1]
             if rt.size > 1:
+                steps, edges = _coarse_stairs(np.nan_to_num(rps[1:]), rt)
                 rate.stairs(
-                    np.nan_to_num(rps[1:]),
-                    rt / scale,
+                    steps,
+                    edges / scale,
                     baseline=None,
                     color="#ef6c00",
                     alpha=0.7,

@@ -480,6 +480,8 @@ def write_report(results_dir: str | Path, *, out: str | Path | None = None) -> P
     write are never overwritten.
     """
     folder = Path(results_dir)
+    if _is_estate(folder):
+        return write_estate_report(folder, out=out)
     res, notes = load_results(folder)
     page = Path(out) if out is not None else folder / "report.html"
     if page.is_dir():
@@ -566,5 +568,171 @@ def write_report(results_dir: str | Path, *, out: str | Path | None = None) -> P
         path.write_bytes(figures[name])
     tmp = page.with_name(page.name + ".partial")
     tmp.write_text(text, encoding="utf-8")
+    tmp.replace(page)
+    return page
+
+
+# --- an estate --------------------------------------------------------------------------------
+def _is_estate(folder: Path) -> bool:
+    try:
+        return "estate" in json.loads((folder / "summary.json").read_text())
+    except (OSError, ValueError):
+        return False
+
+
+def _page(title: str, body: list[str]) -> str:
+    return "\n".join(
+        [
+            "<!DOCTYPE html>",
+            '<html lang="en"><head><meta charset="utf-8">',
+            f'<meta name="generator" content="{GENERATOR}">',
+            '<meta name="viewport" content="width=device-width, initial-scale=1">',
+            f"<title>{html.escape(title)}</title>",
+            f"<style>{CSS}</style>",
+            f"<script>{SCRIPT}</script>",
+            "</head><body>",
+            *body,
+            "</body></html>",
+            "",
+        ]
+    )
+
+
+def write_estate_report(folder: Path, *, out: str | Path | None = None) -> Path:
+    """An estate's review page (what EstateResults.save wrote): utilisation and cost by site,
+    the bursts, the transfers and their egress, the audit table, the work and where it ran,
+    with each site's own report (its site-NAME folder) linked."""
+    import pandas as pd
+
+    if not (folder / MARKER).is_file():
+        raise ScenarioError(f"{folder} is not a results folder (no {MARKER})")
+    page = Path(out) if out is not None else folder / "report.html"
+    if page.is_dir():
+        page = page / "report.html"
+    owned = _owned(page)
+    if owned is None:
+        raise ScenarioError(f"{page} exists and was not written by a report; choose another --out")
+    s = json.loads((folder / "summary.json").read_text())
+    e = s["estate"]
+    title = f"Estate review: {s['scenario']}"
+    body = [
+        f"<h1>{html.escape(title)}</h1>",
+        f'<p class="sub">seed {s["seed"]}, {len(e["sites"])} sites, {s["gpus"]:,} GPUs, '
+        f"{_duration(s['duration_s'])}; total {_usd(e['cost_usd']['total'])}</p>",
+        "<h2>Sites</h2>",
+    ]
+    rows = []
+    for name, r in e["sites"].items():
+        sub = folder / f"site-{name}"
+        link = ""
+        if (sub / MARKER).is_file() and (r["jobs"] or r["services"]):
+            write_report(sub)
+            link = f"site-{name}/report.html"
+        u = r["utilisation"]
+        rows.append(
+            [
+                name,
+                r["kind"],
+                r["jurisdiction"],
+                f"{r['gpus']:,}",
+                _pct(u["allocated"]),
+                _pct(u["training"]),
+                _pct(u["serving"]),
+                _usd(r["cost_usd"]["total"]),
+                ", ".join(
+                    f"{k} {_usd(v)}" for k, v in r["cost_usd"].items() if k != "total" and v > 0
+                )
+                or "-",
+                _fmt(r["usd_per_btok_trained"]),
+                _fmt(r["usd_per_mtok_served"]),
+                link or "-",
+            ]
+        )
+    body.append(
+        _table(
+            [
+                "site",
+                "kind",
+                "jurisdiction",
+                "GPUs",
+                "allocated",
+                "training",
+                "serving",
+                "cost",
+                "of which",
+                "USD / Btok trained",
+                "USD / Mtok served",
+                "site report",
+            ],
+            rows,
+        )
+    )
+    png = folder / "estate.png"
+    if png.is_file():
+        data = base64.b64encode(png.read_bytes()).decode("ascii")
+        body.append(
+            f'<figure><img alt="utilisation and cost by site" src="data:image/png;base64,{data}">'
+            "<figcaption>Each site's GPUs in use over the run, and its cost by part.</figcaption>"
+            "</figure>"
+        )
+    body.append("<h2>Bursts</h2>")
+    if e["bursts"]:
+        body.append(
+            _table(
+                ["job", "from", "to", "price", "queued", "left at"],
+                [
+                    [
+                        b["job"],
+                        b["src"],
+                        b["dst"],
+                        b["price"],
+                        _duration(b["queued_s"]),
+                        _duration(b["at_s"]),
+                    ]
+                    for b in e["bursts"]
+                ],
+            )
+        )
+    else:
+        body.append('<p class="note">No job waited past its burst.when_queued_s.</p>')
+    t = e["transfers"]
+    body.append("<h2>Transfers and egress</h2>")
+    body.append(
+        f"<p>{t['count']} transfers, {t['bytes'] / 1e12:,.2f} TB, egress "
+        f"{_usd(t['egress_usd'])}.</p>"
+    )
+    for name, attr in (("transfers.csv", "transfers"), ("audit.csv", "audit")):
+        path = folder / name
+        try:
+            df = pd.read_csv(path) if path.is_file() else pd.DataFrame()
+        except pd.errors.EmptyDataError:
+            df = pd.DataFrame()
+        if attr == "audit":
+            body.append("<h2>Audit: every placement of classified work</h2>")
+            a = e["audit"]
+            body.append(
+                f"<p>{a['placements']} placements, {a['outside_rule']} outside their rule.</p>"
+            )
+        if len(df):
+            body.append(
+                _table(list(df.columns), [[_fmt(v) for v in row] for row in df.head(500).values])
+            )
+    body.append("<h2>Work</h2>")
+    body.append(
+        _table(
+            ["work", "site", "state / requests", "tokens trained / SLO"],
+            [
+                [f"job {n}", j["site"], j["state"], f"{j['tokens_trained']:.3g}"]
+                for n, j in s["training"].items()
+            ]
+            + [
+                [f"service {n}", v["site"], f"{v['requests']:,}", _pct(v["slo_attainment"])]
+                for n, v in s["inference"].items()
+            ],
+        )
+    )
+    page.parent.mkdir(parents=True, exist_ok=True)
+    tmp = page.with_name(page.name + ".partial")
+    tmp.write_text(_page(title, body), encoding="utf-8")
     tmp.replace(page)
     return page
