@@ -463,3 +463,43 @@ def test_the_users_round_trip_adds_to_every_ttft_and_e2e(fidelity: str) -> None:
         assert far["ttft_s"][q] == pytest.approx(near["ttft_s"][q] + 0.05, rel=1e-9)
         assert far["e2e_s"][q] == pytest.approx(near["e2e_s"][q] + 0.05, rel=1e-6)
     assert far["tpot_s"] == near["tpot_s"]
+
+
+# --- the shared example from the CLI ------------------------------------------------------------
+def test_hybrid_sovereign_runs_from_the_cli_with_the_estate_report(tmp_path: Path, capsys: Any) -> None:
+    """shared/examples/hybrid-sovereign.yaml, bundled byte for byte, shortened to four days
+    here (the month takes about 45 s with its report: benchmarks/ estate-month): the text and
+    the page show utilisation and cost by site, bursts, egress and the audit table."""
+    from aifactory_sim.cli import main
+
+    out = tmp_path / "hs"
+    rc = main(["run", str(ROOT / "scenarios" / "hybrid-sovereign.yaml"), "--set", "duration=4d",
+               "--out", str(out), "--report", "--no-plots"])
+    assert rc == 0
+    text = capsys.readouterr().out
+    for part in ("fra-private", "iad-colo", "cloud-eu", "allocated", "cost USD", "bursts:",
+                 "transfers:", "egress", "audit:", "0 outside their rule"):
+        assert part in text, part
+    page = (out / "report.html").read_text()
+    for part in ("Sites", "Bursts", "Transfers and egress", "Audit", "site-fra-private/report.html"):
+        assert part in page, part
+    audit = __import__("pandas").read_csv(out / "audit.csv")
+    assert set(audit["work"]) == {"finetune-70b", "advisor-chat"}
+    assert audit["allowed"].all() and set(audit["jurisdiction"]) == {"eu"}
+    # the regulated service stays in the EU; the colocation site pays its contract
+    s = __import__("json").loads((out / "summary.json").read_text())
+    assert s["inference"]["advisor-chat"]["site"] == "fra-private"
+    assert s["estate"]["sites"]["iad-colo"]["cost_usd"]["colocation"] > 0
+    assert s["estate"]["sites"]["cloud-eu"]["cost_usd"]["total"] == 0.0  # nothing rented
+
+
+def test_a_wrong_site_name_exits_2_naming_the_field(tmp_path: Path, capsys: Any) -> None:
+    from aifactory_sim.cli import main
+
+    data = yaml.safe_load((ROOT / "scenarios" / "hybrid-sovereign.yaml").read_text())
+    data["inference"][0]["placement"] = ["fra-private", "cloud-us"]
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(data))
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "inference.0.placement" in err and "cloud-us" in err and "Traceback" not in err
