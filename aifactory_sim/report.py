@@ -547,21 +547,7 @@ def write_report(results_dir: str | Path, *, out: str | Path | None = None) -> P
             html.escape((folder / "scenario.yaml").read_text()),
             "</pre></details>",
         ]
-    text = "\n".join(
-        [
-            "<!DOCTYPE html>",
-            '<html lang="en"><head><meta charset="utf-8">',
-            f'<meta name="generator" content="{GENERATOR}">',
-            '<meta name="viewport" content="width=device-width, initial-scale=1">',
-            f"<title>{html.escape(title)}</title>",
-            f"<style>{CSS}</style>",
-            f"<script>{SCRIPT}</script>",
-            "</head><body>",
-            *body,
-            "</body></html>",
-            "",
-        ]
-    )
+    text = _page(title, body)
 
     page.parent.mkdir(parents=True, exist_ok=True)
     for name, path in files.items():
