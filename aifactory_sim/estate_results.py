@@ -29,8 +29,7 @@ import pandas as pd
 import yaml
 
 from .engine.estate import EstateRun
-from .errors import ScenarioError
-from .results import MARKER, Results, summary_json
+from .results import MARKER, Results, partial_folder, summary_json
 from .spec.estate import AUDITED, Estate, _allowed, rule_text
 from .spec.loader import content_hash
 from .version import __version__
@@ -475,29 +474,7 @@ class EstateResults:
         transfers, jobs) and its figure, and each site's own results under site-<name>/.
         A folder is refreshed only when it holds an earlier run of the same estate or `force`
         is set."""
-        out = Path(out)
-        if out.exists() and not out.is_dir():
-            raise ScenarioError(f"--out {out} is a file, not a folder")
-        if out.exists() and any(out.iterdir()) and not force:
-            same = False
-            marker = out / MARKER
-            if marker.exists():
-                try:
-                    same = (
-                        json.loads(marker.read_text())["scenario_hash"]
-                        == self.meta["scenario_hash"]
-                    )
-                except (ValueError, KeyError):
-                    same = False
-            if not same:
-                raise ScenarioError(
-                    f"{out} already holds other files; choose another --out or pass --force "
-                    "to overwrite"
-                )
-        tmp = out.with_name(out.name + ".partial")
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
+        out, tmp = partial_folder(out, self.meta, force)
         (tmp / "summary.json").write_text(summary_json(self.summary))
         (tmp / MARKER).write_text(json.dumps(self.meta, sort_keys=True, indent=2) + "\n")
         (tmp / "scenario.yaml").write_text(

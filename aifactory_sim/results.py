@@ -41,6 +41,33 @@ REQUEST_COLUMNS = (
 MARKER = "meta.json"
 
 
+def partial_folder(out: str | Path, meta: dict[str, Any], force: bool) -> tuple[Path, Path]:
+    """The results folder and a fresh OUT.partial beside it to write into: an existing folder
+    is refreshed only when it holds an earlier run of the same scenario (its meta.json's
+    scenario_hash) or `force` is set; anything else there is never overwritten."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ScenarioError(f"--out {out} is a file, not a folder")
+    if out.exists() and any(out.iterdir()) and not force:
+        marker = out / MARKER
+        same = False
+        if marker.exists():
+            try:
+                same = json.loads(marker.read_text())["scenario_hash"] == meta["scenario_hash"]
+            except (ValueError, KeyError):
+                same = False
+        if not same:
+            raise ScenarioError(
+                f"{out} already holds other files; choose another --out or pass --force "
+                "to overwrite"
+            )
+    tmp = out.with_name(out.name + ".partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    return out, tmp
+
+
 def summary_json(summary: dict[str, Any]) -> str:
     """The canonical text of a summary: sorted keys, fixed layout."""
     return json.dumps(summary, sort_keys=True, indent=2, allow_nan=False) + "\n"
@@ -298,29 +325,7 @@ class Results:
         An existing folder is refreshed only when it holds an earlier run of the same scenario
         or `force` is set; anything else there is never overwritten.
         """
-        out = Path(out)
-        if out.exists() and not out.is_dir():
-            raise ScenarioError(f"--out {out} is a file, not a folder")
-        if out.exists() and any(out.iterdir()) and not force:
-            marker = out / MARKER
-            same = False
-            if marker.exists():
-                try:
-                    same = (
-                        json.loads(marker.read_text())["scenario_hash"]
-                        == self.meta["scenario_hash"]
-                    )
-                except (ValueError, KeyError):
-                    same = False
-            if not same:
-                raise ScenarioError(
-                    f"{out} already holds other files; choose another --out or pass --force "
-                    "to overwrite"
-                )
-        tmp = out.with_name(out.name + ".partial")
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
+        out, tmp = partial_folder(out, self.meta, force)
         (tmp / "summary.json").write_text(summary_json(self.summary))
         (tmp / MARKER).write_text(json.dumps(self.meta, sort_keys=True, indent=2) + "\n")
         (tmp / "scenario.yaml").write_text(
