@@ -30,6 +30,7 @@ import yaml
 
 from .engine.estate import EstateRun
 from .results import MARKER, Results, partial_folder, summary_json
+from .schema import check_estate_summary
 from .spec.estate import AUDITED, Estate, _allowed, rule_text
 from .spec.loader import content_hash
 from .version import __version__
@@ -187,13 +188,11 @@ def assemble_estate(run: EstateRun, sites: dict[str, Results]) -> EstateResults:
             for b in ledger
             if b not in ("unallocated", "down") and not b.startswith("inference")
         )
-        serve_h = used - train_h
         tokens = float(sum(j.get("tokens_trained") or 0.0 for j in s["training"].values()))
         served = float(sum(v["output_tokens"] for v in s["inference"].values()))
-        if spec.kind == "cloud":  # only what was rented is a cost: split it by use
-            t_share = train_h / used if used > 0 else 0.0
-        else:  # owned: the idle share is carried pro rata
-            t_share = train_h / used if used > 0 else 0.0
+        # the site's cost split by use: at a cloud site only what was rented is a cost; at an
+        # owned one the idle share is carried pro rata by the work
+        t_share = train_h / used if used > 0 else 0.0
         row = {
             "kind": spec.kind,
             "jurisdiction": spec.jurisdiction,
@@ -222,7 +221,6 @@ def assemble_estate(run: EstateRun, sites: dict[str, Results]) -> EstateResults:
             training[jn] = {**j, "site": name}
         for sn, v in s["inference"].items():
             inference[sn] = {**v, "site": name}
-        _ = serve_h
     # a request served away from its users pays the round trip (reported; see docs)
     for svc in es.inference:
         at = run.placements[svc.name]
@@ -339,6 +337,7 @@ def assemble_estate(run: EstateRun, sites: dict[str, Results]) -> EstateResults:
         "python": platform.python_version(),
         "numpy": np.__version__,
     }
+    check_estate_summary(summary)  # the schema the estate report reads (schema.EstateSummary)
     return EstateResults(es, summary, meta, sites, audit, transfers)
 
 

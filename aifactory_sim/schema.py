@@ -37,6 +37,7 @@ __all__ = [
     "EnergyAndCost",
     "EnergyBy",
     "EnergySummary",
+    "EstateSummary",
     "Failures",
     "Fidelity",
     "JobCore",
@@ -59,6 +60,7 @@ __all__ = [
     "UsdPerMtok",
     "Utilisation",
     "build_checker",
+    "check_estate_summary",
     "check_summary",
 ]
 
@@ -626,13 +628,13 @@ LEDGER_BUCKETS: tuple[str, ...] = tuple(Ledger.__annotations__)
 class SummaryError(ValueError):
     """A summary that does not match `Summary`; `problems` holds (path, what is wrong)."""
 
-    def __init__(self, problems: list[tuple[str, str]]):
+    def __init__(self, problems: list[tuple[str, str]], schema: str = "Summary"):
         self.problems = problems
         n = len(problems)
         lines = "; ".join(f"{path}: {why}" for path, why in problems[:10])
         more = f"; and {n - 10} more" if n > 10 else ""
         super().__init__(
-            f"summary does not match aifactory_sim.schema.Summary "
+            f"summary does not match aifactory_sim.schema.{schema} "
             f"({n} problem{'s' if n != 1 else ''}): {lines}{more}"
         )
 
@@ -676,10 +678,169 @@ def check_summary(summary: object) -> None:
     no key the schema does not name, each value of its type (an int where a float is due is
     fine; a bool, a string or a numpy integer is not; no NaN or infinity). Returns None and
     leaves `summary` as it is."""
+    _validate(_adapter(), summary, "Summary")
+
+
+def _validate(adapter: "TypeAdapter[Any]", summary: object, schema: str) -> None:
     from pydantic import ValidationError
 
     try:
-        _adapter().validate_python(summary)
+        adapter.validate_python(summary)
     except ValidationError as err:
         problems = [(_path(e["loc"]), _why(e)) for e in err.errors(include_url=False)]
-        raise SummaryError(problems) from None
+        raise SummaryError(problems, schema) from None
+
+
+# --- an estate of sites (spec/estate.py, estate_results.py) ------------------------------------
+
+
+@_STRICT
+class SiteCostUsd(TypedDict):
+    """`estate.sites[name].cost_usd`: one site's cost over the run, by part."""
+
+    capex: float  # USD, amortised hardware (owned sites)
+    opex: float  # USD (owned sites)
+    energy: float  # USD, the site's energy at its price (owned sites)
+    colocation: float  # USD, price per kW-month x IT kW x months (colocation sites)
+    rental: float  # USD, GPU-h held x on-demand or spot price (cloud sites)
+    egress: float  # USD, bytes leaving the site x its links' price per GB
+    total: float  # USD, the sum of the parts
+
+
+@_STRICT
+class SiteSummary(TypedDict):
+    """`estate.sites[name]`: one site of the estate."""
+
+    kind: Literal["private", "colocation", "cloud"]
+    jurisdiction: str
+    gpus: int  # GPUs in the site's pools (a cloud site: its maximum)
+    utilisation: Utilisation
+    used_gpu_h: float  # GPU-h held by jobs and services
+    rented_gpu_h: float | None  # GPU-h rented (cloud sites); None for owned sites
+    energy_mwh: float | None  # MWh (owned sites); None for cloud sites
+    cost_usd: SiteCostUsd
+    tokens_trained: float  # tokens trained at the site
+    output_tokens_served: float  # tokens served at the site
+    usd_per_btok_trained: float | None  # USD per 1e9 tokens, training's share of the cost
+    usd_per_mtok_served: float | None  # USD per 1e6 output tokens, serving's share
+    jobs: list[str]  # training jobs run (or held dormant) there
+    services: list[str]  # services placed there
+    spot_gpu_h: NotRequired[float]  # GPU-h rented at the spot price (cloud sites)
+    rented_nodes_mean: NotRequired[float]  # nodes rented on average (cloud sites)
+
+
+@_STRICT
+class LinkSummary(TypedDict):
+    """`estate.links[i]`: what crossed one link."""
+
+    between: list[str]  # the two sites
+    gbit_s: float  # Gbit/s
+    bytes: float  # bytes moved over it
+    egress_usd: float  # USD charged for them
+
+
+@_STRICT
+class TransfersSummary(TypedDict):
+    """`estate.transfers`: every dataset staged between sites."""
+
+    count: int
+    bytes: float
+    egress_usd: float  # USD
+
+
+@_STRICT
+class BurstSummary(TypedDict):
+    """`estate.bursts[i]`: a job that left its home queue for a cloud site."""
+
+    job: str
+    src: str  # its home site
+    dst: str  # the cloud site
+    price: Literal["on-demand", "spot"]
+    queued_s: float  # s queued at home before it left
+    at_s: float  # s, when it left
+    staged_s: float  # s, when its data was at the cloud site
+
+
+@_STRICT
+class EstateCost(TypedDict):
+    """`estate.cost_usd`: the estate's cost."""
+
+    by_site: dict[str, float]  # USD, each site's total
+    egress: float  # USD, every link's
+    total: float  # USD
+
+
+@_STRICT
+class AuditSummary(TypedDict):
+    """`estate.audit`: the audit table's count (results.audit lists the rows)."""
+
+    placements: int  # placements of classified work
+    outside_rule: int  # of them, on a site its rule does not allow (0 unless a bug)
+
+
+@_STRICT
+class EstateBlock(TypedDict):
+    """`estate`: the sites, links, transfers, bursts and cost of the estate."""
+
+    sites: dict[str, SiteSummary]  # by site name
+    links: list[LinkSummary]  # in the file's order
+    transfers: TransfersSummary
+    bursts: list[BurstSummary]
+    cost_usd: EstateCost
+    usd_per_btok_trained: float | None  # USD per 1e9 tokens, every site
+    usd_per_mtok_served: float | None  # USD per 1e6 output tokens, every site
+    audit: AuditSummary
+
+
+@_STRICT
+class JobBurst(TypedDict):
+    """`training[name].burst`: where a burst job came from."""
+
+    src: str
+    price: Literal["on-demand", "spot"]
+    queued_s: float
+    at_s: float
+
+
+@_STRICT
+class EstateJobSummary(JobSummary):
+    """`training[name]` of an estate: the job's summary at the site where it ran."""
+
+    site: str
+    burst: NotRequired[JobBurst]
+
+
+@_STRICT
+class EstateServiceSummary(ServiceSummary):
+    """`inference[name]` of an estate: the service's summary at its site."""
+
+    site: str
+    users_site: str  # the site nearest its users
+    round_trip_s: float  # s, added to its TTFT and E2E (2 x the route's latency)
+
+
+@_STRICT
+class EstateSummary(TypedDict):
+    """An estate run's summary (`EstateResults.summary`); each site's own summary is a
+    `Summary`, checked as it is assembled."""
+
+    scenario: str
+    seed: int
+    fidelity: Literal["step", "fast", "fluid", "auto"]
+    duration_s: float  # s
+    gpus: int  # GPUs of every site
+    estate: EstateBlock
+    training: dict[str, EstateJobSummary]  # by job name
+    inference: dict[str, EstateServiceSummary]  # by service name
+
+
+@functools.cache
+def _estate_adapter() -> "TypeAdapter[EstateSummary]":
+    from pydantic import TypeAdapter
+
+    return TypeAdapter(EstateSummary)
+
+
+def check_estate_summary(summary: object) -> None:
+    """`check_summary` for an estate's summary, against `EstateSummary`."""
+    _validate(_estate_adapter(), summary, "EstateSummary")
