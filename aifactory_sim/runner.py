@@ -14,6 +14,7 @@ import pandas as pd
 from .energy import energy_and_cost, power_timeline
 from .engine.estate_factory import EstateEngine
 from .engine.factory import Factory, FactoryRun
+from .engine.gray import GRAY_COLUMNS
 from .engine.inference import SERVICE_COLUMNS
 from .engine.telemetry import BUCKETS, COLUMNS
 from .estate_results import assemble_estate
@@ -52,9 +53,45 @@ def run(scenario: Scenario | Estate) -> Any:
             erun = EstateEngine(scenario).run()
             sites = {name: assemble(frun) for name, frun in erun.sites.items()}
             return assemble_estate(erun, sites)
-        return assemble(Factory(scenario).run())
+        res = assemble(Factory(scenario).run())
+        if _compare_monitoring(scenario):
+            without = Factory(scenario.model_copy(update={"monitoring": None})).run()
+            res.summary["gray"]["without_monitoring"] = _monitoring_saved(res.summary, without)
+            check_summary(res.summary)
+        return res
     finally:
         gc.unfreeze()
+
+
+def _compare_monitoring(sc: Scenario) -> bool:
+    """Whether a run has gray failures, monitoring that may act on them, and asks to be set
+    against the same run (same seed, same episodes) without it."""
+    mon, f = sc.monitoring, sc.failures
+    return (
+        mon is not None
+        and mon.compare_without
+        and f is not None
+        and f.gray is not None
+        and (mon.straggler_detection is not None or mon.validation_every_steps is not None)
+    )
+
+
+def _monitoring_saved(summary: dict[str, Any], without: FactoryRun) -> dict[str, Any]:
+    """The same seed with monitoring off: its work lost to gray failures, its tokens trained,
+    and what monitoring saved (lost work and recovery GPU-h, every job; tokens trained)."""
+    g = without.gray
+    assert g is not None
+    led = without.ledger.gpu_s
+    wasted_off = (led["lost_work"] + led["recovery"]) / 3600.0
+    wasted_on = summary["ledger_gpu_h"]["lost_work"] + summary["ledger_gpu_h"]["recovery"]
+    tokens_off = float(sum(j.summary["tokens_trained"] for j in without.jobs))
+    tokens_on = float(sum(j["tokens_trained"] for j in summary["training"].values()))
+    return {
+        "lost_gpu_h": g["lost_gpu_h"],
+        "tokens_trained": tokens_off,
+        "saved_gpu_h": wasted_off - wasted_on,
+        "extra_tokens_trained": tokens_on - tokens_off,
+    }
 
 
 def assemble(run: FactoryRun) -> Results:
@@ -137,6 +174,8 @@ def assemble(run: FactoryRun) -> Results:
     summary.update(extra)
     if sc.cluster.racks is not None:
         summary["racks"] = racks_summary(sc, summary)
+    if run.gray is not None:
+        summary["gray"] = run.gray
     frames = [(svc.name, svc.requests) for svc in run.services if svc.requests]
     requests = (
         pd.concat(
@@ -165,6 +204,19 @@ def assemble(run: FactoryRun) -> Results:
     total_h = total_gpus * duration / 3600.0
     ledger = pd.DataFrame({"bucket": list(ledger_h), "gpu_h": list(ledger_h.values())})
     ledger["share"] = ledger["gpu_h"] / total_h
+    gray = pd.DataFrame(run.gray_episodes, columns=list(GRAY_COLUMNS)) if run.gray else None
     return Results(
-        sc, summary, meta, jobs_df, ts, ledger, failures, events, requests, services, power, site
+        sc,
+        summary,
+        meta,
+        jobs_df,
+        ts,
+        ledger,
+        failures,
+        events,
+        requests,
+        services,
+        power,
+        site,
+        gray=gray,
     )

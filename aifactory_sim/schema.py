@@ -604,11 +604,47 @@ class CoreSummary(TypedDict):
 
 
 @_STRICT
+class GrayKind(TypedDict):
+    """`gray[kind]`: one kind of gray failure over the run (engine/gray.py)."""
+
+    episodes: int  # episodes drawn, every node
+    hit_jobs: int  # of them, on a node a training job held when it began
+    detected: int  # found by monitoring (a straggler cordoned, a corruption rolled back)
+    detect_s_mean: float | None  # s from onset to detection; None: none found
+    detect_s_max: float | None  # s
+    lost_gpu_h: float  # GPU-h of work it cost (in the ledger's lost_work)
+    undetected_jobs: NotRequired[int]  # silent_corruption: jobs on a wrong state at the end
+    corrupt_steps: NotRequired[float]  # silent_corruption: steps trained on it, never found
+
+
+@_STRICT
+class WithoutMonitoring(TypedDict):
+    """`gray.without_monitoring`: the same seed and episodes with monitoring off."""
+
+    lost_gpu_h: float  # GPU-h lost to gray failures without monitoring
+    tokens_trained: float  # every job, without monitoring
+    saved_gpu_h: float  # lost work + recovery GPU-h, without minus with
+    extra_tokens_trained: float  # with minus without
+
+
+@_STRICT
+class GraySummary(TypedDict):
+    """`gray`: with failures.gray, each kind configured and the total."""
+
+    slow_gpu: NotRequired[GrayKind]
+    link_flap: NotRequired[GrayKind]
+    silent_corruption: NotRequired[GrayKind]
+    lost_gpu_h: float  # GPU-h, every kind
+    without_monitoring: NotRequired[WithoutMonitoring]
+
+
+@_STRICT
 class Summary(CoreSummary, EnergySummary):
     """A run's summary, `Results.summary` and `summary.json`."""
 
     facility: NotRequired[FacilitySummary]  # with a scenario `facility`
     racks: NotRequired[RacksSummary]  # with cluster.racks
+    gray: NotRequired[GraySummary]  # with failures.gray
 
 
 def _keys(td: Any) -> frozenset[str]:

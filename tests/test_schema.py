@@ -51,9 +51,10 @@ def test_the_schema_names_every_top_level_key_and_ledger_bucket() -> None:
     from aifactory_sim.engine.telemetry import BUCKETS
 
     s = golden(FULL)
-    # `facility` and `racks` are there only for a scenario with them (this one has neither)
-    assert set(s) == CORE_KEYS | ENERGY_KEYS == set(Summary.__annotations__) - {"facility", "racks"}
-    assert {"facility", "racks"} <= Summary.__optional_keys__
+    # `facility`, `racks` and `gray` are there only for a scenario with them (this one has none)
+    optional = {"facility", "racks", "gray"}
+    assert set(s) == CORE_KEYS | ENERGY_KEYS == set(Summary.__annotations__) - optional
+    assert optional <= Summary.__optional_keys__
     assert not CORE_KEYS & ENERGY_KEYS
     assert LEDGER_BUCKETS == tuple(BUCKETS)
     assert set(LEDGER_BUCKETS) == set(s["ledger_gpu_h"])

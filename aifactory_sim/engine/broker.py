@@ -150,6 +150,14 @@ class NodeBroker:
         self._sample()
         return owner.name if owner is not None else None
 
+    def cordon(self, pool: str, node: int, repair_s: float) -> None:
+        """Take a node out of service for `repair_s` on its owner's own word (a validation
+        check that found silent corruption on it: engine/gray.py); the owner is not told."""
+        self.cluster.fail(pool, node)
+        repair = self.env.timeout(repair_s)
+        repair.callbacks.append(lambda _ev: self._repaired(pool, node))
+        self._sample()
+
     def _repaired(self, pool: str, node: int) -> None:
         self.cluster.repair(pool, node)
         self._freed()

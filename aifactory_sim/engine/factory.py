@@ -33,6 +33,7 @@ from .fabric import Fabric
 from .failures import FailureInjector, FailureRecord
 from .fleet import SAMPLE_S, Fleet, replica_sizing, sample_interval_s
 from .fluid import FlowModel
+from .gray import GrayInjector
 from .inference import RouterModel
 from .power import DemandResponseRun
 from .scheduler import Scheduler
@@ -90,6 +91,9 @@ class FactoryRun:
     wall_s: float
     #: demand-response events as met (engine/power.py), in time order
     demand_response: list[dict[str, Any]] = field(default_factory=list)
+    #: with failures.gray: the summary's `gray` section and the episodes (engine/gray.py)
+    gray: dict[str, Any] | None = None
+    gray_episodes: list[dict[str, Any]] = field(default_factory=list)
 
 
 class Factory:
@@ -187,6 +191,23 @@ class Factory:
                 horizon=horizon,
                 broker=self.broker,
             )
+        self.gray: GrayInjector | None = None
+        if scenario.failures is not None and scenario.failures.gray is not None:
+            self.gray = GrayInjector(
+                env,
+                scenario.failures.gray,
+                scenario.monitoring,
+                {
+                    name: rng_for(scenario.seed, f"{streams}gray.{name}")
+                    for name in ("slow_gpu", "link_flap", "silent_corruption")
+                },
+                nodes=[(name, pool.owner.size) for name, pool in self.cluster.pools.items()],
+                horizon=horizon,
+                broker=self.broker,
+                jobs=self.jobs,
+            )
+            for job in self.jobs:
+                job.gray = self.gray.state
         # --- connect ---------------------------------------------------------------------
         self.broker.connect(self.jobs, self.services, self.scheduler)
         self.scheduler.connect(self.jobs)
@@ -415,6 +436,8 @@ class Factory:
             ],
             failures=[] if self.failures is None else self.failures.records,
             demand_response=[] if self.demand is None else self.demand.records,
+            gray=None if self.gray is None else self.gray.summary(self.jobs, horizon),
+            gray_episodes=[] if self.gray is None else self.gray.table(),
             ledger=self.ledger,
             timeseries=rec.rows,
             allocated_gpu_s=rec.allocated_gpu_s(horizon),

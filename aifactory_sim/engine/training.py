@@ -31,12 +31,16 @@ from .cluster import Allocation
 if TYPE_CHECKING:
     from ..spec.scenario import Failures, NodePool, TrainingJob
     from .broker import NodeBroker
+    from .gray import Episode, GrayState
     from .ports import JobQueue
     from .storage import Flow, SharedStorage
     from .telemetry import Ledger
 
 #: Progress within this many steps of a whole step counts as that step (float rounding).
 STEP_EPS = 1e-9
+
+#: The gray failure kinds (engine/gray.py.KINDS), whose lost work a job counts apart.
+GRAY_KINDS = ("slow_gpu", "link_flap", "silent_corruption")
 
 RERATE = "rerate"  # interrupt causes
 FAILURE = "failure"
@@ -73,6 +77,7 @@ class Checkpoint:
     done: float = 0.0
     train_gpu_s: float = 0.0
     productive_s: float = 0.0
+    taken_s: float = 0.0  # when the state was taken (a corruption before it spoils it)
 
 
 class TrainingRun:
@@ -95,8 +100,11 @@ class TrainingRun:
         sample: Callable[[], None],
         storage: SharedStorage | None,
         estimates: EstimateCache,
+        gray: GrayState | None = None,
     ):
         self.env: simpy.Environment = env
+        #: the nodes' gray state (engine/gray.py), or None without gray failures
+        self.gray = gray
         self.settings = settings
         self.broker = broker
         self.queue = queue
@@ -169,6 +177,18 @@ class TrainingRun:
         #: with `power_trace`: what its GPUs did, as the ledger booked it: (start, end, bucket,
         #: GPUs held), consecutive equal segments merged (the power timeline's input)
         self.trace: list[list[Any]] | None = [] if spec.power_trace or settings.trace else None
+        # gray failures (engine/gray.py): the pace of its slowest GPU, the step time over its
+        # healthy one, the shares of the step a slow GPU and a flapping NIC add, what each
+        # kind cost (GPU-s), a corruption not yet found, and the checkpoints it could go to
+        self.gray_pace = 1.0
+        self.gray_ratio = 1.0
+        self._gray_shares = (0.0, 0.0)  # (slow_gpu, link_flap) shares of the step time
+        self.gray_lost_gpu_s = dict.fromkeys(GRAY_KINDS, 0.0)
+        self.swapping = False  # a node is being swapped on the monitor's word
+        self.corrupt: Episode | None = None
+        self.corrupt_done = 0.0  # steps done when it struck
+        self.corrupt_checks = 0  # validation checks that found a corruption
+        self.ckpt_history: list[Checkpoint] = []
         #: a demand-response power cap on its GPUs (W) and the clock factor it costs
         self.power_cap_w: float | None = None
         self.cap_slowdown = 1.0
@@ -198,19 +218,37 @@ class TrainingRun:
 
     @property
     def step_time_s(self) -> float:
+        """The step time now: the model's, at the pace of the gang's slowest GPU."""
         assert self.estimate is not None
-        return float(self.estimate.step_time_s)
+        return float(self.estimate.step_time_s) / self.gray_pace
 
     def _estimate(self, data_gb_s: float | None = None) -> TrainingEstimate:
         """The step-time model at the job's width, storage share and fabric share (the flows
         sharing its leaves' up-links, not the kernel's busy-leaf bound)."""
         if self.alloc is not None and self.alloc.nodes.size:
             self.leaves = self.broker.leaves(self.alloc)
+        est = self._estimate_at(self.fabric_slowdown, data_gb_s)
+        if self.gray is None or data_gb_s is not None:
+            return est
+        slow, nic = (1.0, 1.0) if self.alloc is None else self.gray.of(self.alloc)
+        healthy = est
+        if nic < 1.0:  # the ring runs at its slowest link (engine/gray.py)
+            est = self._estimate_at(max(self.fabric_slowdown, 1.0 / nic), None)
+        t_ok, t_flap = float(healthy.step_time_s), float(est.step_time_s)
+        t_act = t_flap / slow
+        self.gray_pace = slow
+        self.gray_ratio = t_act / t_ok
+        self._gray_shares = ((t_act - t_flap) / t_act, (t_flap - t_ok) / t_act)
+        if self.gray.monitor is not None:
+            self.gray.monitor.update(self)
+        return est
+
+    def _estimate_at(self, cross_leaf: float, data_gb_s: float | None) -> TrainingEstimate:
         return self.estimates.get(
             self.spec,
             self.pool,
             dp=self.dp,
-            cross_leaf_slowdown=self.fabric_slowdown,
+            cross_leaf_slowdown=cross_leaf,
             net_latency_us=self.settings.net_latency_us,
             compute_slowdown=self.settings.compute_slowdown * self.cap_slowdown,
             data_gb_s=self.data_gb_s if data_gb_s is None else data_gb_s,
@@ -315,17 +353,27 @@ class TrainingRun:
             return
         est = self.estimate
         assert est is not None
-        t_step = float(est.step_time_s)
+        t_step = self.step_time_s
         stall = float(est.breakdown["data_stall_s"]) / t_step
         self.done = min(self.done + dt / t_step, float(self.steps_total))
         self.steps_computed += dt / t_step
         self.run_s += dt
         if self.power_cap_w is not None or self.settings.compute_slowdown > 1.0:
             self.capped_s += dt  # computing under a power cap (racks, grid, user, an event)
-        self.productive_s += dt * (1.0 - stall)
         self.compute_since_ckpt += dt
-        self.train_gpu_s += gpus * dt * (1.0 - stall)
-        tel.add("training", gpus * dt * (1.0 - stall))
+        work = gpus * dt * (1.0 - stall)
+        slow, flap = self._gray_shares
+        if slow or flap:  # what a gray failure adds to the step is work lost to it
+            lost = work * (slow + flap)
+            self.gray_lost_gpu_s["slow_gpu"] += work * slow
+            self.gray_lost_gpu_s["link_flap"] += work * flap
+            tel.add("lost_work", lost)
+            work -= lost
+            self.productive_s += dt * (1.0 - stall) * (1.0 - slow - flap)
+        else:
+            self.productive_s += dt * (1.0 - stall)
+        self.train_gpu_s += work
+        tel.add("training", work)
         tel.add("data_stall", gpus * dt * stall)
 
     def _enter(self, bucket: str | None) -> None:
@@ -400,8 +448,59 @@ class TrainingRun:
             self.alloc.nodes = self.alloc.nodes[self.alloc.nodes != node]
             self.broker.replacement(self.alloc, self.index, near=node)
         self.interruptions += 1
-        self.events.append(JobEvent(self.env.now, "failure"))
+        self.events.append(JobEvent(self.env.now, "swap" if self.swapping else "failure"))
         self._signal(FAILURE)
+
+    def gray_changed(self) -> None:
+        """A node of the gang slowed or healed (engine/gray.py): book the past, continue at
+        the new step time."""
+        self.book()
+        if self.alloc is not None and self.held_nodes:
+            self.estimate = self._estimate()
+        if self.bucket == "compute" and self.in_run:
+            self.process.interrupt(RERATE)
+
+    def corrupted(self, ep: Episode) -> None:
+        """Silent data corruption on a node of the gang: its state is wrong from now on, and
+        found only by a validation check (the next one is planned once it computes)."""
+        if self.corrupt is not None:
+            return  # already wrong: the rollback goes back before the first
+        self.book()
+        self.corrupt = ep
+        self.corrupt_done = self.done
+        if self.bucket == "compute" and self.in_run and self._validation() is not None:
+            self.book()
+            self.process.interrupt(RERATE)
+
+    def _validation(self) -> int | None:
+        return None if self.gray is None else self.gray.validation_every_steps
+
+    def _corruption_found(self) -> bool:
+        """At a validation step with a corruption in the state: roll back to the last
+        checkpoint taken before it, swap the node, and restart (True)."""
+        ep, every = self.corrupt, self._validation()
+        if ep is None or every is None:
+            return False
+        if abs(self.done / every - round(self.done / every)) * every > 1e-6 or self.done <= 0:
+            return False
+        self.book()
+        self.corrupt_checks += 1
+        ep.detected_s = self.env.now
+        ep.action = "rolled-back"
+        clean = [c for c in self.ckpt_history if c.taken_s <= ep.start_s]
+        self.ckpt_history = clean
+        self.ckpt = clean[-1] if clean else Checkpoint()
+        before = self.train_gpu_s
+        self._lose_work()
+        self.gray_lost_gpu_s["silent_corruption"] += before - self.train_gpu_s
+        self.corrupt = None
+        self.events.append(JobEvent(self.env.now, "rollback"))
+        if self.alloc is not None and ep.pool == self.alloc.pool and ep.node in self.alloc.nodes:
+            self.alloc.nodes = self.alloc.nodes[self.alloc.nodes != ep.node]
+            repair = self.settings.failures.repair_h if self.settings.failures else None
+            self.broker.cordon(ep.pool, ep.node, _mean_hours(repair) * 3600.0)
+            self.broker.replacement(self.alloc, self.index, near=ep.node)
+        return True
 
     def pause(self, until: float) -> None:
         """A demand-response event: checkpoint (whatever the preemption grace), give every node
@@ -492,6 +591,10 @@ class TrainingRun:
                         yield from self._final_checkpoint()
                         break
                     yield from self._compute()
+                    if self._corruption_found():
+                        self.restarts += 1
+                        recover = True
+                        continue
                     if self.steps_total - self.done <= STEP_EPS:
                         yield from self._final_checkpoint()
                         break
@@ -508,7 +611,8 @@ class TrainingRun:
                         if limit is not None and self.restarts > limit:
                             self._stop("failed")
                             return "failed"
-                        recover, detect = True, True
+                        recover, detect = True, not self.swapping
+                        self.swapping = False
                     elif irq.cause == PREEMPT:
                         kept = yield from self._yield_nodes()
                         if not kept:
@@ -686,6 +790,11 @@ class TrainingRun:
                     target = min(target, ckpt_at)
                 if step_tier:
                     target = min(target, math.floor(self.done + STEP_EPS) + 1.0)
+                check_at = math.inf
+                every = self._validation()
+                if self.corrupt is not None and every is not None:  # the next check finds it
+                    check_at = float(math.floor(self.done / every + STEP_EPS) + 1) * every
+                    target = min(target, check_at)
                 if target - self.done > STEP_EPS:
                     try:
                         yield env.timeout((target - self.done) * t_step)
@@ -695,7 +804,11 @@ class TrainingRun:
                         raise
                     self.book()
                     self.done = target
-                if self.steps_total - self.done <= STEP_EPS or self.done >= ckpt_at:
+                if (
+                    self.steps_total - self.done <= STEP_EPS
+                    or self.done >= ckpt_at
+                    or self.done >= check_at
+                ):
                     return
         finally:
             self.book()
@@ -711,7 +824,7 @@ class TrainingRun:
             yield from self._wait(self.env.timeout(ck.write_s))
         else:
             yield from self._flow("write", self.checkpoint_bytes)
-        self._commit(Checkpoint(self.done, self.train_gpu_s, self.productive_s))
+        self._commit(Checkpoint(self.done, self.train_gpu_s, self.productive_s, self.env.now))
 
     def _final_checkpoint(self) -> Any:
         """A checkpointing job saves its final state before it ends (synchronously)."""
@@ -724,6 +837,8 @@ class TrainingRun:
 
     def _commit(self, ckpt: Checkpoint) -> None:
         self.ckpt = ckpt
+        if self.gray is not None:
+            self.ckpt_history.append(ckpt)
         self.checkpoints += 1
         self.events.append(JobEvent(self.env.now, "checkpoint"))
 
@@ -736,7 +851,7 @@ class TrainingRun:
             if self.async_write is not None and not self.async_write.triggered:
                 yield from self._wait(self.async_write)  # one write in flight at a time
             yield from self._wait(self.env.timeout(self.checkpoint_cost_s()))
-            snapshot = Checkpoint(self.done, self.train_gpu_s, self.productive_s)
+            snapshot = Checkpoint(self.done, self.train_gpu_s, self.productive_s, self.env.now)
             gen = self.ckpt_gen
             write: simpy.Event
             if ck.write_s is not None:
@@ -825,6 +940,17 @@ class TrainingRun:
     @property
     def gpus_nominal(self) -> int:
         return self.spec.parallel.gpus
+
+
+def _mean_hours(spec: Any) -> float:
+    """A repair-hours distribution's mean (h); 6 h (the default repair) without one."""
+    if spec is None:
+        return 6.0
+    if spec.kind == "fixed":
+        return float(spec.value)
+    if spec.kind == "exponential":
+        return float(spec.mean)
+    return float(spec.median * math.exp(spec.sigma**2 / 2.0))
 
 
 class EstimateCache:
