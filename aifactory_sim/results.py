@@ -18,6 +18,7 @@ import yaml
 from .energy import POWER_COLUMNS
 from .engine.inference import SERVICE_COLUMNS
 from .errors import ScenarioError
+from .metrics_export import write_metrics
 
 if TYPE_CHECKING:
     from .spec.scenario import Scenario
@@ -90,6 +91,8 @@ class Results:
         services: pd.DataFrame | None = None,
         power: pd.DataFrame | None = None,
         facility: pd.DataFrame | None = None,
+        *,
+        gray: pd.DataFrame | None = None,
     ):
         self.scenario = scenario
         self.summary = summary
@@ -112,6 +115,8 @@ class Results:
         self.power = power if power is not None else pd.DataFrame(columns=list(POWER_COLUMNS))
         #: with a scenario `facility`: the site and the grid over time (facility.py)
         self.facility = facility if facility is not None else pd.DataFrame()
+        #: with failures.gray: every gray failure episode, what found it and when (gray.py)
+        self.gray = gray if gray is not None else pd.DataFrame()
 
     # --- views ---------------------------------------------------------------------------
     @property
@@ -343,6 +348,11 @@ class Results:
         self.power.to_csv(tmp / "power.csv", index=False)
         if len(self.facility):
             self.facility.to_csv(tmp / "facility.csv", index=False)
+        if len(self.gray):
+            self.gray.to_csv(tmp / "gray.csv", index=False)
+        tel = self.scenario.telemetry
+        if tel is not None:  # a dashboard's metrics (metrics.om, metrics.parquet)
+            write_metrics(self, tmp, tel.export, tel.interval_s)
         if plots:
             self.plot.save_all(tmp)
         out.mkdir(parents=True, exist_ok=True)

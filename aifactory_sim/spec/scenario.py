@@ -66,6 +66,90 @@ class Weibull(Spec):
 TimeToFailure = Annotated[Exponential | Weibull, Field(discriminator="kind")]
 
 
+class SlowGpu(Spec):
+    """A GPU that runs slow without failing (thermal or power throttling, a degraded HBM stack,
+    a bad PCIe link): episodes arrive on each node as a Poisson process."""
+
+    per_1000_node_days: float = Field(gt=0, description="episodes per 1,000 node-days")
+    slowdown: float = Field(
+        gt=0, le=1, description="the GPU's throughput while slow, a fraction of its own"
+    )
+    duration_h: RepairHours = Field(description="how long an episode lasts unless found")
+
+
+class LinkFlap(Spec):
+    """A node's NIC that flaps: its link renegotiates and errors, so for a while it carries a
+    fraction of its line rate."""
+
+    per_1000_node_days: float = Field(gt=0, description="episodes per 1,000 node-days")
+    bandwidth_fraction: float = Field(
+        gt=0, le=1, description="the share of the NIC's line rate it carries while it flaps"
+    )
+    duration_h: RepairHours = Field(description="how long an episode lasts unless found")
+
+
+class SilentCorruption(Spec):
+    """Silent data corruption: a GPU computes wrong values and nothing reports it. The job's
+    state is wrong from then on, and every checkpoint it takes after, until a validation check
+    finds it (`monitoring.validation_every_steps`); then it rolls back to its last checkpoint
+    taken before the corruption, and the node is swapped."""
+
+    per_1000_node_days: float = Field(gt=0, description="events per 1,000 node-days")
+
+
+class GrayFailures(Spec):
+    """Failures that do not announce themselves (engine/gray.py)."""
+
+    slow_gpu: SlowGpu | None = None
+    link_flap: LinkFlap | None = None
+    silent_corruption: SilentCorruption | None = None
+
+
+class StragglerDetection(Spec):
+    """Straggler detection on a job's step time: a node is cordoned and swapped for a spare
+    once the step time has stayed above `threshold` x its healthy value for `window_s`, at the
+    first scrape that sees it."""
+
+    metric: Literal["step_time"] = Field("step_time", description="what is watched")
+    threshold: float = Field(gt=1, description="step time over its healthy value that counts")
+    window_s: PositiveDurationS = Field(description="how long it must last to act")
+
+
+class Monitoring(Spec):
+    """What watches the cluster for gray failures (engine/gray.py)."""
+
+    straggler_detection: StragglerDetection | None = Field(
+        None, description="cordon and swap a node that slows a job's steps; none: never"
+    )
+    validation_every_steps: int | None = Field(
+        None, ge=1, description="a check of the job's numerics every N steps (finds SDC)"
+    )
+    scrape_interval_s: PositiveDurationS = Field(
+        60.0, description="how often metrics are read: nothing is seen between two scrapes"
+    )
+    compare_without: bool = Field(
+        True,
+        description="also run the same seed with monitoring off and report what it saved "
+        "(summary gray.without_monitoring; twice the run time)",
+    )
+
+
+#: What `telemetry.export` may name.
+Export = Literal["openmetrics", "parquet"]
+EXPORTS: tuple[Export, ...] = ("openmetrics", "parquet")
+
+
+class Telemetry(Spec):
+    """Metrics a dashboard reads, written beside the results (metrics_export.py): OpenMetrics
+    text (`metrics.om`, what `promtool tsdb create-blocks-from openmetrics` backfills) and one
+    long Parquet table (`metrics.parquet`), with DCGM- and vLLM-style names."""
+
+    export: list[Export] = Field(
+        default_factory=lambda: list(EXPORTS), min_length=1, description="formats"
+    )
+    interval_s: PositiveDurationS = Field(60.0, description="the scrape grid's spacing")
+
+
 class Failures(Spec):
     """Node failures: a renewal process per node (up until it fails, down while repaired)."""
 
@@ -85,6 +169,9 @@ class Failures(Spec):
     repair_h: RepairHours = FixedHours(value=6.0)
     detect_s: NonNegativeDurationS = Field(300.0, description="failure to detection")
     restart_s: NonNegativeDurationS = Field(600.0, description="rescheduling and start-up")
+    gray: GrayFailures | None = Field(
+        None, description="slow GPUs, flapping links, silent data corruption"
+    )
 
     @field_validator("distribution", mode="before")
     @classmethod
@@ -474,8 +561,14 @@ class Scenario(Spec):
         "autoscaler",
     )
     failures: Failures | None = None
+    monitoring: Monitoring | None = Field(
+        None, description="straggler detection, validation checks and the scrape interval"
+    )
     facility: Facility | None = Field(
         None, description="the site: weather-driven PUE, grid limits, a battery, carbon"
+    )
+    telemetry: Telemetry | None = Field(
+        None, description="dashboard metrics written with the results (OpenMetrics, Parquet)"
     )
     #: grid_caps(), once worked out (False: not yet)
     _grid_caps: list[float | None] | bool | None = PrivateAttr(default=False)
