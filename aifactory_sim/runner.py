@@ -176,6 +176,8 @@ def assemble(run: FactoryRun) -> Results:
         summary["racks"] = racks_summary(sc, summary)
     if run.gray is not None:
         summary["gray"] = run.gray
+    if run.queues is not None:
+        summary["queues"] = run.queues
     frames = [(svc.name, svc.requests) for svc in run.services if svc.requests]
     requests = (
         pd.concat(

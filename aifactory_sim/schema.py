@@ -604,6 +604,25 @@ class CoreSummary(TypedDict):
 
 
 @_STRICT
+class QueueSummary(TypedDict):
+    """`queues[name]`: one team's queue (scheduler.queues, engine/quotas.py)."""
+
+    quota_gpus: int
+    can_borrow: bool
+    jobs: int  # training jobs submitted to it
+    started: int  # of them, started by the horizon
+    gpu_h: float  # GPU-h its jobs and services held
+    borrowed_gpu_h: float  # GPU-h of it above its quota
+    mean_gpus: float  # GPUs held on average
+    peak_gpus: int
+    quota_use: float | None  # mean_gpus / quota_gpus; None with a quota of 0
+    wait_s_mean: float | None  # s from submission to first start; None: none started
+    wait_s_p50: float | None
+    wait_s_p90: float | None
+    reclaims: int  # its jobs preempted to give borrowed GPUs back
+
+
+@_STRICT
 class GrayKind(TypedDict):
     """`gray[kind]`: one kind of gray failure over the run (engine/gray.py)."""
 
@@ -645,6 +664,7 @@ class Summary(CoreSummary, EnergySummary):
     facility: NotRequired[FacilitySummary]  # with a scenario `facility`
     racks: NotRequired[RacksSummary]  # with cluster.racks
     gray: NotRequired[GraySummary]  # with failures.gray
+    queues: NotRequired[dict[str, QueueSummary]]  # with scheduler.queues, by queue name
 
 
 def _keys(td: Any) -> frozenset[str]:

@@ -52,7 +52,7 @@ def test_the_schema_names_every_top_level_key_and_ledger_bucket() -> None:
 
     s = golden(FULL)
     # `facility`, `racks` and `gray` are there only for a scenario with them (this one has none)
-    optional = {"facility", "racks", "gray"}
+    optional = {"facility", "racks", "gray", "queues"}
     assert set(s) == CORE_KEYS | ENERGY_KEYS == set(Summary.__annotations__) - optional
     assert optional <= Summary.__optional_keys__
     assert not CORE_KEYS & ENERGY_KEYS

@@ -46,6 +46,8 @@ class NodeBroker:
         self._by_priority: list[Claimant] = []
         self._owners: dict[int, NodeOwner] = {}
         self._lender: Lender | None = None
+        #: with scheduler.queues: may this owner take this many more GPUs (engine/quotas.py)
+        self.quota_allows: Callable[[int, int], bool] | None = None
 
     def connect(self, jobs: Sequence[Job], services: Sequence[Claimant], lender: Lender) -> None:
         """The owners of nodes (owner id: a job's index, then `len(jobs) + k` for service k) and
@@ -67,10 +69,19 @@ class NodeBroker:
 
     # --- getting ---------------------------------------------------------------------------
     def allocate(self, pool: str, count: int, owner: int) -> Allocation | None:
-        """`count` free nodes of `pool` for `owner` by the scheduler's placement, or None."""
+        """`count` free nodes of `pool` for `owner` by the scheduler's placement, or None
+        (also when its queue's quota does not admit them)."""
+        if self.quota_allows is not None and not self.quota_allows(
+            owner, count * self.cluster.pools[pool].gpus_per_node
+        ):
+            return None
         return self.cluster.allocate(pool, count, owner, self.placement)
 
     def grow(self, alloc: Allocation, count: int, owner: int) -> bool:
+        if self.quota_allows is not None and not self.quota_allows(
+            owner, count * self.cluster.pools[alloc.pool].gpus_per_node
+        ):
+            return False
         return self.cluster.grow(alloc, count, owner, self.placement)
 
     def replacement(self, alloc: Allocation, owner: int, near: int) -> bool:

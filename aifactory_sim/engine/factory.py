@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +37,7 @@ from .fluid import FlowModel
 from .gray import GrayInjector
 from .inference import RouterModel
 from .power import DemandResponseRun
+from .quotas import Quotas
 from .scheduler import Scheduler
 from .storage import SharedStorage
 from .telemetry import Gauges, Ledger, Recorder
@@ -91,6 +93,8 @@ class FactoryRun:
     wall_s: float
     #: demand-response events as met (engine/power.py), in time order
     demand_response: list[dict[str, Any]] = field(default_factory=list)
+    #: with scheduler.queues: the summary's `queues` section (engine/quotas.py)
+    queues: dict[str, Any] | None = None
     #: with failures.gray: the summary's `gray` section and the episodes (engine/gray.py)
     gray: dict[str, Any] | None = None
     gray_episodes: list[dict[str, Any]] = field(default_factory=list)
@@ -208,11 +212,46 @@ class Factory:
             )
             for job in self.jobs:
                 job.gray = self.gray.state
+        self.quotas = self._quotas()
         # --- connect ---------------------------------------------------------------------
         self.broker.connect(self.jobs, self.services, self.scheduler)
-        self.scheduler.connect(self.jobs)
-        self.recorder.connect(self._gauges, observers=(lambda: self.fabric.update(self.jobs),))
+        self.scheduler.connect(self.jobs, self.quotas)
+        observers: tuple[Callable[[], None], ...] = (lambda: self.fabric.update(self.jobs),)
+        if self.quotas is not None:
+            quotas = self.quotas
+            observers += (quotas.observe,)
+
+            def allows(owner: int, gpus: int) -> bool:
+                q = int(quotas.owner_queue[owner])
+                return quotas.admits(q, gpus, quotas.use_now())
+
+            self.broker.quota_allows = allows
+        self.recorder.connect(self._gauges, observers=observers)
         sample()
+
+    def _quotas(self) -> Quotas | None:
+        """The teams' queues (scheduler.queues), each job's and fleet's charged to its own."""
+        sc = self.scenario
+        if not sc.scheduler.queues:
+            return None
+        names = [q.name for q in sc.scheduler.queues]
+        owner_queue = [names.index(str(sc.queue_of(j.spec))) for j in self.jobs]
+        for svc, fleets in zip(sc.inference, self._fleets_of, strict=True):
+            owner_queue += [names.index(str(sc.queue_of(svc)))] * len(fleets)
+        jobs, fleets_all = self.jobs, self.services
+
+        def held() -> list[int]:
+            return [j.held_nodes * j.pool.gpus_per_node for j in jobs] + [
+                f.held_gpus for f in fleets_all
+            ]
+
+        return Quotas(
+            sc.scheduler.queues,
+            sc.scheduler.fair_share_half_life_s,
+            lambda: self.env.now,
+            held,
+            owner_queue,
+        )
 
     def _service(self, k: int, svc: InferenceService, horizon: float) -> list[Fleet]:
         """A service's serving model (a router over replica cores for `step` and `fast`,
@@ -412,6 +451,12 @@ class Factory:
         events = play(self.env, self.scenario.duration)
         return self.close(events, time.perf_counter() - wall0)
 
+    def _queues_summary(self, horizon: float) -> dict[str, Any]:
+        assert self.quotas is not None
+        self.quotas.observe()  # book the last stretch
+        waits, counts = _queue_stats(self.jobs, self.quotas.owner_queue)
+        return self.quotas.summary(horizon, waits, counts)
+
     def close(self, events: int, wall_s: float) -> FactoryRun:
         """At the horizon: each component books what is still running; the run's results."""
         horizon = self.scenario.duration
@@ -437,6 +482,7 @@ class Factory:
             failures=[] if self.failures is None else self.failures.records,
             demand_response=[] if self.demand is None else self.demand.records,
             gray=None if self.gray is None else self.gray.summary(self.jobs, horizon),
+            queues=None if self.quotas is None else self._queues_summary(horizon),
             gray_episodes=[] if self.gray is None else self.gray.table(),
             ledger=self.ledger,
             timeseries=rec.rows,
@@ -444,6 +490,20 @@ class Factory:
             events=events,
             wall_s=wall_s,
         )
+
+
+def _queue_stats(
+    jobs: list[TrainingRun], owner_queue: Any
+) -> tuple[dict[int, list[float]], dict[int, int]]:
+    waits: dict[int, list[float]] = {}
+    counts: dict[int, int] = {}
+    for j in jobs:
+        q = int(owner_queue[j.index])
+        if j.submitted_at is not None:
+            counts[q] = counts.get(q, 0) + 1
+        if j.started_at is not None and j.submitted_at is not None:
+            waits.setdefault(q, []).append(j.started_at - j.submitted_at)
+    return waits, counts
 
 
 def play(env: simpy.Environment, horizon: float) -> int:

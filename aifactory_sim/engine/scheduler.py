@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import simpy
 
@@ -30,6 +30,7 @@ from .ports import Claimant, Job
 if TYPE_CHECKING:
     from ..spec.scenario import Scheduler as SchedulerSpec
     from .broker import NodeBroker
+    from .quotas import Quotas
 
 
 class Loan(NamedTuple):
@@ -62,9 +63,12 @@ class Scheduler:
         #: a demand-response pause holds the queue: nothing starts until it lifts
         self.held = False
         self.jobs: Sequence[Job] = ()
+        #: with scheduler.queues: the teams' quotas (engine/quotas.py)
+        self.quotas: Quotas | None = None
 
-    def connect(self, jobs: Sequence[Job]) -> None:
+    def connect(self, jobs: Sequence[Job], quotas: Quotas | None = None) -> None:
         self.jobs = jobs
+        self.quotas = quotas
 
     @property
     def queued(self) -> int:
@@ -72,7 +76,10 @@ class Scheduler:
 
     def _key(self, job: Job) -> tuple[float, ...]:
         assert job.submitted_at is not None
-        if self.policy == "fifo":
+        if self.policy == "fair-share" and self.quotas is not None:
+            q = int(self.quotas.owner_queue[job.index])
+            return (self.quotas.share(q), job.submitted_at, job.index)
+        if self.policy in ("fifo", "fair-share"):
             return (job.submitted_at, job.index)
         return (-job.spec.priority, job.submitted_at, job.index)
 
@@ -91,18 +98,29 @@ class Scheduler:
         self.queue.sort(key=self._key)
         broker = self.broker
         blocked: dict[str, tuple[float, int]] = {}  # pool -> (reserved start, spare nodes then)
+        quotas = self.quotas
+        used = None if quotas is None else quotas.use_now()
+        wanted = frozenset() if quotas is None else self._wanted(used)
         for job in list(self.queue):
             pool = job.pool.name
             if pool in blocked:
                 if self.policy != "priority-backfill" or not self._may_backfill(job, blocked):
                     continue
+            if quotas is not None and used is not None:
+                q, gpus = int(quotas.owner_queue[job.index]), job.nodes * job.pool.gpus_per_node
+                if not quotas.admits(q, gpus, used, wanted):
+                    continue  # held by its queue's quota: it blocks nobody else's
             alloc = broker.allocate(pool, job.nodes, job.index)
             if alloc is not None:
                 self.queue.remove(job)
                 job.start(alloc)
+                if quotas is not None and used is not None:
+                    used[q] += gpus
                 self._sample()  # a job got its gang
                 continue
             if pool not in blocked:
+                if quotas is not None and used is not None and quotas.within_quota(q, gpus, used):
+                    self._reclaim_for(job, q, gpus)
                 if self.preemption:
                     self._preempt_for(job)
                 blocked[pool] = self._reservation(job)
@@ -141,6 +159,34 @@ class Scheduler:
             blocked[pool] = (shadow, extra - job.nodes)
             return True
         return False
+
+    # --- quotas ----------------------------------------------------------------------------
+    def _wanted(self, used: Any) -> frozenset[int]:
+        """Queues with a job waiting that fits within their own quota."""
+        quotas = self.quotas
+        assert quotas is not None
+        out = set()
+        for job in self.queue:
+            q = int(quotas.owner_queue[job.index])
+            if quotas.within_quota(q, job.nodes * job.pool.gpus_per_node, used):
+                out.add(q)
+        return frozenset(out)
+
+    def _reclaim_for(self, head: Job, q: int, gpus: int) -> None:
+        """A job within its queue's quota finds no free nodes: take them back from queues that
+        borrow (engine/quotas.py), newest first."""
+        quotas = self.quotas
+        assert quotas is not None
+        gpn = head.pool.gpus_per_node
+        coming = sum(j.held_nodes for j in self.jobs if j.index in self.yielding) * gpn
+        short = gpus - self.broker.free_nodes(head.pool.name) * gpn - coming
+        if short <= 0:
+            return
+        same_pool = [j for j in self.jobs if j.pool.name == head.pool.name]
+        for victim in quotas.victims(q, short, same_pool, gpn):
+            quotas.reclaims[quotas.owner_queue[victim.index]] += 1
+            self.yielding.add(victim.index)
+            victim.preempt(None)
 
     # --- preemption ------------------------------------------------------------------------
     def _preempt_for(self, head: Job) -> None:
@@ -194,6 +240,11 @@ class Scheduler:
         service takes whatever it can get, replica by replica. Nodes already on their way
         back count against the need. Returns the nodes asked for."""
         pool = service.pool.name
+        quotas = self.quotas
+        if quotas is not None:  # nothing to lend a service its quota would not admit
+            q = int(quotas.owner_queue[len(self.jobs) + service.index])
+            if not quotas.admits(q, service.pool.gpus_per_node, quotas.use_now()):
+                return 0
         self.broker.wanted(pool)
         coming = sum(
             j.held_nodes - j.nodes_for(j.preempt_to) if j.preempt_to is not None else j.held_nodes

@@ -265,6 +265,9 @@ class InferenceService(Workload):
         description="tensor-parallel GPUs per replica: a divisor of gpus_per_node (replicas "
         "share a node) or a multiple of it (a replica spans whole nodes)",
     )
+    queue: str | None = Field(
+        None, description="the scheduler queue (scheduler.queues) its GPUs are charged to"
+    )
     priority: int = Field(
         0,
         description="as a training job's: higher gets nodes first under scheduler.policy "
