@@ -134,6 +134,55 @@ class Monitoring(Spec):
     )
 
 
+#: Where a relative `workload_trace.path` is looked for after the working directory.
+BUNDLED_SCENARIOS = Path(__file__).resolve().parents[1] / "scenarios"
+#: The name prefix of jobs replayed from a trace (a file that lists them is not expanded again).
+TRACE_PREFIX = "trace-"
+
+
+class WorkloadTrace(Spec):
+    """Training jobs replayed from a public cluster trace (spec/job_traces.py reads each
+    format's own columns). Each trace job becomes a training job submitted at its (scaled)
+    time that runs its recorded duration on ceil(gpus / gpus_per_node) whole nodes of the
+    first pool: its step time is the catalog model's at TP = gpus_per_node, its token count
+    the steps that fill the duration, so it draws the power and meets the failures a job of
+    that model would. It is charged to the queue `queue_map` gives its group (the trace's
+    virtual cluster or user), else `queue_map.default`."""
+
+    format: Literal["helios", "philly", "alibaba-pai"]
+    path: str = Field(
+        min_length=1,
+        description="the trace file; a relative path is looked for in the working directory, "
+        "then among the bundled scenarios (traces/helios-sample.csv is bundled)",
+    )
+    queue_map: dict[str, str] = Field(
+        default_factory=dict, description="the trace's group -> a scheduler queue; key default"
+    )
+    scale_to_gpus: int | None = Field(
+        None,
+        gt=0,
+        description="replay the trace's load per GPU on this many GPUs: submit times scale by "
+        "the trace cluster's GPUs / this (none: as recorded)",
+    )
+    repeat: bool = Field(
+        False,
+        description="tile the trace end to end until the horizon (its span plus one mean gap "
+        "a tile); at most MAX_TRACE_JOBS jobs",
+    )
+    model: str = Field("llama3-8b", description="the catalog model a trace job stands for")
+
+    def resolved_path(self) -> Path:
+        p = Path(self.path)
+        if p.is_absolute() or p.exists():
+            return p
+        bundled = BUNDLED_SCENARIOS / p
+        return bundled if bundled.exists() else p
+
+
+#: The most jobs a replayed (and tiled) trace may add: each is a simulated job of its own.
+MAX_TRACE_JOBS = 20_000
+
+
 #: What `telemetry.export` may name.
 Export = Literal["openmetrics", "parquet"]
 EXPORTS: tuple[Export, ...] = ("openmetrics", "parquet")
@@ -381,11 +430,26 @@ class Cost(Spec):
     )
 
 
+class Queue(Spec):
+    """A team's queue with a GPU quota (Kueue's ClusterQueue in one cohort): its jobs and
+    services use up to `quota_gpus`; one that `can_borrow` may use what the other queues leave
+    idle of theirs, up to `borrowing_limit_gpus` above its quota, and gives it back when its
+    owner wants it (preemption of the borrowing work, newest first)."""
+
+    name: str = Field(min_length=1)
+    quota_gpus: int = Field(ge=0, description="GPUs nominally its own")
+    can_borrow: bool = Field(False, description="may use the idle quota of other queues")
+    borrowing_limit_gpus: int | None = Field(
+        None, ge=0, description="the most above its quota it may borrow; none: no limit"
+    )
+
+
 class Scheduler(Spec):
-    policy: Literal["fifo", "priority", "priority-backfill"] = Field(
+    policy: Literal["fifo", "priority", "priority-backfill", "fair-share"] = Field(
         "fifo",
         description="fifo: by submission; priority: highest `priority` first; priority-backfill:"
-        " priority with EASY backfill",
+        " priority with EASY backfill; fair-share: the queue with the least decayed use per "
+        "GPU of quota first",
     )
     preemption: bool = Field(
         False, description="a higher-priority job may take nodes from lower-priority ones"
@@ -396,6 +460,15 @@ class Scheduler(Spec):
         " is killed and loses the work since its last checkpoint",
     )
     placement: Literal["pack", "spread"] = "pack"
+    queues: list[Queue] = Field(
+        default_factory=list,
+        description="teams' queues with GPU quotas; work names its `queue` (default: the first)",
+    )
+    fair_share_half_life_s: PositiveDurationS = Field(
+        7 * 86400.0,
+        description="fair-share's memory: past use counts half after this long (Slurm's "
+        "PriorityDecayHalfLife, 7 days by default)",
+    )
     regrow_after_s: NonNegativeDurationS = Field(
         1800.0,
         description="an elastic job takes nodes back (after a checkpoint) only once nobody in its"
@@ -468,6 +541,9 @@ class TrainingJob(Spec):
     name: str = Field(min_length=1)
     model: ModelSpec
     pool: str | None = Field(None, description="node pool to run on; default: the first")
+    queue: str | None = Field(
+        None, description="the scheduler queue (scheduler.queues) it is charged to"
+    )
     submit_at: NonNegativeDurationS = 0.0
     priority: int = 0
     tokens: Annotated[Count, Field(gt=0)]
@@ -570,6 +646,9 @@ class Scenario(Spec):
     telemetry: Telemetry | None = Field(
         None, description="dashboard metrics written with the results (OpenMetrics, Parquet)"
     )
+    workload_trace: WorkloadTrace | None = Field(
+        None, description="training jobs replayed from a public cluster trace"
+    )
     #: grid_caps(), once worked out (False: not yet)
     _grid_caps: list[float | None] | bool | None = PrivateAttr(default=False)
 
@@ -591,6 +670,86 @@ class Scenario(Spec):
             if p.name == name:
                 return p
         raise KeyError(name)
+
+    @model_validator(mode="after")
+    def _replay_trace(self) -> Scenario:
+        """Add the trace's jobs to `training` (see WorkloadTrace)."""
+        wt = self.workload_trace
+        if wt is None or any(j.name.startswith(TRACE_PREFIX) for j in self.training):
+            return self
+        import numpy as np
+
+        from .job_traces import read_job_trace
+
+        trace = read_job_trace(wt.format, wt.resolved_path())
+        if not len(trace.job_id):
+            return self
+        pool = self.cluster.node_pools[0]
+        gpn = pool.gpus_per_node
+        scale = 1.0
+        if wt.scale_to_gpus is not None and trace.cluster_gpus:
+            scale = trace.cluster_gpus / wt.scale_to_gpus
+        submit = np.asarray(trace.submit_s, dtype=np.float64) * scale
+        span = float(submit[-1]) + (float(submit[-1]) / max(len(submit) - 1, 1) or 3600.0)
+        if wt.repeat and len(submit) * self.duration / span > MAX_TRACE_JOBS:
+            raise located(
+                "workload_trace.repeat",
+                f"tiling {len(submit)} jobs over {span:.0f} s to the horizon gives "
+                f"{len(submit) * self.duration / span:,.0f} jobs, over {MAX_TRACE_JOBS:,}; "
+                "use a longer trace or repeat: false",
+            )
+        usable = pool.nodes - self.cluster.spare_nodes
+        seq, batch_seqs = 4096, 256
+        default = wt.queue_map.get("default")
+        jobs: list[TrainingJob] = []
+        tile = 0
+        while True:
+            offset = tile * span
+            for i in range(len(submit)):
+                t = float(submit[i]) + offset
+                if t >= self.duration:
+                    break
+                nodes = min(max(1, math.ceil(int(trace.gpus[i]) / gpn)), usable)
+                spec = TrainingJob(
+                    name=f"{TRACE_PREFIX}{trace.job_id[i]}" + (f"-{tile}" if tile else ""),
+                    model=wt.model,  # type: ignore[arg-type]
+                    submit_at=t,
+                    tokens=1,
+                    seq_len=seq,
+                    global_batch_seqs=batch_seqs * nodes,
+                    parallel=Parallel(tp=gpn, dp=nodes),
+                    queue=wt.queue_map.get(str(trace.group[i]), default),
+                )
+                t_step = float(job_estimate(spec, pool).step_time_s)
+                steps = max(1, round(float(trace.duration_s[i]) / t_step))
+                jobs.append(spec.model_copy(update={"tokens": steps * seq * batch_seqs * nodes}))
+            tile += 1
+            if not wt.repeat or offset + span >= self.duration:
+                break
+        # specs are frozen; this is still their validation, before anyone has seen them
+        object.__setattr__(self, "training", [*self.training, *jobs])
+        return self
+
+    @model_validator(mode="after")
+    def _queues_known(self) -> Scenario:
+        queues = [q.name for q in self.scheduler.queues]
+        if len(set(queues)) != len(queues):
+            raise located("scheduler.queues", f"queue names must be unique, got {queues}")
+        named: list[tuple[str, int, str | None]] = [
+            ("training", i, j.queue) for i, j in enumerate(self.training)
+        ] + [("inference", i, v.queue) for i, v in enumerate(self.inference)]
+        for kind, i, queue in named:
+            if queue is not None and queue not in queues:
+                allowed = queues or "none (scheduler.queues is empty)"
+                raise located(f"{kind}.{i}.queue", f"unknown queue {queue!r}; allowed: {allowed}")
+        return self
+
+    def queue_of(self, item: TrainingJob | InferenceService) -> str | None:
+        """The queue a job or service is charged to: its own, else the first; None without
+        queues."""
+        if not self.scheduler.queues:
+            return None
+        return item.queue or self.scheduler.queues[0].name
 
     @model_validator(mode="after")
     def _jobs_fit(self) -> Scenario:
