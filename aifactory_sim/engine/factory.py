@@ -187,11 +187,8 @@ class Factory:
             self.failures = FailureInjector(
                 env,
                 scenario.failures,
-                {
-                    name: rng_for(scenario.seed, f"{streams}failures.{name}")
-                    for name in ("times", "repairs", "components")
-                },
-                nodes=[(name, pool.owner.size) for name, pool in self.cluster.pools.items()],
+                self._rngs("failures", ("times", "repairs", "components")),
+                nodes=self._pool_nodes(),
                 horizon=horizon,
                 broker=self.broker,
             )
@@ -201,11 +198,8 @@ class Factory:
                 env,
                 scenario.failures.gray,
                 scenario.monitoring,
-                {
-                    name: rng_for(scenario.seed, f"{streams}gray.{name}")
-                    for name in ("slow_gpu", "link_flap", "silent_corruption")
-                },
-                nodes=[(name, pool.owner.size) for name, pool in self.cluster.pools.items()],
+                self._rngs("gray", ("slow_gpu", "link_flap", "silent_corruption")),
+                nodes=self._pool_nodes(),
                 horizon=horizon,
                 broker=self.broker,
                 jobs=self.jobs,
@@ -228,6 +222,13 @@ class Factory:
             self.broker.quota_allows = allows
         self.recorder.connect(self._gauges, observers=observers)
         sample()
+
+    def _rngs(self, part: str, names: tuple[str, ...]) -> dict[str, np.random.Generator]:
+        """The site-wide named random streams of one component (`failures`, `gray`)."""
+        return {n: rng_for(self.scenario.seed, f"{self.streams}{part}.{n}") for n in names}
+
+    def _pool_nodes(self) -> list[tuple[str, int]]:
+        return [(name, pool.owner.size) for name, pool in self.cluster.pools.items()]
 
     def _quotas(self) -> Quotas | None:
         """The teams' queues (scheduler.queues), each job's and fleet's charged to its own."""

@@ -199,14 +199,9 @@ def _read_helios(path: Path) -> JobTrace:
     start = _datetimes(frame["start_time"], "start_time", path)
     end = _datetimes(frame["end_time"], "end_time", path)
     states = [str(s).strip().upper() for s in frame["state"].tolist()]
-    allowed = {*_HELIOS_STATES, *_HELIOS_IGNORED}
-    for row, state in enumerate(states):
-        if state not in allowed:
-            raise ScenarioError(
-                f"{path}: column state has {frame['state'].iloc[row]!r} in data row {row + 1}; "
-                f"allowed: {', '.join(sorted(allowed))}",
-                path=WHERE,
-            )
+    _check_states(
+        states, frame["state"].tolist(), {*_HELIOS_STATES, *_HELIOS_IGNORED}, "state", path
+    )
     keep = (gpus > 0) & ~np.isnan(start) & ~np.isnan(end) & ~np.isnan(submit)
     keep &= np.array([s not in _HELIOS_IGNORED for s in states], dtype=bool)
     status = [_HELIOS_STATES.get(s, "") for s in states]
@@ -379,14 +374,7 @@ def _read_pai(path: Path) -> JobTrace:
     # (plan_gpu < 100) are rounded up, since a replayed job holds whole GPUs.
     gpus = np.where(np.isnan(gpu_frac), 0, np.ceil(np.round(np.nan_to_num(gpu_frac), 6)))
     raw_states = [str(s).strip() for s in jobs["status"].tolist()]
-    allowed = (*_PAI_STATES, *_PAI_UNFINISHED)
-    for row, state in enumerate(raw_states):
-        if state not in allowed:
-            raise ScenarioError(
-                f"{job_file}: column status has {state!r} in data row {row + 1}; allowed: "
-                f"{', '.join(allowed)}",
-                path=WHERE,
-            )
+    _check_states(raw_states, raw_states, {*_PAI_STATES, *_PAI_UNFINISHED}, "status", job_file)
     job_end[job_end <= 0] = np.nan
     keep = (gpus > 0) & ~np.isnan(first_launch) & ~np.isnan(job_end) & ~np.isnan(submit)
     keep &= np.array([s in _PAI_STATES for s in raw_states], dtype=bool)
@@ -547,6 +535,19 @@ def _whole_numbers(column: Any, name: str, path: Path) -> np.ndarray:
             path=WHERE,
         )
     return values.astype(np.int64)
+
+
+def _check_states(
+    states: list[str], raw: list[Any], allowed: set[str], column: str, path: Path
+) -> None:
+    """Refuse a state the format does not define, naming the file, column and row."""
+    for row, state in enumerate(states):
+        if state not in allowed:
+            raise ScenarioError(
+                f"{path}: column {column} has {raw[row]!r} in data row {row + 1}; "
+                f"allowed: {', '.join(sorted(allowed))}",
+                path=WHERE,
+            )
 
 
 def _datetimes(column: Any, name: str, path: Path) -> np.ndarray:
