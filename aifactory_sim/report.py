@@ -20,11 +20,13 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Literal, cast
 
+import numpy as np
 import yaml
 
 from .errors import ScenarioError
 from .results import MARKER, Results
 from .schema import CORE_KEYS, JobSummary, Ledger, ServiceSummary, SloMet, Summary
+from .spec.scenario import TRACE_PREFIX
 
 #: The page names its generator so that a later report may replace it and its figures.
 GENERATOR = "aifactory-sim report"
@@ -527,6 +529,7 @@ def write_report(results_dir: str | Path, *, out: str | Path | None = None) -> P
     for note in notes:
         body.append(f'<p class="note">{html.escape(note)}</p>')
     body += ["<h2>Headline numbers</h2>", _headline(res)]
+    body += _operations(s)
     captions = {name: (title, caption) for name, title, caption in FIGURES}
     for name, why in sections:
         sec_title, caption = captions[name]
@@ -559,6 +562,87 @@ def write_report(results_dir: str | Path, *, out: str | Path | None = None) -> P
 
 
 # --- an estate --------------------------------------------------------------------------------
+def _operations(s: Any) -> list[str]:
+    """Gray failures by kind, the teams' queues against their quotas, and the replayed trace's
+    job completion times (only what the run has)."""
+    out: list[str] = []
+    gray = s.get("gray")
+    if gray:
+        rows = [
+            [
+                html.escape(kind),
+                str(g["episodes"]),
+                str(g["hit_jobs"]),
+                str(g["detected"]),
+                _duration(g["detect_s_mean"]) if g["detect_s_mean"] is not None else "-",
+                _duration(g["detect_s_max"]) if g["detect_s_max"] is not None else "-",
+                f"{g['lost_gpu_h']:,.1f}",
+            ]
+            for kind, g in gray.items()
+            if isinstance(g, dict) and "episodes" in g
+        ]
+        out += [
+            "<h2>Gray failures and monitoring</h2>",
+            _table(
+                ["kind", "episodes", "hit a job", "found", "mean delay", "longest", "lost GPU-h"],
+                rows,
+            ),
+        ]
+        w = gray.get("without_monitoring")
+        if w:
+            out.append(
+                f"<p>The same seed without monitoring loses {w['lost_gpu_h']:,.1f} GPU-h to gray "
+                f"failures; monitoring saved {w['saved_gpu_h']:,.1f} GPU-h of lost work and "
+                f"recovery and {w['extra_tokens_trained'] / 1e9:,.2f} B tokens.</p>"
+            )
+    queues = s.get("queues")
+    if queues:
+        rows = [
+            [
+                html.escape(name),
+                f"{q['quota_gpus']:,}",
+                f"{q['mean_gpus']:,.1f}",
+                f"{q['peak_gpus']:,}",
+                _pct(q["quota_use"]),
+                f"{q['borrowed_gpu_h']:,.1f}",
+                _duration(q["wait_s_p50"]) if q["wait_s_p50"] is not None else "-",
+                _duration(q["wait_s_p90"]) if q["wait_s_p90"] is not None else "-",
+                str(q["reclaims"]),
+            ]
+            for name, q in queues.items()
+        ]
+        out += [
+            "<h2>Queues against their quotas</h2>",
+            _table(
+                [
+                    "queue",
+                    "quota GPUs",
+                    "mean GPUs",
+                    "peak",
+                    "quota use",
+                    "borrowed GPU-h",
+                    "wait p50",
+                    "wait p90",
+                    "reclaims",
+                ],
+                rows,
+            ),
+        ]
+    jct = [
+        j["finished_at_s"] - j["submitted_at_s"]
+        for name, j in s.get("training", {}).items()
+        if name.startswith(TRACE_PREFIX) and j.get("finished_at_s") is not None
+    ]
+    if jct:
+        pct = np.percentile(np.asarray(jct), [50, 90, 99])
+        out += [
+            "<h2>Replayed trace: job completion times</h2>",
+            f"<p>{len(jct):,} trace jobs finished: JCT p50 {_duration(pct[0])}, p90 "
+            f"{_duration(pct[1])}, p99 {_duration(pct[2])}.</p>",
+        ]
+    return out
+
+
 def _is_estate(folder: Path) -> bool:
     try:
         return "estate" in json.loads((folder / "summary.json").read_text())

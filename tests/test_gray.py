@@ -32,6 +32,7 @@ def scenario(
     spares: int = 0,
     checkpoint: Any = "none",
     duration: str = "3d",
+    queues: list[dict[str, Any]] | None = None,
 ) -> Any:
     d: dict[str, Any] = {
         "name": "gray",
@@ -64,6 +65,8 @@ def scenario(
     }
     if monitoring is not None:
         d["monitoring"] = monitoring
+    if queues is not None:
+        d["scheduler"] = {"queues": queues}
     return af.load(d)
 
 
@@ -236,3 +239,29 @@ def test_a_bad_gray_field_is_refused_naming_it(field: str, value: Any, where: st
     with pytest.raises(ScenarioError) as err:
         scenario({"slow_gpu": {**SLOW, field: value}})
     assert where in str(err.value)
+
+
+def test_the_report_shows_gray_failures_and_queues(tmp_path: Any) -> None:
+    """The report's operations sections carry the summary's figures (work lost by kind, the
+    detection delays, each queue's use against its quota)."""
+    from aifactory_sim.report import write_report
+
+    sc = scenario(
+        {"slow_gpu": SLOW},
+        MON,
+        spares=8,
+        checkpoint=1800,
+        duration="1d",
+        queues=[{"name": "ml", "quota_gpus": GPUS}],
+    )
+    res = af.run(sc)
+    folder = res.save(tmp_path / "run", plots=False)
+    page = write_report(folder).read_text()
+    g = res.summary["gray"]["slow_gpu"]
+    assert "Gray failures and monitoring" in page
+    assert f"{g['lost_gpu_h']:,.1f}" in page and f">{g['detected']}<" in page
+    saved = res.summary["gray"]["without_monitoring"]["saved_gpu_h"]
+    assert f"monitoring saved {saved:,.1f} GPU-h" in page
+    q = res.summary["queues"]["ml"]
+    assert "Queues against their quotas" in page and q["peak_gpus"] == GPUS
+    assert f"{q['mean_gpus']:,.1f}" in page
